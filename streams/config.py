@@ -1,0 +1,233 @@
+"""All configuration, in one place, from environment variables with documented defaults.
+
+The defaults are the *embedded* setup: a local Tansu broker the project starts itself and an
+embedded chDB directory. Production sets ``KAFKA_BOOTSTRAP_SERVERS`` and ``CLICKHOUSE_URL``;
+no other code changes. Settings that only exist to work around the local broker's quirks
+(``KAFKA_PRODUCER_MAX_BATCH_SIZE``) are applied by the embedded launcher, never by default.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+# name -> (default, documentation). README's configuration table is checked against this.
+SETTINGS: dict[str, tuple[str, str]] = {
+    "KAFKA_BOOTSTRAP_SERVERS": ("", "host:port list of the Kafka cluster; empty = start an embedded Tansu broker"),
+    "KAFKA_SECURITY_PROTOCOL": ("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
+    "KAFKA_SASL_MECHANISM": ("", "SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN when SASL is used"),
+    "KAFKA_SASL_USERNAME": ("", "SASL user name"),
+    "KAFKA_SASL_PASSWORD": ("", "SASL password (secret: never logged)"),
+    "KAFKA_SSL_CAFILE": ("", "CA bundle for TLS to the brokers"),
+    "KAFKA_TOPIC_PREFIX": ("billing.", "prefix of every topic name"),
+    "KAFKA_PARTITIONS": ("4", "partitions of the input and output topics (created at start)"),
+    "KAFKA_REPLICATION_FACTOR": ("1", "replication factor of created topics"),
+    "KAFKA_PRODUCER_MAX_BATCH_SIZE": ("", "producer batch bytes; the embedded broker sets 16 (Tansu high-water-mark bug)"),
+    "WORKER_APP_ID": ("billing-rating", "faust application id (consumer group and changelog names)"),
+    "WORKER_DATA_DIR": (".run/worker", "faust data directory (table stores)"),
+    "WORKER_STORE": ("memory://", "faust table store: memory:// or rocksdb://"),
+    "WORKER_BATCH_MAX": ("500", "max events handled per state write round"),
+    "WORKER_BATCH_WITHIN_MS": ("20", "max wait to fill a round, milliseconds"),
+    "CLICKHOUSE_URL": ("", "http(s)://user@host:8123/db of a ClickHouse server; empty = embedded chDB"),
+    "CLICKHOUSE_PASSWORD": ("", "ClickHouse password (secret: never logged)"),
+    "CHDB_PATH": (".run/chdb", "directory of the embedded chDB database"),
+    "SINK_BATCH_MAX": ("5000", "max records per ClickHouse insert"),
+    "SINK_BATCH_WITHIN_MS": ("200", "max wait to fill an insert batch, milliseconds"),
+    "SINK_GROUP_ID": ("billing-clickhouse-sink", "consumer group of the ClickHouse sink"),
+    "PROFILES_DIR": ("", "folder of price-book profiles; empty = the profiles shipped in streams/profiles"),
+    "LOG_FORMAT": ("text", "text or json"),
+    "LOG_LEVEL": ("INFO", "logging level"),
+}
+
+
+def _env(name: str, env: dict[str, str]) -> str:
+    return env.get(name, SETTINGS[name][0])
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names; every one starts with the configured prefix."""
+
+    prefix: str = "billing."
+
+    @property
+    def events(self) -> str:  # usage + account events, keyed by main account id
+        return f"{self.prefix}events"
+
+    @property
+    def deductions(self) -> str:
+        return f"{self.prefix}deductions"
+
+    @property
+    def settlements(self) -> str:
+        return f"{self.prefix}settlements"
+
+    @property
+    def alerts(self) -> str:
+        return f"{self.prefix}alerts"
+
+    @property
+    def arrears_alerts(self) -> str:
+        return f"{self.prefix}alerts.arrears"
+
+    @property
+    def account_status(self) -> str:  # compacted
+        return f"{self.prefix}account-status"
+
+    @property
+    def dead_letters(self) -> str:
+        return f"{self.prefix}dead-letters"
+
+    def all(self) -> list[str]:
+        return [
+            self.events,
+            self.deductions,
+            self.settlements,
+            self.alerts,
+            self.arrears_alerts,
+            self.account_status,
+            self.dead_letters,
+        ]
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap_servers: str = ""
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = field(default="", repr=False)
+    kafka_ssl_cafile: str = ""
+    kafka_partitions: int = 4
+    kafka_replication_factor: int = 1
+    kafka_producer_max_batch_size: int | None = None
+    topics: Topics = field(default_factory=Topics)
+    worker_app_id: str = "billing-rating"
+    worker_data_dir: Path = Path(".run/worker")
+    worker_store: str = "memory://"
+    worker_batch_max: int = 500
+    worker_batch_within_ms: int = 20
+    clickhouse_url: str = ""
+    clickhouse_password: str = field(default="", repr=False)
+    chdb_path: Path = Path(".run/chdb")
+    sink_batch_max: int = 5000
+    sink_batch_within_ms: int = 200
+    sink_group_id: str = "billing-clickhouse-sink"
+    profiles_dir: Path | None = None
+    log_format: str = "text"
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        unknown = sorted(k for k in env if k.startswith(("KAFKA_", "CLICKHOUSE_", "WORKER_", "SINK_")) and k not in SETTINGS)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; see README 'Configuration'")
+
+        def integer(name: str) -> int:
+            raw = _env(name, env)
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ConfigError(f"{name}={raw!r} is not an integer") from None
+            if value < 1:
+                raise ConfigError(f"{name}={raw!r} must be at least 1")
+            return value
+
+        batch = _env("KAFKA_PRODUCER_MAX_BATCH_SIZE", env)
+        profiles = _env("PROFILES_DIR", env)
+        log_format = _env("LOG_FORMAT", env)
+        if log_format not in ("text", "json"):
+            raise ConfigError(f"LOG_FORMAT={log_format!r} must be 'text' or 'json'")
+        return cls(
+            kafka_bootstrap_servers=_env("KAFKA_BOOTSTRAP_SERVERS", env),
+            kafka_security_protocol=_env("KAFKA_SECURITY_PROTOCOL", env),
+            kafka_sasl_mechanism=_env("KAFKA_SASL_MECHANISM", env),
+            kafka_sasl_username=_env("KAFKA_SASL_USERNAME", env),
+            kafka_sasl_password=_env("KAFKA_SASL_PASSWORD", env),
+            kafka_ssl_cafile=_env("KAFKA_SSL_CAFILE", env),
+            kafka_partitions=integer("KAFKA_PARTITIONS"),
+            kafka_replication_factor=integer("KAFKA_REPLICATION_FACTOR"),
+            kafka_producer_max_batch_size=integer("KAFKA_PRODUCER_MAX_BATCH_SIZE") if batch else None,
+            topics=Topics(prefix=_env("KAFKA_TOPIC_PREFIX", env)),
+            worker_app_id=_env("WORKER_APP_ID", env),
+            worker_data_dir=Path(_env("WORKER_DATA_DIR", env)),
+            worker_store=_env("WORKER_STORE", env),
+            worker_batch_max=integer("WORKER_BATCH_MAX"),
+            worker_batch_within_ms=integer("WORKER_BATCH_WITHIN_MS"),
+            clickhouse_url=_env("CLICKHOUSE_URL", env),
+            clickhouse_password=_env("CLICKHOUSE_PASSWORD", env),
+            chdb_path=Path(_env("CHDB_PATH", env)),
+            sink_batch_max=integer("SINK_BATCH_MAX"),
+            sink_batch_within_ms=integer("SINK_BATCH_WITHIN_MS"),
+            sink_group_id=_env("SINK_GROUP_ID", env),
+            profiles_dir=Path(profiles) if profiles else None,
+            log_format=log_format,
+            log_level=_env("LOG_LEVEL", env).upper(),
+        )
+
+    @property
+    def embedded_broker(self) -> bool:
+        return not self.kafka_bootstrap_servers
+
+    @property
+    def embedded_clickhouse(self) -> bool:
+        return not self.clickhouse_url
+
+    def with_overrides(self, **changes: object) -> "Settings":
+        return replace(self, **changes)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process."""
+        out = {
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap_servers,
+            "KAFKA_SECURITY_PROTOCOL": self.kafka_security_protocol,
+            "KAFKA_SASL_MECHANISM": self.kafka_sasl_mechanism,
+            "KAFKA_SASL_USERNAME": self.kafka_sasl_username,
+            "KAFKA_SASL_PASSWORD": self.kafka_sasl_password,
+            "KAFKA_SSL_CAFILE": self.kafka_ssl_cafile,
+            "KAFKA_TOPIC_PREFIX": self.topics.prefix,
+            "KAFKA_PARTITIONS": str(self.kafka_partitions),
+            "KAFKA_REPLICATION_FACTOR": str(self.kafka_replication_factor),
+            "KAFKA_PRODUCER_MAX_BATCH_SIZE": str(self.kafka_producer_max_batch_size or ""),
+            "WORKER_APP_ID": self.worker_app_id,
+            "WORKER_DATA_DIR": str(self.worker_data_dir),
+            "WORKER_STORE": self.worker_store,
+            "WORKER_BATCH_MAX": str(self.worker_batch_max),
+            "WORKER_BATCH_WITHIN_MS": str(self.worker_batch_within_ms),
+            "CLICKHOUSE_URL": self.clickhouse_url,
+            "CLICKHOUSE_PASSWORD": self.clickhouse_password,
+            "CHDB_PATH": str(self.chdb_path),
+            "SINK_BATCH_MAX": str(self.sink_batch_max),
+            "SINK_BATCH_WITHIN_MS": str(self.sink_batch_within_ms),
+            "SINK_GROUP_ID": self.sink_group_id,
+            "PROFILES_DIR": str(self.profiles_dir or ""),
+            "LOG_FORMAT": self.log_format,
+            "LOG_LEVEL": self.log_level,
+        }
+        assert set(out) == set(SETTINGS), "to_env out of step with SETTINGS"
+        return out
+
+    def secrets(self) -> list[str]:
+        return [s for s in (self.kafka_sasl_password, self.clickhouse_password) if s]
+
+    def clickhouse_dsn_for_display(self) -> str:
+        if self.embedded_clickhouse:
+            return f"chdb://{self.chdb_path.resolve()}"
+        parts = urlsplit(self.clickhouse_url)
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc += f":{parts.port}"
+        if parts.username:
+            netloc = f"{parts.username}@{netloc}"
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the variable and the fix."""
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(Settings)]

@@ -1,0 +1,135 @@
+"""Avro on the wire: Confluent framing (magic byte 0, 4-byte big-endian schema id, Avro binary).
+
+The registry is static (``schemas/registry.json``): no schema-registry server installs here, and a
+file in the repository is reviewed with the code that reads it. A message names the schema *version*
+it was written with; the reader decodes it with the newest version of the same record (Avro schema
+resolution), so a consumer with the current schemas reads what older producers wrote.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+
+SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
+MAGIC = 0
+_HEADER = struct.Struct(">bI")
+
+# record full name -> short name used by the pipeline
+RECORD_NAMES = {
+    "billing.v1.UsageEvent": "usage_event",
+    "billing.v1.AccountEvent": "account_event",
+    "billing.v1.EventBatch": "event_batch",
+    "billing.v1.Deduction": "deduction",
+    "billing.v1.Settlement": "settlement",
+    "billing.v1.Alert": "alert",
+    "billing.v1.DeadLetter": "dead_letter",
+    "billing.v1.AccountStatus": "account_status",
+}
+
+
+class DecodeError(ValueError):
+    """The bytes are not a message this pipeline can read; ``code`` is the dead-letter reason code."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class SchemaVersion:
+    schema_id: int
+    name: str  # short name, e.g. "usage_event"
+    version: int
+    parsed: Any
+
+
+class Registry:
+    def __init__(self, schemas_dir: Path = SCHEMAS_DIR):
+        self.dir = schemas_dir
+        index = json.loads((schemas_dir / "registry.json").read_text())["schemas"]
+        named: dict[str, Any] = {}
+        self.by_id: dict[int, SchemaVersion] = {}
+        self.latest: dict[str, SchemaVersion] = {}
+        # Files are parsed in id order so that a batch schema can refer to the records before it.
+        for raw_id, filename in sorted(index.items(), key=lambda kv: int(kv[0])):
+            schema_id = int(raw_id)
+            raw = json.loads((schemas_dir / filename).read_text())
+            full = f"{raw['namespace']}.{raw['name']}"
+            short = RECORD_NAMES[full]
+            version = int(filename.rsplit(".v", 1)[1].split(".")[0])
+            # Older versions are parsed apart from the named types of the current ones.
+            parsed = parse_schema(raw, named_schemas=named if self._is_newest(index, short, version) else {})
+            sv = SchemaVersion(schema_id, short, version, parsed)
+            self.by_id[schema_id] = sv
+            if short not in self.latest or self.latest[short].version < version:
+                self.latest[short] = sv
+
+    @staticmethod
+    def _is_newest(index: dict[str, str], short: str, version: int) -> bool:
+        versions = [int(f.rsplit(".v", 1)[1].split(".")[0]) for f in index.values() if f.startswith(short + ".v")]
+        return version == max(versions)
+
+    def encode(self, name: str, record: dict[str, Any], schema_id: int | None = None) -> bytes:
+        sv = self.by_id[schema_id] if schema_id is not None else self.latest[name]
+        buf = io.BytesIO()
+        buf.write(_HEADER.pack(MAGIC, sv.schema_id))
+        schemaless_writer(buf, sv.parsed, record)
+        return buf.getvalue()
+
+    def decode(self, data: bytes | None) -> tuple[str, Any]:
+        """Returns (short schema name, record). Raises DecodeError with a specific code."""
+        if not data:
+            raise DecodeError("empty_message", "message value is empty")
+        if len(data) < 5 or data[0] != MAGIC:
+            raise DecodeError(
+                "not_avro",
+                "message is not Avro in the Confluent wire format (expected magic byte 0 and a 4-byte schema id)",
+            )
+        _, schema_id = _HEADER.unpack_from(data)
+        writer = self.by_id.get(schema_id)
+        if writer is None:
+            raise DecodeError("unknown_schema", f"schema id {schema_id} is not in schemas/registry.json")
+        reader = self.latest[writer.name]
+        buf = io.BytesIO(data)
+        buf.seek(5)
+        try:
+            if reader is writer:
+                record = schemaless_reader(buf, writer.parsed, None, return_record_name=True)
+            else:
+                record = schemaless_reader(buf, writer.parsed, reader.parsed, return_record_name=True)
+        except Exception as exc:  # fastavro raises many types for truncated or corrupt input
+            raise DecodeError(
+                "corrupt_avro", f"cannot decode {writer.name} v{writer.version} body: {type(exc).__name__}: {exc}"
+            ) from None
+        if buf.tell() != len(data):
+            raise DecodeError(
+                "corrupt_avro",
+                f"{len(data) - buf.tell()} trailing bytes after the {writer.name} v{writer.version} record",
+            )
+        return writer.name, record
+
+    @cached_property
+    def ids(self) -> dict[str, int]:
+        return {name: sv.schema_id for name, sv in self.latest.items()}
+
+
+_default: Registry | None = None
+
+
+def registry() -> Registry:
+    global _default
+    if _default is None:
+        _default = Registry()
+    return _default
+
+
+__all__ = ["DecodeError", "Registry", "registry", "SCHEMAS_DIR", "fastavro"]

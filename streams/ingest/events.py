@@ -1,0 +1,361 @@
+"""Typed input events, parsed and validated from Avro records or JSON Lines (same field names).
+
+Every way an event can be wrong raises ``Rejected`` with a stable reason code and a message that
+names the field; the stream processor turns it into a dead letter and carries on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any, Mapping
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MS = timedelta(milliseconds=1)
+MAX_ID_LENGTH = 256
+MAX_TOKENS = 10**10  # far above any context window; more is a producer bug
+MAX_QUANTITY = Decimal(10**9)
+MIN_EVENT_MS = 946_684_800_000  # 2000-01-01
+MAX_EVENT_MS = 4_102_444_800_000  # 2100-01-01
+
+USAGE_ITEMS = frozenset(
+    {
+        "tokens",
+        "agent_call",
+        "tts",
+        "asr_streaming",
+        "asr_file",
+        "rtc_audio",
+        "rtc_video",
+        "kb_storage",
+        "image",
+        "video",
+        "3d",
+        "embedding",
+        "rerank",
+        "media_call",
+    }
+)
+TOKEN_ITEMS = frozenset({"tokens", "embedding", "rerank"})
+ACCOUNT_EVENT_TYPES = frozenset(
+    {
+        "account_opened",
+        "top_up",
+        "voucher_granted",
+        "pack_purchased",
+        "model_activated",
+        "post_paid_switched",
+        "balance_threshold_set",
+        "inference_limit_set",
+        "inference_limit_removed",
+        "trial_claimed",
+        "sub_account_linked",
+    }
+)
+
+
+class Rejected(Exception):
+    """An input that cannot be applied: ``code`` is stable (metrics, queries), ``message`` says why."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    event_id: str
+    trace_id: str
+    account_id: str
+    main_account_id: str
+    event_time: int  # ms since epoch, UTC
+    item: str
+    model: str | None
+    variant: str | None
+    status: str
+    mode: str
+    input_tokens: int
+    cache_hit_tokens: int
+    cache_write_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    quantity: Decimal | None
+    hours: Decimal | None
+
+    kind = "usage"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class AccountEvent:
+    event_id: str
+    account_id: str
+    main_account_id: str
+    event_time: int
+    type: str
+    profile: str | None = None
+    currency: str | None = None
+    post_paid: bool | None = None
+    amount: Decimal | None = None
+    balance_threshold: Decimal | None = None
+    safe_trial_mode: bool | None = None
+    voucher_id: str | None = None
+    pack_id: str | None = None
+    pack_kind: str | None = None
+    expires_at: int | None = None
+    model: str | None = None
+    limit_tokens: int | None = None
+    effective_time: int | None = None
+    inference_mode: str | None = None
+    prefix_caching: bool | None = None
+    tpm_guarantee: bool | None = None
+    sub_account_id: str | None = None
+
+    kind = "account"
+
+    @property
+    def trace_id(self) -> str:
+        return ""
+
+
+Event = UsageEvent | AccountEvent
+
+
+def to_millis(value: Any, field: str) -> int:
+    """Event times arrive as Avro datetimes, epoch milliseconds or ISO-8601 strings with an offset."""
+    if isinstance(value, bool):
+        raise Rejected("invalid_field", f"{field} must be a timestamp, got a boolean")
+    if isinstance(value, int):
+        ms = value
+    elif isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise Rejected("invalid_field", f"{field} has no time zone")
+        ms = (value - EPOCH) // _MS
+    elif isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise Rejected("invalid_field", f"{field}={value[:64]!r} is not an ISO-8601 timestamp") from None
+        if dt.tzinfo is None:
+            raise Rejected("invalid_field", f"{field}={value[:64]!r} has no UTC offset")
+        ms = (dt - EPOCH) // _MS
+    else:
+        raise Rejected("invalid_field", f"{field} must be a timestamp, got {type(value).__name__}")
+    if not MIN_EVENT_MS <= ms <= MAX_EVENT_MS:
+        raise Rejected("invalid_field", f"{field} is outside 2000-01-01..2100-01-01")
+    return ms
+
+
+
+def millis_to_iso(ms: int) -> str:
+    dt = EPOCH + ms * _MS
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _string(raw: Mapping[str, Any], name: str, required: bool = True) -> str | None:
+    value = raw.get(name)
+    if value is None or value == "":
+        if required:
+            raise Rejected("missing_field", f"{name} is required")
+        return None
+    if not isinstance(value, str):
+        raise Rejected("invalid_field", f"{name} must be a string, got {type(value).__name__}")
+    if len(value) > MAX_ID_LENGTH:
+        raise Rejected("invalid_field", f"{name} is {len(value)} characters long (at most {MAX_ID_LENGTH})")
+    return value
+
+
+def _count(raw: Mapping[str, Any], name: str) -> int:
+    value = raw.get(name, 0)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Rejected("invalid_field", f"{name} must be an integer, got {type(value).__name__}")
+    if value < 0:
+        raise Rejected("negative_quantity", f"{name}={value} is negative")
+    if value > MAX_TOKENS:
+        raise Rejected("absurd_quantity", f"{name}={value} is above the sanity limit {MAX_TOKENS}")
+    return value
+
+
+def parse_decimal(value: Any, name: str, *, allow_negative: bool = False) -> Decimal | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, float) or isinstance(value, bool):
+        # A float has already lost exactness; a boolean is a producer bug.
+        raise Rejected("invalid_field", f"{name} must be a decimal string or integer, not {type(value).__name__}")
+    if isinstance(value, int):
+        dec = Decimal(value)
+    elif isinstance(value, str):
+        if len(value) > 64:
+            raise Rejected("invalid_field", f"{name} is not a decimal (too long)")
+        try:
+            dec = Decimal(value)
+        except InvalidOperation:
+            raise Rejected("invalid_field", f"{name}={value!r} is not a decimal") from None
+    elif isinstance(value, Decimal):
+        dec = value
+    else:
+        raise Rejected("invalid_field", f"{name} must be a decimal string, got {type(value).__name__}")
+    if not dec.is_finite():
+        raise Rejected("invalid_field", f"{name}={value!r} is not a finite decimal")
+    if dec < 0 and not allow_negative:
+        raise Rejected("negative_quantity", f"{name}={value} is negative")
+    if abs(dec) > MAX_QUANTITY:
+        raise Rejected("absurd_quantity", f"{name}={value} is above the sanity limit {MAX_QUANTITY}")
+    return dec
+
+
+def _bool(raw: Mapping[str, Any], name: str) -> bool | None:
+    value = raw.get(name)
+    if value is None or isinstance(value, bool):
+        return value
+    raise Rejected("invalid_field", f"{name} must be true or false, got {type(value).__name__}")
+
+
+def _optional_time(raw: Mapping[str, Any], name: str) -> int | None:
+    value = raw.get(name)
+    return None if value is None else to_millis(value, name)
+
+
+def parse_usage(raw: Mapping[str, Any]) -> UsageEvent:
+    if not isinstance(raw, Mapping):
+        raise Rejected("wrong_schema", "a usage event must be an object")
+    item = _string(raw, "item")
+    if item not in USAGE_ITEMS:
+        raise Rejected("unknown_item", f"item {item!r} is not a billing item ({', '.join(sorted(USAGE_ITEMS))})")
+    status = raw.get("status") or "succeeded"
+    if status not in ("succeeded", "failed"):
+        raise Rejected("invalid_field", f"status must be 'succeeded' or 'failed', got {str(status)[:32]!r}")
+    mode = raw.get("mode") or "online"
+    if mode not in ("online", "batch"):
+        raise Rejected("invalid_field", f"mode must be 'online' or 'batch', got {str(mode)[:32]!r}")
+    event = UsageEvent(
+        event_id=_string(raw, "event_id"),
+        trace_id=_string(raw, "trace_id", required=False) or "",
+        account_id=_string(raw, "account_id"),
+        main_account_id=_string(raw, "main_account_id"),
+        event_time=to_millis(raw.get("event_time"), "event_time"),
+        item=item,
+        model=_string(raw, "model", required=False),
+        variant=_string(raw, "variant", required=False),
+        status=status,
+        mode=mode,
+        input_tokens=_count(raw, "input_tokens"),
+        cache_hit_tokens=_count(raw, "cache_hit_tokens"),
+        cache_write_tokens=_count(raw, "cache_write_tokens"),
+        output_tokens=_count(raw, "output_tokens"),
+        reasoning_tokens=_count(raw, "reasoning_tokens"),
+        quantity=parse_decimal(raw.get("quantity"), "quantity"),
+        hours=parse_decimal(raw.get("hours"), "hours"),
+    )
+    if event.cache_hit_tokens + event.cache_write_tokens > event.input_tokens:
+        raise Rejected(
+            "quantities_do_not_add_up",
+            f"cache_hit_tokens ({event.cache_hit_tokens}) + cache_write_tokens ({event.cache_write_tokens}) "
+            f"exceed input_tokens ({event.input_tokens}), which includes them",
+        )
+    if event.reasoning_tokens > event.output_tokens:
+        raise Rejected(
+            "quantities_do_not_add_up",
+            f"reasoning_tokens ({event.reasoning_tokens}) exceed output_tokens ({event.output_tokens}), which includes them",
+        )
+    if item in TOKEN_ITEMS:
+        if event.model is None:
+            raise Rejected("missing_field", f"model is required for item {item!r}")
+        if event.quantity is not None:
+            raise Rejected("invalid_field", f"item {item!r} is metered in token fields, not quantity")
+    else:
+        if event.total_tokens:
+            raise Rejected("invalid_field", f"item {item!r} takes a quantity, not token counts")
+        if event.quantity is None:
+            raise Rejected("missing_quantity", f"quantity is required for item {item!r}")
+    if item == "kb_storage" and event.hours is None:
+        raise Rejected("missing_quantity", "hours is required for kb_storage (GB stored for that many hours)")
+    return event
+
+
+def parse_account(raw: Mapping[str, Any]) -> AccountEvent:
+    if not isinstance(raw, Mapping):
+        raise Rejected("wrong_schema", "an account event must be an object")
+    kind = _string(raw, "type")
+    if kind not in ACCOUNT_EVENT_TYPES:
+        raise Rejected("unknown_event_type", f"account event type {kind!r} is not one of {', '.join(sorted(ACCOUNT_EVENT_TYPES))}")
+    limit = raw.get("limit_tokens")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+        raise Rejected("invalid_field", "limit_tokens must be an integer")
+    inference_mode = raw.get("inference_mode")
+    if inference_mode not in (None, "online", "batch"):
+        raise Rejected("invalid_field", f"inference_mode must be 'online' or 'batch', got {str(inference_mode)[:32]!r}")
+    return AccountEvent(
+        event_id=_string(raw, "event_id"),
+        account_id=_string(raw, "account_id"),
+        main_account_id=_string(raw, "main_account_id"),
+        event_time=to_millis(raw.get("event_time"), "event_time"),
+        type=kind,
+        profile=_string(raw, "profile", required=False),
+        currency=_string(raw, "currency", required=False),
+        post_paid=_bool(raw, "post_paid"),
+        amount=parse_decimal(raw.get("amount"), "amount", allow_negative=True),
+        balance_threshold=parse_decimal(raw.get("balance_threshold"), "balance_threshold"),
+        safe_trial_mode=_bool(raw, "safe_trial_mode"),
+        voucher_id=_string(raw, "voucher_id", required=False),
+        pack_id=_string(raw, "pack_id", required=False),
+        pack_kind=_string(raw, "pack_kind", required=False),
+        expires_at=_optional_time(raw, "expires_at"),
+        model=_string(raw, "model", required=False),
+        limit_tokens=limit,
+        effective_time=_optional_time(raw, "effective_time"),
+        inference_mode=inference_mode,
+        prefix_caching=_bool(raw, "prefix_caching"),
+        tpm_guarantee=_bool(raw, "tpm_guarantee"),
+        sub_account_id=_string(raw, "sub_account_id", required=False),
+    )
+
+
+def parse_json_event(raw: Any) -> Event:
+    """JSON Lines: an object with ``"kind": "usage"`` or ``"kind": "account"`` plus the Avro fields."""
+    if not isinstance(raw, dict):
+        raise Rejected("wrong_schema", "each line must be a JSON object")
+    kind = raw.get("kind")
+    if kind == "usage":
+        return parse_usage(raw)
+    if kind == "account":
+        return parse_account(raw)
+    raise Rejected("wrong_schema", f"kind must be 'usage' or 'account', got {str(kind)[:32]!r}")
+
+
+def usage_to_record(e: UsageEvent) -> dict[str, Any]:
+    """The Avro / JSON field dict of a usage event (times as epoch ms)."""
+    return {
+        "event_id": e.event_id,
+        "trace_id": e.trace_id,
+        "account_id": e.account_id,
+        "main_account_id": e.main_account_id,
+        "event_time": e.event_time,
+        "item": e.item,
+        "model": e.model,
+        "variant": e.variant,
+        "status": e.status,
+        "mode": e.mode,
+        "input_tokens": e.input_tokens,
+        "cache_hit_tokens": e.cache_hit_tokens,
+        "cache_write_tokens": e.cache_write_tokens,
+        "output_tokens": e.output_tokens,
+        "reasoning_tokens": e.reasoning_tokens,
+        "quantity": None if e.quantity is None else str(e.quantity),
+        "hours": None if e.hours is None else str(e.hours),
+    }
+
+
+def account_to_record(e: AccountEvent) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in AccountEvent.__dataclass_fields__:
+        value = getattr(e, name)
+        out[name] = str(value) if isinstance(value, Decimal) else value
+    return out

@@ -1,0 +1,138 @@
+"""Rate one usage event against the price book version in force at its event time.
+
+Pure and exact: ``Decimal`` from the YAML to the result, no rounding (bills round when presented).
+Token lines come out in the order a trial quota covers them (billing-rules §3): cache-hit input,
+other input, cache-write input, output, reasoning output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from streams.ingest.events import TOKEN_ITEMS, Rejected, UsageEvent
+from streams.rating.profiles import PriceRow, Profile, TokenPrices
+
+ZERO = Decimal(0)
+GENERATION_ITEMS = frozenset({"image", "video", "3d", "media_call"})  # failed ones are free
+WHOLE_UNITS = frozenset({"call", "image"})
+
+
+@dataclass(frozen=True, slots=True)
+class RatingLine:
+    component: str  # cache_hit, input, cache_write, output, reasoning, unit
+    units: Decimal  # tokens, or units of the row (calls, characters, minutes, GB-hours, images, seconds)
+    unit_price: Decimal  # currency per unit
+    amount: Decimal
+    credits_per_unit: Decimal | None = None  # credit-priced rows: what one unit costs in credits
+
+
+@dataclass(frozen=True, slots=True)
+class Rating:
+    price_version: str
+    lines: tuple[RatingLine, ...]
+    amount: Decimal
+    quantities: dict[str, str]
+    billed_elsewhere: bool = False
+    unit: str = "tokens"
+
+    @property
+    def token_units(self) -> int:
+        return int(sum((l.units for l in self.lines), ZERO)) if self.unit == "tokens" else 0
+
+
+def find_row(profile: Profile, event: UsageEvent, version) -> PriceRow:
+    rows = version.rows.get((event.item, event.model))
+    if rows is None:
+        if event.model is not None and event.model not in profile.models:
+            raise Rejected("unknown_model", f"model {event.model!r} has no price in profile {profile.name!r}")
+        what = f"item {event.item!r}" + (f" for model {event.model!r}" if event.model else "")
+        raise Rejected("unknown_item", f"{what} has no price in profile {profile.name!r}")
+    row = rows.get(event.variant)
+    if row is None:
+        if None in rows and len(rows) == 1:
+            return rows[None]  # the price does not depend on a variant (e.g. image resolution)
+        known = ", ".join(sorted(str(v) for v in rows))
+        label = event.model or event.item
+        raise Rejected("unknown_variant", f"{label} {event.item} has no price for variant {event.variant!r} (known: {known})")
+    return row
+
+
+def _tier(row: PriceRow, event: UsageEvent) -> TokenPrices:
+    lower = 0
+    for tier in row.token_tiers():
+        if tier.up_to is None or event.input_tokens <= tier.up_to:
+            return tier
+        lower = tier.up_to
+    bounds = []
+    lo = 0
+    for t in row.token_tiers():
+        bounds.append(f"({lo}, {t.up_to}]")
+        lo = t.up_to
+    raise Rejected(
+        "above_top_tier",
+        f"{event.model}: {event.input_tokens} input tokens is above the top tier; tiers are {', '.join(bounds)} (lower bound {lower})",
+    )
+
+
+def _rate_tokens(profile: Profile, row: PriceRow, event: UsageEvent) -> tuple[tuple[RatingLine, ...], dict[str, str]]:
+    tier = _tier(row, event)
+    per = Decimal(row.per_tokens)
+
+    def unit_price(value: Decimal) -> Decimal:
+        return profile.to_currency(value) / per
+
+    input_price = unit_price(tier.input)
+    output_price = unit_price(tier.output)
+    components = (
+        ("cache_hit", event.cache_hit_tokens, input_price if tier.cache_hit is None else unit_price(tier.cache_hit)),
+        ("input", event.input_tokens - event.cache_hit_tokens - event.cache_write_tokens, input_price),
+        ("cache_write", event.cache_write_tokens, input_price if tier.cache_write is None else unit_price(tier.cache_write)),
+        ("output", event.output_tokens - event.reasoning_tokens, output_price),
+        ("reasoning", event.reasoning_tokens, output_price if tier.reasoning is None else unit_price(tier.reasoning)),
+    )
+    lines = tuple(RatingLine(name, Decimal(n), price, n * price) for name, n, price in components if n)
+    quantities = {name: str(n) for name, n, _ in components if n}
+    return lines, quantities
+
+
+def _rate_units(profile: Profile, row: PriceRow, event: UsageEvent) -> tuple[tuple[RatingLine, ...], dict[str, str]]:
+    quantity = event.quantity
+    if row.unit in WHOLE_UNITS and quantity != quantity.to_integral_value():
+        raise Rejected("invalid_quantity", f"{event.item} is counted in whole {row.unit}s, got quantity {quantity}")
+    if event.status == "failed" and event.item in GENERATION_ITEMS:
+        quantity = ZERO
+    quantities = {"quantity": str(event.quantity)}
+    if event.item == "kb_storage":
+        free = row.free_gb or ZERO
+        quantities = {"stored_gb": str(event.quantity), "hours": str(event.hours), "free_gb": str(free)}
+        quantity = max(ZERO, event.quantity - free) * event.hours
+    if row.credits is not None:
+        price = row.credits * profile.book.credit_values[row.credit_kind]
+        line = RatingLine("unit", quantity, price, quantity * price, credits_per_unit=row.credits)
+    else:
+        price = profile.to_currency(row.price)
+        line = RatingLine("unit", quantity, price, quantity * price)
+    return ((line,) if quantity else ()), quantities
+
+
+def rate(profile: Profile, event: UsageEvent) -> Rating:
+    """Raises ``Rejected`` with a specific code for anything that cannot be priced."""
+    if profile.billed_elsewhere(event.model):
+        return Rating(f"{profile.name}@elsewhere", (), ZERO, {}, billed_elsewhere=True, unit="none")
+    version = profile.version_at(event.event_time)
+    if version is None:
+        first = profile.versions[0]
+        raise Rejected(
+            "no_price_in_force",
+            f"profile {profile.name!r} has no price version in force at the event time (first version {first.version} starts later)",
+        )
+    row = find_row(profile, event, version)
+    if event.item in TOKEN_ITEMS:
+        lines, quantities = _rate_tokens(profile, row, event)
+        unit = "tokens"
+    else:
+        lines, quantities = _rate_units(profile, row, event)
+        unit = row.unit
+    amount = sum((line.amount for line in lines), ZERO)
+    return Rating(f"{profile.name}@{version.version}", lines, amount, quantities, unit=unit)
