@@ -53,25 +53,23 @@ def find_row(profile: Profile, event: UsageEvent, version) -> PriceRow:
         if None in rows and len(rows) == 1:
             return rows[None]  # the price does not depend on a variant (e.g. image resolution)
         known = ", ".join(sorted(str(v) for v in rows))
-        label = event.model or event.item
-        raise Rejected("unknown_variant", f"{label} {event.item} has no price for variant {event.variant!r} (known: {known})")
+        label = f"{event.model} {event.item}" if event.model else event.item
+        raise Rejected("unknown_variant", f"{label} has no price for variant {event.variant!r} (known: {known})")
     return row
 
 
 def _tier(row: PriceRow, event: UsageEvent) -> TokenPrices:
-    lower = 0
-    for tier in row.token_tiers():
+    tiers = row.token_tiers()
+    for tier in tiers:
         if tier.up_to is None or event.input_tokens <= tier.up_to:
             return tier
-        lower = tier.up_to
-    bounds = []
-    lo = 0
-    for t in row.token_tiers():
-        bounds.append(f"({lo}, {t.up_to}]")
-        lo = t.up_to
+    bounds, lower = [], 0
+    for t in tiers:
+        bounds.append(f"({lower}, {t.up_to}]")
+        lower = t.up_to
     raise Rejected(
         "above_top_tier",
-        f"{event.model}: {event.input_tokens} input tokens is above the top tier; tiers are {', '.join(bounds)} (lower bound {lower})",
+        f"{event.model}: {event.input_tokens} input tokens is above the top tier; its tiers are {', '.join(bounds)} input tokens",
     )
 
 

@@ -1,0 +1,59 @@
+"""Deduction records: the one output of every rated usage event, with a deterministic id."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+DEDUCTION_NAMESPACE = uuid.UUID("2b0e8c52-95b9-4a55-8d6e-51f0d8b7c3a4")
+DEAD_LETTER_NAMESPACE = uuid.UUID("9d3c0b7e-3f53-4c38-b2b5-0e7f58f0f1d2")
+PRESENTATION = Decimal("0.000001")
+
+
+def deduction_id(main_account_id: str, event_id: str) -> str:
+    return str(uuid.uuid5(DEDUCTION_NAMESPACE, f"{main_account_id}|{event_id}"))
+
+
+def dead_letter_id(reason_code: str, event_id: str | None, fallback: str) -> str:
+    """Same input, same reason -> same id, so a redelivered bad message is one dead letter."""
+    return str(uuid.uuid5(DEAD_LETTER_NAMESPACE, f"{reason_code}|{event_id if event_id else fallback}"))
+
+
+def money(value: Decimal) -> str:
+    """Canonical exact decimal string: no exponent, no trailing zeros (0.698, 68, 0.00002)."""
+    if value == 0:
+        return "0"
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text
+
+
+def present(value: Decimal) -> Decimal:
+    """Bills round half-even to 6 decimals, only when presented."""
+    return value.quantize(PRESENTATION, rounding=ROUND_HALF_EVEN)
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    bucket_kind: str  # free, trial, pack, voucher, cash
+    bucket_id: str
+    amount: Decimal
+    units: Decimal
+    unit: str
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "bucket_kind": self.bucket_kind,
+            "bucket_id": self.bucket_id,
+            "amount": money(self.amount),
+            "units": money(self.units),
+            "unit": self.unit,
+        }
+
+
+def settlement_period(item: str) -> str:
+    """Credit-based video and 3D generation settle daily, everything else hourly (rules §5)."""
+    return "day" if item in ("video", "3d") else "hour"

@@ -1,0 +1,88 @@
+"""From one Kafka message (key, Avro value) to the typed events it carries, or the reason it can't.
+
+A message holds one usage event, one account event, or an ``EventBatch`` of one main account's
+events. Each event that fails gets its own dead letter whose payload is that event alone,
+re-encoded, so it can be re-driven after a fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from streams.deduction.record import dead_letter_id
+from streams.ingest.codec import DecodeError, Registry
+from streams.ingest.events import Event, Rejected, parse_account, parse_usage
+
+INPUT_SCHEMAS = ("usage_event", "account_event", "event_batch")
+_PARSERS = {"usage_event": parse_usage, "account_event": parse_account}
+_BRANCH = {"billing.v1.UsageEvent": "usage_event", "billing.v1.AccountEvent": "account_event"}
+
+
+@dataclass(slots=True)
+class Decoded:
+    event: Event | None
+    rejected: Rejected | None
+    payload: bytes
+    record: Any = None  # the raw record, when the bytes decoded but the event did not validate
+
+
+def decode_message(registry: Registry, key: bytes | None, value: bytes | None) -> list[Decoded]:
+    try:
+        name, record = registry.decode(value)
+    except DecodeError as exc:
+        return [Decoded(None, Rejected(exc.code, str(exc)), value or b"")]
+    if name == "event_batch":
+        parts = [(_BRANCH[branch], rec, None) for branch, rec in record["events"]]
+        if not parts:
+            return [Decoded(None, Rejected("empty_batch", "the event batch holds no events"), value)]
+    elif name in _PARSERS:
+        parts = [(name, record, value)]
+    else:
+        return [Decoded(None, Rejected("wrong_schema", f"a {name} record is not an input event (expected {', '.join(INPUT_SCHEMAS)})"), value)]
+    out = []
+    main_key = key.decode("utf-8", "replace") if key is not None else None
+    for schema, rec, payload in parts:
+        try:
+            event = _PARSERS[schema](rec)
+            if main_key is None:
+                raise Rejected("missing_key", "the message has no key; input messages are keyed by main_account_id")
+            if event.main_account_id != main_key:
+                raise Rejected(
+                    "key_mismatch",
+                    f"main_account_id {event.main_account_id!r} differs from the message key {main_key!r}; "
+                    "events of one main account must share its key (and so its partition)",
+                )
+            out.append(Decoded(event, None, payload or b""))
+        except Rejected as exc:
+            out.append(Decoded(None, exc, payload if payload is not None else registry.encode(schema, rec), rec))
+    return out
+
+
+def dead_letter_record(
+    decoded: Decoded, *, topic: str, partition: int, offset: int, key: bytes | None, fallback_id: str
+) -> dict[str, Any]:
+    rec = decoded.record if isinstance(decoded.record, dict) else {}
+    event = decoded.event
+
+    def pick(name: str) -> Any:
+        value = getattr(event, name, None) if event is not None else rec.get(name)
+        return value if isinstance(value, str) and value else None
+
+    event_id = pick("event_id")
+    event_time = getattr(event, "event_time", None) if event is not None else None
+    assert decoded.rejected is not None
+    return {
+        "dead_letter_id": dead_letter_id(decoded.rejected.code, event_id, fallback_id),
+        "reason_code": decoded.rejected.code,
+        "reason": decoded.rejected.message,
+        "source_topic": topic,
+        "source_partition": partition,
+        "source_offset": offset,
+        "event_id": event_id,
+        "main_account_id": pick("main_account_id"),
+        "trace_id": pick("trace_id"),
+        "event_time": event_time,
+        "key": key,
+        "payload": decoded.payload,
+    }

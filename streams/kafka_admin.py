@@ -1,0 +1,57 @@
+"""Topic definitions and idempotent creation (the same call against Tansu or Apache Kafka)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from streams.config import Settings
+from streams.kafka_client import client_kwargs
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str]
+    doc: str
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    t, n = settings.topics, settings.kafka_partitions
+    week, year = str(7 * 86400_000), str(366 * 86400_000)
+    return [
+        TopicSpec(t.events, n, {"retention.ms": week}, "usage and account events, Avro, key = main account id"),
+        TopicSpec(t.deductions, n, {"retention.ms": year}, "one deduction per rated usage event"),
+        TopicSpec(t.settlements, n, {"retention.ms": year}, "hourly / daily settlement lines"),
+        TopicSpec(t.alerts, n, {"retention.ms": year}, "all alerts"),
+        TopicSpec(t.arrears_alerts, n, {"retention.ms": year}, "arrears alerts only"),
+        TopicSpec(t.account_status, n, {"cleanup.policy": "compact"}, "latest status per main account (compacted)"),
+        TopicSpec(t.dead_letters, n, {"retention.ms": year}, "inputs that could not be applied, with the reason"),
+    ]
+
+
+async def create_topics(settings: Settings) -> list[str]:
+    """Create missing topics; returns the names created. Existing topics are left as they are."""
+    admin = AIOKafkaAdminClient(**client_kwargs(settings), request_timeout_ms=15000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [s for s in topic_specs(settings) if s.name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(s.name, s.partitions, settings.kafka_replication_factor, topic_configs=s.config) for s in missing]
+                )
+            except TopicAlreadyExistsError:
+                pass  # another process created them first
+        return [s.name for s in missing]
+    finally:
+        await admin.close()
+
+
+def ensure_topics(settings: Settings) -> list[str]:
+    return asyncio.run(create_topics(settings))

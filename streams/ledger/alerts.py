@@ -1,0 +1,51 @@
+"""Alert records with deterministic ids: (account, kind, episode) names an alert exactly once."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+ALERT_NAMESPACE = uuid.UUID("6f1c2f0e-6a1b-4d8e-9a51-1f0f1b5e2a10")
+
+ALERT_KINDS = (
+    "balance_below_threshold",
+    "arrears_started",
+    "arrears_cleared",
+    "grace_ending",
+    "resources_released",
+    "free_quota_exhausted",
+    "trial_expiring",
+    "trial_exhausted",
+    "model_paused",
+    "service_stopped",
+)
+ARREARS_KINDS = frozenset({"arrears_started", "arrears_cleared", "grace_ending", "resources_released"})
+
+
+def alert(
+    kind: str,
+    main_account_id: str,
+    account_id: str,
+    event_time: int,
+    episode: str,
+    message: str,
+    *,
+    model: str | None = None,
+    details: dict[str, str] | None = None,
+    source_event_ids: list[str] | None = None,
+    trace_id: str = "",
+) -> dict[str, Any]:
+    assert kind in ALERT_KINDS, kind
+    return {
+        "alert_id": str(uuid.uuid5(ALERT_NAMESPACE, f"{main_account_id}|{kind}|{episode}")),
+        "kind": kind,
+        "main_account_id": main_account_id,
+        "account_id": account_id,
+        "event_time": event_time,
+        "episode": episode,
+        "model": model,
+        "message": message,
+        "details": details or {},
+        "source_event_ids": source_event_ids or [],
+        "trace_id": trace_id,
+    }

