@@ -69,13 +69,15 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_interval=1.0,
         producer_acks=-1,
         table_standby_replicas=0,
+        key_serializer="raw",
+        value_serializer="raw",  # values are Avro (topics) or orjson bytes (table) we encode ourselves
         **extra,
     )
     topics = settings.topics
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     events_topic = app.topic(topics.events, partitions=settings.kafka_partitions, **raw)
     out = {name: app.topic(name, **raw) for name in topics.all()}
-    accounts = app.Table("accounts", partitions=settings.kafka_partitions, **raw)
+    accounts = app.Table("accounts", partitions=settings.kafka_partitions, key_type=bytes, value_type=bytes)
     engine = BillingEngine(Profiles(settings.profiles_dir))
     reg = registry()
     counts = Counts()

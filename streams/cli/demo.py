@@ -1,0 +1,123 @@
+"""``rating demo`` (what ``make run`` runs): the real path end to end on the embedded default."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from streams.deduction.record import present
+from streams.ingest.producer import EventProducer
+from streams.kafka_admin import create_topics
+from streams.local.pipeline import LocalPipeline, sink_until
+from streams.sink.clickhouse import ClickHouseSink
+from streams.simulate import read_lines, run_file
+
+
+class DemoFailed(Exception):
+    pass
+
+
+def run_demo(events: Path, *, batch: int, timeout: float, console: Console) -> None:
+    from streams.cli.main import UserError
+
+    run_dir = Path(".run") / "demo"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a second run starts clean: no lock, port or data clash
+    started = time.monotonic()
+    expected = run_file(events)
+    want_deductions = len({d["deduction_id"] for d in expected.deductions})
+    want_dead = len({d["event_id"] or d["dead_letter_id"] for d in expected.dead_letters})
+    lines = [raw for _, raw in read_lines(events)]
+
+    with LocalPipeline(run_dir) as pipeline:
+        settings = pipeline.start_broker()
+        console.print(f"[bold]broker[/]  Tansu on {settings.kafka_bootstrap_servers} (log {run_dir / 'broker.log'})")
+        asyncio.run(create_topics(settings))
+        worker = pipeline.start_worker()
+        console.print(f"[bold]worker[/]  faust, pid {worker.process.pid} (log {worker.log_path})")
+        sink = ClickHouseSink(settings)
+        console.print(f"[bold]sink[/]    ClickHouse {settings.clickhouse_dsn_for_display()}")
+
+        def landed() -> tuple[int, int]:
+            d = sink.client.query("SELECT count() FROM deductions FINAL").result_rows[0][0]
+            x = sink.client.query("SELECT uniqExact(if(event_id = '', dead_letter_id, event_id)) FROM dead_letters FINAL").result_rows[0][0]
+            return d, x
+
+        async def main() -> bool:
+            await sink.start()
+            try:
+                async with EventProducer(settings) as producer:
+                    sent = await producer.send_lines(lines, batch_size=batch)
+                console.print(f"[bold]replay[/]  {sent} events from {events} ({'batches of ' + str(batch) if batch > 1 else 'one per message'})")
+                with Progress(TextColumn("[bold]landing"), BarColumn(), TextColumn("{task.completed}/{task.total} rows"),
+                              TimeElapsedColumn(), console=console, transient=True) as progress:
+                    task = progress.add_task("land", total=want_deductions + want_dead)
+
+                    def done() -> bool:
+                        if not worker.alive():
+                            raise DemoFailed(f"the worker exited (code {worker.process.returncode}); see {worker.log_path}")
+                        d, x = landed()
+                        progress.update(task, completed=d + x)
+                        return d >= want_deductions and x >= want_dead
+
+                    return await sink_until(sink, done, timeout)
+            finally:
+                await sink.stop()
+
+        try:
+            ok = asyncio.run(main())
+        except DemoFailed as exc:
+            raise UserError(str(exc)) from None
+        if not ok:
+            d, x = landed()
+            raise UserError(
+                f"timed out after {timeout:.0f}s: {d}/{want_deductions} deductions and {x}/{want_dead} dead letters landed; "
+                f"see {worker.log_path}"
+            )
+        print_landed(sink.client, console)
+        live = sink.client.query("SELECT toString(sum(rated_amount)), toString(sum(cash_amount)) FROM deductions FINAL").result_rows[0]
+    from decimal import Decimal
+
+    sim_rated = sum((Decimal(d["rated_amount"]) for d in expected.deductions), Decimal(0))
+    sim_cash = sum((Decimal(s["amount"]) for d in expected.deductions for s in d["splits"] if s["bucket_kind"] == "cash"), Decimal(0))
+    same = Decimal(live[0]) == sim_rated and Decimal(live[1]) == sim_cash
+    verdict = "[green]identical to[/]" if same else "[red]DIFFERENT from[/]"
+    console.print(f"ClickHouse totals: rated {Decimal(live[0]).normalize()}, cash {Decimal(live[1]).normalize()} — {verdict} `rating simulate` on the same file")
+    console.print(f"done in {time.monotonic() - started:.1f}s; broker, worker and sink stopped")
+    if not same:
+        raise UserError("the live pipeline and the simulator disagree; see the worker log")
+
+
+def print_landed(client, console: Console) -> None:
+    rows = client.query(
+        "SELECT main_account_id, formatDateTime(period_start, '%Y-%m-%d %H:%i', 'UTC'), settlement_period, item, model, event_count, "
+        "currency, gross_amount, free_amount + trial_amount AS free_trial, pack_amount, voucher_amount, cash_amount, unbilled_amount "
+        "FROM settlement_hourly_v ORDER BY main_account_id, period_start, item, model"
+    ).result_rows
+    table = Table(title="settlement lines in ClickHouse (settlement_hourly_v; periods in UTC)", show_lines=False)
+    for col in ("account", "period", "per", "item", "model", "events", "cur", "gross", "free+trial", "pack", "voucher", "cash", "unbilled"):
+        table.add_column(col, justify="right" if col in ("events", "gross", "free+trial", "pack", "voucher", "cash", "unbilled") else "left")
+    for r in rows:
+        table.add_row(*(str(v) for v in r[:7]), *(str(present(v)) for v in r[7:]))
+    console.print(table)
+    dead = client.query(
+        "SELECT reason_code, event_id, main_account_id, reason FROM dead_letters FINAL ORDER BY source_offset, reason_code"
+    ).result_rows
+    dl = Table(title="dead letters in ClickHouse")
+    for col in ("reason_code", "event_id", "account", "reason"):
+        dl.add_column(col)
+    for r in dead:
+        dl.add_row(*(str(v) for v in r))
+    console.print(dl)
+    alerts = client.query("SELECT main_account_id, kind, message FROM alerts FINAL ORDER BY event_time, main_account_id, kind").result_rows
+    at = Table(title="alerts in ClickHouse")
+    for col in ("account", "kind", "message"):
+        at.add_column(col)
+    for r in alerts:
+        at.add_row(*(str(v) for v in r))
+    console.print(at)

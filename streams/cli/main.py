@@ -1,0 +1,296 @@
+"""``rating``: the one command line of the pipeline (typer + rich)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import sys
+from decimal import Decimal
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from streams.config import ConfigError, Settings
+
+app = typer.Typer(
+    help="AI-platform billing: rate usage events, pay them from account buckets, settle into ClickHouse.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+
+
+class UserError(Exception):
+    """Something the user can fix; printed as one line, exit code 2."""
+
+
+def friendly(fn):
+    """Known failures become one clear line with what to do, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from streams.rating.profiles import ProfileError
+
+        try:
+            return fn(*args, **kwargs)
+        except (UserError, ConfigError, ProfileError) as exc:
+            err.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+        except FileNotFoundError as exc:
+            err.print(f"[bold red]error:[/] no such file: {exc.filename}")
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+def setup_logging(s: Settings) -> None:
+    if s.log_format == "json":
+        from streams.observability.logs import JsonFormatter
+
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter(secrets=s.secrets()))
+        logging.basicConfig(level=s.log_level, handlers=[handler], force=True)
+    else:
+        logging.basicConfig(level=s.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True)
+
+
+def _profiles(s: Settings):
+    from streams.rating.profiles import Profiles
+
+    return Profiles(s.profiles_dir)
+
+
+# ---------------------------------------------------------------- offline
+
+
+@app.command()
+@friendly
+def simulate(
+    events: Path = typer.Argument(..., help="JSON Lines file of usage and account events", exists=False),
+    out: Path = typer.Option(Path("simulate-out"), "--out", help="folder for the output .jsonl files"),
+):
+    """Run the pure core over a JSON Lines file: the offline twin of the pipeline."""
+    from streams.simulate import run_file, write_outputs
+
+    if not events.is_file():
+        raise UserError(f"{events} is not a file; pass a JSON Lines file of events (see examples/)")
+    result = run_file(events, _profiles(settings()))
+    files = write_outputs(result, out)
+    summary = Table(title=f"rating simulate {events}")
+    summary.add_column("account")
+    summary.add_column("currency")
+    summary.add_column("events", justify="right")
+    for col in ("rated", "free", "trial", "pack", "voucher", "cash", "unbilled"):
+        summary.add_column(col, justify="right")
+    from streams.deduction.record import present
+
+    totals: dict[str, dict[str, Decimal]] = {}
+    counts: dict[str, int] = {}
+    currency: dict[str, str] = {}
+    for d in result.deductions:
+        acc = d["main_account_id"]
+        t = totals.setdefault(acc, {k: Decimal(0) for k in ("rated", "free", "trial", "pack", "voucher", "cash", "unbilled")})
+        counts[acc] = counts.get(acc, 0) + 1
+        currency[acc] = d["currency"]
+        t["rated"] += Decimal(d["rated_amount"])
+        t["unbilled"] += Decimal(d["unbilled_amount"])
+        for sp in d["splits"]:
+            t[sp["bucket_kind"]] += Decimal(sp["amount"])
+    for acc in sorted(totals):
+        t = totals[acc]
+        summary.add_row(acc, currency[acc], str(counts[acc]), *(str(present(t[k])) for k in ("rated", "free", "trial", "pack", "voucher", "cash", "unbilled")))
+    console.print(summary)
+    c = result.counts
+    console.print(
+        f"consumed {c['consumed']} = rated {c['rated']} + applied {c['applied']} + rejected {c['rejected']} "
+        f"+ duplicates {c['duplicate']};  alerts {len(result.alerts)}"
+    )
+    for name, path in files.items():
+        console.print(f"  {name:<15} {path}")
+
+
+@app.command()
+@friendly
+def quote(
+    profile: str = typer.Option(..., "--profile", "-p", help="coze-pro, tokenhub, ark, jiekou"),
+    model: Optional[str] = typer.Option(None, "--model", "-m"),
+    item: str = typer.Option("tokens", "--item", help="billing item (tokens, tts, rtc_video, image, video, 3d, ...)"),
+    input_tokens: int = typer.Option(0, "--input", help="total input tokens, cache hits included"),
+    cache_hit: int = typer.Option(0, "--cache-hit"),
+    cache_write: int = typer.Option(0, "--cache-write"),
+    output_tokens: int = typer.Option(0, "--output", help="total output tokens, reasoning included"),
+    reasoning: int = typer.Option(0, "--reasoning"),
+    quantity: Optional[str] = typer.Option(None, "--quantity", "-q", help="units for per-unit items"),
+    hours: Optional[str] = typer.Option(None, "--hours", help="hours, for kb_storage"),
+    variant: Optional[str] = typer.Option(None, "--variant"),
+    at: Optional[str] = typer.Option(None, "--at", help="event time (ISO-8601); default: now"),
+):
+    """Price one request and show the breakdown line by line (no account, no buckets)."""
+    from datetime import datetime, timezone
+
+    from streams.deduction.record import money, present
+    from streams.ingest.events import Rejected, parse_usage
+    from streams.rating.rate import rate
+
+    profiles = _profiles(settings())
+    p = profiles.get(profile)
+    if p is None:
+        raise UserError(f"unknown profile {profile!r}; choose one of {', '.join(profiles.names())}")
+    raw = {
+        "event_id": "quote", "account_id": "quote", "main_account_id": "quote",
+        "event_time": at or datetime.now(timezone.utc).isoformat(), "item": item, "model": model, "variant": variant,
+        "input_tokens": input_tokens, "cache_hit_tokens": cache_hit, "cache_write_tokens": cache_write,
+        "output_tokens": output_tokens, "reasoning_tokens": reasoning, "quantity": quantity, "hours": hours,
+    }
+    try:
+        rating = rate(p, parse_usage(raw))
+    except Rejected as exc:
+        raise UserError(f"{exc.code}: {exc.message}") from None
+    table = Table(title=f"{profile} {model or ''} {item} ({rating.price_version})")
+    table.add_column("component")
+    table.add_column("units", justify="right")
+    table.add_column(f"unit price ({p.currency})", justify="right")
+    table.add_column(f"amount ({p.currency})", justify="right")
+    for line in rating.lines:
+        table.add_row(line.component, money(line.units), money(line.unit_price), money(line.amount))
+    table.add_row("[bold]total", "", "", f"[bold]{money(rating.amount)}")
+    console.print(table)
+    extra = f" = {money(p.to_price_unit(rating.amount))} points" if p.book.price_unit == "points" else ""
+    console.print(f"total {present(rating.amount)} {p.currency} (rounded half-even to 6 places){extra}")
+    if rating.billed_elsewhere:
+        console.print("billed elsewhere: this model is charged by its own platform, not by this profile")
+
+
+# ---------------------------------------------------------------- live pipeline
+
+
+@app.command()
+@friendly
+def worker():
+    """Run a stream-processing worker (faust) against the configured Kafka cluster."""
+    s = settings()
+    if s.embedded_broker:
+        raise UserError("KAFKA_BOOTSTRAP_SERVERS is not set; `rating run` starts an embedded broker, `rating worker` needs a cluster")
+    setup_logging(s)
+    from streams.worker.app import run_worker
+
+    run_worker(s)
+
+
+@app.command()
+@friendly
+def sink():
+    """Run the ClickHouse sink against the configured Kafka cluster and ClickHouse."""
+    s = settings()
+    if s.embedded_broker:
+        raise UserError("KAFKA_BOOTSTRAP_SERVERS is not set; the sink needs a Kafka cluster")
+    setup_logging(s)
+    from streams.sink.clickhouse import run_sink
+
+    async def main():
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        import signal
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        return await run_sink(s, stop)
+
+    stats = asyncio.run(main())
+    console.print(f"sink stopped: {stats.rows}")
+
+
+@app.command()
+@friendly
+def demo(
+    events: Path = typer.Argument(Path("examples/demo.jsonl"), help="JSON Lines stream to replay"),
+    batch: int = typer.Option(1, "--batch", help="events per Kafka message (EventBatch) for the replay"),
+    timeout: float = typer.Option(90.0, "--timeout", help="seconds to wait for everything to land"),
+):
+    """Start a local broker, a worker and the sink, replay EVENTS, print what landed, stop."""
+    from streams.cli.demo import run_demo
+
+    if not events.is_file():
+        raise UserError(f"{events} is not a file")
+    run_demo(events, batch=batch, timeout=timeout, console=console)
+
+
+@app.command()
+@friendly
+def topics():
+    """Create the pipeline's topics (idempotent) and list them with partitions and settings."""
+    s = settings()
+    if s.embedded_broker:
+        raise UserError("KAFKA_BOOTSTRAP_SERVERS is not set")
+    from streams.kafka_admin import ensure_topics, topic_specs
+
+    created = ensure_topics(s)
+    table = Table(title="topics")
+    for col in ("topic", "partitions", "config", "content", "state"):
+        table.add_column(col)
+    for spec in topic_specs(s):
+        cfg = ", ".join(f"{k}={v}" for k, v in spec.config.items())
+        table.add_row(spec.name, str(spec.partitions), cfg, spec.doc, "created" if spec.name in created else "exists")
+    console.print(table)
+
+
+@app.command()
+@friendly
+def migrate():
+    """Apply the ClickHouse DDL in infra/clickhouse (idempotent)."""
+    s = settings()
+    from streams.sink.clickhouse import connect
+    from streams.sink.clickhouse import migrate as apply
+
+    applied = apply(connect(s))
+    console.print(f"{s.clickhouse_dsn_for_display()}: applied {applied or 'nothing (up to date)'}")
+
+
+@app.command()
+@friendly
+def replay(
+    events: Path = typer.Argument(..., help="JSON Lines file to send to the events topic"),
+    batch: int = typer.Option(1, "--batch", help="events per Kafka message"),
+):
+    """Send a JSON Lines file to Kafka as Avro, keyed by main account id, with a progress bar."""
+    from rich.progress import Progress
+
+    from streams.ingest.producer import EventProducer
+    from streams.simulate import read_lines
+
+    s = settings()
+    if s.embedded_broker:
+        raise UserError("KAFKA_BOOTSTRAP_SERVERS is not set")
+    if not events.is_file():
+        raise UserError(f"{events} is not a file")
+    lines = [raw for _, raw in read_lines(events)]
+
+    async def main():
+        with Progress(console=err) as progress:
+            task = progress.add_task(f"replay {events.name}", total=len(lines))
+            async with EventProducer(s) as producer:
+                return await producer.send_lines(lines, batch_size=batch, on_sent=lambda n: progress.advance(task, n))
+
+    sent = asyncio.run(main())
+    console.print(f"sent {sent} events to {s.topics.events}")
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(app())

@@ -1,0 +1,123 @@
+"""The whole pipeline on one machine: Tansu broker, faust worker subprocesses, the ClickHouse sink
+in this process (chDB opens a database in one process only, so whoever queries must be the
+process that sinks). Used by ``rating demo`` and by the integration tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from streams.config import Settings
+from streams.local.tansu import LocalBroker, local_kafka_env, start_broker
+
+
+@dataclass
+class WorkerProcess:
+    process: subprocess.Popen
+    log_path: Path
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no flush; what a crash looks like."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+@dataclass
+class LocalPipeline:
+    run_dir: Path
+    broker: LocalBroker | None = None
+    settings: Settings | None = None
+    workers: list[WorkerProcess] = field(default_factory=list)
+    env_overrides: dict[str, str] = field(default_factory=dict)
+
+    def start_broker(self) -> Settings:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.broker = start_broker(log_path=self.run_dir / "broker.log")
+        env = {k: v for k, v in os.environ.items()}
+        env.update(local_kafka_env(self.broker.bootstrap))
+        env.setdefault("CHDB_PATH", str(self.run_dir / "chdb"))
+        env["CHDB_PATH"] = str(self.run_dir / "chdb")
+        env["WORKER_DATA_DIR"] = str(self.run_dir / "worker")
+        env.update(self.env_overrides)
+        self.settings = Settings.from_env({k: v for k, v in env.items() if k in _known()})
+        return self.settings
+
+    def worker_env(self) -> dict[str, str]:
+        assert self.settings is not None
+        env = {k: v for k, v in os.environ.items() if k not in _known()}
+        env.update(self.settings.to_env())
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def start_worker(self) -> WorkerProcess:
+        n = len(self.workers)
+        log_path = self.run_dir / f"worker-{n}.log"
+        env = self.worker_env()
+        # each worker process keeps its own local table store
+        env["WORKER_DATA_DIR"] = str(self.run_dir / f"worker-{n}")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli.main", "worker"],
+            stdout=open(log_path, "ab"),
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        w = WorkerProcess(proc, log_path)
+        self.workers.append(w)
+        return w
+
+    def stop(self) -> None:
+        for w in self.workers:
+            w.terminate()
+        if self.broker is not None:
+            self.broker.stop()
+
+    def __enter__(self) -> "LocalPipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _known() -> set[str]:
+    from streams.config import SETTINGS
+
+    return set(SETTINGS)
+
+
+async def sink_until(sink, done: Callable[[], bool], timeout: float, on_progress: Callable[[], None] | None = None) -> bool:
+    """Run sink batches until ``done()`` is true or the timeout passes. Returns whether done."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        await sink.step()
+        if on_progress is not None:
+            on_progress()
+        if done():
+            return True
+    return False
+
+
+def run(coro):
+    return asyncio.run(coro)
