@@ -52,12 +52,14 @@ class LocalPipeline:
     workers: list[WorkerProcess] = field(default_factory=list)
     env_overrides: dict[str, str] = field(default_factory=dict)
 
-    def start_broker(self) -> Settings:
+    def start_broker(self, bootstrap: str | None = None) -> Settings:
+        """Start a local broker, or use a running one at ``bootstrap`` (tests share one)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.broker = start_broker(log_path=self.run_dir / "broker.log")
+        if bootstrap is None:
+            self.broker = start_broker(log_path=self.run_dir / "broker.log")
+            bootstrap = self.broker.bootstrap
         env = {k: v for k, v in os.environ.items()}
-        env.update(local_kafka_env(self.broker.bootstrap))
-        env.setdefault("CHDB_PATH", str(self.run_dir / "chdb"))
+        env.update(local_kafka_env(bootstrap))
         env["CHDB_PATH"] = str(self.run_dir / "chdb")
         env["WORKER_DATA_DIR"] = str(self.run_dir / "worker")
         env.update(self.env_overrides)

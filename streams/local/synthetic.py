@@ -1,0 +1,111 @@
+"""Seeded synthetic event streams over mixed profiles, for tests, fault scenarios and benchmarks.
+
+Accounts are opened first; usage and account events follow in non-decreasing event time per
+account. The same seed gives the same lines.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta, timezone
+
+import orjson
+
+START = datetime(2026, 5, 1, 0, 0, tzinfo=timezone.utc)
+
+TOKEN_MODELS = {
+    "coze-pro": ["Doubao-pro-32k", "Doubao-1.5-pro-256k", "DeepSeek-V3", "DeepSeek-R1", "ark/doubao-seed-1.6"],
+    "tokenhub": ["kimi-k2.5", "HY 2.0 Instruct", "GLM-5", "Deepseek-v3.2", "Deepseek-r1-0528", "MiniMax-M2.5"],
+    "ark": ["doubao-seed-1.6", "deepseek-v3", "deepseek-r1"],
+    "jiekou": ["claude-opus-4.5", "claude-sonnet-4.5", "deepseek-r1", "gemini-2.5-pro"],
+}
+UNIT_ITEMS = {
+    "coze-pro": [("agent_call", None, None, "1"), ("tts", None, None, "120"), ("rtc_video", None, "720p", "3"),
+                 ("asr_file", None, None, "2"), ("rtc_audio", None, "voice_call", "5")],
+    "tokenhub": [("image", "HY-Image-V3.0", None, "2"), ("video", "YT-Video-2.0", "720p", "1"), ("3d", "HY-3D-Express", "text_to_3d", "1")],
+    "ark": [],
+    "jiekou": [("media_call", "flux-1-schnell", "image", "1")],
+}
+CURRENCY = {"coze-pro": "CNY", "tokenhub": "CNY", "ark": "CNY", "jiekou": "USD"}
+
+
+def iso(t: datetime) -> str:
+    return t.isoformat().replace("+00:00", "Z")
+
+
+def generate(seed: int, accounts: int, usage_events: int, prefix: str = "acct") -> list[bytes]:
+    rng = random.Random(seed)
+    profiles = list(TOKEN_MODELS)
+    names = [f"{prefix}-{i:05d}" for i in range(accounts)]
+    profile_of = {n: profiles[i % len(profiles)] for i, n in enumerate(names)}
+    clock = {n: START for n in names}
+    out: list[dict] = []
+    seq = 0
+
+    def next_id(kind: str) -> str:
+        nonlocal seq
+        seq += 1
+        return f"{prefix}-{kind}-{seq:08d}"
+
+    for n in names:
+        p = profile_of[n]
+        out.append({"kind": "account", "event_id": next_id("open"), "account_id": n, "main_account_id": n, "event_time": iso(clock[n]),
+                    "type": "account_opened", "profile": p, "currency": CURRENCY[p], "post_paid": rng.random() < 0.6,
+                    "amount": str(rng.choice([0, 1, 5, 20, 100])), "balance_threshold": "2"})
+        if p == "coze-pro" and rng.random() < 0.5:
+            out.append({"kind": "account", "event_id": next_id("pack"), "account_id": n, "main_account_id": n,
+                        "event_time": iso(clock[n]), "type": "pack_purchased", "pack_kind": "coze_unified",
+                        "pack_id": f"{n}-pack", "amount": str(rng.choice([500, 2000])), "expires_at": iso(START + timedelta(days=60))})
+        if p == "jiekou" and rng.random() < 0.5:
+            out.append({"kind": "account", "event_id": next_id("voucher"), "account_id": n, "main_account_id": n,
+                        "event_time": iso(clock[n]), "type": "voucher_granted", "voucher_id": f"{n}-v",
+                        "amount": "0.5", "expires_at": iso(START + timedelta(days=30))})
+    for _ in range(usage_events):
+        n = rng.choice(names)
+        p = profile_of[n]
+        clock[n] += timedelta(seconds=rng.randint(1, 900))
+        t = iso(clock[n])
+        if rng.random() < 0.02:
+            out.append({"kind": "account", "event_id": next_id("topup"), "account_id": n, "main_account_id": n,
+                        "event_time": t, "type": "top_up", "amount": str(rng.choice([1, 10, 50]))})
+            continue
+        base = {"kind": "usage", "event_id": next_id("u"), "trace_id": f"tr-{seq}", "account_id": n, "main_account_id": n, "event_time": t}
+        units = UNIT_ITEMS[p]
+        if units and rng.random() < 0.3:
+            item, model, variant, qty = rng.choice(units)
+            base.update(item=item, model=model, variant=variant, quantity=qty)
+        else:
+            inp = rng.randint(100, 30_000)
+            out_tokens = rng.randint(10, 4_000)
+            cached = rng.randint(0, inp // 2) if rng.random() < 0.4 else 0
+            reasoning = rng.randint(0, out_tokens) if rng.random() < 0.2 else 0
+            base.update(item="tokens", model=rng.choice(TOKEN_MODELS[p]), input_tokens=inp, cache_hit_tokens=cached,
+                        output_tokens=out_tokens, reasoning_tokens=reasoning)
+        out.append(base)
+    return [orjson.dumps({k: v for k, v in e.items() if v is not None}) for e in out]
+
+
+def malformed(seed: int, count: int, known_account: str) -> list[bytes]:
+    """Lines that must each become a dead letter with a specific reason."""
+    rng = random.Random(seed)
+    kinds = ["not_json", "unknown_model", "negative", "unknown_account", "wrong_type", "huge_string"]
+    out = []
+    for i in range(count):
+        k = kinds[i % len(kinds)]
+        base = {"kind": "usage", "event_id": f"bad-{seed}-{i}", "account_id": known_account, "main_account_id": known_account,
+                "event_time": iso(START + timedelta(seconds=i)), "item": "tokens", "model": "kimi-k2.5", "input_tokens": 10}
+        if k == "not_json":
+            out.append(bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 40))).replace(b"\n", b" ") or b"x")
+            continue
+        if k == "unknown_model":
+            base["model"] = f"no-such-model-{i}"
+        elif k == "negative":
+            base["input_tokens"] = -rng.randint(1, 1000)
+        elif k == "unknown_account":
+            base["main_account_id"] = base["account_id"] = f"ghost-{i}"
+        elif k == "wrong_type":
+            base["input_tokens"] = "many"
+        elif k == "huge_string":
+            base["model"] = "m" * 5000
+        out.append(orjson.dumps(base))
+    return out
