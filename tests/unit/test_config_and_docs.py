@@ -1,0 +1,43 @@
+from pathlib import Path
+
+import pytest
+
+from streams.config import SETTINGS, ConfigError, Settings
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
+def test_readme_documents_every_setting_with_its_default():
+    for name, (default, _) in SETTINGS.items():
+        row = next((l for l in README.splitlines() if l.startswith(f"| `{name}` |")), None)
+        assert row is not None, f"README lacks {name}"
+        assert (f"`{default}`" if default else "*(empty)*") in row, f"README default of {name} differs"
+
+
+def test_defaults_are_the_embedded_setup():
+    s = Settings.from_env({})
+    assert s.embedded_broker and s.embedded_clickhouse
+    assert s.kafka_producer_max_batch_size is None  # the Tansu workaround is a local setting only
+
+
+def test_env_round_trip():
+    s = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "KAFKA_PARTITIONS": "12", "CLICKHOUSE_URL": "http://u@h:8123/db"})
+    assert Settings.from_env(s.to_env()) == s
+
+
+@pytest.mark.parametrize("env,fragment", [
+    ({"KAFKA_PARTITIONS": "many"}, "KAFKA_PARTITIONS='many' is not an integer"),
+    ({"KAFKA_PARTITIONS": "0"}, "must be at least 1"),
+    ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+    ({"KAFKA_BOOTSTRAP": "x"}, "unknown setting(s) KAFKA_BOOTSTRAP"),
+])
+def test_bad_settings_name_the_variable(env, fragment):
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert fragment in str(info.value)
+
+
+def test_secrets_do_not_appear_in_repr_or_display():
+    s = Settings.from_env({"CLICKHOUSE_URL": "http://u:pw-in-url@h:8123/db", "CLICKHOUSE_PASSWORD": "s3cret", "KAFKA_SASL_PASSWORD": "k-s3cret"})
+    text = repr(s) + s.clickhouse_dsn_for_display()
+    assert "s3cret" not in text and "pw-in-url" not in text
