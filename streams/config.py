@@ -109,7 +109,7 @@ class Settings:
     worker_store: str = "memory://"
     worker_batch_max: int = 500
     worker_batch_within_ms: int = 20
-    clickhouse_url: str = ""
+    clickhouse_url: str = field(default="", repr=False)  # may carry user:password
     clickhouse_password: str = field(default="", repr=False)
     chdb_path: Path = Path(".run/chdb")
     sink_batch_max: int = 5000
@@ -211,7 +211,8 @@ class Settings:
         return out
 
     def secrets(self) -> list[str]:
-        return [s for s in (self.kafka_sasl_password, self.clickhouse_password) if s]
+        url_password = urlsplit(self.clickhouse_url).password if self.clickhouse_url else None
+        return [s for s in (self.kafka_sasl_password, self.clickhouse_password, url_password) if s]
 
     def clickhouse_dsn_for_display(self) -> str:
         if self.embedded_clickhouse:
