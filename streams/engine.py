@@ -42,6 +42,12 @@ class BillingEngine:
         self.profiles = profiles
         self.ledger = Ledger(profiles)
 
+    def reload(self, profiles: Profiles) -> None:
+        """Swap in newly loaded price books. Each event is still rated with the version in force
+        at its event time, so a new version changes only events from its effective time on."""
+        self.profiles = profiles
+        self.ledger = Ledger(profiles)
+
     def apply(self, state: AccountState | None, event: Event) -> Outcome:
         fingerprint = event_fingerprint(event.event_id)
         if state is not None and state.seen(fingerprint):

@@ -33,7 +33,7 @@ from streams.ingest.codec import registry
 from streams.ingest.messages import Decoded, dead_letter_record, decode_message
 from streams.ledger.alerts import ARREARS_KINDS
 from streams.ledger.state import AccountState
-from streams.rating.profiles import Profiles
+from streams.rating.profiles import PROFILES_DIR, ProfileError, Profiles
 
 log = logging.getLogger("streams.worker")
 
@@ -143,12 +143,33 @@ def create_app(settings: Settings) -> faust.App:
                 _current_event.set(weakref.ref(ev))  # the changelog partition is the account's partition
                 accounts[key] = states[key].dumps()
 
+    profiles_root = settings.profiles_dir or PROFILES_DIR
+    watched = {"fingerprint": profile_fingerprint(profiles_root)}
+
+    @app.timer(interval=5.0)
+    async def reload_profiles() -> None:
+        """A changed price book is picked up while running; an invalid one is refused, loudly."""
+        current = profile_fingerprint(profiles_root)
+        if current == watched["fingerprint"]:
+            return
+        watched["fingerprint"] = current
+        try:
+            engine.reload(Profiles(profiles_root))
+        except ProfileError as exc:
+            log.error("profile change refused, still rating with the loaded price books: %s", exc)
+            return
+        log.info("profiles reloaded from %s", profiles_root)
+
     @app.timer(interval=10.0)
     async def report_counts() -> None:
         log.info("counts %s", counts.line())
 
     app.billing_counts = counts  # type: ignore[attr-defined]
     return app
+
+
+def profile_fingerprint(root) -> tuple:
+    return tuple(sorted((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in root.rglob("*.yaml")))
 
 
 def _credentials(settings: Settings):

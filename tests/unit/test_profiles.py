@@ -85,3 +85,29 @@ def test_event_is_rated_with_the_version_in_force_at_its_event_time(tmp_path):
     other = parse_usage({"event_id": "e", "account_id": "a", "main_account_id": "a", "event_time": "2026-07-01T00:00:00Z",
                          "item": "image", "model": "HY-Image-V3.0", "quantity": "1"})
     assert rate(profile, other).amount == Decimal("0.2")
+
+
+def test_engine_reload_rates_later_events_with_the_new_version(tmp_path):
+    from streams.engine import BillingEngine
+    from streams.ledger.state import AccountState  # noqa: F401  (state survives the reload)
+    from tests.unit.helpers import account, usage
+    from streams.ingest.events import parse_json_event
+
+    root = tmp_path / "profiles"
+    folder = root / "tokenhub"
+    shutil.copytree(PROFILES_DIR / "tokenhub", folder)
+    engine = BillingEngine(Profiles(root))
+    state = engine.apply(None, parse_json_event(account("r", "account_opened", profile="tokenhub", post_paid=True, amount="100"))).state
+
+    def charge(at):
+        e = parse_json_event(usage("r", "tokens", model="Deepseek-r1-0528", input_tokens=1_000_000, t=at))
+        out = engine.apply(state, e)
+        return Decimal(out.deduction["rated_amount"]), out.deduction["price_version"]
+
+    assert charge("2026-06-02T00:00:00+08:00") == (Decimal(4), "tokenhub@2026-04-03")
+    path = folder / "price_book.yaml"
+    path.write_text(path.read_text() + '  - version: "2026-06-05"\n    effective_from: "2026-06-05T00:00:00+08:00"\n'
+                    "    rows:\n      - {item: tokens, model: Deepseek-r1-0528, per_tokens: 1000000, input: 3, output: 12, cache_hit: 1}\n")
+    engine.reload(Profiles(root))
+    assert charge("2026-06-04T23:00:00+08:00") == (Decimal(4), "tokenhub@2026-04-03")  # before its effective time
+    assert charge("2026-06-05T00:00:00+08:00") == (Decimal(3), "tokenhub@2026-06-05")
