@@ -1,0 +1,45 @@
+"""The CLI as a user runs it: subprocess, exit codes, output."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "examples" / "demo.jsonl"
+
+
+def rating(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "streams.cli.main", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_simulate_is_deterministic_byte_for_byte(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        r = rating("simulate", str(DEMO), "--out", str(out))
+        assert r.returncode == 0, r.stderr
+    for name in ("deductions.jsonl", "alerts.jsonl", "dead_letters.jsonl", "account_status.jsonl"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert len((a / "deductions.jsonl").read_text().splitlines()) == 25
+    assert "consumed 42 = rated 25 + applied 10 + rejected 6 + duplicates 1" in r.stdout
+
+
+def test_quote_prints_the_breakdown():
+    r = rating("quote", "-p", "coze-pro", "-m", "Doubao-1.5-pro-256k", "--input", "10000", "--output", "2000", "--at", "2026-05-01T00:00:00Z")
+    assert r.returncode == 0, r.stderr
+    assert "0.068000 CNY" in r.stdout and "= 68 points" in r.stdout
+
+
+def test_errors_are_one_line_without_traceback():
+    r = rating("quote", "-p", "tokenhub", "-m", "HY 2.0 Think", "--input", "200000", "--at", "2026-05-01T00:00:00Z")
+    assert r.returncode == 2
+    assert "above_top_tier" in r.stderr and "Traceback" not in r.stderr + r.stdout
+    r = rating("simulate", "no-such-file.jsonl")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "no-such-file.jsonl" in r.stderr
+    r = rating("worker")
+    assert r.returncode == 2 and "KAFKA_BOOTSTRAP_SERVERS" in r.stderr
+
+
+def test_help_everywhere():
+    for cmd in ("simulate", "quote", "demo", "worker", "sink", "topics", "migrate", "replay"):
+        r = rating(cmd, "--help")
+        assert r.returncode == 0 and "Usage" in r.stdout, cmd
