@@ -30,6 +30,8 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "WORKER_STORE": ("memory://", "faust table store: memory:// or rocksdb://"),
     "WORKER_BATCH_MAX": ("500", "max events handled per state write round"),
     "WORKER_BATCH_WITHIN_MS": ("20", "max wait to fill a round, milliseconds"),
+    "WORKER_TICK_INTERVAL_MS": ("5000", "how often idle partitions are ticked so periods close and deadlines fire"),
+    "SETTLEMENT_ALLOWED_LATENESS_S": ("300", "a period closes when stream time passes its end plus this"),
     "CLICKHOUSE_URL": ("", "http(s)://user@host:8123/db of a ClickHouse server; empty = embedded chDB"),
     "CLICKHOUSE_PASSWORD": ("", "ClickHouse password (secret: never logged)"),
     "CHDB_PATH": (".run/chdb", "directory of the embedded chDB database"),
@@ -109,6 +111,8 @@ class Settings:
     worker_store: str = "memory://"
     worker_batch_max: int = 500
     worker_batch_within_ms: int = 20
+    worker_tick_interval_ms: int = 5000
+    settlement_allowed_lateness_s: int = 300
     clickhouse_url: str = field(default="", repr=False)  # may carry user:password
     clickhouse_password: str = field(default="", repr=False)
     chdb_path: Path = Path(".run/chdb")
@@ -122,7 +126,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
         env = dict(os.environ if env is None else env)
-        unknown = sorted(k for k in env if k.startswith(("KAFKA_", "CLICKHOUSE_", "WORKER_", "SINK_")) and k not in SETTINGS)
+        unknown = sorted(k for k in env if k.startswith(("KAFKA_", "CLICKHOUSE_", "WORKER_", "SINK_", "SETTLEMENT_")) and k not in SETTINGS)
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; see README 'Configuration'")
 
@@ -157,6 +161,8 @@ class Settings:
             worker_store=_env("WORKER_STORE", env),
             worker_batch_max=integer("WORKER_BATCH_MAX"),
             worker_batch_within_ms=integer("WORKER_BATCH_WITHIN_MS"),
+            worker_tick_interval_ms=integer("WORKER_TICK_INTERVAL_MS"),
+            settlement_allowed_lateness_s=integer("SETTLEMENT_ALLOWED_LATENESS_S"),
             clickhouse_url=_env("CLICKHOUSE_URL", env),
             clickhouse_password=_env("CLICKHOUSE_PASSWORD", env),
             chdb_path=Path(_env("CHDB_PATH", env)),
@@ -197,7 +203,11 @@ class Settings:
             "WORKER_STORE": self.worker_store,
             "WORKER_BATCH_MAX": str(self.worker_batch_max),
             "WORKER_BATCH_WITHIN_MS": str(self.worker_batch_within_ms),
-            "CLICKHOUSE_URL": self.clickhouse_url,
+            "WORKER_TICK_INTERVAL_MS": str(self.worker_tick_interval_ms),
+            "SETTLEMENT_ALLOWED_LATENESS_S": str(self.settlement_allowed_lateness_s),
+            "WORKER_TICK_INTERVAL_MS": ("5000", "how often idle partitions are ticked so periods close and deadlines fire"),
+    "SETTLEMENT_ALLOWED_LATENESS_S": ("300", "a period closes when stream time passes its end plus this"),
+    "CLICKHOUSE_URL": self.clickhouse_url,
             "CLICKHOUSE_PASSWORD": self.clickhouse_password,
             "CHDB_PATH": str(self.chdb_path),
             "SINK_BATCH_MAX": str(self.sink_batch_max),

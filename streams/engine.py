@@ -15,6 +15,9 @@ from streams.ingest.events import AccountEvent, Event, Rejected, UsageEvent
 from streams.ledger.ledger import Effects, Ledger
 from streams.ledger.state import AccountState, event_fingerprint
 from streams.rating.profiles import Profiles
+from streams.settlement.periods import close_due, settle
+
+DEFAULT_ALLOWED_LATENESS_MS = 5 * 60_000
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,7 @@ class Outcome:
     deduction: dict[str, Any] | None = None
     alerts: list[dict[str, Any]] = field(default_factory=list)
     status: dict[str, Any] | None = None  # account status record, when it changed
+    settlements: list[dict[str, Any]] = field(default_factory=list)
     rejected: Rejected | None = None
     duplicate: bool = False
 
@@ -38,9 +42,33 @@ class Outcome:
 
 
 class BillingEngine:
-    def __init__(self, profiles: Profiles):
+    def __init__(self, profiles: Profiles, allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS):
         self.profiles = profiles
         self.ledger = Ledger(profiles)
+        self.lateness = allowed_lateness_ms
+
+    def advance(self, state: AccountState, clock: int) -> Outcome:
+        """Move the account to stream time ``clock`` (its partition's clock): close settlement
+        periods whose end plus the allowed lateness has passed, fire due deadlines."""
+        if clock <= state.settled_until:
+            return Outcome(state)
+        fx = Effects()
+        self.ledger.advance_time(state, self.profiles[state.profile], clock, fx)
+        settlements = close_due(state.periods, clock, state.main_account_id, self.lateness)
+        state.settled_until = clock
+        status = None
+        if fx.status_changed:
+            status = {"main_account_id": state.main_account_id, "status": state.status, "reason": state.status_reason,
+                      "since": fx.status_time if fx.status_time is not None else clock, "source_event_id": f"clock:{fx.status_time or clock}"}
+        return Outcome(state, alerts=fx.alerts, status=status, settlements=settlements)
+
+    def next_due(self, state: AccountState) -> int | None:
+        """The earliest clock at which ``advance`` would do something for this account."""
+        times = [acc["period_end"] + self.lateness for acc in state.periods.values()]
+        deadline = self.ledger.next_deadline(state, self.profiles[state.profile])
+        if deadline is not None:
+            times.append(deadline)
+        return min(times) if times else None
 
     def reload(self, profiles: Profiles) -> None:
         """Swap in newly loaded price books. Each event is still rated with the version in force
@@ -80,7 +108,11 @@ class BillingEngine:
             )
         state.remember(fingerprint)
         status = self._status(state, event) if fx.status_changed else None
-        return Outcome(state, deduction=fx.deduction, alerts=fx.alerts, status=status)
+        settlements = []
+        if fx.deduction is not None:
+            tz = self.profiles[state.profile].timezone
+            settlements = settle(state.periods, state.settled_until, state.main_account_id, fx.deduction, tz, self.lateness)
+        return Outcome(state, deduction=fx.deduction, alerts=fx.alerts, status=status, settlements=settlements)
 
     @staticmethod
     def _status(state: AccountState, event: Event) -> dict[str, Any]:

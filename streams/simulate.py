@@ -16,7 +16,8 @@ from typing import Any, Iterable, Iterator
 
 import orjson
 
-from streams.engine import BillingEngine
+from streams.engine import BillingEngine, Outcome
+from streams.ingest.partitioner import partition_for
 from streams.ingest.events import Rejected, millis_to_iso, parse_json_event
 from streams.ingest.messages import Decoded, dead_letter_record
 from streams.ledger.state import AccountState
@@ -31,6 +32,7 @@ class SimulationResult:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     statuses: list[dict[str, Any]] = field(default_factory=list)
+    settlements: list[dict[str, Any]] = field(default_factory=list)
     states: dict[str, AccountState] = field(default_factory=dict)
     counts: Counter = field(default_factory=Counter)
 
@@ -42,9 +44,13 @@ def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 yield number, line.rstrip(b"\r\n")
 
 
-def simulate(lines: Iterable[tuple[int, bytes]], engine: BillingEngine, source: str = "input") -> SimulationResult:
+def simulate(lines: Iterable[tuple[int, bytes]], engine: BillingEngine, source: str = "input", partitions: int = 4) -> SimulationResult:
+    """Apply every line in order. Stream time is per Kafka partition, as live: each account is
+    advanced to its partition's clock before its event, and at the end of the input every account
+    is advanced to its partition's final clock (what the live worker's ticks do when idle)."""
     result = SimulationResult()
     states = result.states
+    clocks: dict[int, int] = {}
     for number, raw in lines:
         result.counts["consumed"] += 1
         obj: Any = None
@@ -58,6 +64,10 @@ def simulate(lines: Iterable[tuple[int, bytes]], engine: BillingEngine, source: 
             _reject(result, Decoded(None, exc, raw, obj if isinstance(obj, dict) else None), source, number)
             continue
         key = event.main_account_id
+        part = partition_for(key, partitions)
+        clock = clocks[part] = max(clocks.get(part, 0), event.event_time)
+        if key in states:
+            _collect(result, engine.advance(states[key], clock))
         outcome = engine.apply(states.get(key), event)
         if outcome.state is not None:
             states[key] = outcome.state
@@ -65,12 +75,19 @@ def simulate(lines: Iterable[tuple[int, bytes]], engine: BillingEngine, source: 
             _reject(result, Decoded(event, outcome.rejected, raw), source, number)
             continue
         result.counts[outcome.result] += 1
-        if outcome.deduction is not None:
-            result.deductions.append(outcome.deduction)
-        result.alerts.extend(outcome.alerts)
-        if outcome.status is not None:
-            result.statuses.append(outcome.status)
+        _collect(result, outcome)
+    for key in sorted(states):
+        _collect(result, engine.advance(states[key], clocks[partition_for(key, partitions)]))
     return result
+
+
+def _collect(result: SimulationResult, outcome: Outcome) -> None:
+    if outcome.deduction is not None:
+        result.deductions.append(outcome.deduction)
+    result.alerts.extend(outcome.alerts)
+    if outcome.status is not None:
+        result.statuses.append(outcome.status)
+    result.settlements.extend(outcome.settlements)
 
 
 def _reject(result: SimulationResult, decoded: Decoded, source: str, number: int) -> None:
@@ -106,6 +123,7 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
         "alerts": (out_dir / "alerts.jsonl", result.alerts),
         "dead_letters": (out_dir / "dead_letters.jsonl", result.dead_letters),
         "account_status": (out_dir / "account_status.jsonl", result.statuses),
+        "settlements": (out_dir / "settlements.jsonl", result.settlements),
     }
     for path, records in files.values():
         with open(path, "wb") as fh:
@@ -114,6 +132,7 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
     return {name: path for name, (path, _) in files.items()}
 
 
-def run_file(path: Path, profiles: Profiles | None = None) -> SimulationResult:
-    engine = BillingEngine(profiles or Profiles())
-    return simulate(read_lines(path), engine, source=path.name)
+def run_file(path: Path, profiles: Profiles | None = None, *, partitions: int = 4,
+             allowed_lateness_ms: int | None = None) -> SimulationResult:
+    engine = BillingEngine(profiles or Profiles(), **({} if allowed_lateness_ms is None else {"allowed_lateness_ms": allowed_lateness_ms}))
+    return simulate(read_lines(path), engine, source=path.name, partitions=partitions)

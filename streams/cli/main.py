@@ -87,7 +87,9 @@ def simulate(
 
     if not events.is_file():
         raise UserError(f"{events} is not a file; pass a JSON Lines file of events (see examples/)")
-    result = run_file(events, _profiles(settings()))
+    s = settings()
+    result = run_file(events, _profiles(s), partitions=s.kafka_partitions,
+                      allowed_lateness_ms=s.settlement_allowed_lateness_s * 1000)
     files = write_outputs(result, out)
     summary = Table(title=f"rating simulate {events}")
     summary.add_column("account")
@@ -116,7 +118,7 @@ def simulate(
     c = result.counts
     console.print(
         f"consumed {c['consumed']} = rated {c['rated']} + applied {c['applied']} + rejected {c['rejected']} "
-        f"+ duplicates {c['duplicate']};  alerts {len(result.alerts)}"
+        f"+ duplicates {c['duplicate']};  alerts {len(result.alerts)}, settlement lines {len(result.settlements)}"
     )
     for name, path in files.items():
         console.print(f"  {name:<15} {path}")

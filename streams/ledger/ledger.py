@@ -45,6 +45,7 @@ class Effects:
     deduction: dict[str, Any] | None = None
     alerts: list[dict[str, Any]] = field(default_factory=list)
     status_changed: bool = False
+    status_time: int | None = None  # when a deadline (not an event) changed the status
 
 
 class Ledger:
@@ -475,7 +476,6 @@ class Ledger:
                     self._set_status(s, "active", None, fx)
             elif s.status == "active" and self._suspend_now(s, profile, now):
                 self._set_status(s, "suspended", "arrears", fx)
-        self.advance_time(s, profile, now, account_id, fx)
 
     @staticmethod
     def _suspend_now(s: AccountState, profile: Profile, now: int) -> bool:
@@ -492,28 +492,48 @@ class Ledger:
             s.status, s.status_reason = status, reason
             fx.status_changed = True
 
-    def advance_time(self, s: AccountState, profile: Profile, now: int, account_id: str, fx: Effects) -> None:
-        """Deadlines that follow stream time: grace reminder and release, trial expiry notices."""
-        s.stream_time = max(s.stream_time, now)
-        t = s.stream_time
+    def advance_time(self, s: AccountState, profile: Profile, clock: int, fx: Effects) -> None:
+        """Deadlines that follow stream time (the partition clock): the grace reminder and release,
+        trial expiry notices. Each alert carries its deadline as its time, so it is the same alert
+        whether a tick or the account's next event finds it due."""
         arrears = profile.policy.arrears
+        main = s.main_account_id
         if s.arrears_since is not None and s.status != "released":
             grace_end = s.arrears_since + arrears.grace_days * DAY_MS
-            if not s.grace_reminded and t >= grace_end - arrears.reminder_hours_before * HOUR_MS:
+            reminder = grace_end - arrears.reminder_hours_before * HOUR_MS
+            episode = f"arrears:{s.arrears_episode}"
+            if not s.grace_reminded and clock >= reminder:
                 s.grace_reminded = True
-                fx.alerts.append(alert("grace_ending", s.main_account_id, account_id, t, f"arrears:{s.arrears_episode}",
+                fx.alerts.append(alert("grace_ending", main, main, reminder, episode,
                                        f"grace period ends at {millis_to_iso(grace_end)}; resources are released then",
                                        details={"grace_end": millis_to_iso(grace_end)}))
-            if t >= grace_end:
+            if clock >= grace_end:
                 self._set_status(s, "released", "arrears_grace_expired", fx)
-                fx.alerts.append(alert("resources_released", s.main_account_id, account_id, t, f"arrears:{s.arrears_episode}",
+                fx.status_time = grace_end
+                fx.alerts.append(alert("resources_released", main, main, grace_end, episode,
                                        f"resources released after {arrears.grace_days} days of arrears",
                                        details={"arrears_since": millis_to_iso(s.arrears_since)}))
+        quotas = {q.id: q for q in profile.policy.trials}
         for trial in s.trials.values():
-            quota = next((q for q in profile.policy.trials if q.id == trial.id), None)
-            notice = (quota.expiring_notice_days if quota else 7) * DAY_MS
-            if not trial.expiring_alerted and trial.remaining > 0 and t >= trial.expires_at - notice and t < trial.expires_at:
+            quota = quotas.get(trial.id)
+            notice_at = trial.expires_at - (quota.expiring_notice_days if quota else 7) * DAY_MS
+            if not trial.expiring_alerted and trial.remaining > 0 and notice_at <= clock < trial.expires_at:
                 trial.expiring_alerted = True
-                fx.alerts.append(alert("trial_expiring", s.main_account_id, account_id, t, trial.id,
+                fx.alerts.append(alert("trial_expiring", main, main, notice_at, trial.id,
                                        f"free trial {trial.id} expires at {millis_to_iso(trial.expires_at)} with {money(trial.remaining)} {trial.unit} left",
                                        details={"expires_at": millis_to_iso(trial.expires_at), "remaining": money(trial.remaining)}))
+
+    @staticmethod
+    def next_deadline(s: AccountState, profile: Profile) -> int | None:
+        """The earliest stream time at which advance_time has something to do."""
+        times = []
+        if s.arrears_since is not None and s.status != "released":
+            arrears = profile.policy.arrears
+            grace_end = s.arrears_since + arrears.grace_days * DAY_MS
+            times.append(grace_end if s.grace_reminded else grace_end - arrears.reminder_hours_before * HOUR_MS)
+        quotas = {q.id: q for q in profile.policy.trials}
+        for t in s.trials.values():
+            if not t.expiring_alerted and t.remaining > 0:
+                quota = quotas.get(t.id)
+                times.append(t.expires_at - (quota.expiring_notice_days if quota else 7) * DAY_MS)
+        return min(times) if times else None

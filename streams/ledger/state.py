@@ -137,6 +137,8 @@ class AccountState:
     stream_time: int = 0
     recent_events: list[str] = field(default_factory=list)
     offsets: dict[str, int] = field(default_factory=dict)  # input partition -> last applied offset
+    periods: dict[str, dict[str, Any]] = field(default_factory=dict)  # open settlement periods
+    settled_until: int = 0  # the partition clock this account has been advanced to
 
     # ------------------------------------------------------------ dedupe
 
@@ -193,6 +195,8 @@ class AccountState:
             "stream_time": self.stream_time,
             "recent_events": list(self.recent_events),
             "offsets": dict(sorted(self.offsets.items())),
+            "periods": dict(sorted(self.periods.items())),
+            "settled_until": self.settled_until,
         }
 
     @classmethod
@@ -226,6 +230,8 @@ class AccountState:
             stream_time=d["stream_time"],
             recent_events=list(d["recent_events"]),
             offsets=dict(d["offsets"]),
+            periods=dict(d["periods"]),
+            settled_until=d["settled_until"],
         )
 
     def dumps(self) -> bytes:
