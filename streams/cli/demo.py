@@ -29,13 +29,15 @@ def run_demo(events: Path, *, batch: int, timeout: float, console: Console) -> N
     run_dir = Path(".run") / "demo"
     shutil.rmtree(run_dir, ignore_errors=True)  # a second run starts clean: no lock, port or data clash
     started = time.monotonic()
-    expected = run_file(events)
-    want_deductions = len({d["deduction_id"] for d in expected.deductions})
-    want_dead = len({d["event_id"] or d["dead_letter_id"] for d in expected.dead_letters})
     lines = [raw for _, raw in read_lines(events)]
 
-    with LocalPipeline(run_dir) as pipeline:
+    with LocalPipeline(run_dir, env_overrides={"WORKER_TICK_INTERVAL_MS": "1000"}) as pipeline:
         settings = pipeline.start_broker()
+        expected = run_file(events, partitions=settings.kafka_partitions,
+                            allowed_lateness_ms=settings.settlement_allowed_lateness_s * 1000)
+        want_deductions = len({d["deduction_id"] for d in expected.deductions})
+        want_dead = len({d["event_id"] or d["dead_letter_id"] for d in expected.dead_letters})
+        want_lines = len(expected.settlements)
         console.print(f"[bold]broker[/]  Tansu on {settings.kafka_bootstrap_servers} (log {run_dir / 'broker.log'})")
         asyncio.run(create_topics(settings))
         worker = pipeline.start_worker()
@@ -43,10 +45,11 @@ def run_demo(events: Path, *, batch: int, timeout: float, console: Console) -> N
         sink = ClickHouseSink(settings)
         console.print(f"[bold]sink[/]    ClickHouse {settings.clickhouse_dsn_for_display()}")
 
-        def landed() -> tuple[int, int]:
+        def landed() -> tuple[int, int, int]:
             d = sink.client.query("SELECT count() FROM deductions FINAL").result_rows[0][0]
             x = sink.client.query("SELECT uniqExact(if(event_id = '', dead_letter_id, event_id)) FROM dead_letters FINAL").result_rows[0][0]
-            return d, x
+            s = sink.client.query("SELECT count() FROM settlements FINAL").result_rows[0][0]
+            return d, x, s
 
         async def main() -> bool:
             await sink.start()
@@ -56,14 +59,14 @@ def run_demo(events: Path, *, batch: int, timeout: float, console: Console) -> N
                 console.print(f"[bold]replay[/]  {sent} events from {events} ({'batches of ' + str(batch) if batch > 1 else 'one per message'})")
                 with Progress(TextColumn("[bold]landing"), BarColumn(), TextColumn("{task.completed}/{task.total} rows"),
                               TimeElapsedColumn(), console=console, transient=True) as progress:
-                    task = progress.add_task("land", total=want_deductions + want_dead)
+                    task = progress.add_task("land", total=want_deductions + want_dead + want_lines)
 
                     def done() -> bool:
                         if not worker.alive():
                             raise DemoFailed(f"the worker exited (code {worker.process.returncode}); see {worker.log_path}")
-                        d, x = landed()
-                        progress.update(task, completed=d + x)
-                        return d >= want_deductions and x >= want_dead
+                        d, x, s = landed()
+                        progress.update(task, completed=d + x + s)
+                        return d >= want_deductions and x >= want_dead and s >= want_lines
 
                     return await sink_until(sink, done, timeout)
             finally:
@@ -74,20 +77,23 @@ def run_demo(events: Path, *, batch: int, timeout: float, console: Console) -> N
         except DemoFailed as exc:
             raise UserError(str(exc)) from None
         if not ok:
-            d, x = landed()
+            d, x, s = landed()
             raise UserError(
-                f"timed out after {timeout:.0f}s: {d}/{want_deductions} deductions and {x}/{want_dead} dead letters landed; "
-                f"see {worker.log_path}"
+                f"timed out after {timeout:.0f}s: {d}/{want_deductions} deductions, {x}/{want_dead} dead letters and "
+                f"{s}/{want_lines} settlement lines landed; see {worker.log_path}"
             )
         print_landed(sink.client, console)
         live = sink.client.query("SELECT toString(sum(rated_amount)), toString(sum(cash_amount)) FROM deductions FINAL").result_rows[0]
+        live_lines = sink.client.query("SELECT toString(sum(gross_amount)) FROM settlements FINAL").result_rows[0][0]
     from decimal import Decimal
 
     sim_rated = sum((Decimal(d["rated_amount"]) for d in expected.deductions), Decimal(0))
     sim_cash = sum((Decimal(s["amount"]) for d in expected.deductions for s in d["splits"] if s["bucket_kind"] == "cash"), Decimal(0))
-    same = Decimal(live[0]) == sim_rated and Decimal(live[1]) == sim_cash
+    sim_lines = sum((Decimal(x["gross_amount"]) for x in expected.settlements), Decimal(0))
+    same = Decimal(live[0]) == sim_rated and Decimal(live[1]) == sim_cash and Decimal(live_lines) == sim_lines
     verdict = "[green]identical to[/]" if same else "[red]DIFFERENT from[/]"
-    console.print(f"ClickHouse totals: rated {Decimal(live[0]).normalize()}, cash {Decimal(live[1]).normalize()} — {verdict} `rating simulate` on the same file")
+    console.print(f"ClickHouse totals: rated {Decimal(live[0]).normalize()}, cash {Decimal(live[1]).normalize()}, "
+                  f"closed settlement lines {Decimal(live_lines).normalize()} — {verdict} `rating simulate` on the same file")
     console.print(f"done in {time.monotonic() - started:.1f}s; broker, worker and sink stopped")
     if not same:
         raise UserError("the live pipeline and the simulator disagree; see the worker log")
@@ -95,15 +101,16 @@ def run_demo(events: Path, *, batch: int, timeout: float, console: Console) -> N
 
 def print_landed(client, console: Console) -> None:
     rows = client.query(
-        "SELECT main_account_id, formatDateTime(period_start, '%Y-%m-%d %H:%i', 'UTC'), settlement_period, item, model, event_count, "
-        "currency, gross_amount, free_amount + trial_amount AS free_trial, pack_amount, voucher_amount, cash_amount, unbilled_amount "
-        "FROM settlement_hourly_v ORDER BY main_account_id, period_start, item, model"
+        "SELECT main_account_id, formatDateTime(period_start, '%Y-%m-%d %H:%i', 'UTC'), granularity, line_type, item, model, "
+        "variant, event_count, currency, gross_amount, free_amount + trial_amount AS free_trial, pack_amount, voucher_amount, "
+        "cash_amount, unbilled_amount FROM settlements FINAL ORDER BY main_account_id, period_start, item, model, variant, line_type"
     ).result_rows
-    table = Table(title="settlement lines in ClickHouse (settlement_hourly_v; periods in UTC)", show_lines=False)
-    for col in ("account", "period", "per", "item", "model", "events", "cur", "gross", "free+trial", "pack", "voucher", "cash", "unbilled"):
+    table = Table(title="settlement lines in ClickHouse (closed periods; times in UTC; a period closes 5 min after its end in stream time)")
+    cols = ("account", "period", "per", "line", "item", "model", "variant", "events", "cur", "gross", "free+trial", "pack", "voucher", "cash", "unbilled")
+    for col in cols:
         table.add_column(col, justify="right" if col in ("events", "gross", "free+trial", "pack", "voucher", "cash", "unbilled") else "left")
     for r in rows:
-        table.add_row(*(str(v) for v in r[:7]), *(str(present(v)) for v in r[7:]))
+        table.add_row(*("" if v is None else str(v) for v in r[:9]), *(str(present(v)) for v in r[9:]))
     console.print(table)
     dead = client.query(
         "SELECT reason_code, event_id, main_account_id, reason FROM dead_letters FINAL ORDER BY source_offset, reason_code"

@@ -135,6 +135,24 @@ def status_row(s: dict[str, Any]) -> tuple:
     return (s["main_account_id"], s["status"], s["reason"] or "", _ts(s["since"]), s["source_event_id"])
 
 
+SETTLEMENT_COLUMNS = [
+    "settlement_id", "main_account_id", "period_start", "period_end", "granularity", "line_type", "profile", "currency",
+    "item", "model", "variant", "quantities", "gross_amount", "free_amount", "trial_amount", "pack_amount",
+    "voucher_amount", "cash_amount", "unbilled_amount", "event_count", "price_versions", "deduction_ids", "event_ids",
+    "closed_at",
+]
+
+
+def settlement_row(s: dict[str, Any]) -> tuple:
+    return (
+        s["settlement_id"], s["main_account_id"], _ts(s["period_start"]), _ts(s["period_end"]), s["granularity"],
+        s["line_type"], s["profile"], s["currency"], s["item"], s["model"] or "", s["variant"] or "", s["quantities"],
+        Decimal(s["gross_amount"]), Decimal(s["free_amount"]), Decimal(s["trial_amount"]), Decimal(s["pack_amount"]),
+        Decimal(s["voucher_amount"]), Decimal(s["cash_amount"]), Decimal(s["unbilled_amount"]), s["event_count"],
+        s["price_versions"], s["deduction_ids"], s["event_ids"], _ts(s["closed_at"]),
+    )
+
+
 @dataclass(frozen=True)
 class Route:
     table: str
@@ -150,6 +168,7 @@ def routes(settings: Settings) -> dict[str, Route]:
         t.dead_letters: Route("dead_letters", "dead_letter", DEAD_LETTER_COLUMNS, dead_letter_row),
         t.alerts: Route("alerts", "alert", ALERT_COLUMNS, alert_row),
         t.account_status: Route("account_status", "account_status", STATUS_COLUMNS, status_row),
+        t.settlements: Route("settlements", "settlement", SETTLEMENT_COLUMNS, settlement_row),
     }
 
 

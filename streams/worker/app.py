@@ -31,6 +31,7 @@ from streams.config import Settings
 from streams.engine import BillingEngine
 from streams.ingest.codec import registry
 from streams.ingest.messages import Decoded, dead_letter_record, decode_message
+from streams.ingest.partitioner import partition_for
 from streams.ledger.alerts import ARREARS_KINDS
 from streams.ledger.state import AccountState
 from streams.rating.profiles import PROFILES_DIR, ProfileError, Profiles
@@ -78,10 +79,15 @@ def create_app(settings: Settings) -> faust.App:
     events_topic = app.topic(topics.events, partitions=settings.kafka_partitions, **raw)
     out = {name: app.topic(name, **raw) for name in topics.all()}
     accounts = app.Table("accounts", partitions=settings.kafka_partitions, key_type=bytes, value_type=bytes)
-    engine = BillingEngine(Profiles(settings.profiles_dir))
+    # stream time per input partition: the largest event time seen there (persisted, so a
+    # restarted worker closes periods exactly as the one before it would have)
+    clocks = app.Table("partition-clocks", partitions=settings.kafka_partitions, key_type=bytes, value_type=bytes)
+    engine = BillingEngine(Profiles(settings.profiles_dir), allowed_lateness_ms=settings.settlement_allowed_lateness_s * 1000)
     reg = registry()
+    tick_value = reg.encode("clock_tick", {"issued_by": settings.worker_app_id})
     counts = Counts()
     within = settings.worker_batch_within_ms / 1000
+    due: dict[int, dict[bytes, int]] = {}  # partition -> account -> next clock at which advance() acts
 
     def outputs_for(outcome, key: bytes, produce: list) -> None:
         if outcome.deduction is not None:
@@ -93,30 +99,64 @@ def create_app(settings: Settings) -> faust.App:
                 produce.append((topics.arrears_alerts, key, value))
         if outcome.status is not None:
             produce.append((topics.account_status, key, reg.encode("account_status", outcome.status)))
+        for line in outcome.settlements:
+            produce.append((topics.settlements, key, reg.encode("settlement", line)))
+
+    def due_index(part: int) -> dict[bytes, int]:
+        """Accounts of a partition with something to close or fire; rebuilt from the table after
+        a start or a rebalance (it is derived state, not stored)."""
+        index = due.get(part)
+        if index is None:
+            index = due[part] = {}
+            for key, stored in list(accounts.items()):
+                if partition_for(key, settings.kafka_partitions) == part:
+                    when = engine.next_due(AccountState.loads(stored))
+                    if when is not None:
+                        index[key] = when
+        return index
 
     @app.agent(events_topic, name="rate-events")
     async def rate_events(stream):
         async for round_events in stream.take_events(settings.worker_batch_max, within=within):
             states: dict[bytes, AccountState | None] = {}
             anchors: dict[bytes, Any] = {}
+            part_clock: dict[int, int] = {}
+            clock_anchor: dict[int, Any] = {}
             produce: list[tuple[str, bytes | None, bytes]] = []
+
+            def load(key: bytes) -> AccountState | None:
+                if key not in states:
+                    stored = accounts.get(key)
+                    states[key] = AccountState.loads(stored) if stored is not None else None
+                return states[key]
+
             for ev in round_events:
                 msg = ev.message
                 key, part, offset = msg.key, msg.partition, msg.offset
+                if part not in part_clock:
+                    stored_clock = clocks.get(b"partition:%d" % part)
+                    part_clock[part] = int(stored_clock) if stored_clock is not None else 0
+                clock_anchor[part] = ev
+                if msg.value == tick_value:
+                    counts["ticks"] += 1
+                    now = part_clock[part]
+                    for acct, when in list(due_index(part).items()):
+                        if when <= now and (state := load(acct)) is not None:
+                            outputs_for(engine.advance(state, now), acct, produce)
+                            anchors[acct] = ev
+                    continue
                 counts["messages"] += 1
                 decoded = decode_message(reg, key, msg.value)
                 counts["consumed"] += len(decoded)
-                state = None
-                if key is not None:
-                    if key not in states:
-                        stored = accounts.get(key)
-                        states[key] = AccountState.loads(stored) if stored is not None else None
-                    state = states[key]
+                state = load(key) if key is not None else None
                 if state is not None and state.offsets.get(str(part), -1) >= offset:
                     counts["duplicates"] += len(decoded)  # redelivered after a crash: already applied
                     continue
                 for i, d in enumerate(decoded):
                     if d.event is not None:
+                        part_clock[part] = max(part_clock[part], d.event.event_time)
+                        if state is not None:
+                            outputs_for(engine.advance(state, part_clock[part]), key, produce)
                         outcome = engine.apply(state, d.event)
                         state = outcome.state
                         if outcome.rejected is not None:
@@ -138,10 +178,33 @@ def create_app(settings: Settings) -> faust.App:
             if produce:
                 futures = [await out[t].send(key=k, value=v, force=True) for t, k, v in produce]
                 await asyncio.gather(*futures)
-            # 2) ... then the state that says they happened
+            # 2) ... then the state that says they happened (the changelog partition is the
+            #    message's partition, which is the account's)
             for key, ev in anchors.items():
-                _current_event.set(weakref.ref(ev))  # the changelog partition is the account's partition
-                accounts[key] = states[key].dumps()
+                state = states[key]
+                _current_event.set(weakref.ref(ev))
+                accounts[key] = state.dumps()
+                part = ev.message.partition
+                when = engine.next_due(state)
+                index = due_index(part)
+                if when is None:
+                    index.pop(key, None)
+                else:
+                    index[key] = when
+            for part, ev in clock_anchor.items():
+                _current_event.set(weakref.ref(ev))
+                clocks[b"partition:%d" % part] = str(part_clock[part]).encode()
+
+    @app.timer(interval=settings.worker_tick_interval_ms / 1000)
+    async def tick_partitions() -> None:
+        """Advance idle accounts: a tick into every input partition this worker owns."""
+        owned = [tp.partition for tp in app.consumer.assignment() if tp.topic == topics.events]
+        for part in owned:
+            await events_topic.send(value=tick_value, partition=part, force=True)
+
+    @app.on_rebalance_complete.connect
+    async def forget_due_index(sender, **kwargs) -> None:
+        due.clear()
 
     profiles_root = settings.profiles_dir or PROFILES_DIR
     watched = {"fingerprint": profile_fingerprint(profiles_root)}

@@ -55,6 +55,8 @@ class Harness:
                 "WORKER_APP_ID": f"{self.tag}-rating",
                 "SINK_GROUP_ID": f"{self.tag}-sink",
                 "KAFKA_PARTITIONS": "4",
+                "WORKER_TICK_INTERVAL_MS": "1000",
+                "SETTLEMENT_ALLOWED_LATENESS_S": "300",
             },
         )
         self.settings = self.pipeline.start_broker(broker.bootstrap)

@@ -17,7 +17,30 @@ pytestmark = pytest.mark.integration
 
 
 def expected_for(lines):
-    return simulate(list(enumerate(lines, 1)), BillingEngine(Profiles()))
+    return simulate(list(enumerate(lines, 1)), BillingEngine(Profiles(), allowed_lateness_ms=LATENESS_MS), partitions=4)
+
+
+LATENESS_MS = 300_000
+
+
+def settlements_equal_simulated(h, expected):
+    records = h.consume(h.settings.topics.settlements, len(expected.settlements))
+    live = {}
+    for _, s in records:
+        s = normalize_times(s)
+        assert live.get(s["settlement_id"], s) == s
+        live[s["settlement_id"]] = s
+    want = {s["settlement_id"]: s for s in expected.settlements}
+    assert set(live) == set(want)
+    for key, s in want.items():
+        assert live[key] == s, key
+
+
+def normalize_times(record):
+    from streams.ingest.events import to_millis
+
+    return {k: (to_millis(v, k) if k in ("period_start", "period_end", "closed_at") and not isinstance(v, int) else v)
+            for k, v in record.items()}
 
 
 def live_equals_simulated(h, expected, extra_dups_ok=False):
@@ -55,6 +78,10 @@ def test_stream_lands_exactly_and_equals_simulate(harness):
 
     assert h.land(done), "not everything landed in time"
     live_equals_simulated(h, expected)
+    assert len(expected.settlements) > 50
+    assert h.land(lambda: h.count("settlements", accounts) >= len(expected.settlements), timeout=60)
+    settlements_equal_simulated(h, expected)
+    assert h.count("settlements", accounts) == len(expected.settlements)
 
     # ClickHouse holds exactly the simulated rows and Decimal totals
     assert h.count("deductions", accounts) == len(expected.deductions)
