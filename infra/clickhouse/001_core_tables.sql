@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS deductions
     split_unit          Array(String),
     billed_elsewhere    Bool,
     flags               Array(String),
+    balance_after       Decimal128(12),
     settlement_period   LowCardinality(String),
     ingested_at         DateTime64(3, 'UTC') DEFAULT now64(3)
 )

@@ -433,6 +433,7 @@ class Ledger:
             "unbilled_reason": reason,
             "billed_elsewhere": rating.billed_elsewhere,
             "flags": flags,
+            "balance_after": money(s.available_balance(e.event_time)),
             "settlement_period": settlement_period(e.item),
         }
 

@@ -33,7 +33,7 @@ def iso(t: datetime) -> str:
     return t.isoformat().replace("+00:00", "Z")
 
 
-def generate(seed: int, accounts: int, usage_events: int, prefix: str = "acct") -> list[bytes]:
+def generate(seed: int, accounts: int, usage_events: int, prefix: str = "acct", max_gap_s: int = 900) -> list[bytes]:
     rng = random.Random(seed)
     profiles = list(TOKEN_MODELS)
     names = [f"{prefix}-{i:05d}" for i in range(accounts)]
@@ -63,7 +63,7 @@ def generate(seed: int, accounts: int, usage_events: int, prefix: str = "acct") 
     for _ in range(usage_events):
         n = rng.choice(names)
         p = profile_of[n]
-        clock[n] += timedelta(seconds=rng.randint(1, 900))
+        clock[n] += timedelta(seconds=rng.randint(1, max_gap_s))
         t = iso(clock[n])
         if rng.random() < 0.02:
             out.append({"kind": "account", "event_id": next_id("topup"), "account_id": n, "main_account_id": n,

@@ -80,7 +80,7 @@ DEDUCTION_COLUMNS = [
     "tokens_cache_write", "tokens_output", "tokens_reasoning", "units", "lines_json", "rated_amount",
     "free_amount", "trial_amount", "pack_amount", "voucher_amount", "cash_amount", "unbilled_amount",
     "unbilled_reason", "split_bucket_kind", "split_bucket_id", "split_amount", "split_units", "split_unit",
-    "billed_elsewhere", "flags", "settlement_period",
+    "billed_elsewhere", "flags", "balance_after", "settlement_period",
 ]
 
 
@@ -101,7 +101,7 @@ def deduction_row(d: dict[str, Any]) -> tuple:
         Decimal(d["unbilled_amount"]), d["unbilled_reason"] or "",
         [s["bucket_kind"] for s in d["splits"]], [s["bucket_id"] for s in d["splits"]],
         [Decimal(s["amount"]) for s in d["splits"]], [Decimal(s["units"]) for s in d["splits"]],
-        [s["unit"] for s in d["splits"]], d["billed_elsewhere"], d["flags"], d["settlement_period"],
+        [s["unit"] for s in d["splits"]], d["billed_elsewhere"], d["flags"], Decimal(d["balance_after"]), d["settlement_period"],
     )
 
 

@@ -45,7 +45,7 @@ def ch(chdb_dir):
 class Harness:
     """One test's slice of the pipeline."""
 
-    def __init__(self, tmp: Path, broker, ch):
+    def __init__(self, tmp: Path, broker, ch, **env):
         n = next(_n)
         self.tag = f"it{n}"
         self.pipeline = LocalPipeline(
@@ -57,6 +57,7 @@ class Harness:
                 "KAFKA_PARTITIONS": "4",
                 "WORKER_TICK_INTERVAL_MS": "1000",
                 "SETTLEMENT_ALLOWED_LATENESS_S": "300",
+                **env,
             },
         )
         self.settings = self.pipeline.start_broker(broker.bootstrap)
@@ -116,6 +117,13 @@ class Harness:
 @pytest.fixture
 def harness(tmp_path, broker, ch):
     h = Harness(tmp_path, broker, ch)
+    yield h
+    h.stop()
+
+
+@pytest.fixture
+def one_partition_harness(tmp_path, broker, ch):
+    h = Harness(tmp_path, broker, ch, KAFKA_PARTITIONS="1")
     yield h
     h.stop()
 

@@ -96,3 +96,37 @@ def test_same_lines_whatever_the_partition_count_when_accounts_are_alone():
     events = [open_j(), usage("j", "tokens", model="claude-sonnet-4.5", input_tokens=1000, t="2026-05-01T10:05:00Z"),
               usage("j", "tokens", model="claude-sonnet-4.5", input_tokens=1000, t="2026-05-01T13:00:00Z")]
     assert run(*events, partitions=1).settlements == run(*events, partitions=8).settlements
+
+
+def test_arrears_reminder_and_release_follow_partition_stream_time():
+    # two accounts on one partition: the idle one in arrears still reaches its deadlines because
+    # the other account's events move the partition clock
+    r = run(
+        account("t", "account_opened", profile="tokenhub", post_paid=True, amount="0.01", t="2026-05-01T00:00:00Z"),
+        account("j", "account_opened", profile="jiekou", amount="100", t="2026-05-01T00:00:00Z"),
+        usage("t", "tokens", model="Deepseek-r1-0528", input_tokens=10_000, t="2026-05-01T10:00:00Z"),  # arrears from here
+        usage("j", "tokens", model="claude-sonnet-4.5", input_tokens=1000, t="2026-05-16T05:59:59Z"),
+        usage("j", "tokens", model="claude-sonnet-4.5", input_tokens=1000, t="2026-05-16T06:00:00Z"),  # 4 h before the end
+        usage("j", "tokens", model="claude-sonnet-4.5", input_tokens=1000, t="2026-05-16T10:00:00Z"),  # 15 days
+        partitions=1,
+    )
+    t_alerts = [(a["kind"], a["event_time"]) for a in r.alerts if a["main_account_id"] == "t"]
+    assert t_alerts == [("arrears_started", 1777629600000), ("grace_ending", 1778911200000), ("resources_released", 1778925600000)]
+    assert [(s["status"], s["reason"], s["since"]) for s in r.statuses if s["main_account_id"] == "t"] == [
+        ("active", None, 1777593600000), ("suspended", "arrears", 1777629600000), ("released", "arrears_grace_expired", 1778925600000)]
+
+
+def test_top_up_before_release_resumes_and_alerts_once_each():
+    events = [
+        account("t", "account_opened", profile="tokenhub", post_paid=True, amount="0.01", t="2026-05-01T00:00:00Z"),
+        usage("t", "tokens", model="Deepseek-r1-0528", input_tokens=10_000, t="2026-05-01T10:00:00Z"),
+        usage("t", "tokens", model="Deepseek-r1-0528", input_tokens=10_000, t="2026-05-02T10:00:00Z"),
+        account("t", "top_up", amount="10", t="2026-05-03T10:00:00Z"),
+        usage("t", "tokens", model="Deepseek-r1-0528", input_tokens=10_000, t="2026-05-20T10:00:00Z"),
+    ]
+    r = run(*events)
+    assert [a["kind"] for a in r.alerts] == ["arrears_started", "arrears_cleared"]
+    assert [s["status"] for s in r.statuses] == ["active", "suspended", "active"]
+    # replaying the whole stream again changes nothing and emits nothing new
+    again = run(*events, *events)
+    assert [a["alert_id"] for a in again.alerts] == [a["alert_id"] for a in r.alerts]

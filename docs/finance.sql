@@ -1,0 +1,107 @@
+-- Finance queries over the pipeline's ClickHouse tables. Each query has a name (`-- name:`), a
+-- description, and ClickHouse query parameters ({name:Type}). Every one of them runs in
+-- tests/integration/test_finance_sql.py against data that went through the pipeline.
+-- All read with FINAL: rows delivered twice are counted once (ReplacingMergeTree on the id).
+-- Money columns are Decimal128(12) in the account's currency; round only for display.
+
+-- name: account_bill_month
+-- One account's bill for one month (platform time zone), by item, model and variant.
+-- params: account String, month UInt32 (YYYYMM)
+SELECT item, model, variant, currency,
+       count()              AS events,
+       sum(rated_amount)    AS gross,
+       sum(free_amount)     AS free,
+       sum(trial_amount)    AS trial,
+       sum(pack_amount)     AS pack,
+       sum(voucher_amount)  AS voucher,
+       sum(cash_amount)     AS cash,
+       sum(unbilled_amount) AS unbilled
+FROM deductions FINAL
+WHERE main_account_id = {account:String} AND toYYYYMM(event_time, 'Asia/Shanghai') = {month:UInt32}
+GROUP BY item, model, variant, currency
+ORDER BY item, model, variant;
+
+-- name: revenue_per_model_per_day
+-- Revenue per model and day: gross rated, and what was paid with money (packs, vouchers, cash).
+-- Models billed elsewhere (Ark models used from Coze) are left out.
+-- params: from DateTime64(3), to DateTime64(3)
+SELECT toDate(event_time, 'Asia/Shanghai') AS day, currency, item, model,
+       count()                                        AS events,
+       sum(rated_amount)                              AS gross,
+       sum(pack_amount + voucher_amount + cash_amount) AS paid,
+       sum(cash_amount)                               AS cash
+FROM deductions FINAL
+WHERE NOT billed_elsewhere AND event_time >= {from:DateTime64(3)} AND event_time < {to:DateTime64(3)}
+GROUP BY day, currency, item, model
+ORDER BY day, currency, item, model;
+
+-- name: accounts_in_arrears
+-- Accounts whose last arrears alert is `arrears_started` (not cleared since): what they owe as of
+-- their last charge, since when, and for how many days as of {as_of}; with their current status.
+-- params: as_of DateTime64(3)
+WITH episodes AS (
+    SELECT main_account_id,
+           argMax(kind, event_time)                  AS last_kind,
+           maxIf(event_time, kind = 'arrears_started') AS arrears_since
+    FROM alerts FINAL
+    WHERE kind IN ('arrears_started', 'arrears_cleared')
+    GROUP BY main_account_id
+),
+balances AS (
+    SELECT main_account_id, any(currency) AS currency, argMax(balance_after, event_time) AS balance
+    FROM deductions FINAL
+    GROUP BY main_account_id
+),
+status AS (
+    SELECT main_account_id, argMax(status, since) AS status
+    FROM account_status FINAL
+    GROUP BY main_account_id
+)
+SELECT e.main_account_id AS main_account_id, b.currency AS currency, -b.balance AS owed, e.arrears_since AS arrears_since,
+       dateDiff('day', e.arrears_since, {as_of:DateTime64(3)}) AS days_in_arrears, s.status AS status
+FROM episodes AS e
+INNER JOIN balances AS b ON b.main_account_id = e.main_account_id
+LEFT JOIN status AS s ON s.main_account_id = e.main_account_id
+WHERE e.last_kind = 'arrears_started'
+ORDER BY days_in_arrears DESC, main_account_id;
+
+-- name: bucket_usage
+-- How usage was paid, per currency: free points, trial quotas, packs, vouchers, cash, unbilled.
+-- params: from DateTime64(3), to DateTime64(3)
+SELECT currency,
+       sum(rated_amount)    AS gross,
+       sum(free_amount)     AS free,
+       sum(trial_amount)    AS trial,
+       sum(pack_amount)     AS pack,
+       sum(voucher_amount)  AS voucher,
+       sum(cash_amount)     AS cash,
+       sum(unbilled_amount) AS unbilled
+FROM deductions FINAL
+WHERE event_time >= {from:DateTime64(3)} AND event_time < {to:DateTime64(3)}
+GROUP BY currency
+ORDER BY currency;
+
+-- name: reconciliation
+-- Per account, period and item/model/variant: deductions against settlement lines (regular plus
+-- adjustments). state = 'ok' when counts and amounts agree, 'open' when the period has not
+-- closed yet (no line), 'MISMATCH' otherwise: a healthy pipeline returns no MISMATCH row.
+-- params: (none)
+WITH d AS (
+    SELECT main_account_id, item, model, variant,
+           if(settlement_period = 'day', toUnixTimestamp(toStartOfDay(event_time, 'Asia/Shanghai')),
+              toUnixTimestamp(toStartOfHour(event_time))) AS period,
+           count() AS deductions, sum(rated_amount) AS deducted
+    FROM deductions FINAL
+    GROUP BY main_account_id, item, model, variant, period
+),
+s AS (
+    SELECT main_account_id, item, model, variant, toUnixTimestamp(period_start) AS period,
+           sum(event_count) AS settled_events, sum(gross_amount) AS settled, count() AS lines
+    FROM settlements FINAL
+    GROUP BY main_account_id, item, model, variant, period
+)
+SELECT main_account_id, item, model, variant, period, deductions, settled_events, deducted, settled,
+       multiIf(lines = 0, 'open', deductions = settled_events AND deducted = settled, 'ok', 'MISMATCH') AS state
+FROM d FULL OUTER JOIN s USING (main_account_id, item, model, variant, period)
+ORDER BY main_account_id, period, item, model, variant
+SETTINGS join_use_nulls = 0;
