@@ -82,6 +82,10 @@ class Topics:
     def dead_letters(self) -> str:
         return f"{self.prefix}dead-letters"
 
+    @property
+    def usage_per_minute(self) -> str:
+        return f"{self.prefix}usage-per-minute"
+
     def all(self) -> list[str]:
         return [
             self.events,
@@ -91,6 +95,7 @@ class Topics:
             self.arrears_alerts,
             self.account_status,
             self.dead_letters,
+            self.usage_per_minute,
         ]
 
 

@@ -15,6 +15,7 @@ from streams.ingest.events import AccountEvent, Event, Rejected, UsageEvent
 from streams.ledger.ledger import Effects, Ledger
 from streams.ledger.state import AccountState, event_fingerprint
 from streams.rating.profiles import Profiles
+from streams.settlement import usage_minutes
 from streams.settlement.periods import close_due, settle
 
 DEFAULT_ALLOWED_LATENESS_MS = 5 * 60_000
@@ -29,6 +30,7 @@ class Outcome:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     status: dict[str, Any] | None = None  # account status record, when it changed
     settlements: list[dict[str, Any]] = field(default_factory=list)
+    usage_minutes: list[dict[str, Any]] = field(default_factory=list)
     rejected: Rejected | None = None
     duplicate: bool = False
 
@@ -55,16 +57,20 @@ class BillingEngine:
         fx = Effects()
         self.ledger.advance_time(state, self.profiles[state.profile], clock, fx)
         settlements = close_due(state.periods, clock, state.main_account_id, self.lateness)
+        minutes = usage_minutes.close_due(state.minutes, clock, state.main_account_id, self.lateness)
         state.settled_until = clock
         status = None
         if fx.status_changed:
             status = {"main_account_id": state.main_account_id, "status": state.status, "reason": state.status_reason,
                       "since": fx.status_time if fx.status_time is not None else clock, "source_event_id": f"clock:{fx.status_time or clock}"}
-        return Outcome(state, alerts=fx.alerts, status=status, settlements=settlements)
+        return Outcome(state, alerts=fx.alerts, status=status, settlements=settlements, usage_minutes=minutes)
 
     def next_due(self, state: AccountState) -> int | None:
         """The earliest clock at which ``advance`` would do something for this account."""
         times = [acc["period_end"] + self.lateness for acc in state.periods.values()]
+        minute = usage_minutes.next_due(state.minutes, self.lateness)
+        if minute is not None:
+            times.append(minute)
         deadline = self.ledger.next_deadline(state, self.profiles[state.profile])
         if deadline is not None:
             times.append(deadline)
@@ -108,11 +114,13 @@ class BillingEngine:
             )
         state.remember(fingerprint)
         status = self._status(state, event) if fx.status_changed else None
-        settlements = []
+        settlements, minutes = [], []
         if fx.deduction is not None:
             tz = self.profiles[state.profile].timezone
             settlements = settle(state.periods, state.settled_until, state.main_account_id, fx.deduction, tz, self.lateness)
-        return Outcome(state, deduction=fx.deduction, alerts=fx.alerts, status=status, settlements=settlements)
+            minutes = usage_minutes.count(state.minutes, state.settled_until, state.main_account_id, fx.deduction, self.lateness)
+        return Outcome(state, deduction=fx.deduction, alerts=fx.alerts, status=status, settlements=settlements,
+                       usage_minutes=minutes)
 
     @staticmethod
     def _status(state: AccountState, event: Event) -> dict[str, Any]:

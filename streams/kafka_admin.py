@@ -31,6 +31,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.arrears_alerts, n, {"retention.ms": year}, "arrears alerts only"),
         TopicSpec(t.account_status, n, {"cleanup.policy": "compact"}, "latest status per main account (compacted)"),
         TopicSpec(t.dead_letters, n, {"retention.ms": year}, "inputs that could not be applied, with the reason"),
+        TopicSpec(t.usage_per_minute, n, {"retention.ms": week}, "requests and tokens per account, model and minute"),
         # faust table changelogs, created here so they are compacted and co-partitioned with the
         # input topic whatever the broker's auto-create defaults are
         TopicSpec(f"{settings.worker_app_id}-accounts-changelog", n, {"cleanup.policy": "compact"},

@@ -23,7 +23,7 @@ from streams.ingest.messages import Decoded, dead_letter_record
 from streams.ledger.state import AccountState
 from streams.rating.profiles import Profiles
 
-TIME_FIELDS = ("event_time", "since", "period_start", "period_end", "closed_at")
+TIME_FIELDS = ("event_time", "since", "period_start", "period_end", "closed_at", "minute_start")
 
 
 @dataclass
@@ -33,6 +33,7 @@ class SimulationResult:
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     statuses: list[dict[str, Any]] = field(default_factory=list)
     settlements: list[dict[str, Any]] = field(default_factory=list)
+    usage_minutes: list[dict[str, Any]] = field(default_factory=list)
     states: dict[str, AccountState] = field(default_factory=dict)
     counts: Counter = field(default_factory=Counter)
 
@@ -88,6 +89,7 @@ def _collect(result: SimulationResult, outcome: Outcome) -> None:
     if outcome.status is not None:
         result.statuses.append(outcome.status)
     result.settlements.extend(outcome.settlements)
+    result.usage_minutes.extend(outcome.usage_minutes)
 
 
 def _reject(result: SimulationResult, decoded: Decoded, source: str, number: int) -> None:
@@ -124,6 +126,7 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
         "dead_letters": (out_dir / "dead_letters.jsonl", result.dead_letters),
         "account_status": (out_dir / "account_status.jsonl", result.statuses),
         "settlements": (out_dir / "settlements.jsonl", result.settlements),
+        "usage_per_minute": (out_dir / "usage_per_minute.jsonl", result.usage_minutes),
     }
     for path, records in files.values():
         with open(path, "wb") as fh:

@@ -34,6 +34,7 @@ RECORD_NAMES = {
     "billing.v1.DeadLetter": "dead_letter",
     "billing.v1.AccountStatus": "account_status",
     "billing.v1.ClockTick": "clock_tick",
+    "billing.v1.UsageMinute": "usage_minute",
 }
 
 

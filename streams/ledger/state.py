@@ -139,6 +139,7 @@ class AccountState:
     offsets: dict[str, int] = field(default_factory=dict)  # input partition -> last applied offset
     periods: dict[str, dict[str, Any]] = field(default_factory=dict)  # open settlement periods
     settled_until: int = 0  # the partition clock this account has been advanced to
+    minutes: dict[str, dict[str, Any]] = field(default_factory=dict)  # open per-minute usage counts
 
     # ------------------------------------------------------------ dedupe
 
@@ -197,6 +198,7 @@ class AccountState:
             "offsets": dict(sorted(self.offsets.items())),
             "periods": dict(sorted(self.periods.items())),
             "settled_until": self.settled_until,
+            "minutes": dict(sorted(self.minutes.items())),
         }
 
     @classmethod
@@ -232,6 +234,7 @@ class AccountState:
             offsets=dict(d["offsets"]),
             periods=dict(d["periods"]),
             settled_until=d["settled_until"],
+            minutes=dict(d["minutes"]),
         )
 
     def dumps(self) -> bytes:

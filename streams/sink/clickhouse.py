@@ -153,6 +153,13 @@ def settlement_row(s: dict[str, Any]) -> tuple:
     )
 
 
+USAGE_MINUTE_COLUMNS = ["usage_minute_id", "main_account_id", "model", "minute_start", "line_type", "requests", "tokens"]
+
+
+def usage_minute_row(m: dict[str, Any]) -> tuple:
+    return (m["usage_minute_id"], m["main_account_id"], m["model"], _ts(m["minute_start"]), m["line_type"], m["requests"], m["tokens"])
+
+
 @dataclass(frozen=True)
 class Route:
     table: str
@@ -169,6 +176,7 @@ def routes(settings: Settings) -> dict[str, Route]:
         t.alerts: Route("alerts", "alert", ALERT_COLUMNS, alert_row),
         t.account_status: Route("account_status", "account_status", STATUS_COLUMNS, status_row),
         t.settlements: Route("settlements", "settlement", SETTLEMENT_COLUMNS, settlement_row),
+        t.usage_per_minute: Route("usage_per_minute", "usage_minute", USAGE_MINUTE_COLUMNS, usage_minute_row),
     }
 
 

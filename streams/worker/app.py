@@ -101,6 +101,8 @@ def create_app(settings: Settings) -> faust.App:
             produce.append((topics.account_status, key, reg.encode("account_status", outcome.status)))
         for line in outcome.settlements:
             produce.append((topics.settlements, key, reg.encode("settlement", line)))
+        for minute in outcome.usage_minutes:
+            produce.append((topics.usage_per_minute, key, reg.encode("usage_minute", minute)))
 
     def due_index(part: int) -> dict[bytes, int]:
         """Accounts of a partition with something to close or fire; rebuilt from the table after

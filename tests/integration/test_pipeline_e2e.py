@@ -82,6 +82,10 @@ def test_stream_lands_exactly_and_equals_simulate(harness):
     assert h.land(lambda: h.count("settlements", accounts) >= len(expected.settlements), timeout=60)
     settlements_equal_simulated(h, expected)
     assert h.count("settlements", accounts) == len(expected.settlements)
+    assert h.land(lambda: h.count("usage_per_minute", accounts) >= len(expected.usage_minutes), timeout=30)
+    live_minutes = set(h.ch.query(
+        f"SELECT usage_minute_id, requests, tokens FROM usage_per_minute FINAL WHERE main_account_id LIKE '{accounts}'").result_rows)
+    assert live_minutes == {(m["usage_minute_id"], m["requests"], m["tokens"]) for m in expected.usage_minutes}
 
     # ClickHouse holds exactly the simulated rows and Decimal totals
     assert h.count("deductions", accounts) == len(expected.deductions)

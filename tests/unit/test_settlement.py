@@ -130,3 +130,16 @@ def test_top_up_before_release_resumes_and_alerts_once_each():
     # replaying the whole stream again changes nothing and emits nothing new
     again = run(*events, *events)
     assert [a["alert_id"] for a in again.alerts] == [a["alert_id"] for a in r.alerts]
+
+
+def test_requests_and_tokens_per_minute_are_published_per_model():
+    r = run(
+        open_j(),
+        usage("j", "tokens", model="claude-sonnet-4.5", input_tokens=1000, output_tokens=10, t="2026-05-01T10:00:01Z"),
+        usage("j", "tokens", model="claude-sonnet-4.5", input_tokens=2000, t="2026-05-01T10:00:59Z"),
+        usage("j", "tokens", model="claude-opus-4.5", input_tokens=5, t="2026-05-01T10:00:30Z"),
+        usage("j", "media_call", model="kling-v2", variant="video", quantity="1", t="2026-05-01T10:00:31Z"),  # not a token call
+        usage("j", "tokens", model="claude-sonnet-4.5", input_tokens=1, t="2026-05-01T10:11:00Z"),  # closes 10:00 (+10 min)
+    )
+    got = {(m["model"], m["minute_start"], m["line_type"]): (m["requests"], m["tokens"]) for m in r.usage_minutes}
+    assert got == {("claude-opus-4.5", 1777629600000, "regular"): (1, 5), ("claude-sonnet-4.5", 1777629600000, "regular"): (2, 3010)}
