@@ -25,9 +25,11 @@ from collections import Counter
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaProducer
 from faust.streams import _current_event
 
 from streams.config import Settings
+from streams.kafka_client import producer_kwargs
 from streams.engine import BillingEngine
 from streams.ingest.codec import registry
 from streams.ingest.messages import Decoded, dead_letter_record, decode_message
@@ -77,13 +79,13 @@ def create_app(settings: Settings) -> faust.App:
     topics = settings.topics
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     events_topic = app.topic(topics.events, partitions=settings.kafka_partitions, **raw)
-    out = {name: app.topic(name, **raw) for name in topics.all()}
     accounts = app.Table("accounts", partitions=settings.kafka_partitions, key_type=bytes, value_type=bytes)
     # stream time per input partition: the largest event time seen there (persisted, so a
     # restarted worker closes periods exactly as the one before it would have)
     clocks = app.Table("partition-clocks", partitions=settings.kafka_partitions, key_type=bytes, value_type=bytes)
     engine = BillingEngine(Profiles(settings.profiles_dir), allowed_lateness_ms=settings.settlement_allowed_lateness_s * 1000)
     reg = registry()
+    outputs = OutputProducer(settings)
     tick_value = reg.encode("clock_tick", {"issued_by": settings.worker_app_id})
     counts = Counts()
     within = settings.worker_batch_within_ms / 1000
@@ -178,7 +180,8 @@ def create_app(settings: Settings) -> faust.App:
                     anchors[key] = ev
             # 1) outputs durable first ...
             if produce:
-                futures = [await out[t].send(key=k, value=v, force=True) for t, k, v in produce]
+                producer = await outputs.started()
+                futures = [await producer.send(t, key=k, value=v) for t, k, v in produce]
                 await asyncio.gather(*futures)
             # 2) ... then the state that says they happened (the changelog partition is the
             #    message's partition, which is the account's)
@@ -231,6 +234,26 @@ def create_app(settings: Settings) -> faust.App:
 
     app.billing_counts = counts  # type: ignore[attr-defined]
     return app
+
+
+class OutputProducer:
+    """Outputs go through their own producer with ordinary batching: the one-record-per-batch
+    setting that local Tansu needs (KAFKA_PRODUCER_MAX_BATCH_SIZE) protects table changelog
+    recovery only, and stays on faust's producer, which writes the changelogs."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.producer: AIOKafkaProducer | None = None
+
+    async def started(self) -> AIOKafkaProducer:
+        if self.producer is None:
+            kwargs = producer_kwargs(self.settings)
+            kwargs.pop("max_batch_size", None)
+            kwargs["linger_ms"] = 0
+            producer = AIOKafkaProducer(**kwargs)
+            await producer.start()
+            self.producer = producer
+        return self.producer
 
 
 def profile_fingerprint(root) -> tuple:
