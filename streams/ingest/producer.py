@@ -56,18 +56,19 @@ def encode_line(reg: Registry, raw: bytes) -> tuple[bytes | None, bytes, str | N
         return key_bytes, raw, None
 
 
-def batched_messages(reg: Registry, lines: Iterable[bytes], batch_size: int) -> Iterator[tuple[bytes | None, bytes, int]]:
+def batched_messages(reg: Registry, lines: Iterable[bytes], batch_size: int) -> Iterator[tuple[bytes | None, bytes, list[bytes]]]:
     """Group consecutive events of one account into EventBatch messages of up to batch_size events.
 
-    Yields (key, value, number of events). Order within an account is kept: a batch is flushed
-    before any other message of the same account is emitted.
+    Yields (key, value, the lines it carries). Each account's order is kept; events of different
+    accounts may reach Kafka in another order than the file's (a batch waits to fill), which
+    ``delivery_order`` reproduces for the offline twin.
     """
-    pending: dict[bytes, list[tuple[str, dict]]] = {}
+    pending: dict[bytes, list[tuple[str, dict, bytes]]] = {}
 
-    def flush(key: bytes) -> tuple[bytes, bytes, int]:
+    def flush(key: bytes) -> tuple[bytes, bytes, list[bytes]]:
         items = pending.pop(key)
-        value = reg.encode("event_batch", {"events": [(_BRANCH[s], r) for s, r in items]})
-        return key, value, len(items)
+        value = reg.encode("event_batch", {"events": [(_BRANCH[s], r) for s, r, _ in items]})
+        return key, value, [raw for _, _, raw in items]
 
     for raw in lines:
         try:
@@ -80,7 +81,7 @@ def batched_messages(reg: Registry, lines: Iterable[bytes], batch_size: int) -> 
             k, v, _ = encode_line(reg, raw)
             if k is not None and k in pending:
                 yield flush(k)
-            yield k, v, 1
+            yield k, v, [raw]
             continue
         kb = key.encode()
         try:
@@ -88,13 +89,20 @@ def batched_messages(reg: Registry, lines: Iterable[bytes], batch_size: int) -> 
         except Exception:
             if kb in pending:
                 yield flush(kb)
-            yield kb, raw, 1
+            yield kb, raw, [raw]
             continue
-        pending.setdefault(kb, []).append(converted)
+        pending.setdefault(kb, []).append((converted[0], converted[1], raw))
         if len(pending[kb]) >= batch_size:
             yield flush(kb)
     for kb in list(pending):
         yield flush(kb)
+
+
+def delivery_order(lines: Iterable[bytes], batch_size: int) -> list[bytes]:
+    """The lines in the order their events reach the events topic when sent with this batch size."""
+    if batch_size <= 1:
+        return list(lines)
+    return [raw for _, _, carried in batched_messages(registry(), lines, batch_size) for raw in carried]
 
 
 class EventProducer:
@@ -119,7 +127,8 @@ class EventProducer:
             messages = ((k, v, 1) for k, v, _ in (encode_line(self.registry, raw) for raw in lines))
         else:
             messages = batched_messages(self.registry, lines, batch_size)
-        for key, value, n in messages:
+        for key, value, carried in messages:
+            n = carried if isinstance(carried, int) else len(carried)
             futures.append(await self.producer.send(topic, value=value, key=key))
             total += n
             if on_sent is not None:

@@ -261,7 +261,8 @@ class Ledger:
         safe = s.safe_trial_mode and not s.activated_models and policy.safe_trial is not None
 
         # 1. daily free points
-        if policy.daily_free and remaining > 0 and profile.in_scope(policy.daily_free.scope, e.item, e.model):
+        if policy.daily_free and remaining > 0 and profile.in_scope(policy.daily_free.scope, e.item, e.model) \
+                and (s.free_horizon is None or local_day(profile.timezone, now) >= s.free_horizon):
             day = local_day(profile.timezone, now)
             grant = profile.to_currency(policy.daily_free.amount)
             used = s.free_used.get(day, ZERO)
@@ -404,9 +405,13 @@ class Ledger:
 
     @staticmethod
     def _prune_free_days(s: AccountState, day: str) -> None:
+        """Keep the last few days' usage; an event older than those gets no free points (its
+        day's allowance is no longer known, so it counts as used up, never as a fresh grant)."""
         if len(s.free_used) > FREE_DAYS_KEPT:
+            kept = sorted(s.free_used)[-FREE_DAYS_KEPT:]
             for old in sorted(s.free_used)[:-FREE_DAYS_KEPT]:
                 del s.free_used[old]
+            s.free_horizon = kept[0]
 
     def _deduction(self, s, profile, e: UsageEvent, rating: Rating, splits, unbilled, reason, flags) -> dict[str, Any]:
         return {

@@ -122,6 +122,7 @@ class AccountState:
     packs: list[Bucket] = field(default_factory=list)
     free_used: dict[str, Decimal] = field(default_factory=dict)  # local day -> used (currency)
     free_exhausted_alerted: str | None = None  # the local day the alert went out
+    free_horizon: str | None = None  # days before this one are forgotten: they get no free points
     trials: dict[str, Trial] = field(default_factory=dict)
     activated_models: set[str] = field(default_factory=set)
     limits: dict[str, InferenceLimit] = field(default_factory=dict)
@@ -181,6 +182,7 @@ class AccountState:
             "packs": [p.to_dict() for p in self.packs],
             "free_used": {k: str(v) for k, v in sorted(self.free_used.items())},
             "free_exhausted_alerted": self.free_exhausted_alerted,
+            "free_horizon": self.free_horizon,
             "trials": {k: t.to_dict() for k, t in sorted(self.trials.items())},
             "activated_models": sorted(self.activated_models),
             "limits": {k: v.to_dict() for k, v in sorted(self.limits.items())},
@@ -217,6 +219,7 @@ class AccountState:
             packs=[Bucket.from_dict(p) for p in d["packs"]],
             free_used={k: Decimal(v) for k, v in d["free_used"].items()},
             free_exhausted_alerted=d["free_exhausted_alerted"],
+            free_horizon=d["free_horizon"],
             trials={k: Trial.from_dict(t) for k, t in d["trials"].items()},
             activated_models=set(d["activated_models"]),
             limits={k: InferenceLimit.from_dict(v) for k, v in d["limits"].items()},

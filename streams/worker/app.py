@@ -25,6 +25,7 @@ from collections import Counter
 from typing import Any
 
 import faust
+import orjson
 from aiokafka import AIOKafkaProducer
 from faust.streams import _current_event
 
@@ -39,6 +40,7 @@ from streams.ledger.state import AccountState
 from streams.rating.profiles import PROFILES_DIR, ProfileError, Profiles
 
 log = logging.getLogger("streams.worker")
+CLOCK_HISTORY = 2000  # rounds; far more than pass between two offset commits
 
 
 class Counts(Counter):
@@ -90,6 +92,22 @@ def create_app(settings: Settings) -> faust.App:
     counts = Counts()
     within = settings.worker_batch_within_ms / 1000
     due: dict[int, dict[bytes, int]] = {}  # partition -> account -> next clock at which advance() acts
+    # Stream time of each owned partition, and its recent history as (last offset of a round, clock).
+    # faust commits an offset only after flushing the changelog, so the history entry for the
+    # committed offset is always durable: a worker that (re)starts from there restores the exact
+    # clock the first run had at that point, whatever else of the last rounds was lost.
+    part_clock: dict[int, int] = {}
+    clock_history: dict[int, list[tuple[int, int]]] = {}
+    last_offset: dict[int, int] = {}
+
+    clock_marks: dict[int, dict[int, int]] = {}  # replayed offsets -> the clock recorded after them
+
+    def restore_clock(part: int, first_offset: int) -> int:
+        stored = clocks.get(b"partition:%d" % part)
+        history = [tuple(x) for x in orjson.loads(stored)] if stored is not None else []
+        clock_history[part] = [h for h in history if h[0] < first_offset]
+        clock_marks[part] = {o: c for o, c in history if o >= first_offset}
+        return clock_history[part][-1][1] if clock_history[part] else 0
 
     def outputs_for(outcome, key: bytes, produce: list) -> None:
         if outcome.deduction is not None:
@@ -124,7 +142,6 @@ def create_app(settings: Settings) -> faust.App:
         async for round_events in stream.take_events(settings.worker_batch_max, within=within):
             states: dict[bytes, AccountState | None] = {}
             anchors: dict[bytes, Any] = {}
-            part_clock: dict[int, int] = {}
             clock_anchor: dict[int, Any] = {}
             produce: list[tuple[str, bytes | None, bytes]] = []
 
@@ -134,13 +151,11 @@ def create_app(settings: Settings) -> faust.App:
                     states[key] = AccountState.loads(stored) if stored is not None else None
                 return states[key]
 
-            for ev in round_events:
+            def handle(ev) -> None:
                 msg = ev.message
                 key, part, offset = msg.key, msg.partition, msg.offset
-                if part not in part_clock:
-                    stored_clock = clocks.get(b"partition:%d" % part)
-                    part_clock[part] = int(stored_clock) if stored_clock is not None else 0
                 clock_anchor[part] = ev
+                last_offset[part] = offset
                 if msg.value == tick_value:
                     counts["ticks"] += 1
                     now = part_clock[part]
@@ -148,14 +163,17 @@ def create_app(settings: Settings) -> faust.App:
                         if when <= now and (state := load(acct)) is not None:
                             outputs_for(engine.advance(state, now), acct, produce)
                             anchors[acct] = ev
-                    continue
+                    return
                 counts["messages"] += 1
                 decoded = decode_message(reg, key, msg.value)
                 counts["consumed"] += len(decoded)
                 state = load(key) if key is not None else None
                 if state is not None and state.offsets.get(str(part), -1) >= offset:
-                    counts["duplicates"] += len(decoded)  # redelivered after a crash: already applied
-                    continue
+                    counts["duplicates"] += len(decoded)  # redelivered after a crash: already applied,
+                    for d in decoded:  # but its events still move the clock, as they did the first time
+                        if d.event is not None:
+                            part_clock[part] = max(part_clock[part], d.event.event_time)
+                    return
                 for i, d in enumerate(decoded):
                     if d.event is not None:
                         part_clock[part] = max(part_clock[part], d.event.event_time)
@@ -178,6 +196,16 @@ def create_app(settings: Settings) -> faust.App:
                     state.offsets[str(part)] = offset
                     states[key] = state
                     anchors[key] = ev
+
+            for ev in round_events:
+                part, offset = ev.message.partition, ev.message.offset
+                if part not in part_clock:
+                    part_clock[part] = restore_clock(part, offset)
+                handle(ev)
+                # where the first run recorded the clock after this offset, that is the clock
+                mark = clock_marks.get(part, {}).pop(offset, None)
+                if mark is not None and mark > part_clock[part]:
+                    part_clock[part] = mark
             # 1) outputs durable first ...
             if produce:
                 producer = await outputs.started()
@@ -198,7 +226,10 @@ def create_app(settings: Settings) -> faust.App:
                     index[key] = when
             for part, ev in clock_anchor.items():
                 _current_event.set(weakref.ref(ev))
-                clocks[b"partition:%d" % part] = str(part_clock[part]).encode()
+                history = clock_history.setdefault(part, [])
+                history.append((last_offset[part], part_clock[part]))
+                del history[:-CLOCK_HISTORY]
+                clocks[b"partition:%d" % part] = orjson.dumps(history)
 
     @app.timer(interval=settings.worker_tick_interval_ms / 1000)
     async def tick_partitions() -> None:
@@ -210,6 +241,9 @@ def create_app(settings: Settings) -> faust.App:
     @app.on_rebalance_complete.connect
     async def forget_due_index(sender, **kwargs) -> None:
         due.clear()
+        part_clock.clear()  # restored from the clock history at the next message of each partition
+        clock_history.clear()
+        clock_marks.clear()
 
     profiles_root = settings.profiles_dir or PROFILES_DIR
     watched = {"fingerprint": profile_fingerprint(profiles_root)}

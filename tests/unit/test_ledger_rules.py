@@ -311,3 +311,14 @@ def test_duplicate_event_changes_nothing():
     r = run(account("j", "account_opened", profile="jiekou", amount="1"), e, e, e)
     assert len(r.deductions) == 1 and r.counts["duplicate"] == 2
     assert r.states["j"].cash == D("0.97")
+
+
+def test_late_event_for_a_forgotten_day_gets_no_second_grant():
+    days = ["2026-05-01", "2026-05-02", "2026-05-03", "2026-05-04"]
+    r = run(
+        account("c", "account_opened", profile="coze-pro", amount="10"),
+        *[usage("c", "agent_call", quantity="250", t=f"{d}T10:00:00+08:00") for d in days],  # 500 free points each day
+        usage("c", "agent_call", quantity="250", t="2026-05-01T11:00:00+08:00"),  # late, for a day no longer kept
+    )
+    assert [s[0] for s in splits(r.deductions[-1])] == ["cash"]
+    assert r.states["c"].free_horizon == "2026-05-02"
