@@ -23,6 +23,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q
 	$(BIN)/python -m pytest tests/integration -q
 
+## Benchmark: prints a table and writes bench-results/bench.json (ratios against a same-run baseline).
+bench: $(STAMP)
+	$(BIN)/rating bench
+
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q
 

@@ -290,6 +290,21 @@ def replay(
     console.print(f"sent {sent} events to {s.topics.events}")
 
 
+@app.command()
+@friendly
+def bench(
+    out: Path = typer.Option(Path("bench-results/bench.json"), "--out", help="JSON file for the figures"),
+    events: int = typer.Option(20_000, "--events", help="events per throughput measurement"),
+    accounts: int = typer.Option(200, "--accounts"),
+    simulate_events: int = typer.Option(1_000_000, "--simulate-events", help="size of the file for the simulate figure"),
+    state_accounts: int = typer.Option(20_000, "--state-accounts", help="accounts built for the state figure (scaled to 100k)"),
+):
+    """Measure throughput, latency, sink rate, scaling and state size, each against a same-run baseline."""
+    from streams.bench.run import run_bench
+
+    run_bench(out, events=events, accounts=accounts, simulate_events=simulate_events, state_accounts=state_accounts, console=console)
+
+
 def main() -> None:  # pragma: no cover - console script entry
     app()
 

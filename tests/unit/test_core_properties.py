@@ -718,6 +718,12 @@ def check_order_of_deduction(sc: Scenario) -> None:
         if free_applicable:
             used0 = free_paid.get((s1.main_account_id, day), Decimal(0))
             want = min(rated, COZE_DAILY_GRANT - used0)
+            # Documented decision (README, ledger.FREE_DAYS_KEPT): the ledger remembers the free points
+            # of the last 3 days that used any; an event of an older day counts its day as used up.
+            days = sorted(dd for (acct, dd), v in free_paid.items() if acct == s1.main_account_id and v > 0)
+            if len(days) >= 4 and day < days[-3]:
+                want = Decimal(0)
+                free_applicable = False
             got = [sp for sp in splits if sp["bucket_kind"] == "free"]
             if want > 0:
                 assert got and got[0]["bucket_id"] == f"daily:{day}" and D(got[0]["amount"]) == want, (want, d)
@@ -725,7 +731,7 @@ def check_order_of_deduction(sc: Scenario) -> None:
                 assert not got, f"{day} had {used0} of its {COZE_DAILY_GRANT} free already used, yet paid free again: {d}"
             used1 = used0 + (D(got[0]["amount"]) if got else Decimal(0))
             free_paid[(s1.main_account_id, day)] = used1
-            if later(0):
+            if later(0) and free_applicable:
                 assert used1 == COZE_DAILY_GRANT, f"later buckets used before the day's free points: {d}"
         else:
             assert "free" not in kinds, d

@@ -1,0 +1,395 @@
+"""`rating bench` / `make bench`: every figure measured in one run, next to its baseline.
+
+Machines here are noisy, so throughput is reported as a ratio to a no-op faust agent measured on
+the same broker, the same topic layout and the same input, minutes apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from streams.engine import BillingEngine
+from streams.ingest.codec import registry
+from streams.ingest.producer import EventProducer, delivery_order
+from streams.kafka_admin import create_topics
+from streams.local.pipeline import LocalPipeline
+from streams.local.synthetic import generate
+from streams.local.tansu import start_broker
+from streams.rating.profiles import Profiles
+from streams.simulate import read_lines, simulate
+from streams.sink.clickhouse import ClickHouseSink, connect, migrate
+
+
+@dataclass
+class Figure:
+    name: str
+    value: float
+    unit: str
+    baseline: float | None = None
+    target: str = ""
+    met: bool | None = None
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        return self.value / self.baseline if self.baseline else None
+
+
+@dataclass
+class Bench:
+    run_dir: Path
+    console: Console
+    events: int
+    accounts: int
+    figures: list[Figure] = field(default_factory=list)
+    n: int = 0
+
+    def add(self, fig: Figure) -> Figure:
+        self.figures.append(fig)
+        r = f" = {fig.ratio:.2f}x baseline" if fig.ratio is not None else ""
+        self.console.print(f"  {fig.name}: {fig.value:,.1f} {fig.unit}{r} {fig.note}")
+        return fig
+
+    def slice(self, broker, **env) -> LocalPipeline:
+        self.n += 1
+        tag = f"b{self.n}"
+        p = LocalPipeline(self.run_dir / tag, env_overrides={
+            "KAFKA_TOPIC_PREFIX": f"{tag}.", "WORKER_APP_ID": f"{tag}-rating", "SINK_GROUP_ID": f"{tag}-sink",
+            "CHDB_PATH": str(self.run_dir / "chdb"), "WORKER_TICK_INTERVAL_MS": "1000", **env})
+        p.start_broker(broker.bootstrap)
+        p.tag = tag  # type: ignore[attr-defined]
+        asyncio.run(create_topics(p.settings))
+        return p
+
+
+def wait_ready(log_path: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log_path.exists() and b"Ready" in log_path.read_bytes():
+            time.sleep(1.0)  # let the first fetches settle
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"worker not ready after {timeout:.0f}s; see {log_path}")
+
+
+def percentile(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+async def produce_timed(settings, lines: list[bytes], batch: int) -> float:
+    t0 = time.time()
+    async with EventProducer(settings) as producer:
+        await producer.send_lines(lines, batch_size=batch)
+    return t0
+
+
+def measure_baseline(b: Bench, broker, lines: list[bytes]) -> float:
+    p = b.slice(broker)
+    out = p.run_dir / "noop.out"
+    env = p.worker_env() | {"BENCH_EXPECT": str(len(lines)), "BENCH_OUT": str(out)}
+    log = p.run_dir / "noop.log"
+    proc = subprocess.Popen([sys.executable, "-m", "streams.bench.noop_app"], env=env,
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_ready(log)
+        t0 = asyncio.run(produce_timed(p.settings, lines, 1))
+        deadline = time.monotonic() + 300
+        while not out.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first, last, n = out.read_text().split()
+        return len(lines) / (float(last) - t0)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        p.stop()
+
+
+def measure_pipeline(b: Bench, broker, ch, batch: int, workers: int = 1) -> float:
+    """Events/s from the first produce to the last deduction in ClickHouse."""
+    p = b.slice(broker)
+    lines = generate(seed=3, accounts=b.accounts, usage_events=b.events, prefix=p.tag)
+    if batch > 1:
+        lines = delivery_order(lines, batch)
+    want = len(simulate(list(enumerate(lines, 1)), BillingEngine(Profiles())).deductions)
+    for _ in range(workers):
+        w = p.start_worker()
+        wait_ready(w.log_path)
+    if workers > 1:
+        time.sleep(6)  # the group settles after the second member joins
+    sink = ClickHouseSink(p.settings, client=ch)
+
+    async def go() -> float:
+        await sink.start()
+        try:
+            t0 = time.time()
+            async with EventProducer(p.settings) as producer:
+                await producer.send_lines(lines, batch_size=batch)
+            while True:
+                await sink.step()
+                got = ch.query(f"SELECT count() FROM deductions FINAL WHERE main_account_id LIKE '{p.tag}-%'").result_rows[0][0]
+                if got >= want:
+                    return time.time() - t0
+        finally:
+            await sink.stop()
+
+    try:
+        return len(lines) / asyncio.run(go())
+    finally:
+        p.stop()
+
+
+def measure_latency(b: Bench, broker, ch, lines: list[bytes], rate: float) -> tuple[list[float], list[float]]:
+    p = b.slice(broker)
+    w = p.start_worker()
+    wait_ready(w.log_path)
+    sink = ClickHouseSink(p.settings, client=ch)
+    sent_at: dict[str, float] = {}
+    ids = [orjson.loads(l)["event_id"] for l in lines]
+
+    async def go():
+        from aiokafka import AIOKafkaConsumer
+
+        from streams.ingest.producer import encode_line
+        from streams.kafka_client import client_kwargs
+
+        await sink.start()
+        consumer = AIOKafkaConsumer(p.settings.topics.deductions, **client_kwargs(p.settings), group_id=None,
+                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        await consumer.start()
+        deduction_at: dict[str, float] = {}
+        stop = asyncio.Event()
+
+        async def sink_loop():
+            while not stop.is_set():
+                await sink.step()
+
+        async def read_deductions():
+            reg = registry()
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=100)
+                now = time.time()
+                for msgs in batch.values():
+                    for m in msgs:
+                        deduction_at[reg.decode(m.value)[1]["event_id"]] = now
+
+        tasks = [asyncio.create_task(sink_loop()), asyncio.create_task(read_deductions())]
+        async with EventProducer(p.settings) as producer:
+            reg = registry()
+            interval = 1.0 / rate
+            start = time.time()
+            for i, raw in enumerate(lines):
+                due = start + i * interval
+                delay = due - time.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                key, value, _ = encode_line(reg, raw)
+                sent_at[ids[i]] = time.time()
+                await producer.producer.send(p.settings.topics.events, key=key, value=value)
+        deadline = time.time() + 60
+        while time.time() < deadline and len(deduction_at) < len([i for i in ids if "-u-" in i]):
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)
+        stop.set()
+        for t in tasks:
+            await t
+        await consumer.stop()
+        await sink.stop()
+        return deduction_at
+
+    try:
+        deduction_at = asyncio.run(go())
+        rows = ch.query("SELECT event_id, toUnixTimestamp64Milli(ingested_at) FROM deductions WHERE event_id IN {ids:Array(String)}",
+                        parameters={"ids": [i for i in ids if "-u-" in i]}).result_rows
+        to_deduction = [(deduction_at[e] - sent_at[e]) * 1000 for e in deduction_at if e in sent_at]
+        to_clickhouse = [ms - sent_at[e] * 1000 for e, ms in rows if e in sent_at]
+        return to_deduction, to_clickhouse
+    finally:
+        p.stop()
+
+
+def measure_sink(b: Bench, broker, ch, deductions: list[dict], rows: int) -> tuple[float, float]:
+    p = b.slice(broker, SINK_BATCH_MAX="20000")
+    reg = registry()
+    records = []
+    for i in range(rows):
+        d = dict(deductions[i % len(deductions)])
+        d["deduction_id"] = f"{p.tag}-{i}"
+        d["main_account_id"] = f"{p.tag}-acct-{i % 500}"
+        records.append(d)
+
+    async def fill():
+        from aiokafka import AIOKafkaProducer
+
+        from streams.kafka_client import producer_kwargs
+
+        prod = AIOKafkaProducer(**{**producer_kwargs(p.settings), "max_batch_size": 1 << 20})
+        await prod.start()
+        futures = [await prod.send(p.settings.topics.deductions, key=r["main_account_id"].encode(), value=reg.encode("deduction", r))
+                   for r in records]
+        for f in futures:
+            await f
+        await prod.stop()
+
+    asyncio.run(fill())
+    sink = ClickHouseSink(p.settings, client=ch)
+
+    async def drain() -> float:
+        await sink.start()
+        try:
+            t0 = time.perf_counter()
+            landed = 0
+            while landed < rows:
+                landed += await sink.step()
+            return time.perf_counter() - t0
+        finally:
+            await sink.stop()
+
+    try:
+        sink_seconds = asyncio.run(drain())
+        # baseline: the same rows inserted straight into the same table in one call, no Kafka
+        from streams.sink.clickhouse import DEDUCTION_COLUMNS, INSERT_SETTINGS, deduction_row
+
+        table_rows = [deduction_row(dict(r, deduction_id=r["deduction_id"] + "-direct")) for r in records]
+        t0 = time.perf_counter()
+        ch.insert("deductions", table_rows, column_names=DEDUCTION_COLUMNS, settings=INSERT_SETTINGS)
+        direct_seconds = time.perf_counter() - t0
+        return rows / sink_seconds, rows / direct_seconds
+    finally:
+        p.stop()
+
+
+def measure_state(accounts: int) -> tuple[float, float]:
+    engine = BillingEngine(Profiles())
+    from streams.ingest.events import parse_json_event
+
+    def ev(**kw):
+        return parse_json_event(kw)
+
+    states = {}
+    for i in range(accounts):
+        key = f"s-{i:07d}"
+        if i % 2:
+            s = engine.apply(None, ev(kind="account", event_id=f"o{i}", account_id=key, main_account_id=key,
+                                      event_time="2026-05-01T00:00:00Z", type="account_opened", profile="coze-pro", amount="10")).state
+            engine.apply(s, ev(kind="account", event_id=f"p{i}", account_id=key, main_account_id=key, event_time="2026-05-01T00:00:00Z",
+                               type="pack_purchased", pack_kind="coze_unified", pack_id=f"pk{i}", amount="1000", expires_at="2026-08-01T00:00:00Z"))
+            engine.apply(s, ev(kind="usage", event_id=f"u{i}", account_id=key, main_account_id=key, event_time="2026-05-01T01:00:00Z",
+                               item="agent_call", quantity="300"))
+        else:
+            s = engine.apply(None, ev(kind="account", event_id=f"o{i}", account_id=key, main_account_id=key,
+                                      event_time="2026-05-01T00:00:00Z", type="account_opened", profile="tokenhub", post_paid=True)).state
+            engine.apply(s, ev(kind="usage", event_id=f"u{i}", account_id=key, main_account_id=key, event_time="2026-05-01T01:00:00Z",
+                               item="tokens", model="kimi-k2.5", input_tokens=1000, output_tokens=100))
+        states[key] = s
+    # The worker's table holds each account as its serialized value (bytes) keyed by the main
+    # account id: that dict is what a worker keeps in memory (memory:// store), and each value is
+    # one changelog record.
+    import tracemalloc
+
+    blobs = {k.encode(): s.dumps() for k, s in states.items()}
+    del states
+    gc.collect()
+    tracemalloc.start()
+    table = {bytes(bytearray(k)): bytes(bytearray(v)) for k, v in blobs.items()}  # fresh copies, traced
+    memory = tracemalloc.get_traced_memory()[0] / accounts * 100_000
+    tracemalloc.stop()
+    changelog = sum(len(k) + len(v) for k, v in table.items()) / accounts * 100_000
+    return memory, changelog
+
+
+def measure_simulate(run_dir: Path, events: int) -> float:
+    path = run_dir / "simulate-input.jsonl"
+    with open(path, "wb") as fh:
+        for raw in generate(seed=7, accounts=2000, usage_events=events, prefix="sim"):
+            fh.write(raw + b"\n")
+    engine = BillingEngine(Profiles())
+    t0 = time.perf_counter()
+    result = simulate(read_lines(path), engine, source=path.name)
+    seconds = time.perf_counter() - t0
+    return result.counts["consumed"] / seconds
+
+
+def run_bench(out: Path, *, events: int, accounts: int, simulate_events: int, state_accounts: int, console: Console) -> list[Figure]:
+    run_dir = Path(".run") / "bench"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    b = Bench(run_dir, console, events, accounts)
+    console.print(f"[bold]rating bench[/]: {events} events over {accounts} accounts; machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}")
+    lines = generate(seed=3, accounts=accounts, usage_events=events, prefix="base")
+    sim = simulate(list(enumerate(lines, 1)), BillingEngine(Profiles()))
+    with start_broker(log_path=run_dir / "broker.log") as broker:
+        ch = connect(__import__("streams.config").config.Settings(chdb_path=run_dir / "chdb"))
+        migrate(ch)
+        console.print("[bold]baseline[/]: no-op faust agent, single-event messages")
+        baseline = b.add(Figure("no-op faust agent", measure_baseline(b, broker, lines), "events/s", note="(baseline)")).value
+
+        console.print("[bold]pipeline[/]: produce -> worker -> ClickHouse")
+        single = b.add(Figure("end-to-end, single-event messages", measure_pipeline(b, broker, ch, 1),
+                              "events/s", baseline, ">= 0.8x baseline"))
+        single.met = single.ratio >= 0.8
+        batched = b.add(Figure("end-to-end, 100 events per message", measure_pipeline(b, broker, ch, 100),
+                               "events/s", baseline, ">= 3x baseline"))
+        batched.met = batched.ratio >= 3
+
+        console.print("[bold]latency[/] at half the measured single-event rate")
+        lat_lines = generate(seed=4, accounts=accounts, usage_events=max(2000, int(single.value * 10 / 2)), prefix="lat")
+        to_deduction, to_ch = measure_latency(b, broker, ch, lat_lines, single.value / 2)
+        for name, values in (("event -> deduction", to_deduction), ("event -> ClickHouse row", to_ch)):
+            if values:
+                b.add(Figure(f"{name} p50", percentile(values, 50), "ms"))
+                f = b.add(Figure(f"{name} p99", percentile(values, 99), "ms", target="p99 < 250 ms"))
+                f.met = f.value < 250
+
+        console.print("[bold]sink[/]: 100,000 deductions from Kafka into chDB")
+        sink_rate, direct_rate = measure_sink(b, broker, ch, sim.deductions, 100_000)
+        f = b.add(Figure("sink rows/s into chDB", sink_rate, "rows/s", direct_rate, ">= 100,000 rows/s", note="(baseline: one direct insert)"))
+        f.met = sink_rate >= 100_000
+
+        console.print("[bold]scaling[/]: 2 workers vs 1 on the same partitions")
+        two = b.add(Figure("end-to-end, 2 workers, single-event", measure_pipeline(b, broker, ch, 1, workers=2),
+                           "events/s", single.value, ">= 1.4x one worker", note="(baseline: 1 worker)"))
+        two.met = two.ratio >= 1.4
+
+    console.print(f"[bold]state[/]: {state_accounts} accounts with live packs and trials, scaled to 100,000")
+    memory, changelog = measure_state(state_accounts)
+    b.add(Figure("memory per 100,000 accounts", memory / 1e6, "MB"))
+    b.add(Figure("changelog bytes per 100,000 accounts", changelog / 1e6, "MB"))
+
+    console.print(f"[bold]simulate[/]: {simulate_events:,} events")
+    rate = b.add(Figure(f"rating simulate, {simulate_events:,}-event file", measure_simulate(run_dir, simulate_events), "events/s",
+                        baseline, note="(ratio: vs the no-op faust agent)"))
+    del rate
+
+    table = Table(title=f"rating bench ({os.cpu_count()} cores; ratios against a baseline measured in this run)")
+    for col in ("measure", "value", "baseline", "ratio", "target", "met"):
+        table.add_column(col, justify="right" if col in ("value", "baseline", "ratio") else "left")
+    for f in b.figures:
+        table.add_row(f.name, f"{f.value:,.1f} {f.unit}", "" if f.baseline is None else f"{f.baseline:,.1f}",
+                      "" if f.ratio is None else f"{f.ratio:.2f}x", f.target,
+                      "" if f.met is None else ("[green]yes[/]" if f.met else "[red]no[/]"))
+    console.print(table)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "events": events, "accounts": accounts,
+        "figures": [{"name": f.name, "value": f.value, "unit": f.unit, "baseline": f.baseline, "ratio": f.ratio,
+                     "target": f.target, "met": f.met} for f in b.figures],
+    }, indent=2))
+    console.print(f"written {out}")
+    return b.figures
