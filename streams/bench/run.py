@@ -183,10 +183,11 @@ def measure_latency(b: Bench, broker, ch, lines: list[bytes], rate: float) -> tu
             reg = registry()
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=100)
-                now = time.time()
                 for msgs in batch.values():
                     for m in msgs:
-                        deduction_at[reg.decode(m.value)[1]["event_id"]] = now
+                        # the worker's producer stamps each deduction when it sends it (CreateTime):
+                        # the measure does not depend on when this reader gets round to it
+                        deduction_at[reg.decode(m.value)[1]["event_id"]] = m.timestamp / 1000
 
         tasks = [asyncio.create_task(sink_loop()), asyncio.create_task(read_deductions())]
         async with EventProducer(p.settings) as producer:
