@@ -23,9 +23,9 @@ def client_kwargs(settings: Settings) -> dict[str, Any]:
 
 
 def producer_kwargs(settings: Settings) -> dict[str, Any]:
+    """Producers of events and outputs. KAFKA_PRODUCER_MAX_BATCH_SIZE is not applied here: it
+    exists for faust's table changelogs on the local broker only (see streams/local/tansu.py)."""
     kwargs = client_kwargs(settings)
     kwargs["acks"] = "all"
     kwargs["linger_ms"] = 5
-    if settings.kafka_producer_max_batch_size:
-        kwargs["max_batch_size"] = settings.kafka_producer_max_batch_size
     return kwargs

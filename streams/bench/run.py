@@ -35,6 +35,9 @@ from streams.simulate import read_lines, simulate
 from streams.sink.clickhouse import ClickHouseSink, connect, migrate
 
 
+EXTRA_ENV: dict[str, str] = {}
+
+
 @dataclass
 class Figure:
     name: str
@@ -68,7 +71,7 @@ class Bench:
     def slice(self, broker, **env) -> LocalPipeline:
         self.n += 1
         tag = f"b{self.n}"
-        p = LocalPipeline(self.run_dir / tag, env_overrides={
+        p = LocalPipeline(self.run_dir / tag, env_overrides={**EXTRA_ENV,
             "KAFKA_TOPIC_PREFIX": f"{tag}.", "WORKER_APP_ID": f"{tag}-rating", "SINK_GROUP_ID": f"{tag}-sink",
             "CHDB_PATH": str(self.run_dir / "chdb"), "WORKER_TICK_INTERVAL_MS": "1000", **env})
         p.start_broker(broker.bootstrap)

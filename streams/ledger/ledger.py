@@ -523,7 +523,9 @@ class Ledger:
         for trial in s.trials.values():
             quota = quotas.get(trial.id)
             notice_at = trial.expires_at - (quota.expiring_notice_days if quota else 7) * DAY_MS
-            if not trial.expiring_alerted and trial.remaining > 0 and notice_at <= clock < trial.expires_at:
+            # due once stream time passes the notice time, wherever the clock lands (a tick, a
+            # duplicate or the next event): the same alert, stamped at the notice time
+            if not trial.expiring_alerted and trial.remaining > 0 and notice_at <= clock:
                 trial.expiring_alerted = True
                 fx.alerts.append(alert("trial_expiring", main, main, notice_at, trial.id,
                                        f"free trial {trial.id} expires at {millis_to_iso(trial.expires_at)} with {money(trial.remaining)} {trial.unit} left",

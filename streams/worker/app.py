@@ -90,6 +90,7 @@ def create_app(settings: Settings) -> faust.App:
     outputs = OutputProducer(settings)
     tick_value = reg.encode("clock_tick", {"issued_by": settings.worker_app_id})
     counts = Counts()
+    timing = RoundTiming()
     within = settings.worker_batch_within_ms / 1000
     due: dict[int, dict[bytes, int]] = {}  # partition -> account -> next clock at which advance() acts
     # Stream time of each owned partition, and its recent history as (last offset of a round, clock).
@@ -140,6 +141,8 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(events_topic, name="rate-events")
     async def rate_events(stream):
         async for round_events in stream.take_events(settings.worker_batch_max, within=within):
+            round_started = time.time()
+            timing.age_ms.append((round_started - round_events[0].message.timestamp) * 1000)
             states: dict[bytes, AccountState | None] = {}
             anchors: dict[bytes, Any] = {}
             clock_anchor: dict[int, Any] = {}
@@ -206,6 +209,7 @@ def create_app(settings: Settings) -> faust.App:
                 mark = clock_marks.get(part, {}).pop(offset, None)
                 if mark is not None and mark > part_clock[part]:
                     part_clock[part] = mark
+            processed = time.time()
             # 1) outputs durable first ...
             if produce:
                 producer = await outputs.started()
@@ -224,6 +228,7 @@ def create_app(settings: Settings) -> faust.App:
                     index.pop(key, None)
                 else:
                     index[key] = when
+            timing.rounds.append((processed - round_started, time.time() - processed, len(round_events)))
             for part, ev in clock_anchor.items():
                 _current_event.set(weakref.ref(ev))
                 history = clock_history.setdefault(part, [])
@@ -264,16 +269,38 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.timer(interval=10.0)
     async def report_counts() -> None:
-        log.info("counts %s", counts.line())
+        log.info("counts %s; %s", counts.line(), timing.line())
 
     app.billing_counts = counts  # type: ignore[attr-defined]
     return app
 
 
+class RoundTiming:
+    """How long rounds take and how old events are when their round starts (logged, then reset)."""
+
+    def __init__(self) -> None:
+        self.age_ms: list[float] = []
+        self.rounds: list[tuple[float, float, int]] = []
+
+    def line(self) -> str:
+        if not self.rounds:
+            return "no rounds"
+        ages = sorted(self.age_ms)
+        work = sorted(r[0] for r in self.rounds)
+        acks = sorted(r[1] for r in self.rounds)
+        out = (f"rounds={len(self.rounds)} events/round={sum(r[2] for r in self.rounds) / len(self.rounds):.0f} "
+               f"age_at_start_ms p50={ages[len(ages) // 2]:.0f} max={ages[-1]:.0f} "
+               f"process_ms p50={1000 * work[len(work) // 2]:.1f} max={1000 * work[-1]:.1f} "
+               f"output_ack_ms p50={1000 * acks[len(acks) // 2]:.1f} max={1000 * acks[-1]:.1f}")
+        self.age_ms.clear()
+        self.rounds.clear()
+        return out
+
+
 class OutputProducer:
     """Outputs go through their own producer with ordinary batching: the one-record-per-batch
     setting that local Tansu needs (KAFKA_PRODUCER_MAX_BATCH_SIZE) protects table changelog
-    recovery only, and stays on faust's producer, which writes the changelogs."""
+    recovery only, and stays on faust's producer, which writes nothing but the changelogs."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -282,7 +309,6 @@ class OutputProducer:
     async def started(self) -> AIOKafkaProducer:
         if self.producer is None:
             kwargs = producer_kwargs(self.settings)
-            kwargs.pop("max_batch_size", None)
             kwargs["linger_ms"] = 0
             producer = AIOKafkaProducer(**kwargs)
             await producer.start()

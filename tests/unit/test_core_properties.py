@@ -859,6 +859,32 @@ def test_redelivered_events_change_nothing(sc: Scenario, data):
     assert later.final_states() == once.final_states()
 
 
+def test_redelivered_event_does_not_add_a_trial_expiring_notice():
+    """Property 4 on a fixed sequence. th-a and th-c share a partition (murmur2, 4 partitions), so
+    th-c's event moves th-a's stream time into the 7-day notice window of th-a's kimi-k2.5 trial
+    (claimed 05-01 10:00 +08:00, expires 07-30 10:00); th-a's next event comes after the expiry.
+    Redelivering th-a's usage after th-c's event must not change th-a's records."""
+    assert partition_for("th-a", PARTITIONS) == partition_for("th-c", PARTITIONS)
+
+    def ev(acct, i, t, **kw):
+        kind = "usage" if "item" in kw else "account"
+        return {"kind": kind, "event_id": f"{acct}-{i}", "account_id": acct, "main_account_id": acct, "event_time": t, **kw}
+
+    raws = [
+        ev("th-a", 0, "2026-05-01T08:00:00+08:00", type="account_opened", profile="tokenhub", amount="10"),
+        ev("th-c", 0, "2026-05-01T08:00:00+08:00", type="account_opened", profile="tokenhub", amount="10"),
+        ev("th-a", 1, "2026-05-01T10:00:00+08:00", item="tokens", model="kimi-k2.5", input_tokens=1000, output_tokens=100),
+        ev("th-c", 1, "2026-07-25T10:00:00+08:00", type="top_up", amount="1"),
+        ev("th-a", 2, "2026-08-05T10:00:00+08:00", type="top_up", amount="1"),
+    ]
+    once = replay(raws)
+    redelivered = replay(raws[:4] + [raws[2]] + raws[4:])
+    assert redelivered.steps[4].outcome.duplicate
+    assert redelivered.alerts == once.alerts
+    assert redelivered.outputs_per_account() == once.outputs_per_account()
+    assert redelivered.final_states() == once.final_states()
+
+
 # ---------------------------------------------------------------- 5. determinism and serialization
 
 
