@@ -9,7 +9,7 @@ no other code changes. Settings that only exist to work around the local broker'
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -187,9 +187,6 @@ class Settings:
     def embedded_clickhouse(self) -> bool:
         return not self.clickhouse_url
 
-    def with_overrides(self, **changes: object) -> "Settings":
-        return replace(self, **changes)
-
     def to_env(self) -> dict[str, str]:
         """The environment that reproduces these settings in a child process."""
         out = {
@@ -242,6 +239,3 @@ class Settings:
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names the variable and the fix."""
 
-
-def field_names() -> list[str]:
-    return [f.name for f in fields(Settings)]

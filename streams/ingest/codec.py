@@ -12,11 +12,9 @@ import io
 import json
 import struct
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import fastavro
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
@@ -56,7 +54,6 @@ class SchemaVersion:
 
 class Registry:
     def __init__(self, schemas_dir: Path = SCHEMAS_DIR):
-        self.dir = schemas_dir
         index = json.loads((schemas_dir / "registry.json").read_text())["schemas"]
         named: dict[str, Any] = {}
         self.by_id: dict[int, SchemaVersion] = {}
@@ -119,10 +116,6 @@ class Registry:
             )
         return writer.name, record
 
-    @cached_property
-    def ids(self) -> dict[str, int]:
-        return {name: sv.schema_id for name, sv in self.latest.items()}
-
 
 _default: Registry | None = None
 
@@ -134,4 +127,4 @@ def registry() -> Registry:
     return _default
 
 
-__all__ = ["DecodeError", "Registry", "registry", "SCHEMAS_DIR", "fastavro"]
+__all__ = ["DecodeError", "Registry", "registry", "SCHEMAS_DIR"]

@@ -328,34 +328,3 @@ def parse_json_event(raw: Any) -> Event:
     if kind == "account":
         return parse_account(raw)
     raise Rejected("wrong_schema", f"kind must be 'usage' or 'account', got {str(kind)[:32]!r}")
-
-
-def usage_to_record(e: UsageEvent) -> dict[str, Any]:
-    """The Avro / JSON field dict of a usage event (times as epoch ms)."""
-    return {
-        "event_id": e.event_id,
-        "trace_id": e.trace_id,
-        "account_id": e.account_id,
-        "main_account_id": e.main_account_id,
-        "event_time": e.event_time,
-        "item": e.item,
-        "model": e.model,
-        "variant": e.variant,
-        "status": e.status,
-        "mode": e.mode,
-        "input_tokens": e.input_tokens,
-        "cache_hit_tokens": e.cache_hit_tokens,
-        "cache_write_tokens": e.cache_write_tokens,
-        "output_tokens": e.output_tokens,
-        "reasoning_tokens": e.reasoning_tokens,
-        "quantity": None if e.quantity is None else str(e.quantity),
-        "hours": None if e.hours is None else str(e.hours),
-    }
-
-
-def account_to_record(e: AccountEvent) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name in AccountEvent.__dataclass_fields__:
-        value = getattr(e, name)
-        out[name] = str(value) if isinstance(value, Decimal) else value
-    return out

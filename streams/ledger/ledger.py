@@ -271,7 +271,7 @@ class Ledger:
                 s.free_used[day] = used + take
                 splits.append(Split("free", f"daily:{day}", take, profile.to_price_unit(take), profile.price_unit_name))
                 remaining -= take
-            self._prune_free_days(s, day)
+            self._prune_free_days(s)
             if s.free_used.get(day, ZERO) >= grant and s.free_exhausted_alerted != day:
                 s.free_exhausted_alerted = day
                 fx.alerts.append(alert("free_quota_exhausted", s.main_account_id, e.account_id, now, day,
@@ -404,7 +404,7 @@ class Ledger:
                                    source_event_ids=[e.event_id], trace_id=e.trace_id))
 
     @staticmethod
-    def _prune_free_days(s: AccountState, day: str) -> None:
+    def _prune_free_days(s: AccountState) -> None:
         """Keep the last few days' usage; an event older than those gets no free points (its
         day's allowance is no longer known, so it counts as used up, never as a fresh grant)."""
         if len(s.free_used) > FREE_DAYS_KEPT:

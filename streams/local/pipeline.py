@@ -5,7 +5,6 @@ process that sinks). Used by ``rating demo`` and by the integration tests.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -120,6 +119,3 @@ async def sink_until(sink, done: Callable[[], bool], timeout: float, on_progress
             return True
     return False
 
-
-def run(coro):
-    return asyncio.run(coro)

@@ -80,8 +80,6 @@ def assert_identical_to_simulate(h, sim):
                                    [s["bucket_id"] for s in d["splits"]])
     got = {k: (v[0], Decimal(v[1]), Decimal(v[2]), Decimal(v[3]), list(v[4])) for k, v in deductions.items()}
     assert got == want, f"seed {SEED}: deductions differ"
-    raw = h.scalar(f"SELECT count() FROM deductions WHERE main_account_id LIKE '{acc}'")
-    assert raw >= len(want)
 
     lines = {r[0]: (r[1], Decimal(r[2]), r[3], list(r[4])) for r in q(
         f"SELECT settlement_id, line_type, toString(gross_amount), event_count, event_ids FROM settlements FINAL "

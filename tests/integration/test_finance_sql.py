@@ -3,7 +3,7 @@ partition, a month of usage, arrears with reminder and release, a top-up that re
 event), and returns the figures computed independently from `rating simulate` on the same lines."""
 
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -82,7 +82,7 @@ def test_finance_queries_return_the_simulated_figures(one_partition_harness):
     def rows(name, **params):
         return h.ch.query(Q[name], parameters=params).named_results()
 
-    mine = [d for d in sim.deductions]
+    mine = sim.deductions
 
     # --- an account's bill for a month by model and item
     account = max({d["main_account_id"] for d in mine}, key=lambda a: sum(1 for d in mine if d["main_account_id"] == a))

@@ -89,7 +89,6 @@ def test_event_is_rated_with_the_version_in_force_at_its_event_time(tmp_path):
 
 def test_engine_reload_rates_later_events_with_the_new_version(tmp_path):
     from streams.engine import BillingEngine
-    from streams.ledger.state import AccountState  # noqa: F401  (state survives the reload)
     from tests.unit.helpers import account, usage
     from streams.ingest.events import parse_json_event
 
