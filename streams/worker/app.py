@@ -28,6 +28,8 @@ import faust
 import orjson
 from aiokafka import AIOKafkaProducer
 from faust.streams import _current_event
+from faust.transport.consumer import Consumer as FaustConsumer
+from faust.types import TP
 
 from streams.config import Settings
 from streams.kafka_client import producer_kwargs
@@ -40,6 +42,21 @@ from streams.ledger.state import AccountState
 from streams.rating.profiles import PROFILES_DIR, ProfileError, Profiles
 
 log = logging.getLogger("streams.worker")
+JUMP_RETRIES = 3
+GAP_CONFIRM_SECONDS = 10.0  # a jump that outlives re-reads for this long is a real gap in the log
+
+# faust fills an offset jump in what it fetched as if those offsets had been acked ("gaps"), so a
+# message prefetched before a rebalance's seek can make it commit past messages nobody processed
+# (faust-streaming issues #221, #606). The worker checks offset contiguity itself and declares a
+# gap to faust only once the broker has shown it is real (see rate_events).
+_FAUST_ADD_GAP = FaustConsumer._add_gap
+
+
+async def _no_implicit_gap(self, tp, offset_from: int, offset_to: int) -> None:
+    return None
+
+
+FaustConsumer._add_gap = _no_implicit_gap  # type: ignore[method-assign]
 CLOCK_HISTORY = 2000  # rounds; far more than pass between two offset commits
 
 
@@ -102,6 +119,17 @@ def create_app(settings: Settings) -> faust.App:
     last_offset: dict[int, int] = {}
 
     clock_marks: dict[int, dict[int, int]] = {}  # replayed offsets -> the clock recorded after them
+    # Offsets are applied strictly in order per partition: the last offset applied (or known
+    # applied from the clock history), and how often a forward jump was met at the same place.
+    applied_through: dict[int, int | None] = {}
+    jump_attempts: dict[tuple[int, int], tuple[int, float]] = {}
+    gaps: list[tuple[Any, int, int]] = []
+
+    def restored_through(part: int, first_offset: int) -> int | None:
+        """Where in-order processing resumes: the end of the last durable round before the first
+        message seen, or, with no history, whatever comes first (faust seeks to the committed offset)."""
+        history = clock_history.get(part) or []
+        return history[-1][0] if history else None
 
     def restore_clock(part: int, first_offset: int) -> int:
         stored = clocks.get(b"partition:%d" % part)
@@ -200,16 +228,42 @@ def create_app(settings: Settings) -> faust.App:
                     states[key] = state
                     anchors[key] = ev
 
+            resync: dict[int, int] = {}  # partition -> offset to seek back to after this round
             for ev in round_events:
                 part, offset = ev.message.partition, ev.message.offset
                 if part not in part_clock:
                     part_clock[part] = restore_clock(part, offset)
+                    applied_through[part] = restored_through(part, offset)
+                if part in resync:
+                    continue  # after a jump, nothing more of this partition until it is re-read in order
+                expected = applied_through.get(part)
+                if expected is not None and offset > expected + 1:
+                    attempts, since = jump_attempts.get((part, expected), (0, time.monotonic()))
+                    if attempts < JUMP_RETRIES or time.monotonic() - since < GAP_CONFIRM_SECONDS:
+                        # faust may hand over messages fetched before a rebalance's seek, ahead of
+                        # offsets not yet processed: never apply them out of order; read again from
+                        # the gap (stale messages already queued keep coming for a moment)
+                        jump_attempts[(part, expected)] = (attempts + 1, since)
+                        resync[part] = expected + 1
+                        counts["resyncs"] += 1
+                        continue
+                    # the broker keeps answering with the jump: the offsets really are absent
+                    # (transaction markers, compaction), so faust may commit past them
+                    log.warning("partition %d: offsets %d..%d are absent; continuing at %d", part, expected + 1, offset - 1, offset)
+                    gaps.append((ev.message.tp, expected + 1, offset - 1))
+                jump_attempts.pop((part, expected), None)
+                applied_through[part] = max(offset, expected if expected is not None else offset)
                 handle(ev)
                 # where the first run recorded the clock after this offset, that is the clock
                 mark = clock_marks.get(part, {}).pop(offset, None)
                 if mark is not None and mark > part_clock[part]:
                     part_clock[part] = mark
             processed = time.time()
+            for tp, first, last in gaps:
+                await _FAUST_ADD_GAP(app.consumer, tp, first, last)
+            gaps.clear()
+            for part, offset in resync.items():
+                await app.consumer.seek(TP(topics.events, part), offset)
             # 1) outputs durable first ...
             if produce:
                 producer = await outputs.started()
@@ -249,6 +303,8 @@ def create_app(settings: Settings) -> faust.App:
         part_clock.clear()  # restored from the clock history at the next message of each partition
         clock_history.clear()
         clock_marks.clear()
+        applied_through.clear()
+        jump_attempts.clear()
 
     profiles_root = settings.profiles_dir or PROFILES_DIR
     watched = {"fingerprint": profile_fingerprint(profiles_root)}
