@@ -39,6 +39,8 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "SINK_BATCH_WITHIN_MS": ("200", "max wait to fill an insert batch, milliseconds"),
     "SINK_GROUP_ID": ("billing-clickhouse-sink", "consumer group of the ClickHouse sink"),
     "PROFILES_DIR": ("", "folder of price-book profiles; empty = the profiles shipped in streams/profiles"),
+    "METRICS_HOST": ("127.0.0.1", "address of the /metrics, /healthz and /readyz endpoints (loopback unless set)"),
+    "METRICS_PORT": ("9464", "port of those endpoints; 0 = none"),
     "LOG_FORMAT": ("text", "text or json"),
     "LOG_LEVEL": ("INFO", "logging level"),
 }
@@ -125,13 +127,15 @@ class Settings:
     sink_batch_within_ms: int = 200
     sink_group_id: str = "billing-clickhouse-sink"
     profiles_dir: Path | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464
     log_format: str = "text"
     log_level: str = "INFO"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
         env = dict(os.environ if env is None else env)
-        unknown = sorted(k for k in env if k.startswith(("KAFKA_", "CLICKHOUSE_", "WORKER_", "SINK_", "SETTLEMENT_")) and k not in SETTINGS)
+        unknown = sorted(k for k in env if k.startswith(("KAFKA_", "CLICKHOUSE_", "WORKER_", "SINK_", "SETTLEMENT_", "METRICS_")) and k not in SETTINGS)
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; see README 'Configuration'")
 
@@ -145,6 +149,9 @@ class Settings:
                 raise ConfigError(f"{name}={raw!r} must be at least 1")
             return value
 
+        raw_port = _env("METRICS_PORT", env)
+        if not raw_port.isdigit() or int(raw_port) > 65535:
+            raise ConfigError(f"METRICS_PORT={raw_port!r} must be a port number (0 = no endpoint)")
         batch = _env("KAFKA_PRODUCER_MAX_BATCH_SIZE", env)
         profiles = _env("PROFILES_DIR", env)
         log_format = _env("LOG_FORMAT", env)
@@ -175,6 +182,8 @@ class Settings:
             sink_batch_within_ms=integer("SINK_BATCH_WITHIN_MS"),
             sink_group_id=_env("SINK_GROUP_ID", env),
             profiles_dir=Path(profiles) if profiles else None,
+            metrics_host=_env("METRICS_HOST", env),
+            metrics_port=int(raw_port),
             log_format=log_format,
             log_level=_env("LOG_LEVEL", env).upper(),
         )
@@ -214,6 +223,8 @@ class Settings:
             "SINK_BATCH_WITHIN_MS": str(self.sink_batch_within_ms),
             "SINK_GROUP_ID": self.sink_group_id,
             "PROFILES_DIR": str(self.profiles_dir or ""),
+            "METRICS_HOST": self.metrics_host,
+            "METRICS_PORT": str(self.metrics_port),
             "LOG_FORMAT": self.log_format,
             "LOG_LEVEL": self.log_level,
         }

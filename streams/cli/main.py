@@ -57,14 +57,9 @@ def settings() -> Settings:
 
 
 def setup_logging(s: Settings) -> None:
-    if s.log_format == "json":
-        from streams.observability.logs import JsonFormatter
+    from streams.observability.logs import configure
 
-        handler = logging.StreamHandler()
-        handler.setFormatter(JsonFormatter(secrets=s.secrets()))
-        logging.basicConfig(level=s.log_level, handlers=[handler], force=True)
-    else:
-        logging.basicConfig(level=s.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True)
+    configure(s)
 
 
 def _profiles(s: Settings):

@@ -22,6 +22,7 @@ from streams.local.tansu import LocalBroker, local_kafka_env, start_broker
 class WorkerProcess:
     process: subprocess.Popen
     log_path: Path
+    metrics_port: int = 0  # 0: no endpoint
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -78,6 +79,9 @@ class LocalPipeline:
         env = self.worker_env()
         # each worker process keeps its own local table store
         env["WORKER_DATA_DIR"] = str(self.run_dir / f"worker-{n}")
+        # several workers share this host: each gets a free port for its endpoints
+        port = free_port() if self.settings.metrics_port else 0
+        env["METRICS_PORT"] = str(port)
         proc = subprocess.Popen(
             [sys.executable, "-m", "streams.cli.main", "worker"],
             stdout=open(log_path, "ab"),
@@ -85,7 +89,7 @@ class LocalPipeline:
             env=env,
             start_new_session=True,
         )
-        w = WorkerProcess(proc, log_path)
+        w = WorkerProcess(proc, log_path, port)
         self.workers.append(w)
         return w
 
@@ -100,6 +104,14 @@ class LocalPipeline:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _known() -> set[str]:

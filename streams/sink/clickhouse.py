@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from streams.config import Settings
 from streams.ingest.codec import DecodeError, registry
 from streams.kafka_client import client_kwargs
+from streams.observability.metrics import PipelineMetrics, serve
 
 log = logging.getLogger("streams.sink")
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "infra" / "clickhouse"
@@ -189,8 +190,9 @@ class SinkStats:
 
 
 class ClickHouseSink:
-    def __init__(self, settings: Settings, client=None):
+    def __init__(self, settings: Settings, client=None, metrics: PipelineMetrics | None = None):
         self.settings = settings
+        self.metrics = metrics or PipelineMetrics()
         self.client = client if client is not None else connect(settings)
         self.routes = routes(settings)
         self.registry = registry()
@@ -248,7 +250,15 @@ class ClickHouseSink:
             await self._insert_with_retry(table, table_rows, token, stop)
         await self.consumer.commit(commit)
         self.stats.batches += 1
-        return sum(len(r) for r in rows.values())
+        total = sum(len(r) for r in rows.values())
+        self.metrics.sink_batch_rows.observe(total)
+        self.metrics.set_lag(self.settings.sink_group_id,
+                             ((tp.topic, tp.partition, self.consumer.highwater(tp) - offset) for tp, offset in commit.items()
+                              if self.consumer.highwater(tp) is not None))
+        return total
+
+    def ready(self) -> bool:
+        return self.consumer is not None and bool(self.consumer.assignment())
 
     async def _insert_with_retry(self, table: str, table_rows: list[tuple], token: str, stop) -> None:
         route = next(r for r in self.routes.values() if r.table == table)
@@ -262,9 +272,12 @@ class ClickHouseSink:
                 )
                 self.stats.last_insert_seconds = time.perf_counter() - started
                 self.stats.rows[table] = self.stats.rows.get(table, 0) + len(table_rows)
+                self.metrics.sink_insert_seconds.labels(table).observe(self.stats.last_insert_seconds)
+                self.metrics.sink_rows.labels(table).inc(len(table_rows))
                 return
             except Exception as exc:
                 self.stats.insert_failures += 1
+                self.metrics.sink_insert_failures.labels(table).inc()
                 log.warning("insert of %d rows into %s failed (%s); retrying in %.1fs", len(table_rows), table, exc, delay)
                 if stop is not None and stop.is_set():
                     raise
@@ -274,9 +287,14 @@ class ClickHouseSink:
 
 async def run_sink(settings: Settings, stop: asyncio.Event) -> SinkStats:
     sink = ClickHouseSink(settings)
+    runner = None
+    if settings.metrics_port:
+        runner = await serve(settings.metrics_host, settings.metrics_port, sink.metrics, sink.ready)
     await sink.start()
     try:
         await sink.run(stop)
     finally:
         await sink.stop()
+        if runner is not None:
+            await runner.cleanup()
     return sink.stats

@@ -39,6 +39,7 @@ from streams.ingest.messages import Decoded, dead_letter_record, decode_message
 from streams.ingest.partitioner import partition_for
 from streams.ledger.alerts import ARREARS_KINDS
 from streams.ledger.state import AccountState
+from streams.observability.metrics import PipelineMetrics, serve
 from streams.rating.profiles import PROFILES_DIR, ProfileError, Profiles
 
 log = logging.getLogger("streams.worker")
@@ -64,8 +65,9 @@ class Counts(Counter):
     """consumed = rated + applied + rejected + duplicates, per event (a batch message counts each)."""
 
     def line(self) -> str:
-        keys = ("messages", "consumed", "rated", "applied", "rejected", "duplicates")
-        return " ".join(f"{k}={self.get(k, 0)}" for k in keys)
+        values = {k: self.get(k, 0) for k in ("messages", "consumed", "rated", "applied", "rejected")}
+        values["duplicates"] = self.get("duplicates", 0) + self.get("duplicate", 0)  # by offset + by event id
+        return " ".join(f"{k}={v}" for k, v in values.items())
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -107,6 +109,7 @@ def create_app(settings: Settings) -> faust.App:
     outputs = OutputProducer(settings)
     tick_value = reg.encode("clock_tick", {"issued_by": settings.worker_app_id})
     counts = Counts()
+    metrics = PipelineMetrics()
     timing = RoundTiming()
     within = settings.worker_batch_within_ms / 1000
     due: dict[int, dict[bytes, int]] = {}  # partition -> account -> next clock at which advance() acts
@@ -139,6 +142,7 @@ def create_app(settings: Settings) -> faust.App:
         return clock_history[part][-1][1] if clock_history[part] else 0
 
     def outputs_for(outcome, key: bytes, produce: list) -> None:
+        metrics.count_outcome(outcome, int(time.time() * 1000))
         if outcome.deduction is not None:
             produce.append((topics.deductions, key, reg.encode("deduction", outcome.deduction)))
         for a in outcome.alerts:
@@ -198,9 +202,11 @@ def create_app(settings: Settings) -> faust.App:
                 counts["messages"] += 1
                 decoded = decode_message(reg, key, msg.value)
                 counts["consumed"] += len(decoded)
+                metrics.consumed.inc(len(decoded))
                 state = load(key) if key is not None else None
                 if state is not None and state.offsets.get(str(part), -1) >= offset:
                     counts["duplicates"] += len(decoded)  # redelivered after a crash: already applied,
+                    metrics.duplicates.inc(len(decoded))
                     for d in decoded:  # but its events still move the clock, as they did the first time
                         if d.event is not None:
                             part_clock[part] = max(part_clock[part], d.event.event_time)
@@ -216,10 +222,13 @@ def create_app(settings: Settings) -> faust.App:
                             d = Decoded(d.event, outcome.rejected, d.payload)
                         else:
                             counts[outcome.result] += 1
+                            RESULT_METRIC[outcome.result](metrics).inc()
                             outputs_for(outcome, key, produce)
                             continue
                     counts["rejected"] += 1
                     counts[f"rejected:{d.rejected.code}"] += 1
+                    metrics.rejected.labels(d.rejected.code).inc()
+                    log.info("rejected %s: %s", d.rejected.code, d.rejected.message, extra=event_ids(d, key))
                     dl = dead_letter_record(d, topic=msg.topic, partition=part, offset=offset, key=key,
                                             fallback_id=f"{msg.topic}:{part}:{offset}:{i}")
                     produce.append((topics.dead_letters, key, reg.encode("dead_letter", dl)))
@@ -259,6 +268,7 @@ def create_app(settings: Settings) -> faust.App:
                 if mark is not None and mark > part_clock[part]:
                     part_clock[part] = mark
             processed = time.time()
+            metrics.round_seconds.observe(processed - round_started)
             for tp, first, last in gaps:
                 await _FAUST_ADD_GAP(app.consumer, tp, first, last)
             gaps.clear()
@@ -327,8 +337,51 @@ def create_app(settings: Settings) -> faust.App:
     async def report_counts() -> None:
         log.info("counts %s; %s", counts.line(), timing.line())
 
+    @app.timer(interval=2.0)
+    async def measure_lag() -> None:
+        lags = []
+        for tp in app.consumer.assignment():
+            if tp.topic == topics.events and tp.partition in last_offset:
+                lags.append((tp.topic, tp.partition, app.consumer.highwater(tp) - last_offset[tp.partition] - 1))
+        metrics.set_lag(settings.worker_app_id, lags)
+
+    def ready() -> bool:
+        recovery = app.tables.recovery
+        return recovery.completed.is_set() and not recovery.in_recovery and not app.rebalancing
+
+    if settings.metrics_port:
+        @app.task
+        async def serve_metrics() -> None:
+            app.metrics_runner = await serve(settings.metrics_host, settings.metrics_port, metrics, ready)  # type: ignore[attr-defined]
+
+    @app.on_before_shutdown.connect
+    async def close_outputs(sender, **kwargs) -> None:
+        if outputs.producer is not None:
+            await outputs.producer.stop()
+        runner = getattr(app, "metrics_runner", None)
+        if runner is not None:
+            await runner.cleanup()
+
     app.billing_counts = counts  # type: ignore[attr-defined]
+    app.billing_metrics = metrics  # type: ignore[attr-defined]
     return app
+
+
+RESULT_METRIC = {
+    "rated": lambda m: m.rated,
+    "applied": lambda m: m.applied,
+    "duplicate": lambda m: m.duplicates,
+}
+
+
+def event_ids(decoded: Decoded, key: bytes | None) -> dict[str, str]:
+    """Log-record extras: every log line about an event carries its ids (JSON logs show them)."""
+    ev, payload = decoded.event, decoded.record if isinstance(decoded.record, dict) else {}
+    return {
+        "event_id": getattr(ev, "event_id", None) or str(payload.get("event_id") or ""),
+        "trace_id": getattr(ev, "trace_id", None) or str(payload.get("trace_id") or ""),
+        "main_account_id": key.decode("utf-8", "replace") if key else "",
+    }
 
 
 class RoundTiming:
@@ -399,7 +452,9 @@ def run_worker(settings: Settings) -> None:
     ensure_topics(settings)
     settings.worker_data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
-    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+    from streams.observability.logs import dict_config
+
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, logging_config=dict_config(settings))
     started = time.monotonic()
     log.info("worker starting (app id %s, store %s)", settings.worker_app_id, settings.worker_store)
     try:
