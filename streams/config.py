@@ -85,6 +85,10 @@ class Topics:
         return f"{self.prefix}dead-letters"
 
     @property
+    def dead_letters_redriven(self) -> str:  # compacted: what `rating dlq redrive` has sent again
+        return f"{self.prefix}dead-letters.redriven"
+
+    @property
     def usage_per_minute(self) -> str:
         return f"{self.prefix}usage-per-minute"
 
@@ -97,6 +101,7 @@ class Topics:
             self.arrears_alerts,
             self.account_status,
             self.dead_letters,
+            self.dead_letters_redriven,
             self.usage_per_minute,
         ]
 

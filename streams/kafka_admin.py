@@ -31,6 +31,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.arrears_alerts, n, {"retention.ms": year}, "arrears alerts only"),
         TopicSpec(t.account_status, n, {"cleanup.policy": "compact"}, "latest status per main account (compacted)"),
         TopicSpec(t.dead_letters, n, {"retention.ms": year}, "inputs that could not be applied, with the reason"),
+        TopicSpec(t.dead_letters_redriven, n, {"cleanup.policy": "compact"}, "dead letters re-driven by `rating dlq redrive` (compacted)"),
         TopicSpec(t.usage_per_minute, n, {"retention.ms": week}, "requests and tokens per account, model and minute"),
         # faust table changelogs, created here so they are compacted and co-partitioned with the
         # input topic whatever the broker's auto-create defaults are
@@ -62,3 +63,16 @@ async def create_topics(settings: Settings) -> list[str]:
 
 def ensure_topics(settings: Settings) -> list[str]:
     return asyncio.run(create_topics(settings))
+
+
+async def describe(settings: Settings) -> dict[str, int]:
+    """Partitions per existing topic, as the broker reports them."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        return {t: len(consumer.partitions_for_topic(t) or ()) for t in await consumer.topics()}
+    finally:
+        await consumer.stop()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ssl
-from typing import Any
+from typing import Any, AsyncIterator, Callable
 
 from streams.config import Settings
 
@@ -29,3 +29,45 @@ def producer_kwargs(settings: Settings) -> dict[str, Any]:
     kwargs["acks"] = "all"
     kwargs["linger_ms"] = 5
     return kwargs
+
+
+async def read_topic(settings: Settings, topic: str, partitions: list[int] | None = None,
+                     on_progress: Callable[[int, int], None] | None = None) -> AsyncIterator[Any]:
+    """Every message of ``topic`` (or of some of its partitions) from the start to the end offsets
+    seen when the read began, without a consumer group (nothing is committed, nobody rebalances).
+    ``on_progress(done, total)`` is called as messages arrive."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False, group_id=None,
+                                max_partition_fetch_bytes=8 * 1024 * 1024)
+    await consumer.start()
+    try:
+        available = consumer.partitions_for_topic(topic)
+        if available is None:
+            await consumer._client.force_metadata_update()
+            available = consumer.partitions_for_topic(topic)
+        if not available:
+            raise LookupError(f"topic {topic!r} does not exist on {settings.kafka_bootstrap_servers}")
+        tps = [TopicPartition(topic, p) for p in sorted(available) if partitions is None or p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        start = {tp: await consumer.position(tp) for tp in tps}
+        end = await consumer.end_offsets(tps)
+        pending = {tp for tp in tps if end[tp] > start[tp]}
+        total = sum(end[tp] - start[tp] for tp in tps)
+        done = 0
+        if on_progress is not None:
+            on_progress(0, total)
+        while pending:
+            batch = await consumer.getmany(*pending, timeout_ms=1000, max_records=5000)
+            for tp, messages in batch.items():
+                for m in messages:
+                    if m.offset < end[tp]:
+                        done += 1
+                        yield m
+                if await consumer.position(tp) >= end[tp]:
+                    pending.discard(tp)
+            if on_progress is not None:
+                on_progress(done, total)
+    finally:
+        await consumer.stop()

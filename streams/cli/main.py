@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-import logging
 import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from streams.config import ConfigError, Settings
+from streams.cli.common import UserError, _profiles, console, err, friendly, settings, setup_logging
 
 app = typer.Typer(
     help="AI-platform billing: rate usage events, pay them from account buckets, settle into ClickHouse.",
@@ -22,50 +19,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
-
-
-class UserError(Exception):
-    """Something the user can fix; printed as one line, exit code 2."""
-
-
-def friendly(fn):
-    """Known failures become one clear line with what to do, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from streams.rating.profiles import ProfileError
-
-        try:
-            return fn(*args, **kwargs)
-        except (UserError, ConfigError, ProfileError) as exc:
-            err.print(f"[bold red]error:[/] {exc}")
-            raise typer.Exit(2) from None
-        except FileNotFoundError as exc:
-            err.print(f"[bold red]error:[/] no such file: {exc.filename}")
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err.print("interrupted")
-            raise typer.Exit(130) from None
-
-    return wrapper
-
-
-def settings() -> Settings:
-    return Settings.from_env()
-
-
-def setup_logging(s: Settings) -> None:
-    from streams.observability.logs import configure
-
-    configure(s)
-
-
-def _profiles(s: Settings):
-    from streams.rating.profiles import Profiles
-
-    return Profiles(s.profiles_dir)
 
 
 # ---------------------------------------------------------------- offline
@@ -227,21 +180,33 @@ def demo(
 
 @app.command()
 @friendly
-def topics():
-    """Create the pipeline's topics (idempotent) and list them with partitions and settings."""
+def topics(check: bool = typer.Option(False, "--check", help="only describe; exit 1 if a topic is missing or has other partitions")):
+    """Create the pipeline's topics (idempotent) and describe them: partitions, retention, compaction."""
     s = settings()
     if s.embedded_broker:
-        raise UserError("KAFKA_BOOTSTRAP_SERVERS is not set")
-    from streams.kafka_admin import ensure_topics, topic_specs
+        raise UserError("KAFKA_BOOTSTRAP_SERVERS is not set; `rating topics` manages a cluster's topics")
+    from streams.kafka_admin import create_topics, describe, topic_specs
 
-    created = ensure_topics(s)
-    table = Table(title="topics")
+    created = [] if check else asyncio.run(create_topics(s))
+    actual = asyncio.run(describe(s))
+    table = Table(title=f"topics on {s.kafka_bootstrap_servers}")
     for col in ("topic", "partitions", "config", "content", "state"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
+    problems = 0
     for spec in topic_specs(s):
         cfg = ", ".join(f"{k}={v}" for k, v in spec.config.items())
-        table.add_row(spec.name, str(spec.partitions), cfg, spec.doc, "created" if spec.name in created else "exists")
+        have = actual.get(spec.name)
+        if have is None:
+            state, problems = "[red]missing[/]", problems + 1
+        elif have != spec.partitions:
+            state, problems = f"[red]{have} partitions, expected {spec.partitions}[/]", problems + 1
+        else:
+            state = "created" if spec.name in created else "ok"
+        table.add_row(spec.name, str(spec.partitions), cfg, spec.doc, state)
     console.print(table)
+    if problems:
+        err.print(f"{problems} topic(s) missing or different; run `rating topics` (without --check) to create missing ones")
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -298,6 +263,30 @@ def bench(
     from streams.bench.run import run_bench
 
     run_bench(out, events=events, accounts=accounts, simulate_events=simulate_events, state_accounts=state_accounts, console=console)
+
+
+@app.command()
+@friendly
+def run(
+    workers: int = typer.Option(1, "--workers", "-w", min=1, help="worker processes (at most KAFKA_PARTITIONS do work)"),
+    duration: Optional[float] = typer.Option(None, "--duration", help="stop after this many seconds (default: until Ctrl-C)"),
+    replay_file: Optional[Path] = typer.Option(None, "--replay", help="JSON Lines file to send once everything runs"),
+):
+    """Run workers and the ClickHouse sink: embedded broker + chDB by default, or the configured cluster."""
+    from streams.cli.run import run_pipeline
+
+    if replay_file is not None and not replay_file.is_file():
+        raise UserError(f"{replay_file} is not a file")
+    s = settings()
+    setup_logging(s)
+    run_pipeline(s, workers=workers, duration=duration, replay=replay_file, console=console)
+
+
+from streams.cli.account import account_app  # noqa: E402  (sub-commands register after the shared helpers)
+from streams.cli.dlq import dlq_app  # noqa: E402
+
+app.add_typer(account_app, name="account")
+app.add_typer(dlq_app, name="dlq")
 
 
 def main() -> None:  # pragma: no cover - console script entry

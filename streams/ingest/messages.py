@@ -24,7 +24,14 @@ class Decoded:
     event: Event | None
     rejected: Rejected | None
     payload: bytes
-    record: Any = None  # the raw record, when the bytes decoded but the event did not validate
+    record: Any = None  # the decoded Avro record, when the bytes decoded
+    schema: str | None = None  # its schema, to re-encode one event of a batch for the dead letter
+
+    def standalone_payload(self, registry: Registry) -> bytes:
+        """The event alone as an input message: what a dead letter keeps, so it can be re-driven."""
+        if self.payload or self.record is None or self.schema is None:
+            return self.payload
+        return registry.encode(self.schema, self.record)
 
 
 def decode_message(registry: Registry, key: bytes | None, value: bytes | None) -> list[Decoded]:
@@ -53,9 +60,9 @@ def decode_message(registry: Registry, key: bytes | None, value: bytes | None) -
                     f"main_account_id {event.main_account_id!r} differs from the message key {main_key!r}; "
                     "events of one main account must share its key (and so its partition)",
                 )
-            out.append(Decoded(event, None, payload or b""))
+            out.append(Decoded(event, None, payload or b"", rec, schema))
         except Rejected as exc:
-            out.append(Decoded(None, exc, payload if payload is not None else registry.encode(schema, rec), rec))
+            out.append(Decoded(None, exc, payload if payload is not None else registry.encode(schema, rec), rec, schema))
     return out
 
 

@@ -37,6 +37,8 @@ def handler_for(settings) -> logging.Handler:
 def configure(settings) -> None:
     """Root logging for a long-running process: text or JSON, secrets redacted either way."""
     logging.basicConfig(level=settings.log_level, handlers=[handler_for(settings)], force=True)
+    if settings.log_level != "DEBUG":  # group-membership chatter is noise to an operator
+        logging.getLogger("aiokafka").setLevel(logging.WARNING)
 
 
 def dict_config(settings) -> dict:

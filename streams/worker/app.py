@@ -219,7 +219,7 @@ def create_app(settings: Settings) -> faust.App:
                         outcome = engine.apply(state, d.event)
                         state = outcome.state
                         if outcome.rejected is not None:
-                            d = Decoded(d.event, outcome.rejected, d.payload)
+                            d = Decoded(d.event, outcome.rejected, d.standalone_payload(reg), d.record)
                         else:
                             counts[outcome.result] += 1
                             RESULT_METRIC[outcome.result](metrics).inc()

@@ -40,6 +40,21 @@ def test_errors_are_one_line_without_traceback():
 
 
 def test_help_everywhere():
-    for cmd in ("simulate", "quote", "demo", "worker", "sink", "topics", "migrate", "replay"):
-        r = rating(cmd, "--help")
+    for cmd in ("simulate", "quote", "demo", "worker", "sink", "topics", "migrate", "replay", "run", "bench",
+                "account", "account show", "dlq", "dlq list", "dlq explain", "dlq redrive"):
+        r = rating(*cmd.split(), "--help")
         assert r.returncode == 0 and "Usage" in r.stdout, cmd
+
+
+def test_cluster_commands_say_what_is_missing():
+    for cmd in ("account show x", "dlq list", "dlq redrive --reason unknown_model", "topics", "replay examples/demo.jsonl"):
+        r = rating(*cmd.split())
+        assert r.returncode == 2 and "KAFKA_BOOTSTRAP_SERVERS" in r.stderr and "Traceback" not in r.stderr, cmd
+
+
+def test_bad_configuration_is_one_line():
+    import os
+
+    r = subprocess.run([sys.executable, "-m", "streams.cli.main", "migrate"], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "METRICS_PORT": "http"}, timeout=60)
+    assert r.returncode == 2 and "METRICS_PORT" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -1,0 +1,110 @@
+"""What every ``rating`` subcommand shares: consoles, settings, and errors as one clear line."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import typer
+from rich.console import Console
+
+from streams.config import ConfigError, Settings
+
+console = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+
+
+class UserError(Exception):
+    """Something the user can fix; printed as one line, exit code 2."""
+
+
+def friendly(fn):
+    """Known failures become one clear line with what to do, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from streams.rating.profiles import ProfileError
+
+        from aiokafka.errors import KafkaError
+        from clickhouse_connect.driver.exceptions import Error as ClickHouseError
+
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except (UserError, ConfigError, ProfileError, LookupError) as exc:
+            fail(str(exc))
+        except FileNotFoundError as exc:
+            fail(f"no such file: {exc.filename}")
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+        except (KafkaError, ConnectionError) as exc:
+            fail(f"cannot reach Kafka at {_bootstrap()}: {exc or type(exc).__name__}; check KAFKA_BOOTSTRAP_SERVERS "
+                 "and the KAFKA_SECURITY_* settings", code=3)
+        except ClickHouseError as exc:
+            fail(f"ClickHouse failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+                 "check CLICKHOUSE_URL and CLICKHOUSE_PASSWORD", code=3)
+        except Exception as exc:  # a bug: still one line, and the way to get the details
+            if _debug():
+                raise
+            fail(f"internal error ({type(exc).__name__}: {exc}); run again with LOG_LEVEL=DEBUG for the traceback", code=1)
+
+    return wrapper
+
+
+def _secrets() -> list[str]:
+    try:
+        return Settings.from_env().secrets()
+    except ConfigError:
+        return []
+
+
+def redact(text: str) -> str:
+    for secret in _secrets():
+        text = text.replace(secret, "***")
+    return text
+
+
+def fail(message: str, code: int = 2):
+    """One line on stderr, secrets redacted, and the exit code (2: usage/config, 3: a server, 1: a bug)."""
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(redact(message))}", highlight=False)
+    raise typer.Exit(code) from None
+
+
+def _bootstrap() -> str:
+    import os
+
+    return os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or "(embedded)"
+
+
+def _debug() -> bool:
+    import os
+
+    return os.environ.get("LOG_LEVEL", "").upper() == "DEBUG"
+
+
+def require_cluster(s: Settings, what: str) -> None:
+    if s.embedded_broker:
+        raise UserError(f"KAFKA_BOOTSTRAP_SERVERS is not set; {what} needs a running Kafka cluster "
+                        "(`rating run` starts an embedded one)")
+
+
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+def setup_logging(s: Settings) -> None:
+    from streams.observability.logs import configure
+
+    configure(s)
+
+
+def _profiles(s: Settings):
+    from streams.rating.profiles import Profiles
+
+    return Profiles(s.profiles_dir)
+
+

@@ -1,0 +1,263 @@
+"""``rating dlq``: list, explain and re-drive dead letters.
+
+A dead letter keeps the original message bytes (one event of a batch is re-encoded alone), so after
+the cause is fixed (a model added to the price book, an account opened) it can be sent again.
+
+Re-driving never charges twice:
+
+* a rejected event changed nothing, so rating it once after the fix is its first charge;
+* every re-drive is recorded in the compacted ``dead-letters.redriven`` topic under the dead
+  letter's id and source position, and a later ``redrive`` skips what is recorded there;
+* if the tool dies between sending and recording, the next run sends again and the worker drops
+  the event by its id (an event id seen recently is a duplicate).
+
+A re-driven event that is rejected again becomes a new dead letter at a new position, which can be
+re-driven again after a further fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import orjson
+import typer
+from rich.progress import Progress
+from rich.table import Table
+
+from streams.cli.common import UserError, _profiles, console, err, friendly, require_cluster, settings
+from streams.ingest.codec import DecodeError, registry
+from streams.ingest.events import millis_to_iso
+from streams.kafka_client import producer_kwargs, read_topic
+
+dlq_app = typer.Typer(help="Dead letters: list, explain, re-drive after a fix.", no_args_is_help=True)
+
+# reason code -> (what it means, what to do, whether re-sending the same bytes can succeed after a fix)
+REASONS: dict[str, tuple[str, str, bool]] = {
+    "not_avro": ("the bytes are not Avro in the Confluent wire format", "fix the producer's serializer; re-send corrected events", False),
+    "unknown_schema": ("the schema id is not in schemas/registry.json", "deploy the schema version the producer uses, then re-drive", True),
+    "empty_message": ("the message has no value", "fix the producer", False),
+    "wrong_schema": ("the record is not an input event", "send only usage_event, account_event or event_batch", False),
+    "empty_batch": ("an event batch with no events", "fix the producer", False),
+    "missing_key": ("the message has no key", "key input messages by main_account_id; re-send", False),
+    "key_mismatch": ("the key differs from main_account_id", "key by main_account_id; re-send", False),
+    "invalid_json": ("a JSON line is not JSON", "fix the file; re-send", False),
+    "missing_field": ("a required field is missing", "fix the producer; re-send corrected events", False),
+    "invalid_field": ("a field has a value the pipeline cannot use", "fix the producer; re-send corrected events", False),
+    "invalid_quantity": ("a quantity is not a number", "fix the producer", False),
+    "missing_quantity": ("the item needs a quantity the event lacks", "fix the producer", False),
+    "negative_quantity": ("a quantity is negative", "fix the producer", False),
+    "absurd_quantity": ("a quantity is beyond any plausible request", "check the producer; re-send if it was real", False),
+    "unknown_event_type": ("the account event type is unknown", "upgrade the workers or fix the producer", True),
+    "unknown_item": ("the billing item is not in the profile's price book", "add it to the price book, then re-drive", True),
+    "unknown_model": ("the model has no price in the profile", "add the model to the price book, then re-drive", True),
+    "unknown_variant": ("the item has no price for that variant", "add the variant to the price book, then re-drive", True),
+    "above_top_tier": ("the request is above the top price tier", "add the tier to the price book, then re-drive", True),
+    "unknown_profile": ("the account names a profile that does not exist", "add the profile, then re-drive", True),
+    "unknown_account": ("the main account was never opened", "send its open_account event, then re-drive", True),
+    "unknown_sub_account": ("the sub-account is not registered under the main account", "register it, then re-drive", True),
+    "unknown_pack_kind": ("the resource pack kind is not in the policy", "add the pack kind to the policy, then re-drive", True),
+    "no_trial_for_model": ("the model has no trial quota in the policy", "check the policy, then re-drive", True),
+    "no_inference_limit": ("the policy offers no inference limit here", "check the policy", True),
+    "internal_error": ("the pipeline failed on this event (a bug)", "report it; re-drive after the fix", True),
+}
+
+
+def explain_code(code: str) -> tuple[str, str, bool]:
+    return REASONS.get(code, ("a business rule refused the event (see the reason)", "fix the cause, then re-drive", True))
+
+
+@dataclass
+class Letter:
+    record: dict[str, Any]
+    offset: int  # of the dead letter itself, on the dead-letter topic
+
+    @property
+    def marker(self) -> str:
+        """One rejection occurrence: the same event rejected again after a re-drive is a new one."""
+        r = self.record
+        return f"{r['dead_letter_id']}@{r['source_topic']}:{r['source_partition']}:{r['source_offset']}"
+
+
+async def read_letters(s) -> list[Letter]:
+    reg = registry()
+    letters = []
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task(f"reading {s.topics.dead_letters}", total=None)
+        async for m in read_topic(s, s.topics.dead_letters,
+                                  on_progress=lambda done, total: progress.update(task, completed=done, total=total)):
+            try:
+                name, record = reg.decode(m.value)
+            except DecodeError:
+                continue
+            if name == "dead_letter":
+                letters.append(Letter(record, m.offset))
+    return letters
+
+
+async def redriven_markers(s) -> set[str]:
+    try:
+        return {m.key.decode() async for m in read_topic(s, s.topics.dead_letters_redriven) if m.key and m.value is not None}
+    except LookupError:
+        return set()
+
+
+def _select(letters: list[Letter], reasons: list[str], account: str | None) -> list[Letter]:
+    out = []
+    for letter in letters:
+        r = letter.record
+        if reasons and r["reason_code"] not in reasons:
+            continue
+        if account and r["main_account_id"] != account:
+            continue
+        out.append(letter)
+    return out
+
+
+@dlq_app.command("list")
+@friendly
+def list_letters(
+    reason: list[str] = typer.Option([], "--reason", "-r", help="only this reason code (repeatable)"),
+    account: Optional[str] = typer.Option(None, "--account", "-a", help="only this main account"),
+    limit: int = typer.Option(50, "--limit", help="rows to show (the counts cover all)"),
+):
+    """Dead letters with their reason, newest last, and the count per reason."""
+    s = settings()
+    require_cluster(s, "`rating dlq`")
+    letters = _select(asyncio.run(read_letters(s)), reason, account)
+    redriven = asyncio.run(redriven_markers(s))
+    table = Table(title=f"{len(letters)} dead letters on {s.topics.dead_letters}")
+    for col in ("dead_letter_id", "reason_code", "source", "event_id", "account", "re-driven", "reason"):
+        table.add_column(col, overflow="fold")
+    for letter in letters[-limit:]:
+        r = letter.record
+        table.add_row(r["dead_letter_id"], r["reason_code"], f"p{r['source_partition']}@{r['source_offset']}",
+                      r["event_id"] or "-", r["main_account_id"] or "-", "yes" if letter.marker in redriven else "",
+                      r["reason"][:120])
+    console.print(table)
+    counts: dict[str, int] = {}
+    for letter in letters:
+        counts[letter.record["reason_code"]] = counts.get(letter.record["reason_code"], 0) + 1
+    console.print("by reason: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"))
+
+
+@dlq_app.command("explain")
+@friendly
+def explain(dead_letter_id: str = typer.Argument(..., help="a dead_letter_id (a unique prefix is enough)")):
+    """One dead letter: the reason, what to do, the original event, and whether it would pass now."""
+    s = settings()
+    require_cluster(s, "`rating dlq`")
+    matches = [l for l in asyncio.run(read_letters(s)) if l.record["dead_letter_id"].startswith(dead_letter_id)]
+    ids = {l.record["dead_letter_id"] for l in matches}
+    if not matches:
+        raise UserError(f"no dead letter {dead_letter_id!r} on {s.topics.dead_letters}; `rating dlq list` shows them")
+    if len(ids) > 1:
+        raise UserError(f"{dead_letter_id!r} matches {len(ids)} dead letters; give more of the id")
+    letter = matches[-1]
+    r = letter.record
+    meaning, action, retryable = explain_code(r["reason_code"])
+    console.print(f"[bold]{r['dead_letter_id']}[/]  {r['reason_code']}: {meaning}")
+    console.print(f"  reason     {r['reason']}")
+    console.print(f"  what to do {action}")
+    console.print(f"  source     {r['source_topic']} partition {r['source_partition']} offset {r['source_offset']}"
+                  + (f" (rejected {len(matches)} times)" if len(matches) > 1 else ""))
+    console.print(f"  event      {r['event_id'] or '-'}  account {r['main_account_id'] or '-'}  trace {r['trace_id'] or '-'}"
+                  f"  time {millis_to_iso(r['event_time']) if isinstance(r['event_time'], int) else r['event_time'] or '-'}")
+    record = _payload_record(r["payload"])
+    if record is None:
+        console.print(f"  payload    {len(r['payload'])} bytes, not a readable event: {base64.b64encode(r['payload'][:96]).decode()}")
+        verdict = "cannot be re-driven: the bytes are not an event; fix the producer and re-send"
+    else:
+        console.print("  payload")
+        console.print_json(orjson.dumps(record[1], default=str).decode())
+        verdict = _would_pass_now(s, record) if retryable else "re-sending the same event cannot succeed; fix the producer"
+    console.print(f"  now        {verdict}")
+
+
+def _payload_record(payload: bytes) -> tuple[str, dict[str, Any]] | None:
+    try:
+        name, record = registry().decode(payload)
+    except DecodeError:
+        return None
+    return (name, record) if name in ("usage_event", "account_event") else None
+
+
+def _would_pass_now(s, record: tuple[str, dict[str, Any]]) -> str:
+    """Rating needs no account state: check it against the price books as loaded now."""
+    from streams.ingest.events import Rejected, parse_usage
+    from streams.rating.rate import rate
+
+    name, raw = record
+    if name != "usage_event":
+        return "re-drivable once the cause is fixed (account events are checked by the worker)"
+    from streams.cli.account import load_state
+
+    state = asyncio.run(load_state(s, raw["main_account_id"]))
+    if state is None:
+        return f"would still be rejected: account {raw['main_account_id']!r} is not open"
+    p = _profiles(s).get(state.profile)
+    if p is None:
+        return f"would still be rejected: the account's profile {state.profile!r} is not loaded"
+    try:
+        rating = rate(p, parse_usage(raw))
+    except Rejected as exc:
+        return f"would still be rejected: {exc.code}: {exc.message}"
+    return f"rates now at {rating.amount} {p.currency} ({rating.price_version}): ready to re-drive"
+
+
+@dlq_app.command("redrive")
+@friendly
+def redrive(
+    reason: list[str] = typer.Option([], "--reason", "-r", help="re-drive dead letters with this reason code (repeatable)"),
+    dead_letter: list[str] = typer.Option([], "--id", help="re-drive this dead letter (repeatable)"),
+    account: Optional[str] = typer.Option(None, "--account", "-a", help="only this main account"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="show what would be sent, send nothing"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
+):
+    """Send dead letters back to the events topic after the cause is fixed. Safe to repeat."""
+    s = settings()
+    require_cluster(s, "`rating dlq`")
+    if not reason and not dead_letter:
+        raise UserError("say what to re-drive: --reason CODE (e.g. unknown_model) or --id DEAD_LETTER_ID")
+    letters = _select(asyncio.run(read_letters(s)), reason, account)
+    if dead_letter:
+        letters = [l for l in letters if any(l.record["dead_letter_id"].startswith(i) for i in dead_letter)]
+    done = asyncio.run(redriven_markers(s))
+    fresh = [l for l in letters if l.marker not in done]
+    sendable = [l for l in fresh if _payload_record(l.record["payload"]) is not None and l.record["main_account_id"]]
+    unsendable = len(fresh) - len(sendable)
+    console.print(f"{len(letters)} selected: {len(letters) - len(fresh)} already re-driven, {unsendable} not an event "
+                  f"(cannot be re-driven), {len(sendable)} to send")
+    if not sendable or dry_run:
+        return
+    if not yes and not typer.confirm(f"send {len(sendable)} events to {s.topics.events}?"):
+        raise typer.Abort()
+    sent = asyncio.run(_send(s, sendable))
+    console.print(f"re-drove {sent} events to {s.topics.events}; recorded in {s.topics.dead_letters_redriven}")
+
+
+async def _send(s, letters: list[Letter]) -> int:
+    from aiokafka import AIOKafkaProducer
+
+    from streams.kafka_admin import create_topics
+
+    await create_topics(s)
+    producer = AIOKafkaProducer(**producer_kwargs(s))
+    await producer.start()
+    try:
+        with Progress(console=err) as progress:
+            task = progress.add_task("re-drive", total=len(letters))
+            for letter in letters:
+                r = letter.record
+                key = r["main_account_id"].encode()
+                await (await producer.send(s.topics.events, key=key, value=r["payload"]))
+                marker = orjson.dumps({"redriven_at": int(time.time() * 1000), "event_id": r["event_id"],
+                                       "dead_letter_offset": letter.offset})
+                await (await producer.send(s.topics.dead_letters_redriven, key=letter.marker.encode(), value=marker))
+                progress.advance(task)
+    finally:
+        await producer.stop()
+    return len(letters)
