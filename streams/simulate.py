@@ -49,37 +49,54 @@ def simulate(lines: Iterable[tuple[int, bytes]], engine: BillingEngine, source: 
     """Apply every line in order. Stream time is per Kafka partition, as live: each account is
     advanced to its partition's clock before its event, and at the end of the input every account
     is advanced to its partition's final clock (what the live worker's ticks do when idle)."""
-    result = SimulationResult()
-    states = result.states
-    clocks: dict[int, int] = {}
+    run = Simulation(engine, partitions)
     for number, raw in lines:
-        result.counts["consumed"] += 1
+        run.result.counts["consumed"] += 1
         obj: Any = None
         try:
             obj = orjson.loads(raw)
             event = parse_json_event(obj)
         except orjson.JSONDecodeError as exc:
-            _reject(result, Decoded(None, Rejected("invalid_json", f"line {number} is not JSON: {exc}"), raw), source, number)
+            _reject(run.result, Decoded(None, Rejected("invalid_json", f"line {number} is not JSON: {exc}"), raw), source, number)
             continue
         except Rejected as exc:
-            _reject(result, Decoded(None, exc, raw, obj if isinstance(obj, dict) else None), source, number)
+            _reject(run.result, Decoded(None, exc, raw, obj if isinstance(obj, dict) else None), source, number)
             continue
+        run.apply(event, Decoded(event, None, raw), source, number)
+    return run.finish()
+
+
+class Simulation:
+    """The per-event loop shared by ``simulate`` (JSON lines) and re-rating (decoded events)."""
+
+    def __init__(self, engine: BillingEngine, partitions: int):
+        self.engine = engine
+        self.partitions = partitions
+        self.result = SimulationResult()
+        self.clocks: dict[int, int] = {}
+
+    def apply(self, event: Any, decoded: Decoded, source: str, number: int) -> Outcome:
+        states, engine = self.result.states, self.engine
         key = event.main_account_id
-        part = partition_for(key, partitions)
-        clock = clocks[part] = max(clocks.get(part, 0), event.event_time)
+        part = partition_for(key, self.partitions)
+        clock = self.clocks[part] = max(self.clocks.get(part, 0), event.event_time)
         if key in states:
-            _collect(result, engine.advance(states[key], clock))
+            _collect(self.result, engine.advance(states[key], clock))
         outcome = engine.apply(states.get(key), event)
         if outcome.state is not None:
             states[key] = outcome.state
         if outcome.rejected is not None:
-            _reject(result, Decoded(event, outcome.rejected, raw), source, number)
-            continue
-        result.counts[outcome.result] += 1
-        _collect(result, outcome)
-    for key in sorted(states):
-        _collect(result, engine.advance(states[key], clocks[partition_for(key, partitions)]))
-    return result
+            _reject(self.result, Decoded(event, outcome.rejected, decoded.payload, decoded.record, decoded.schema), source, number)
+            return outcome
+        self.result.counts[outcome.result] += 1
+        _collect(self.result, outcome)
+        return outcome
+
+    def finish(self) -> SimulationResult:
+        states = self.result.states
+        for key in sorted(states):
+            _collect(self.result, self.engine.advance(states[key], self.clocks[partition_for(key, self.partitions)]))
+        return self.result
 
 
 def _collect(result: SimulationResult, outcome: Outcome) -> None:

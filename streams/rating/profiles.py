@@ -354,6 +354,19 @@ class Profile:
         i = bisect_right([v.effective_ms for v in self.versions], event_ms)
         return self.versions[i - 1] if i else None
 
+    def version_named(self, name: str) -> ResolvedVersion | None:
+        return next((v for v in self.versions if v.version == name), None)
+
+    def pinned(self, version: str, from_ms: int, to_ms: int) -> "Profile":
+        """This profile with ``version`` in force for events in [from_ms, to_ms): a retroactive
+        price change, for re-rating. Outside the window the versions apply as published."""
+        resolved = self.version_named(version)
+        if resolved is None:
+            known = ", ".join(v.version for v in self.versions)
+            raise ProfileError(f"profile {self.name!r} has no price version {version!r} (versions: {known})")
+        fields = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        return PinnedProfile(**fields, pin=resolved, pin_from=from_ms, pin_to=to_ms)
+
     def billed_elsewhere(self, model: str | None) -> bool:
         return model is not None and any(model.startswith(p) for p in self.book.billed_elsewhere_model_prefixes)
 
@@ -366,6 +379,18 @@ class Profile:
         if scope.models or scope.model_prefixes:
             return model is not None and (model in scope.models or any(model.startswith(p) for p in scope.model_prefixes))
         return True
+
+
+@dataclass(frozen=True)
+class PinnedProfile(Profile):
+    pin: ResolvedVersion | None = None
+    pin_from: int = 0
+    pin_to: int = 0
+
+    def version_at(self, event_ms: int) -> ResolvedVersion | None:
+        if self.pin is not None and self.pin_from <= event_ms < self.pin_to:
+            return self.pin
+        return super().version_at(event_ms)
 
 
 def _resolve(book: PriceBookFile) -> tuple[ResolvedVersion, ...]:
@@ -441,3 +466,10 @@ class Profiles:
 
     def __getitem__(self, name: str) -> Profile:
         return self._profiles[name]
+
+    def replacing(self, profile: Profile) -> "Profiles":
+        """A copy in which ``profile`` stands in for the profile of the same name."""
+        copy = object.__new__(Profiles)
+        copy.root = self.root
+        copy._profiles = {**self._profiles, profile.name: profile}
+        return copy

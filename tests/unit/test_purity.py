@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 STREAMS = Path(__file__).resolve().parents[2] / "streams"
-CORE = ["engine.py", "rating", "ledger", "deduction", "ingest/events.py", "simulate.py"]
+CORE = ["engine.py", "rating", "ledger", "deduction", "settlement", "rerate", "ingest/events.py", "simulate.py"]
 FORBIDDEN = ("faust", "aiokafka", "kafka", "clickhouse_connect", "chdb", "mode")
 
 

@@ -1,0 +1,236 @@
+"""Re-rating: the recorded events of a period run again under another price version, beside the
+live ledger and without touching it, and the difference per event, account and model.
+
+Both runs are the pure core over the same events from the start of the stream, so buckets (free
+points, trials, packs, vouchers, cash) are in the state they were at each event: the old run is
+what the pipeline billed (same engine, same per-partition order), the new one differs only in the
+price version in force inside [from, to) for one profile.
+
+Booking the difference (``adjustments``) is idempotent: the delta of an event is new − old −
+what earlier re-ratings already booked for it, so applying the same re-rating twice books nothing
+the second time, and every adjustment has a deterministic id.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Iterable
+
+from streams.deduction.record import money
+from streams.engine import BillingEngine
+from streams.ingest.messages import Decoded
+from streams.rating.profiles import Profiles
+from streams.settlement.periods import SETTLEMENT_NAMESPACE, period_of
+from streams.simulate import Simulation, SimulationResult
+
+RERATE_NAMESPACE = uuid.UUID("7b0e3f0a-52c1-4a55-9d57-2f0f5b8a4c11")
+ZERO = Decimal(0)
+BUCKETS = ("free", "trial", "pack", "voucher", "cash")
+
+
+def rerate_id(profile: str, version: str, from_ms: int, to_ms: int) -> str:
+    return str(uuid.uuid5(RERATE_NAMESPACE, f"{profile}|{version}|{from_ms}|{to_ms}"))
+
+
+@dataclass(frozen=True)
+class Rerating:
+    profile: str
+    version: str
+    from_ms: int
+    to_ms: int
+    accounts: frozenset[str] = frozenset()  # empty: every account of the profile
+
+    @property
+    def id(self) -> str:
+        return rerate_id(self.profile, self.version, self.from_ms, self.to_ms)
+
+    def selects(self, d: dict[str, Any]) -> bool:
+        return d["profile"] == self.profile and (not self.accounts or d["main_account_id"] in self.accounts)
+
+    def covers(self, d: dict[str, Any]) -> bool:
+        return self.selects(d) and self.from_ms <= d["event_time"] < self.to_ms
+
+
+@dataclass
+class EventDiff:
+    old: dict[str, Any]  # the deduction as billed
+    new: dict[str, Any] | None  # as re-rated; None when the new price version cannot rate it
+    new_rejection: str | None = None
+    booked: list[dict[str, Any]] = field(default_factory=list)  # adjustments already booked for it
+    knock_on: bool = False  # after the period: same price, but the buckets it found had changed
+
+    def amounts(self, d: dict[str, Any] | None) -> dict[str, Decimal]:
+        out = {"rated": ZERO, "unbilled": ZERO, **{b: ZERO for b in BUCKETS}}
+        if d is None:
+            return out
+        out["rated"] = Decimal(d["rated_amount"])
+        out["unbilled"] = Decimal(d["unbilled_amount"])
+        for s in d["splits"]:
+            out[s["bucket_kind"]] += Decimal(s["amount"])
+        return out
+
+    @property
+    def billed(self) -> dict[str, Decimal]:
+        """What stands billed now: the deduction plus every adjustment booked since."""
+        total = self.amounts(self.old)
+        for adj in self.booked:
+            for k, v in self.amounts(adj).items():
+                total[k] += v
+        return total
+
+    @property
+    def delta(self) -> dict[str, Decimal]:
+        if self.new is None:
+            return {k: ZERO for k in self.billed}
+        new = self.amounts(self.new)
+        return {k: new[k] - v for k, v in self.billed.items()}
+
+
+@dataclass
+class RerateResult:
+    rerating: Rerating
+    diffs: list[EventDiff]
+    old_run: SimulationResult
+    new_run: SimulationResult
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Per account, item and model: events, quantities, old and new amounts, bucket split, delta."""
+        groups: dict[tuple, dict[str, Any]] = {}
+        for diff in self.diffs:
+            d = diff.old
+            key = (d["main_account_id"], d["item"], d["model"] or "")
+            g = groups.get(key)
+            if g is None:
+                g = groups[key] = {
+                    "main_account_id": key[0], "item": key[1], "model": key[2], "currency": d["currency"], "events": 0,
+                    "quantities": {}, "old_amount": ZERO, "new_amount": ZERO, "delta": ZERO,
+                    "old_split": {}, "new_split": {}, "not_rated": 0,
+                }
+            g["events"] += 1
+            for comp, value in d["quantities"].items():
+                g["quantities"][comp] = g["quantities"].get(comp, ZERO) + Decimal(value)
+            billed = diff.billed
+            new = diff.amounts(diff.new) if diff.new is not None else billed
+            g["not_rated"] += diff.new is None
+            g["old_amount"] += billed["rated"]
+            g["new_amount"] += new["rated"]
+            g["delta"] += new["rated"] - billed["rated"]
+            for k in (*BUCKETS, "unbilled"):
+                g["old_split"][k] = g["old_split"].get(k, ZERO) + billed[k]
+                g["new_split"][k] = g["new_split"].get(k, ZERO) + new[k]
+        return [groups[k] for k in sorted(groups)]
+
+    @property
+    def total_delta(self) -> Decimal:
+        return sum((d.delta["rated"] for d in self.diffs), ZERO)
+
+
+def rerun(events: Iterable[tuple[Any, Decoded]], profiles: Profiles, rerating: Rerating, *, partitions: int,
+          allowed_lateness_ms: int, booked: Iterable[dict[str, Any]] = ()) -> RerateResult:
+    """``events``: every input event from the start of the stream, in partition order, as
+    (event, decoded) pairs. ``booked``: adjustment deductions already booked (from the deductions topic)."""
+    profile = profiles[rerating.profile].pinned(rerating.version, rerating.from_ms, rerating.to_ms)
+    old = Simulation(BillingEngine(profiles, allowed_lateness_ms=allowed_lateness_ms), partitions)
+    new = Simulation(BillingEngine(profiles.replacing(profile), allowed_lateness_ms=allowed_lateness_ms), partitions)
+    new_rejections: dict[str, str] = {}
+    for number, (event, decoded) in enumerate(events, 1):
+        old.apply(event, decoded, "events", number)
+        outcome = new.apply(event, decoded, "events", number)
+        if outcome.rejected is not None:
+            new_rejections[event.event_id] = f"{outcome.rejected.code}: {outcome.rejected.message}"
+    old_run, new_run = old.finish(), new.finish()
+    new_by_id = {d["deduction_id"]: d for d in new_run.deductions}
+    booked_by_id: dict[str, list[dict[str, Any]]] = {}
+    for adj in booked:
+        booked_by_id.setdefault(adj["adjusts_deduction_id"], []).append(adj)
+    diffs = []
+    for d in old_run.deductions:
+        if not rerating.selects(d) or d["event_time"] < rerating.from_ms:
+            continue
+        diff = EventDiff(d, new_by_id.get(d["deduction_id"]), new_rejections.get(d["event_id"]),
+                         booked_by_id.get(d["deduction_id"], []), knock_on=d["event_time"] >= rerating.to_ms)
+        # a later event is part of the re-rating only if what paid for it changed
+        if not diff.knock_on or any(diff.delta.values()):
+            diffs.append(diff)
+    return RerateResult(rerating, diffs, old_run, new_run)
+
+
+def _split_delta(diff: EventDiff) -> list[dict[str, Any]]:
+    """Bucket by bucket (kind, id, unit): new − billed, non-zero only."""
+    acc: dict[tuple[str, str, str], list[Decimal]] = {}
+
+    def add(d: dict[str, Any] | None, sign: int) -> None:
+        for s in (d or {}).get("splits", []):
+            a = acc.setdefault((s["bucket_kind"], s["bucket_id"], s["unit"]), [ZERO, ZERO])
+            a[0] += sign * Decimal(s["amount"])
+            a[1] += sign * Decimal(s["units"])
+
+    add(diff.new, 1)
+    add(diff.old, -1)
+    for adj in diff.booked:
+        add(adj, -1)
+    return [{"bucket_kind": k, "bucket_id": i, "amount": money(a), "units": money(u), "unit": unit}
+            for (k, i, unit), (a, u) in sorted(acc.items()) if a or u]
+
+
+def adjustments(result: RerateResult) -> list[dict[str, Any]]:
+    """One adjustment deduction per event whose billed amounts differ from the re-rating."""
+    out = []
+    rid = result.rerating.id
+    for diff in result.diffs:
+        delta = diff.delta
+        if diff.new is None or not any(delta.values()):
+            continue
+        new = diff.new
+        out.append({
+            **{k: new[k] for k in ("event_id", "trace_id", "account_id", "main_account_id", "event_time", "profile", "currency",
+                                   "item", "model", "variant", "billed_elsewhere", "settlement_period", "balance_after")},
+            "deduction_id": str(uuid.uuid5(RERATE_NAMESPACE, f"{diff.old['deduction_id']}|{rid}")),
+            "price_version": new["price_version"],
+            "quantities": {},
+            "lines": [],
+            "rated_amount": money(delta["rated"]),
+            "splits": _split_delta(diff),
+            "unbilled_amount": money(delta["unbilled"]),
+            "unbilled_reason": None,
+            "flags": ["rerate"],
+            "kind": "rerate_adjustment",
+            "adjusts_deduction_id": diff.old["deduction_id"],
+            "rerate_id": rid,
+        })
+    return out
+
+
+def settlement_lines(adjusted: list[dict[str, Any]], timezones: dict[str, str], closed_at: int) -> list[dict[str, Any]]:
+    """Adjustment deductions -> settlement lines of type ``rerate``, one per account, period and
+    item/model/variant. A line's id covers exactly its adjustments, so lines booked by an
+    interrupted run and by the run that completes it never replace one another."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for a in adjusted:
+        start, end = period_of(a["settlement_period"], a["event_time"], timezones[a["profile"]])
+        groups.setdefault((a["main_account_id"], a["settlement_period"], start, end, a["item"], a["model"] or "",
+                           a["variant"] or ""), []).append(a)
+    lines = []
+    for (main, granularity, start, end, item, model, variant), adjs in sorted(groups.items()):
+        ids = sorted(a["deduction_id"] for a in adjs)
+        sums = {"gross": ZERO, "unbilled": ZERO, **{b: ZERO for b in BUCKETS}}
+        for a in adjs:
+            sums["gross"] += Decimal(a["rated_amount"])
+            sums["unbilled"] += Decimal(a["unbilled_amount"])
+            for s in a["splits"]:
+                sums[s["bucket_kind"]] += Decimal(s["amount"])
+        ident = f"{main}|{granularity}|{start}|{item}|{model}|{variant}|rerate|{'|'.join(ids)}"
+        lines.append({
+            "settlement_id": str(uuid.uuid5(SETTLEMENT_NAMESPACE, ident)),
+            "main_account_id": main, "period_start": start, "period_end": end, "granularity": granularity,
+            "line_type": "rerate", "profile": adjs[0]["profile"], "currency": adjs[0]["currency"], "item": item,
+            "model": adjs[0]["model"], "variant": adjs[0]["variant"], "quantities": {},
+            "gross_amount": money(sums["gross"]), "free_amount": money(sums["free"]), "trial_amount": money(sums["trial"]),
+            "pack_amount": money(sums["pack"]), "voucher_amount": money(sums["voucher"]), "cash_amount": money(sums["cash"]),
+            "unbilled_amount": money(sums["unbilled"]), "event_count": 0,
+            "price_versions": sorted({a["price_version"] for a in adjs}), "deduction_ids": ids,
+            "event_ids": [a["event_id"] for a in sorted(adjs, key=lambda a: a["deduction_id"])], "closed_at": closed_at,
+        })
+    return lines
