@@ -3,12 +3,14 @@
 -- tests/integration/test_finance_sql.py against data that went through the pipeline.
 -- All read with FINAL: rows delivered twice are counted once (ReplacingMergeTree on the id).
 -- Money columns are Decimal128(12) in the account's currency; round only for display.
+-- deductions.kind is 'usage' (one row per rated usage event) or 'rerate_adjustment' (a delta booked
+-- by `rating rerate --apply`): sums include both, event counts only usage rows.
 
 -- name: account_bill_month
 -- One account's bill for one month (platform time zone), by item, model and variant.
 -- params: account String, month UInt32 (YYYYMM)
 SELECT item, model, variant, currency,
-       count()              AS events,
+       countIf(kind = 'usage') AS events,
        sum(rated_amount)    AS gross,
        sum(free_amount)     AS free,
        sum(trial_amount)    AS trial,
@@ -26,7 +28,7 @@ ORDER BY item, model, variant;
 -- Models billed elsewhere (Ark models used from Coze) are left out.
 -- params: from DateTime64(3), to DateTime64(3)
 SELECT toDate(event_time, 'Asia/Shanghai') AS day, currency, item, model,
-       count()                                        AS events,
+       countIf(kind = 'usage')                        AS events,
        sum(rated_amount)                              AS gross,
        sum(pack_amount + voucher_amount + cash_amount) AS paid,
        sum(cash_amount)                               AS cash
@@ -50,6 +52,7 @@ WITH episodes AS (
 balances AS (
     SELECT main_account_id, any(currency) AS currency, argMax(balance_after, event_time) AS balance
     FROM deductions FINAL
+    WHERE kind = 'usage'
     GROUP BY main_account_id
 ),
 status AS (
@@ -90,7 +93,7 @@ WITH d AS (
     SELECT main_account_id, item, model, variant,
            if(settlement_period = 'day', toUnixTimestamp(toStartOfDay(event_time, 'Asia/Shanghai')),
               toUnixTimestamp(toStartOfHour(event_time))) AS period,
-           count() AS deductions, sum(rated_amount) AS deducted
+           countIf(kind = 'usage') AS deductions, sum(rated_amount) AS deducted
     FROM deductions FINAL
     GROUP BY main_account_id, item, model, variant, period
 ),
@@ -105,3 +108,41 @@ SELECT main_account_id, item, model, variant, period, deductions, settled_events
 FROM d FULL OUTER JOIN s USING (main_account_id, item, model, variant, period)
 ORDER BY main_account_id, period, item, model, variant
 SETTINGS join_use_nulls = 0;
+
+-- name: trace_settlement_line
+-- "Why was I charged this?": one settlement line and every deduction behind it, with the usage
+-- event's ids and quantities, the price version and rating lines used, and the bucket split.
+-- params: settlement_id String
+SELECT s.settlement_id, s.period_start, s.line_type, d.deduction_id, d.kind, d.event_id, d.trace_id, d.account_id,
+       d.event_time, d.item, d.model, d.variant, d.quantities, d.price_version, d.lines_json, d.rated_amount,
+       arrayZip(d.split_bucket_kind, d.split_bucket_id, d.split_amount) AS bucket_split, d.unbilled_amount
+FROM settlements AS s FINAL
+ARRAY JOIN s.deduction_ids AS line_deduction_id
+INNER JOIN (SELECT * FROM deductions FINAL) AS d ON d.deduction_id = line_deduction_id
+WHERE s.settlement_id = {settlement_id:String}
+ORDER BY d.event_time, d.deduction_id;
+
+-- name: trace_request
+-- Everything about one request, by trace id or event id: its deductions (usage and re-rating
+-- adjustments), the settlement lines that include them, and any dead letter.
+-- params: id String
+SELECT 'deduction' AS row, deduction_id AS id, kind AS type, event_id, trace_id, toString(rated_amount) AS amount, price_version AS detail
+FROM deductions FINAL WHERE event_id = {id:String} OR trace_id = {id:String} OR deduction_id = {id:String}
+UNION ALL
+SELECT 'settlement', settlement_id, line_type, arrayStringConcat(event_ids, ','), '', toString(gross_amount), toString(period_start)
+FROM settlements FINAL
+WHERE hasAny(deduction_ids, (SELECT groupArray(deduction_id) FROM deductions FINAL
+                             WHERE event_id = {id:String} OR trace_id = {id:String} OR deduction_id = {id:String}))
+UNION ALL
+SELECT 'dead_letter', dead_letter_id, reason_code, event_id, trace_id, '', reason
+FROM dead_letters FINAL WHERE event_id = {id:String} OR trace_id = {id:String};
+
+-- name: rerate_adjustments
+-- What re-ratings booked, per run, account and model: the deltas, and how many events they touch.
+-- params: (none)
+SELECT rerate_id, main_account_id, model, price_version, currency, count() AS adjusted_events,
+       sum(rated_amount) AS delta, sum(cash_amount) AS cash_delta, sum(voucher_amount) AS voucher_delta
+FROM deductions FINAL
+WHERE kind = 'rerate_adjustment'
+GROUP BY rerate_id, main_account_id, model, price_version, currency
+ORDER BY rerate_id, main_account_id, model;

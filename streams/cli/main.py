@@ -285,8 +285,13 @@ def run(
 from streams.cli.account import account_app  # noqa: E402  (sub-commands register after the shared helpers)
 from streams.cli.dlq import dlq_app  # noqa: E402
 
+from streams.cli.rerate import rerate_command  # noqa: E402
+from streams.cli.trace import trace_command  # noqa: E402
+
 app.add_typer(account_app, name="account")
 app.add_typer(dlq_app, name="dlq")
+app.command("rerate")(friendly(rerate_command))
+app.command("trace")(friendly(trace_command))
 
 
 def main() -> None:  # pragma: no cover - console script entry

@@ -81,7 +81,7 @@ DEDUCTION_COLUMNS = [
     "tokens_cache_write", "tokens_output", "tokens_reasoning", "units", "lines_json", "rated_amount",
     "free_amount", "trial_amount", "pack_amount", "voucher_amount", "cash_amount", "unbilled_amount",
     "unbilled_reason", "split_bucket_kind", "split_bucket_id", "split_amount", "split_units", "split_unit",
-    "billed_elsewhere", "flags", "balance_after", "settlement_period",
+    "billed_elsewhere", "flags", "balance_after", "settlement_period", "kind", "adjusts_deduction_id", "rerate_id",
 ]
 
 
@@ -103,6 +103,7 @@ def deduction_row(d: dict[str, Any]) -> tuple:
         [s["bucket_kind"] for s in d["splits"]], [s["bucket_id"] for s in d["splits"]],
         [Decimal(s["amount"]) for s in d["splits"]], [Decimal(s["units"]) for s in d["splits"]],
         [s["unit"] for s in d["splits"]], d["billed_elsewhere"], d["flags"], Decimal(d["balance_after"]), d["settlement_period"],
+        d["kind"], d["adjusts_deduction_id"] or "", d["rerate_id"] or "",
     )
 
 

@@ -1,0 +1,239 @@
+"""``rating rerate``: re-rate a period under another price version, report the diff, and optionally
+book it as adjustments (see streams/rerate/diff.py for the rules)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import time
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Optional
+
+import orjson
+import typer
+from rich.progress import Progress
+from rich.table import Table
+
+from streams.cli.common import UserError, _profiles, console, err, require_cluster, settings
+from streams.deduction.record import money, present
+from streams.ingest.codec import DecodeError, registry
+from streams.ingest.events import Rejected, parse_json_event, to_millis
+from streams.ingest.messages import Decoded, decode_message
+from streams.kafka_client import producer_kwargs, read_topic
+from streams.rerate.diff import BUCKETS, RerateResult, Rerating, adjustments, rerun, settlement_lines
+from streams.simulate import read_lines
+
+
+def _time(text: str, option: str) -> int:
+    try:
+        return to_millis(text, option)
+    except Rejected:
+        raise UserError(f"{option} {text!r} is not an ISO-8601 time with a UTC offset, e.g. 2026-05-01T00:00:00+08:00") from None
+
+
+def events_from_file(path: Path) -> list[tuple[Any, Decoded]]:
+    out = []
+    for _, raw in read_lines(path):
+        try:
+            event = parse_json_event(orjson.loads(raw))
+        except (orjson.JSONDecodeError, Rejected):
+            continue  # a dead letter when it was sent: it charged nothing
+        out.append((event, Decoded(event, None, raw)))
+    return out
+
+
+async def events_from_topic(s) -> list[tuple[Any, Decoded]]:
+    """Every event of the input topic, partition by partition in offset order: each account lives
+    in one partition, so this is the order the workers applied them in."""
+    reg = registry()
+    by_partition: dict[int, list] = {}
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task(f"reading {s.topics.events}", total=None)
+        async for m in read_topic(s, s.topics.events, on_progress=lambda d, t: progress.update(task, completed=d, total=t)):
+            by_partition.setdefault(m.partition, []).append(m)
+    out = []
+    for part in sorted(by_partition):
+        for m in sorted(by_partition[part], key=lambda m: m.offset):
+            try:
+                if reg.decode(m.value)[0] == "clock_tick":
+                    continue
+            except DecodeError:
+                continue
+            out.extend((d.event, d) for d in decode_message(reg, m.key, m.value) if d.event is not None)
+    return out
+
+
+async def booked_from_topics(s) -> tuple[list[dict[str, Any]], set[str]]:
+    """Adjustments already booked (deductions topic), and which of them settlement lines cover."""
+    reg = registry()
+    booked, covered = [], set()
+    async for m in read_topic(s, s.topics.deductions):
+        name, record = reg.decode(m.value)
+        if name == "deduction" and record["kind"] == "rerate_adjustment":
+            record["event_time"] = to_millis(record["event_time"], "event_time")
+            booked.append(record)
+    async for m in read_topic(s, s.topics.settlements):
+        name, record = reg.decode(m.value)
+        if name == "settlement" and record["line_type"] == "rerate":
+            covered.update(record["deduction_ids"])
+    unique = {b["deduction_id"]: b for b in booked}
+    return list(unique.values()), covered
+
+
+def rerate_command(
+    profile: str = typer.Option(..., "--profile", "-p", help="the profile whose prices change"),
+    prices: str = typer.Option(..., "--prices", help="the price version to apply (a version in the profile's price_book.yaml)"),
+    start: str = typer.Option(..., "--from", help="start of the period (ISO-8601 with offset), inclusive"),
+    end: str = typer.Option(..., "--to", help="end of the period, exclusive"),
+    accounts: Optional[str] = typer.Option(None, "--accounts", help="comma-separated main account ids (default: all of the profile)"),
+    input_file: Optional[Path] = typer.Option(None, "--input", help="JSON Lines file of the events (default: the events topic)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the diff as .csv or .parquet"),
+    to_clickhouse: bool = typer.Option(False, "--clickhouse", help="also insert the diff into the ClickHouse table rerate_diffs"),
+    apply: bool = typer.Option(False, "--apply", help="book the deltas as adjustment deductions and settlement lines"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="do not ask before booking"),
+):
+    """Re-rate a period under another price version, beside the live ledger; show and save the diff."""
+    s = settings()
+    profiles = _profiles(s)
+    if profiles.get(profile) is None:
+        raise UserError(f"unknown profile {profile!r}; choose one of {', '.join(profiles.names())}")
+    from_ms, to_ms = _time(start, "--from"), _time(end, "--to")
+    if to_ms <= from_ms:
+        raise UserError("--to must be after --from")
+    if out is not None and out.suffix not in (".csv", ".parquet"):
+        raise UserError(f"--out {out}: write .csv or .parquet")
+    rerating = Rerating(profile, prices, from_ms, to_ms, frozenset(a.strip() for a in (accounts or "").split(",") if a.strip()))
+    profiles[profile].pinned(prices, from_ms, to_ms)  # an unknown version fails here, before any reading
+    if input_file is not None:
+        if not input_file.is_file():
+            raise UserError(f"{input_file} is not a file")
+        events = events_from_file(input_file)
+    else:
+        require_cluster(s, "re-rating from the events topic (or pass --input FILE)")
+        events = asyncio.run(events_from_topic(s))
+    booked: list[dict[str, Any]] = []
+    covered: set[str] = set()
+    if apply:
+        require_cluster(s, "`rerate --apply`")
+        booked, covered = asyncio.run(booked_from_topics(s))
+    elif not s.embedded_broker:
+        booked, _ = asyncio.run(booked_from_topics(s))
+    result = rerun(events, profiles, rerating, partitions=s.kafka_partitions,
+                   allowed_lateness_ms=s.settlement_allowed_lateness_s * 1000, booked=booked)
+    show(result)
+    if out is not None:
+        write_report(result, out)
+        console.print(f"diff written to {out}")
+    if to_clickhouse:
+        from streams.sink.clickhouse import connect, migrate
+
+        client = connect(s)
+        migrate(client)
+        client.insert("rerate_diffs", diff_rows(result), column_names=DIFF_COLUMNS)
+        console.print(f"diff inserted into rerate_diffs ({s.clickhouse_dsn_for_display()}), rerate_id {rerating.id}")
+    if apply:
+        book(s, result, booked, covered, yes)
+
+
+def show(result: RerateResult) -> None:
+    r = result.rerating
+    table = Table(title=f"re-rating {r.profile} at {r.version}, {len(result.diffs)} events (rerate_id {r.id})")
+    for col in ("account", "item", "model", "events", "old", "new", "delta", "old split", "new split"):
+        table.add_column(col, justify="right" if col in ("events", "old", "new", "delta") else "left", overflow="fold")
+
+    def split(d: dict[str, Decimal]) -> str:
+        return " ".join(f"{k} {money(present(v))}" for k, v in d.items() if v)
+
+    for g in result.summary():
+        note = f" ({g['not_rated']} not rated)" if g["not_rated"] else ""
+        table.add_row(g["main_account_id"], g["item"], g["model"], f"{g['events']}{note}", money(present(g["old_amount"])),
+                      money(present(g["new_amount"])), money(present(g["delta"])), split(g["old_split"]), split(g["new_split"]))
+    console.print(table)
+    knock_on = sum(1 for d in result.diffs if d.knock_on)
+    console.print(f"total delta {money(result.total_delta)}"
+                  + (f"; {knock_on} later events paid from other buckets as a result" if knock_on else ""))
+    for d in result.diffs:
+        if d.new_rejection:
+            console.print(f"[yellow]not rated at {r.version}[/]: {d.old['event_id']}: {d.new_rejection}")
+
+
+DIFF_COLUMNS = ["rerate_id", "profile", "price_version", "period_from", "period_to", "main_account_id", "model", "item",
+                "currency", "events", "quantities", "old_amount", "new_amount", "delta", "old_split", "new_split", "created_at"]
+
+
+def diff_rows(result: RerateResult) -> list[tuple]:
+    r = result.rerating
+    now = datetime.now(timezone.utc)
+
+    def ts(ms: int) -> datetime:
+        return datetime.fromtimestamp(ms / 1000, timezone.utc)
+
+    return [(r.id, r.profile, r.version, ts(r.from_ms), ts(r.to_ms), g["main_account_id"], g["model"], g["item"], g["currency"],
+             g["events"], g["quantities"], g["old_amount"], g["new_amount"], g["delta"], g["old_split"], g["new_split"], now)
+            for g in result.summary()]
+
+
+def write_report(result: RerateResult, path: Path) -> None:
+    r = result.rerating
+    header = ["rerate_id", "profile", "price_version", "main_account_id", "item", "model", "currency", "events", "not_rated",
+              "quantities", "old_amount", "new_amount", "delta",
+              *(f"old_{b}" for b in (*BUCKETS, "unbilled")), *(f"new_{b}" for b in (*BUCKETS, "unbilled"))]
+    csv_path = path if path.suffix == ".csv" else path.with_suffix(".csv")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(csv_path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        for g in result.summary():
+            w.writerow([r.id, r.profile, r.version, g["main_account_id"], g["item"], g["model"], g["currency"], g["events"],
+                        g["not_rated"], orjson.dumps({k: money(v) for k, v in g["quantities"].items()}).decode(),
+                        money(g["old_amount"]), money(g["new_amount"]), money(g["delta"]),
+                        *(money(g["old_split"][b]) for b in (*BUCKETS, "unbilled")),
+                        *(money(g["new_split"][b]) for b in (*BUCKETS, "unbilled"))])
+    if path.suffix == ".parquet":
+        _csv_to_parquet(csv_path, path)
+        csv_path.unlink()
+
+
+def _csv_to_parquet(csv_path: Path, parquet_path: Path) -> None:
+    """chDB (already installed for the embedded ClickHouse) writes Parquet; money stays decimal text."""
+    import chdb
+
+    data = chdb.query(f"SELECT * FROM file('{csv_path.resolve()}', 'CSVWithNames') SETTINGS schema_inference_make_columns_nullable = 0, "
+                      "input_format_csv_use_best_effort_in_schema_inference = 0", "Parquet")
+    parquet_path.write_bytes(data.bytes())
+
+
+def book(s, result: RerateResult, booked: list[dict[str, Any]], covered: set[str], yes: bool) -> None:
+    fresh = adjustments(result)
+    uncovered = [b for b in booked if b["deduction_id"] not in covered]  # booked by a run that stopped before its lines
+    timezones = {name: _profiles(s)[name].timezone for name in _profiles(s).names()}
+    lines = settlement_lines(fresh + uncovered, timezones, closed_at=int(time.time() * 1000))
+    if not fresh and not lines:
+        console.print("nothing to book: the billed amounts already equal this re-rating")
+        return
+    delta = sum((Decimal(a["rated_amount"]) for a in fresh), Decimal(0))
+    if not yes and not typer.confirm(f"book {len(fresh)} adjustment deductions (total {money(delta)}) and {len(lines)} settlement lines?"):
+        raise typer.Abort()
+    asyncio.run(_produce(s, fresh, lines))
+    console.print(f"booked {len(fresh)} adjustment deductions (total {money(delta)}) and {len(lines)} settlement lines "
+                  f"to {s.topics.deductions} and {s.topics.settlements}")
+
+
+async def _produce(s, deductions: list[dict[str, Any]], lines: list[dict[str, Any]]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    reg = registry()
+    producer = AIOKafkaProducer(**producer_kwargs(s))
+    await producer.start()
+    try:
+        futures = [await producer.send(s.topics.deductions, key=d["main_account_id"].encode(), value=reg.encode("deduction", d))
+                   for d in deductions]
+        await asyncio.gather(*futures)
+        # lines only after their adjustments are durable: a rerun books lines for adjustments that lack one
+        futures = [await producer.send(s.topics.settlements, key=x["main_account_id"].encode(), value=reg.encode("settlement", x))
+                   for x in lines]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()

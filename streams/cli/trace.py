@@ -1,0 +1,123 @@
+"""``rating trace ID``: from a settlement line, deduction, event or trace id to the whole chain, as
+ClickHouse holds it: usage event(s) -> price version and row -> bucket split -> deduction ->
+settlement line(s). docs/finance.sql has the same chain as SQL (trace_settlement_line, trace_request).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import typer
+from rich.tree import Tree
+
+from streams.cli.common import UserError, _profiles, console, settings
+from streams.deduction.record import money
+
+DEDUCTION_FIELDS = ("deduction_id", "kind", "event_id", "trace_id", "account_id", "main_account_id", "event_time", "profile",
+                    "currency", "price_version", "item", "model", "variant", "quantities", "lines_json", "rated_amount",
+                    "split_bucket_kind", "split_bucket_id", "split_amount", "split_units", "split_unit", "unbilled_amount",
+                    "unbilled_reason", "adjusts_deduction_id", "rerate_id", "settlement_period")
+SETTLEMENT_FIELDS = ("settlement_id", "main_account_id", "period_start", "period_end", "granularity", "line_type", "item",
+                     "model", "variant", "currency", "gross_amount", "free_amount", "trial_amount", "pack_amount",
+                     "voucher_amount", "cash_amount", "unbilled_amount", "event_count", "deduction_ids", "event_ids")
+
+
+def _rows(client, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(client.query(sql, parameters=params).named_results())
+
+
+def find_chain(client, ident: str) -> dict[str, Any]:
+    """The settlement lines and deductions an id reaches: a settlement line reaches exactly its
+    deductions; a deduction, event or trace id reaches its deductions and the lines that hold them."""
+    lines = _rows(client, f"SELECT {', '.join(SETTLEMENT_FIELDS)} FROM settlements FINAL WHERE settlement_id = {{id:String}}", {"id": ident})
+    if lines:
+        ids = [d for line in lines for d in line["deduction_ids"]]
+        deductions = _rows(client, f"SELECT {', '.join(DEDUCTION_FIELDS)} FROM deductions FINAL "
+                                   "WHERE has({ids:Array(String)}, deduction_id) ORDER BY event_time, deduction_id", {"ids": ids})
+        return {"query": ident, "found_as": "settlement line", "settlement_lines": lines, "deductions": deductions}
+    deductions = _rows(client, f"SELECT {', '.join(DEDUCTION_FIELDS)} FROM deductions FINAL WHERE deduction_id = {{id:String}} "
+                               "OR event_id = {id:String} OR trace_id = {id:String} OR adjusts_deduction_id = {id:String} "
+                               "ORDER BY event_time, kind DESC, deduction_id", {"id": ident})
+    if not deductions:
+        dead = _rows(client, "SELECT dead_letter_id, reason_code, reason, event_id FROM dead_letters FINAL "
+                             "WHERE event_id = {id:String} OR trace_id = {id:String} OR dead_letter_id = {id:String}", {"id": ident})
+        if dead:
+            return {"query": ident, "found_as": "dead letter", "settlement_lines": [], "deductions": [], "dead_letters": dead}
+        raise UserError(f"{ident!r} is not a settlement line, deduction, event or trace id in ClickHouse")
+    lines = _rows(client, f"SELECT {', '.join(SETTLEMENT_FIELDS)} FROM settlements FINAL "
+                          "WHERE hasAny(deduction_ids, {ids:Array(String)}) ORDER BY period_start, line_type",
+                  {"ids": [d["deduction_id"] for d in deductions]})
+    return {"query": ident, "found_as": "deduction / event / trace", "settlement_lines": lines, "deductions": deductions}
+
+
+def price_row(profiles, price_version: str, item: str, model: str, variant: str) -> dict[str, Any] | None:
+    name, _, version = price_version.partition("@")
+    profile = profiles.get(name)
+    resolved = profile.version_named(version) if profile is not None else None
+    if resolved is None:
+        return None
+    rows = resolved.rows.get((item, model or None)) or {}
+    row = rows.get(variant or None) or (rows.get(None) if len(rows) == 1 else None)
+    return row.model_dump(exclude_none=True, mode="json") if row is not None else None
+
+
+def trace_command(
+    ident: str = typer.Argument(..., help="settlement_id, deduction_id, event_id or trace_id"),
+    as_json: bool = typer.Option(False, "--json", help="print the chain as JSON"),
+):
+    """Why was I charged this? Print the chain from usage events to settlement lines, with every id."""
+    from streams.sink.clickhouse import connect, migrate
+
+    s = settings()
+    client = connect(s)
+    migrate(client)
+    chain = find_chain(client, ident)
+    profiles = _profiles(s)
+    for d in chain["deductions"]:
+        d["price_row"] = price_row(profiles, d["price_version"], d["item"], d["model"], d["variant"])
+    if as_json:
+        console.print_json(orjson.dumps(chain, default=str).decode())
+        return
+    render(chain)
+
+
+def render(chain: dict[str, Any]) -> None:
+    tree = Tree(f"[bold]{chain['query']}[/] ({chain['found_as']})")
+    for dl in chain.get("dead_letters", []):
+        tree.add(f"dead letter {dl['dead_letter_id']}: {dl['reason_code']}: {dl['reason']} (never charged)")
+    by_id = {d["deduction_id"]: d for d in chain["deductions"]}
+    shown: set[str] = set()
+    for line in chain["settlement_lines"]:
+        node = tree.add(
+            f"settlement line {line['settlement_id']} [{line['line_type']}] {line['main_account_id']} "
+            f"{line['period_start']:%Y-%m-%d %H:%M} UTC per {line['granularity']}: {line['item']} {line['model']} "
+            f"gross {money(line['gross_amount'])} {line['currency']} (cash {money(line['cash_amount'])}), "
+            f"{line['event_count']} events   [dim]ClickHouse settlements[/]")
+        for did in line["deduction_ids"]:
+            if did in by_id:
+                _deduction(node, by_id[did])
+                shown.add(did)
+    rest = [d for d in chain["deductions"] if d["deduction_id"] not in shown]
+    if rest:
+        node = tree.add("not yet in a settlement line (the period is open)") if chain["settlement_lines"] else tree
+        for d in rest:
+            _deduction(node, d)
+    console.print(tree)
+
+
+def _deduction(parent: Tree, d: dict[str, Any]) -> None:
+    label = "adjustment" if d["kind"] == "rerate_adjustment" else "deduction"
+    node = parent.add(f"{label} {d['deduction_id']}: {money(d['rated_amount'])} {d['currency']} "
+                      f"at {d['price_version']}   [dim]ClickHouse deductions[/]")
+    if d["kind"] == "rerate_adjustment":
+        node.add(f"corrects deduction {d['adjusts_deduction_id']} (re-rating {d['rerate_id']})")
+    node.add(f"usage event {d['event_id']} (trace {d['trace_id']}), account {d['account_id']}, {d['event_time']:%Y-%m-%d %H:%M:%S} UTC, "
+             f"{d['item']} {d['model']} {d['variant']}".rstrip() + f", quantities {dict(d['quantities'])}")
+    if d.get("price_row"):
+        node.add(f"price row: {orjson.dumps(d['price_row']).decode()}")
+    for line in orjson.loads(d["lines_json"] or "[]"):
+        node.add(f"rating line {line['component']}: {line['units']} x {line['unit_price']} = {line['amount']}")
+    split = ", ".join(f"{k} {i} {money(a)}" for k, i, a in zip(d["split_bucket_kind"], d["split_bucket_id"], d["split_amount"]))
+    node.add(f"paid by: {split or 'nothing'}" + (f"; unbilled {money(d['unbilled_amount'])} ({d['unbilled_reason']})"
+                                               if d["unbilled_amount"] else ""))
