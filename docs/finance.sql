@@ -140,9 +140,10 @@ FROM dead_letters FINAL WHERE event_id = {id:String} OR trace_id = {id:String};
 -- name: rerate_adjustments
 -- What re-ratings booked, per run, account and model: the deltas, and how many events they touch.
 -- params: (none)
-SELECT rerate_id, main_account_id, model, price_version, currency, count() AS adjusted_events,
+SELECT rerate_id, main_account_id, model, currency, count() AS adjusted_events,
+       groupUniqArray(price_version) AS price_versions,
        sum(rated_amount) AS delta, sum(cash_amount) AS cash_delta, sum(voucher_amount) AS voucher_delta
 FROM deductions FINAL
 WHERE kind = 'rerate_adjustment'
-GROUP BY rerate_id, main_account_id, model, price_version, currency
+GROUP BY rerate_id, main_account_id, model, currency
 ORDER BY rerate_id, main_account_id, model;

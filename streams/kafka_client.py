@@ -33,8 +33,8 @@ def producer_kwargs(settings: Settings) -> dict[str, Any]:
 
 async def read_topic(settings: Settings, topic: str, partitions: list[int] | None = None,
                      on_progress: Callable[[int, int], None] | None = None) -> AsyncIterator[Any]:
-    """Every message of ``topic`` (or of some of its partitions) from the start to the end offsets
-    seen when the read began, without a consumer group (nothing is committed, nobody rebalances).
+    """Every message of ``topic`` (or of some of its partitions) from the start to its end, without
+    a consumer group (nothing is committed, nobody rebalances).
     ``on_progress(done, total)`` is called as messages arrive."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -53,20 +53,27 @@ async def read_topic(settings: Settings, topic: str, partitions: list[int] | Non
         await consumer.seek_to_beginning(*tps)
         start = {tp: await consumer.position(tp) for tp in tps}
         end = await consumer.end_offsets(tps)
-        pending = {tp for tp in tps if end[tp] > start[tp]}
         total = sum(end[tp] - start[tp] for tp in tps)
         done = 0
         if on_progress is not None:
             on_progress(0, total)
+        # A partition is done when its position has reached the end offset AND a fetch there comes
+        # back empty: some brokers (Tansu) report an end offset short of a multi-record batch.
+        pending = set(tps)
         while pending:
-            batch = await consumer.getmany(*pending, timeout_ms=1000, max_records=5000)
+            batch = await consumer.getmany(*pending, timeout_ms=500, max_records=5000)
+            for tp in list(pending):
+                if tp not in batch and await consumer.position(tp) >= end[tp]:
+                    batch.update(await consumer.getmany(tp, timeout_ms=300))  # one more look, for this partition alone
+                    if tp not in batch:
+                        pending.discard(tp)
             for tp, messages in batch.items():
                 for m in messages:
-                    if m.offset < end[tp]:
-                        done += 1
-                        yield m
-                if await consumer.position(tp) >= end[tp]:
-                    pending.discard(tp)
+                    done += 1
+                    yield m
+                if messages and messages[-1].offset + 1 > end[tp]:
+                    total += messages[-1].offset + 1 - end[tp]
+                    end[tp] = messages[-1].offset + 1
             if on_progress is not None:
                 on_progress(done, total)
     finally:

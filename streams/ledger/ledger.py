@@ -440,6 +440,9 @@ class Ledger:
             "flags": flags,
             "balance_after": money(s.available_balance(e.event_time)),
             "settlement_period": settlement_period(e.item),
+            "kind": "usage",
+            "adjusts_deduction_id": None,
+            "rerate_id": None,
         }
 
     # ================================================================ balance-driven status and alerts

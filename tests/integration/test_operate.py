@@ -237,3 +237,18 @@ def test_run_starts_workers_and_sink_on_the_configured_cluster(harness, tmp_path
     assert f"replay  {len(lines)} events" in r.stdout
     inserted = dict(part.rsplit(" ", 1) for part in r.stdout.split("rows inserted this run: ")[1].strip().split(", "))
     assert int(inserted["deductions"]) >= len(expected.deductions)
+    # trace a settlement line from the same database (the run has exited, so this process may open it)
+    line = min((x for x in expected.settlements if x["line_type"] == "regular" and x["event_count"] >= 2),
+               key=lambda x: (x["period_start"], x["settlement_id"]))
+    r = rating(h, "trace", line["settlement_id"], "--json", env_extra={"CHDB_PATH": str(tmp_path / "run-chdb")})
+    assert r.returncode == 0, r.stderr
+    chain = json.loads(r.stdout)
+    assert [x["settlement_id"] for x in chain["settlement_lines"]] == [line["settlement_id"]]
+    assert sorted(d["event_id"] for d in chain["deductions"]) == sorted(line["event_ids"])
+    assert all(d["price_row"] and d["price_version"] for d in chain["deductions"])
+    assert sum(Decimal(d["rated_amount"]) for d in chain["deductions"]) == Decimal(line["gross_amount"])
+    # from one event: its deduction and the line that holds it
+    r = rating(h, "trace", line["event_ids"][0], env_extra={"CHDB_PATH": str(tmp_path / "run-chdb")})
+    assert r.returncode == 0 and line["settlement_id"] in r.stdout and "paid by:" in r.stdout and "price row:" in r.stdout
+    r = rating(h, "trace", "no-such-id", env_extra={"CHDB_PATH": str(tmp_path / "run-chdb")})
+    assert r.returncode == 2 and "is not a settlement line" in r.stderr
