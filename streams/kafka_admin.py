@@ -39,6 +39,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
                   "worker table: one AccountState per main account"),
         TopicSpec(f"{settings.worker_app_id}-partition-clocks-changelog", n, {"cleanup.policy": "compact"},
                   "worker table: stream time per input partition"),
+        # faust's leader election topic: declared here because the workers never create topics
+        TopicSpec(f"{settings.worker_app_id}-__assignor-__leader", 1, {}, "faust internal: leader election"),
     ]
 
 

@@ -100,7 +100,19 @@ class PipelineMetrics:
             if line["line_type"] == "regular":
                 self.hour_close_delay.observe(max(0.0, (now_ms - line["period_end"]) / 1000))
 
-    def set_lag(self, group: str, lags: Iterable[tuple[str, int, int]]) -> None:
+    def labels_by_metric(self) -> dict[str, set[str]]:
+        """Exported name -> label names, for checking dashboards against what is exported."""
+        out = {}
+        for value in vars(self).values():
+            if isinstance(value, (Counter, Gauge, Histogram)):
+                name = value._name + ("_total" if isinstance(value, Counter) else "")
+                out[name] = set(value._labelnames)
+        return out
+
+    def set_lag(self, group: str, lags: Iterable[tuple[str, int, int]], replace: bool = False) -> None:
+        """``replace``: the lags given are all this process owns now (partitions it lost disappear)."""
+        if replace:
+            self.lag.clear()
         for topic, partition, lag in lags:
             self.lag.labels(group, topic, str(partition)).set(max(0, lag))
 

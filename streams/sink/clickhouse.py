@@ -199,6 +199,7 @@ class ClickHouseSink:
         self.registry = registry()
         self.stats = SinkStats()
         self.consumer: AIOKafkaConsumer | None = None
+        self.committed: dict[TopicPartition, int] = {}
 
     async def start(self) -> None:
         await asyncio.to_thread(migrate, self.client)
@@ -253,9 +254,11 @@ class ClickHouseSink:
         self.stats.batches += 1
         total = sum(len(r) for r in rows.values())
         self.metrics.sink_batch_rows.observe(total)
+        self.committed.update(commit)
+        owned = self.consumer.assignment()
         self.metrics.set_lag(self.settings.sink_group_id,
-                             ((tp.topic, tp.partition, self.consumer.highwater(tp) - offset) for tp, offset in commit.items()
-                              if self.consumer.highwater(tp) is not None))
+                             [(tp.topic, tp.partition, self.consumer.highwater(tp) - self.committed[tp]) for tp in owned
+                              if tp in self.committed and self.consumer.highwater(tp) is not None], replace=True)
         return total
 
     def ready(self) -> bool:

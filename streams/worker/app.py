@@ -343,7 +343,7 @@ def create_app(settings: Settings) -> faust.App:
         for tp in app.consumer.assignment():
             if tp.topic == topics.events and tp.partition in last_offset:
                 lags.append((tp.topic, tp.partition, app.consumer.highwater(tp) - last_offset[tp.partition] - 1))
-        metrics.set_lag(settings.worker_app_id, lags)
+        metrics.set_lag(settings.worker_app_id, lags, replace=True)
 
     def ready() -> bool:
         recovery = app.tables.recovery

@@ -518,3 +518,11 @@ def test_dashboard_uses_only_documented_metrics_and_labels():
                 metric, label = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", query).groups()
                 assert label in DOCUMENTED_METRICS[metric], f"variable {var['name']}: {query}"
     assert used == set(DOCUMENTED_METRICS), f"no panel for {set(DOCUMENTED_METRICS) - used}"
+
+
+def test_documented_metrics_are_what_the_code_exports():
+    from streams.observability.metrics import METRIC_NAMES, PipelineMetrics
+
+    exported = PipelineMetrics().labels_by_metric()
+    assert exported == DOCUMENTED_METRICS
+    assert set(METRIC_NAMES) == set(exported)
