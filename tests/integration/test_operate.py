@@ -252,3 +252,12 @@ def test_run_starts_workers_and_sink_on_the_configured_cluster(harness, tmp_path
     assert r.returncode == 0 and line["settlement_id"] in r.stdout and "paid by:" in r.stdout and "price row:" in r.stdout
     r = rating(h, "trace", "no-such-id", env_extra={"CHDB_PATH": str(tmp_path / "run-chdb")})
     assert r.returncode == 2 and "is not a settlement line" in r.stderr
+
+
+def test_demo_is_what_make_run_runs(tmp_path):
+    """`rating demo` starts its own broker, worker and sink; it fails unless ClickHouse equals simulate."""
+    r = subprocess.run([sys.executable, "-m", "streams.cli.main", "demo", "examples/demo.jsonl"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=240, env={k: v for k, v in __import__("os").environ.items()
+                                                   if not k.startswith(("KAFKA_", "CLICKHOUSE_", "CHDB_", "WORKER_", "SINK_"))})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "identical to" in r.stdout and "dead letters in ClickHouse" in r.stdout
