@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 # name -> (default, documentation). README's configuration table is checked against this.
 SETTINGS: dict[str, tuple[str, str]] = {
@@ -237,8 +237,15 @@ class Settings:
         return out
 
     def secrets(self) -> list[str]:
-        url_password = urlsplit(self.clickhouse_url).password if self.clickhouse_url else None
-        return [s for s in (self.kafka_sasl_password, self.clickhouse_password, url_password) if s]
+        """Every form a secret may take in a message: as configured, and URL-decoded."""
+        url_password = None
+        if self.clickhouse_url:
+            try:
+                url_password = urlsplit(self.clickhouse_url).password
+            except ValueError:
+                url_password = None
+        found = [s for s in (self.kafka_sasl_password, self.clickhouse_password, url_password) if s]
+        return sorted({*found, *(unquote(s) for s in found)}, key=len, reverse=True)
 
     def clickhouse_dsn_for_display(self) -> str:
         if self.embedded_clickhouse:

@@ -31,14 +31,36 @@ def producer_kwargs(settings: Settings) -> dict[str, Any]:
     return kwargs
 
 
+class TopicNotFound(LookupError):
+    """The topic does not exist on the cluster."""
+
+
+class ReadStalled(RuntimeError):
+    """A partition stopped delivering before its end (no leader, broker gone)."""
+
+
+SNAPSHOT_SLACK_MS = 5_000  # producer clocks may run a little ahead of ours
+STALL_SECONDS = 60.0
+
+
 async def read_topic(settings: Settings, topic: str, partitions: list[int] | None = None,
                      on_progress: Callable[[int, int], None] | None = None) -> AsyncIterator[Any]:
-    """Every message of ``topic`` (or of some of its partitions) from the start to its end, without
-    a consumer group (nothing is committed, nobody rebalances).
-    ``on_progress(done, total)`` is called as messages arrive."""
+    """Every message of ``topic`` (or of some of its partitions) from the start to its end as of
+    the moment the read begins, without a consumer group (nothing is committed, nobody rebalances).
+    ``on_progress(done, total)`` is called as messages arrive.
+
+    The end is the end offset at the start. Some brokers (Tansu) report an end offset short of a
+    multi-record batch, so past it a message is still taken while it was written before the read
+    began (by its timestamp) and the partition is done when a fetch there comes back empty; on a
+    busy topic the first message written after the start ends the partition, so this never runs on
+    with live traffic."""
+    import time
+
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    started_ms = int(time.time() * 1000)
     consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False, group_id=None,
+                                auto_offset_reset="none",  # retention deleting what we read: fail, never skip
                                 max_partition_fetch_bytes=8 * 1024 * 1024)
     await consumer.start()
     try:
@@ -47,7 +69,7 @@ async def read_topic(settings: Settings, topic: str, partitions: list[int] | Non
             await consumer._client.force_metadata_update()
             available = consumer.partitions_for_topic(topic)
         if not available:
-            raise LookupError(f"topic {topic!r} does not exist on {settings.kafka_bootstrap_servers}")
+            raise TopicNotFound(f"topic {topic!r} does not exist on {settings.kafka_bootstrap_servers}")
         tps = [TopicPartition(topic, p) for p in sorted(available) if partitions is None or p in partitions]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -57,9 +79,8 @@ async def read_topic(settings: Settings, topic: str, partitions: list[int] | Non
         done = 0
         if on_progress is not None:
             on_progress(0, total)
-        # A partition is done when its position has reached the end offset AND a fetch there comes
-        # back empty: some brokers (Tansu) report an end offset short of a multi-record batch.
         pending = set(tps)
+        last_progress = time.monotonic()
         while pending:
             batch = await consumer.getmany(*pending, timeout_ms=500, max_records=5000)
             for tp in list(pending):
@@ -69,11 +90,18 @@ async def read_topic(settings: Settings, topic: str, partitions: list[int] | Non
                         pending.discard(tp)
             for tp, messages in batch.items():
                 for m in messages:
+                    if m.offset >= end[tp]:
+                        if m.timestamp > started_ms + SNAPSHOT_SLACK_MS:
+                            pending.discard(tp)  # written after the read began: the snapshot ends here
+                            break
+                        end[tp] = m.offset + 1
+                        total += 1
                     done += 1
                     yield m
-                if messages and messages[-1].offset + 1 > end[tp]:
-                    total += messages[-1].offset + 1 - end[tp]
-                    end[tp] = messages[-1].offset + 1
+                last_progress = time.monotonic()
+            if pending and time.monotonic() - last_progress > STALL_SECONDS:
+                stuck = ", ".join(f"{tp.partition}@{await consumer.position(tp)}/{end[tp]}" for tp in sorted(pending))
+                raise ReadStalled(f"reading {topic} stalled for {STALL_SECONDS:.0f}s at partition@position/end {stuck}")
             if on_progress is not None:
                 on_progress(done, total)
     finally:

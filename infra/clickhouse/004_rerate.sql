@@ -1,5 +1,6 @@
 -- Re-rating (`rating rerate`): deductions carry their kind, and adjustments point at what they
--- correct. Older rows read as kind = 'usage'. Diff reports land in rerate_diffs for finance.
+-- correct. Older rows read as kind = 'usage'. Diff reports land in rerate_diffs for finance, one
+-- set of rows per `rating rerate --clickhouse` run (created_at tells the runs apart).
 ALTER TABLE deductions ADD COLUMN IF NOT EXISTS kind LowCardinality(String) DEFAULT 'usage';
 ALTER TABLE deductions ADD COLUMN IF NOT EXISTS adjusts_deduction_id String DEFAULT '';
 ALTER TABLE deductions ADD COLUMN IF NOT EXISTS rerate_id String DEFAULT '';
@@ -24,5 +25,5 @@ CREATE TABLE IF NOT EXISTS rerate_diffs
     new_split        Map(String, Decimal128(12)),
     created_at       DateTime64(3, 'UTC')
 )
-ENGINE = ReplacingMergeTree(created_at)
-ORDER BY (rerate_id, main_account_id, item, model);
+ENGINE = MergeTree
+ORDER BY (rerate_id, created_at, main_account_id, item, model);

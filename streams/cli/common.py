@@ -28,12 +28,16 @@ def friendly(fn):
         from aiokafka.errors import KafkaError
         from clickhouse_connect.driver.exceptions import Error as ClickHouseError
 
+        from streams.kafka_client import ReadStalled, TopicNotFound
+
         try:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
-        except (UserError, ConfigError, ProfileError, LookupError) as exc:
+        except (UserError, ConfigError, ProfileError) as exc:
             fail(str(exc))
+        except (TopicNotFound, ReadStalled) as exc:
+            fail(f"{exc}; check the cluster and KAFKA_TOPIC_PREFIX", code=3)
         except FileNotFoundError as exc:
             fail(f"no such file: {exc.filename}")
         except KeyboardInterrupt:

@@ -6,10 +6,12 @@ the cause is fixed (a model added to the price book, an account opened) it can b
 Re-driving never charges twice:
 
 * a rejected event changed nothing, so rating it once after the fix is its first charge;
+* an event that already has a deduction (published on the deductions topic) is not sent, and an
+  event dead-lettered twice (a producer retry) is sent once;
 * every re-drive is recorded in the compacted ``dead-letters.redriven`` topic under the dead
   letter's id and source position, and a later ``redrive`` skips what is recorded there;
-* if the tool dies between sending and recording, the next run sends again and the worker drops
-  the event by its id (an event id seen recently is a duplicate).
+* if the tool dies between sending and recording, the next run finds the deduction (or, if the
+  worker has not rated it yet, the worker drops the resent event by its id).
 
 A re-driven event that is rejected again becomes a new dead letter at a new position, which can be
 re-driven again after a further fix.
@@ -103,6 +105,23 @@ async def redriven_markers(s) -> set[str]:
         return {m.key.decode() async for m in read_topic(s, s.topics.dead_letters_redriven) if m.key and m.value is not None}
     except LookupError:
         return set()
+
+
+async def charged_events(s) -> set[tuple[str, str]]:
+    """(main account, event id) of every usage deduction published: those events are charged."""
+    reg = registry()
+    out = set()
+    try:
+        async for m in read_topic(s, s.topics.deductions):
+            try:
+                name, record = reg.decode(m.value)
+            except DecodeError:
+                continue
+            if name == "deduction" and record["kind"] == "usage":
+                out.add((record["main_account_id"], record["event_id"]))
+    except LookupError:
+        pass
+    return out
 
 
 def _select(letters: list[Letter], reasons: list[str], account: str | None) -> list[Letter]:
@@ -215,6 +234,7 @@ def redrive(
     dead_letter: list[str] = typer.Option([], "--id", help="re-drive this dead letter (repeatable)"),
     account: Optional[str] = typer.Option(None, "--account", "-a", help="only this main account"),
     dry_run: bool = typer.Option(False, "--dry-run", help="show what would be sent, send nothing"),
+    force: bool = typer.Option(False, "--force", help="also send letters whose reason re-sending cannot fix (e.g. invalid_field)"),
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
 ):
     """Send dead letters back to the events topic after the cause is fixed. Safe to repeat."""
@@ -226,11 +246,23 @@ def redrive(
     if dead_letter:
         letters = [l for l in letters if any(l.record["dead_letter_id"].startswith(i) for i in dead_letter)]
     done = asyncio.run(redriven_markers(s))
-    fresh = [l for l in letters if l.marker not in done]
-    sendable = [l for l in fresh if _payload_record(l.record["payload"]) is not None and l.record["main_account_id"]]
-    unsendable = len(fresh) - len(sendable)
-    console.print(f"{len(letters)} selected: {len(letters) - len(fresh)} already re-driven, {unsendable} not an event "
-                  f"(cannot be re-driven), {len(sendable)} to send")
+    charged = asyncio.run(charged_events(s))
+    fresh, seen = [], set()
+    for letter in letters:
+        r = letter.record
+        if letter.marker in done or (r["main_account_id"], r["event_id"]) in charged:
+            continue
+        if r["event_id"] and (r["main_account_id"], r["event_id"]) in seen:
+            continue  # the same event dead-lettered twice (a producer retry): send it once
+        seen.add((r["main_account_id"], r["event_id"]))
+        fresh.append(letter)
+    permanent = [l for l in fresh if not explain_code(l.record["reason_code"])[2] and not force]
+    sendable = [l for l in fresh if l not in permanent and _payload_record(l.record["payload"]) is not None
+                and l.record["main_account_id"]]
+    unsendable = len(fresh) - len(sendable) - len(permanent)
+    console.print(f"{len(letters)} selected: {len(letters) - len(fresh)} already re-driven or charged, "
+                  f"{len(permanent)} with a reason re-sending cannot fix (--force sends them anyway), "
+                  f"{unsendable} not an event (cannot be re-driven), {len(sendable)} to send")
     if not sendable or dry_run:
         return
     if not yes and not typer.confirm(f"send {len(sendable)} events to {s.topics.events}?"):

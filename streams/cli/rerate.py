@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -65,21 +66,55 @@ async def events_from_topic(s) -> list[tuple[Any, Decoded]]:
     return out
 
 
-async def booked_from_topics(s) -> tuple[list[dict[str, Any]], set[str]]:
-    """Adjustments already booked (deductions topic), and which of them settlement lines cover."""
+@dataclass
+class Billed:
+    """What the pipeline published: usage deductions by id, re-rating adjustments, and the ids of
+    adjustments that settlement lines already cover."""
+
+    usage: dict[str, dict[str, Any]]
+    adjustments: list[dict[str, Any]]
+    covered: set[str]
+
+
+async def billed_from_topics(s) -> Billed:
     reg = registry()
-    booked, covered = [], set()
-    async for m in read_topic(s, s.topics.deductions):
-        name, record = reg.decode(m.value)
-        if name == "deduction" and record["kind"] == "rerate_adjustment":
+    usage: dict[str, dict[str, Any]] = {}
+    adjusted: dict[str, dict[str, Any]] = {}
+    covered: set[str] = set()
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task(f"reading {s.topics.deductions}", total=None)
+        async for m in read_topic(s, s.topics.deductions, on_progress=lambda d, t: progress.update(task, completed=d, total=t)):
+            try:
+                name, record = reg.decode(m.value)
+            except DecodeError:
+                continue  # not ours to judge here; the sink logs such records
+            if name != "deduction":
+                continue
             record["event_time"] = to_millis(record["event_time"], "event_time")
-            booked.append(record)
+            (adjusted if record["kind"] == "rerate_adjustment" else usage)[record["deduction_id"]] = record
     async for m in read_topic(s, s.topics.settlements):
-        name, record = reg.decode(m.value)
+        try:
+            name, record = reg.decode(m.value)
+        except DecodeError:
+            continue
         if name == "settlement" and record["line_type"] == "rerate":
             covered.update(record["deduction_ids"])
-    unique = {b["deduction_id"]: b for b in booked}
-    return list(unique.values()), covered
+    return Billed(usage, list(adjusted.values()), covered)
+
+
+def _same_charge(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    def key(d: dict[str, Any]) -> tuple:
+        return (Decimal(d["rated_amount"]), Decimal(d["unbilled_amount"]),
+                sorted((x["bucket_kind"], x["bucket_id"], Decimal(x["amount"])) for x in d["splits"]))
+
+    return key(a) == key(b)
+
+
+def unmatched(result: RerateResult, billed: Billed) -> list[str]:
+    """Event ids whose replayed deduction is not what the pipeline billed: the events topic no
+    longer holds the full history (retention), or the input file is not the whole stream."""
+    return [d.old["event_id"] for d in result.diffs
+            if d.old["deduction_id"] not in billed.usage or not _same_charge(d.old, billed.usage[d.old["deduction_id"]])]
 
 
 def rerate_command(
@@ -113,16 +148,22 @@ def rerate_command(
     else:
         require_cluster(s, "re-rating from the events topic (or pass --input FILE)")
         events = asyncio.run(events_from_topic(s))
-    booked: list[dict[str, Any]] = []
-    covered: set[str] = set()
+    billed: Billed | None = None
     if apply:
         require_cluster(s, "`rerate --apply`")
-        booked, covered = asyncio.run(booked_from_topics(s))
-    elif not s.embedded_broker:
-        booked, _ = asyncio.run(booked_from_topics(s))
+    if not s.embedded_broker:
+        billed = asyncio.run(billed_from_topics(s))
     result = rerun(events, profiles, rerating, partitions=s.kafka_partitions,
-                   allowed_lateness_ms=s.settlement_allowed_lateness_s * 1000, booked=booked)
+                   allowed_lateness_ms=s.settlement_allowed_lateness_s * 1000, booked=billed.adjustments if billed else ())
+    mismatch = unmatched(result, billed) if billed is not None else []
     show(result)
+    if mismatch:
+        message = (f"{len(mismatch)} of {len(result.diffs)} replayed deductions differ from what the pipeline billed "
+                   f"(first: {', '.join(mismatch[:3])}): the events no longer hold the whole history (topic retention), "
+                   "so the bucket state at the period is unknown; re-rate from a complete archive with --input FILE")
+        if apply:
+            raise UserError(message + "; nothing was booked")
+        err.print(f"[yellow]warning:[/] {message}")
     if out is not None:
         write_report(result, out)
         console.print(f"diff written to {out}")
@@ -134,7 +175,8 @@ def rerate_command(
         client.insert("rerate_diffs", diff_rows(result), column_names=DIFF_COLUMNS)
         console.print(f"diff inserted into rerate_diffs ({s.clickhouse_dsn_for_display()}), rerate_id {rerating.id}")
     if apply:
-        book(s, result, booked, covered, yes)
+        assert billed is not None
+        book(s, result, billed.adjustments, billed.covered, yes)
 
 
 def show(result: RerateResult) -> None:
@@ -180,8 +222,10 @@ def write_report(result: RerateResult, path: Path) -> None:
     header = ["rerate_id", "profile", "price_version", "main_account_id", "item", "model", "currency", "events", "not_rated",
               "quantities", "old_amount", "new_amount", "delta",
               *(f"old_{b}" for b in (*BUCKETS, "unbilled")), *(f"new_{b}" for b in (*BUCKETS, "unbilled"))]
-    csv_path = path if path.suffix == ".csv" else path.with_suffix(".csv")
+    import tempfile
+
     path.parent.mkdir(parents=True, exist_ok=True)
+    csv_path = path if path.suffix == ".csv" else Path(tempfile.mkstemp(suffix=".csv", dir=path.parent)[1])
     with open(csv_path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(header)
@@ -200,7 +244,8 @@ def _csv_to_parquet(csv_path: Path, parquet_path: Path) -> None:
     """chDB (already installed for the embedded ClickHouse) writes Parquet; money stays decimal text."""
     import chdb
 
-    data = chdb.query(f"SELECT * FROM file('{csv_path.resolve()}', 'CSVWithNames') SETTINGS schema_inference_make_columns_nullable = 0, "
+    quoted = str(csv_path.resolve()).replace("\\", "\\\\").replace("'", "\\'")
+    data = chdb.query(f"SELECT * FROM file('{quoted}', 'CSVWithNames') SETTINGS schema_inference_make_columns_nullable = 0, "
                       "input_format_csv_use_best_effort_in_schema_inference = 0", "Parquet")
     parquet_path.write_bytes(data.bytes())
 

@@ -67,11 +67,10 @@ def trace_command(
     as_json: bool = typer.Option(False, "--json", help="print the chain as JSON"),
 ):
     """Why was I charged this? Print the chain from usage events to settlement lines, with every id."""
-    from streams.sink.clickhouse import connect, migrate
+    from streams.sink.clickhouse import connect
 
     s = settings()
-    client = connect(s)
-    migrate(client)
+    client = connect(s)  # read-only: a finance user without DDL rights can trace
     chain = find_chain(client, ident)
     profiles = _profiles(s)
     for d in chain["deductions"]:

@@ -523,7 +523,7 @@ class Ledger:
                                        f"resources released after {arrears.grace_days} days of arrears",
                                        details={"arrears_since": millis_to_iso(s.arrears_since)}))
         quotas = {q.id: q for q in profile.policy.trials}
-        for trial in s.trials.values():
+        for _, trial in sorted(s.trials.items()):  # in key order: the order a restored state has
             quota = quotas.get(trial.id)
             notice_at = trial.expires_at - (quota.expiring_notice_days if quota else 7) * DAY_MS
             # due once stream time passes the notice time, wherever the clock lands (a tick, a

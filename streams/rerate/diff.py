@@ -13,6 +13,7 @@ the second time, and every adjustment has a deterministic id.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -58,10 +59,12 @@ class EventDiff:
     old: dict[str, Any]  # the deduction as billed
     new: dict[str, Any] | None  # as re-rated; None when the new price version cannot rate it
     new_rejection: str | None = None
-    booked: list[dict[str, Any]] = field(default_factory=list)  # adjustments already booked for it
-    knock_on: bool = False  # after the period: same price, but the buckets it found had changed
+    booked: list[dict[str, Any]] = field(default_factory=list)  # adjustments already booked for it, by any re-rating
+    rerate_id: str = ""
+    in_window: bool = True  # False: outside the period, same price, but the buckets it found changed (knock-on)
 
-    def amounts(self, d: dict[str, Any] | None) -> dict[str, Decimal]:
+    @staticmethod
+    def amounts(d: dict[str, Any] | None) -> dict[str, Decimal]:
         out = {"rated": ZERO, "unbilled": ZERO, **{b: ZERO for b in BUCKETS}}
         if d is None:
             return out
@@ -72,20 +75,40 @@ class EventDiff:
         return out
 
     @property
-    def billed(self) -> dict[str, Decimal]:
-        """What stands billed now: the deduction plus every adjustment booked since."""
-        total = self.amounts(self.old)
-        for adj in self.booked:
-            for k, v in self.amounts(adj).items():
+    def knock_on(self) -> bool:
+        return not self.in_window
+
+    @property
+    def base(self) -> list[dict[str, Any]]:
+        """What the re-rated deduction replaces. Inside the period: the deduction and every
+        adjustment since (the new price supersedes earlier re-ratings of the event). Outside it:
+        the deduction and this re-rating's own adjustments only, so that a re-rating never undoes
+        what another one booked for events it does not re-price."""
+        own = self.booked if self.in_window else [b for b in self.booked if b.get("rerate_id") == self.rerate_id]
+        return [self.old, *own]
+
+    def _sum(self, records: list[dict[str, Any]]) -> dict[str, Decimal]:
+        total = {"rated": ZERO, "unbilled": ZERO, **{b: ZERO for b in BUCKETS}}
+        for r in records:
+            for k, v in self.amounts(r).items():
                 total[k] += v
         return total
+
+    @property
+    def billed(self) -> dict[str, Decimal]:
+        """What stands billed now: the deduction plus every adjustment booked since."""
+        return self._sum([self.old, *self.booked])
 
     @property
     def delta(self) -> dict[str, Decimal]:
         if self.new is None:
             return {k: ZERO for k in self.billed}
-        new = self.amounts(self.new)
-        return {k: new[k] - v for k, v in self.billed.items()}
+        new, base = self.amounts(self.new), self._sum(self.base)
+        return {k: new[k] - v for k, v in base.items()}
+
+    @property
+    def changed(self) -> bool:
+        return self.new is not None and (any(self.delta.values()) or bool(split_delta(self)))
 
 
 @dataclass
@@ -111,8 +134,8 @@ class RerateResult:
             g["events"] += 1
             for comp, value in d["quantities"].items():
                 g["quantities"][comp] = g["quantities"].get(comp, ZERO) + Decimal(value)
-            billed = diff.billed
-            new = diff.amounts(diff.new) if diff.new is not None else billed
+            billed, delta = diff.billed, diff.delta
+            new = {k: v + delta[k] for k, v in billed.items()}
             g["not_rated"] += diff.new is None
             g["old_amount"] += billed["rated"]
             g["new_amount"] += new["rated"]
@@ -147,18 +170,19 @@ def rerun(events: Iterable[tuple[Any, Decoded]], profiles: Profiles, rerating: R
         booked_by_id.setdefault(adj["adjusts_deduction_id"], []).append(adj)
     diffs = []
     for d in old_run.deductions:
-        if not rerating.selects(d) or d["event_time"] < rerating.from_ms:
+        if not rerating.selects(d):
             continue
         diff = EventDiff(d, new_by_id.get(d["deduction_id"]), new_rejections.get(d["event_id"]),
-                         booked_by_id.get(d["deduction_id"], []), knock_on=d["event_time"] >= rerating.to_ms)
-        # a later event is part of the re-rating only if what paid for it changed
-        if not diff.knock_on or any(diff.delta.values()):
+                         booked_by_id.get(d["deduction_id"], []), rerating.id, in_window=rerating.covers(d))
+        # outside the period (a later event, or a late one processed after the period's events) an
+        # event is part of the re-rating only if what paid for it changed
+        if diff.in_window or diff.changed:
             diffs.append(diff)
     return RerateResult(rerating, diffs, old_run, new_run)
 
 
-def _split_delta(diff: EventDiff) -> list[dict[str, Any]]:
-    """Bucket by bucket (kind, id, unit): new − billed, non-zero only."""
+def split_delta(diff: EventDiff) -> list[dict[str, Any]]:
+    """Bucket by bucket (kind, id, unit): new − what it replaces (``EventDiff.base``), non-zero only."""
     acc: dict[tuple[str, str, str], list[Decimal]] = {}
 
     def add(d: dict[str, Any] | None, sign: int) -> None:
@@ -167,10 +191,11 @@ def _split_delta(diff: EventDiff) -> list[dict[str, Any]]:
             a[0] += sign * Decimal(s["amount"])
             a[1] += sign * Decimal(s["units"])
 
+    if diff.new is None:
+        return []
     add(diff.new, 1)
-    add(diff.old, -1)
-    for adj in diff.booked:
-        add(adj, -1)
+    for record in diff.base:
+        add(record, -1)
     return [{"bucket_kind": k, "bucket_id": i, "amount": money(a), "units": money(u), "unit": unit}
             for (k, i, unit), (a, u) in sorted(acc.items()) if a or u]
 
@@ -180,19 +205,21 @@ def adjustments(result: RerateResult) -> list[dict[str, Any]]:
     out = []
     rid = result.rerating.id
     for diff in result.diffs:
-        delta = diff.delta
-        if diff.new is None or not any(delta.values()):
+        if not diff.changed:
             continue
-        new = diff.new
+        delta, new = diff.delta, diff.new
+        # the id names what this adjustment comes after: the same re-rating applied again finds
+        # nothing to book, and one applied after another (to undo it, say) gets ids of its own
+        after = hashlib.sha256("|".join(sorted(b["deduction_id"] for b in diff.booked)).encode()).hexdigest()[:16]
         out.append({
             **{k: new[k] for k in ("event_id", "trace_id", "account_id", "main_account_id", "event_time", "profile", "currency",
                                    "item", "model", "variant", "billed_elsewhere", "settlement_period", "balance_after")},
-            "deduction_id": str(uuid.uuid5(RERATE_NAMESPACE, f"{diff.old['deduction_id']}|{rid}")),
+            "deduction_id": str(uuid.uuid5(RERATE_NAMESPACE, f"{diff.old['deduction_id']}|{rid}|{after}")),
             "price_version": new["price_version"],
             "quantities": {},
             "lines": [],
             "rated_amount": money(delta["rated"]),
-            "splits": _split_delta(diff),
+            "splits": split_delta(diff),
             "unbilled_amount": money(delta["unbilled"]),
             "unbilled_reason": None,
             "flags": ["rerate"],

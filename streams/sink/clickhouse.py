@@ -255,11 +255,20 @@ class ClickHouseSink:
         total = sum(len(r) for r in rows.values())
         self.metrics.sink_batch_rows.observe(total)
         self.committed.update(commit)
-        owned = self.consumer.assignment()
-        self.metrics.set_lag(self.settings.sink_group_id,
-                             [(tp.topic, tp.partition, self.consumer.highwater(tp) - self.committed[tp]) for tp in owned
-                              if tp in self.committed and self.consumer.highwater(tp) is not None], replace=True)
+        self.update_lag()
         return total
+
+    def update_lag(self) -> None:
+        """Per owned partition: the end minus what is committed. Also measured while an insert is
+        retried, when it grows."""
+        if self.consumer is None:
+            return
+        lags = []
+        for tp in self.consumer.assignment():
+            end = self.consumer.highwater(tp)
+            if end is not None and tp in self.committed:
+                lags.append((tp.topic, tp.partition, end - self.committed[tp]))
+        self.metrics.set_lag(self.settings.sink_group_id, lags, replace=True)
 
     def ready(self) -> bool:
         return self.consumer is not None and bool(self.consumer.assignment())
@@ -282,6 +291,7 @@ class ClickHouseSink:
             except Exception as exc:
                 self.stats.insert_failures += 1
                 self.metrics.sink_insert_failures.labels(table).inc()
+                self.update_lag()
                 log.warning("insert of %d rows into %s failed (%s); retrying in %.1fs", len(table_rows), table, exc, delay)
                 if stop is not None and stop.is_set():
                     raise

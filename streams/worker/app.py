@@ -339,11 +339,20 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.timer(interval=2.0)
     async def measure_lag() -> None:
-        lags = []
-        for tp in app.consumer.assignment():
-            if tp.topic == topics.events and tp.partition in last_offset:
-                lags.append((tp.topic, tp.partition, app.consumer.highwater(tp) - last_offset[tp.partition] - 1))
-        metrics.set_lag(settings.worker_app_id, lags, replace=True)
+        """Messages behind the end of each owned input partition (ticks included). A metric must
+        never stop the worker: anything unknown yet (no fetch, no position) is left out."""
+        try:
+            lags = []
+            for tp in app.consumer.assignment():
+                if tp.topic != topics.events:
+                    continue
+                end = app.consumer.highwater(tp)
+                position = last_offset[tp.partition] + 1 if tp.partition in last_offset else await app.consumer.position(tp)
+                if end is not None and position is not None:
+                    lags.append((tp.topic, tp.partition, end - position))
+            metrics.set_lag(settings.worker_app_id, lags, replace=True)
+        except Exception as exc:  # noqa: BLE001 - observability only
+            log.debug("lag not measured: %s", exc)
 
     def ready() -> bool:
         recovery = app.tables.recovery

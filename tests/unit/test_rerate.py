@@ -103,3 +103,36 @@ def test_accounts_filter_and_unknown_version(profiles):
     assert rerun(decoded(stream()), profiles, only_other, partitions=4, allowed_lateness_ms=300_000).diffs == []
     with pytest.raises(ProfileError, match="no price version 'nope'"):
         rerun(decoded(stream()), profiles, Rerating("jiekou", "nope", 0, 1), partitions=4, allowed_lateness_ms=300_000)
+
+
+def test_a_rerating_never_undoes_another_and_an_undo_gets_ids_of_its_own(profiles):
+    events = decoded(stream())
+    run = lambda rr, booked: rerun(events, profiles, rr, partitions=4, allowed_lateness_ms=300_000, booked=booked)  # noqa: E731
+    a = adjustments(run(WINDOW, []))
+    # another re-rating whose period holds none of these events books nothing for them
+    april = Rerating("jiekou", "2026-05-cut", to_millis("2026-04-01T00:00:00+08:00", "from"), to_millis("2026-04-02T00:00:00+08:00", "to"))
+    assert adjustments(run(april, a)) == []
+    # undo: the published version over the same period reverses exactly what was booked
+    undo = Rerating("jiekou", "2026-02-26-example", WINDOW.from_ms, WINDOW.to_ms)
+    reversal = adjustments(run(undo, a))
+    booked_total = lambda adjs, k: sum((D(x[k]) for x in adjs), D(0))  # noqa: E731
+    assert booked_total(reversal, "rated_amount") == -booked_total(a, "rated_amount") == D("0.018")
+    # ... and applying the cut again books it again, under new ids (the ids name what they follow)
+    again = adjustments(run(WINDOW, a + reversal))
+    assert booked_total(again, "rated_amount") == D("-0.018")
+    assert not {x["deduction_id"] for x in again} & {x["deduction_id"] for x in a + reversal}
+    assert adjustments(run(WINDOW, a + reversal + again)) == []
+
+
+def test_a_late_event_before_the_period_whose_buckets_changed_is_included(profiles):
+    lines = stream()
+    late = usage("jk-ann", model="claude-sonnet-4.5", t="2026-04-30T23:59:00+08:00", input_tokens=1000, output_tokens=1000, event_id="e0")
+    result = rerun(decoded(lines[:4] + [late] + lines[4:]), profiles, WINDOW, partitions=4, allowed_lateness_ms=300_000)
+    diffs = by_event(result)
+    # old: e1 0.018 voucher, e2 0.002 voucher + 0.016 cash, e0 (processed after e2) 0.018 cash.
+    # new: e1 0.009, e2 0.009 from the voucher; e0 at the old price finds 0.002 voucher left.
+    assert diffs["e0"].knock_on and diffs["e0"].delta["rated"] == 0
+    assert (diffs["e0"].delta["voucher"], diffs["e0"].delta["cash"]) == (D("0.002"), D("-0.002"))
+    booked = adjustments(result)
+    voucher = sum((D(s["amount"]) for a in booked for s in a["splits"] if s["bucket_kind"] == "voucher"), D(0))
+    assert voucher == 0  # the voucher pays the same 0.02 in total, only for other events
