@@ -38,6 +38,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "SINK_BATCH_MAX": ("5000", "max records per ClickHouse insert"),
     "SINK_BATCH_WITHIN_MS": ("200", "max wait to fill an insert batch, milliseconds"),
     "SINK_GROUP_ID": ("billing-clickhouse-sink", "consumer group of the ClickHouse sink"),
+    "SINK_ARCHIVE_EVENTS": ("true", "also keep every input message in ClickHouse (events_archive), for re-rating beyond Kafka retention"),
     "PROFILES_DIR": ("", "folder of price-book profiles; empty = the profiles shipped in streams/profiles"),
     "METRICS_HOST": ("127.0.0.1", "address of the /metrics, /healthz and /readyz endpoints (loopback unless set)"),
     "METRICS_PORT": ("9464", "port of those endpoints; 0 = none"),
@@ -131,6 +132,7 @@ class Settings:
     sink_batch_max: int = 5000
     sink_batch_within_ms: int = 200
     sink_group_id: str = "billing-clickhouse-sink"
+    sink_archive_events: bool = True
     profiles_dir: Path | None = None
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
@@ -153,6 +155,12 @@ class Settings:
             if value < 1:
                 raise ConfigError(f"{name}={raw!r} must be at least 1")
             return value
+
+        def boolean(name: str) -> bool:
+            raw = _env(name, env).strip().lower()
+            if raw not in ("true", "false", "1", "0", "yes", "no"):
+                raise ConfigError(f"{name}={raw!r} must be true or false")
+            return raw in ("true", "1", "yes")
 
         raw_port = _env("METRICS_PORT", env)
         if not raw_port.isdigit() or int(raw_port) > 65535:
@@ -186,6 +194,7 @@ class Settings:
             sink_batch_max=integer("SINK_BATCH_MAX"),
             sink_batch_within_ms=integer("SINK_BATCH_WITHIN_MS"),
             sink_group_id=_env("SINK_GROUP_ID", env),
+            sink_archive_events=boolean("SINK_ARCHIVE_EVENTS"),
             profiles_dir=Path(profiles) if profiles else None,
             metrics_host=_env("METRICS_HOST", env),
             metrics_port=int(raw_port),
@@ -227,6 +236,7 @@ class Settings:
             "SINK_BATCH_MAX": str(self.sink_batch_max),
             "SINK_BATCH_WITHIN_MS": str(self.sink_batch_within_ms),
             "SINK_GROUP_ID": self.sink_group_id,
+            "SINK_ARCHIVE_EVENTS": "true" if self.sink_archive_events else "false",
             "PROFILES_DIR": str(self.profiles_dir or ""),
             "METRICS_HOST": self.metrics_host,
             "METRICS_PORT": str(self.metrics_port),

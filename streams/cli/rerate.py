@@ -45,25 +45,33 @@ def events_from_file(path: Path) -> list[tuple[Any, Decoded]]:
     return out
 
 
-async def events_from_topic(s) -> list[tuple[Any, Decoded]]:
-    """Every event of the input topic, partition by partition in offset order: each account lives
-    in one partition, so this is the order the workers applied them in."""
+def events_from_messages(messages: list[tuple[int, int, bytes | None, bytes | None]]) -> list[tuple[Any, Decoded]]:
+    """(partition, offset, key, value) of input messages -> events, partition by partition in
+    offset order: each account lives in one partition, so this is the order the workers applied
+    them in. Ticks and what cannot be decoded (dead letters, never charged) are left out."""
     reg = registry()
-    by_partition: dict[int, list] = {}
+    out = []
+    for _, _, key, value in sorted(messages, key=lambda m: (m[0], m[1])):
+        if reg.is_clock_tick(value):
+            continue
+        out.extend((d.event, d) for d in decode_message(reg, key, value) if d.event is not None)
+    return out
+
+
+async def events_from_topic(s) -> list[tuple[Any, Decoded]]:
+    messages = []
     with Progress(console=err, transient=True) as progress:
         task = progress.add_task(f"reading {s.topics.events}", total=None)
         async for m in read_topic(s, s.topics.events, on_progress=lambda d, t: progress.update(task, completed=d, total=t)):
-            by_partition.setdefault(m.partition, []).append(m)
-    out = []
-    for part in sorted(by_partition):
-        for m in sorted(by_partition[part], key=lambda m: m.offset):
-            try:
-                if reg.decode(m.value)[0] == "clock_tick":
-                    continue
-            except DecodeError:
-                continue
-            out.extend((d.event, d) for d in decode_message(reg, m.key, m.value) if d.event is not None)
-    return out
+            messages.append((m.partition, m.offset, m.key, m.value))
+    return events_from_messages(messages)
+
+
+def events_from_clickhouse(client, topic: str) -> list[tuple[Any, Decoded]]:
+    """The same from the sink's archive of the events topic (kept beyond Kafka retention)."""
+    result = client.query("SELECT source_partition, source_offset, main_account_id, payload FROM events_archive FINAL "
+                          "WHERE source_topic = {topic:String}", parameters={"topic": topic}, column_formats={"payload": "bytes"})
+    return events_from_messages([(p, o, k.encode() if k else None, v) for p, o, k, v in result.result_rows])
 
 
 @dataclass
@@ -124,6 +132,7 @@ def rerate_command(
     end: str = typer.Option(..., "--to", help="end of the period, exclusive"),
     accounts: Optional[str] = typer.Option(None, "--accounts", help="comma-separated main account ids (default: all of the profile)"),
     input_file: Optional[Path] = typer.Option(None, "--input", help="JSON Lines file of the events (default: the events topic)"),
+    from_clickhouse: bool = typer.Option(False, "--from-clickhouse", help="read the events from ClickHouse's events_archive (beyond Kafka retention)"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the diff as .csv or .parquet"),
     to_clickhouse: bool = typer.Option(False, "--clickhouse", help="also insert the diff into the ClickHouse table rerate_diffs"),
     apply: bool = typer.Option(False, "--apply", help="book the deltas as adjustment deductions and settlement lines"),
@@ -141,10 +150,16 @@ def rerate_command(
         raise UserError(f"--out {out}: write .csv or .parquet")
     rerating = Rerating(profile, prices, from_ms, to_ms, frozenset(a.strip() for a in (accounts or "").split(",") if a.strip()))
     profiles[profile].pinned(prices, from_ms, to_ms)  # an unknown version fails here, before any reading
+    if input_file is not None and from_clickhouse:
+        raise UserError("--input and --from-clickhouse both name the events; give one")
     if input_file is not None:
         if not input_file.is_file():
             raise UserError(f"{input_file} is not a file")
         events = events_from_file(input_file)
+    elif from_clickhouse:
+        from streams.sink.clickhouse import connect
+
+        events = events_from_clickhouse(connect(s), s.topics.events)
     else:
         require_cluster(s, "re-rating from the events topic (or pass --input FILE)")
         events = asyncio.run(events_from_topic(s))

@@ -77,6 +77,14 @@ class Registry:
         versions = [int(f.rsplit(".v", 1)[1].split(".")[0]) for f in index.values() if f.startswith(short + ".v")]
         return version == max(versions)
 
+    def is_clock_tick(self, data: bytes | None) -> bool:
+        """By the header alone: the workers' own ticks need no decoding to be told apart."""
+        if not data or len(data) < 5:
+            return False
+        magic, schema_id = _HEADER.unpack_from(data)
+        sv = self.by_id.get(schema_id)
+        return magic == MAGIC and sv is not None and sv.name == "clock_tick"
+
     def encode(self, name: str, record: dict[str, Any], schema_id: int | None = None) -> bytes:
         sv = self.by_id[schema_id] if schema_id is not None else self.latest[name]
         buf = io.BytesIO()

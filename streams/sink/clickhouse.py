@@ -162,12 +162,19 @@ def usage_minute_row(m: dict[str, Any]) -> tuple:
     return (m["usage_minute_id"], m["main_account_id"], m["model"], _ts(m["minute_start"]), m["line_type"], m["requests"], m["tokens"])
 
 
+ARCHIVE_COLUMNS = ["source_topic", "source_partition", "source_offset", "main_account_id", "payload", "message_time"]
+
+
+def archive_row(m: Any) -> tuple:
+    return (m.topic, m.partition, m.offset, m.key.decode("utf-8", "replace") if m.key else "", m.value or b"", _ts(m.timestamp))
+
+
 @dataclass(frozen=True)
 class Route:
     table: str
-    schema: str
+    schema: str | None  # None: the message is stored as it is (the input archive)
     columns: list[str]
-    row: Callable[[dict[str, Any]], tuple]
+    row: Callable[[Any], tuple]
 
 
 def routes(settings: Settings) -> dict[str, Route]:
@@ -179,6 +186,7 @@ def routes(settings: Settings) -> dict[str, Route]:
         t.account_status: Route("account_status", "account_status", STATUS_COLUMNS, status_row),
         t.settlements: Route("settlements", "settlement", SETTLEMENT_COLUMNS, settlement_row),
         t.usage_per_minute: Route("usage_per_minute", "usage_minute", USAGE_MINUTE_COLUMNS, usage_minute_row),
+        **({t.events: Route("events_archive", None, ARCHIVE_COLUMNS, archive_row)} if settings.sink_archive_events else {}),
     }
 
 
@@ -236,6 +244,10 @@ class ClickHouseSink:
         for tp, messages in batch.items():
             route = self.routes[tp.topic]
             for m in messages:
+                if route.schema is None:
+                    if not self.registry.is_clock_tick(m.value):
+                        rows.setdefault(route.table, []).append(route.row(m))
+                    continue
                 try:
                     name, record = self.registry.decode(m.value)
                 except DecodeError as exc:  # our own output topic: a bug, not user input

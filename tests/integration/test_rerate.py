@@ -70,6 +70,15 @@ def test_rerate_apply_books_the_diff_once(cut_harness, tmp_path):
     assert h.land(lambda: h.scalar(f"SELECT count() FROM deductions FINAL WHERE {where}") == 4)
     before = h.ch.query(f"SELECT sum(rated_amount), sum(cash_amount), sum(voucher_amount) FROM deductions FINAL WHERE {where}").result_rows[0]
 
+    # the sink archived the input messages: re-rating from ClickHouse sees the same events as from Kafka
+    from streams.cli.rerate import events_from_clickhouse, events_from_topic
+
+    topic = h.settings.topics.events
+    assert h.land(lambda: h.scalar(f"SELECT count() FROM events_archive FINAL WHERE source_topic = '{topic}'") >= 6)
+    archived = events_from_clickhouse(h.ch, topic)
+    assert [e.event_id for e, _ in archived] == [e.event_id for e, _ in asyncio.run(events_from_topic(h.settings))]
+    assert sorted(e.event_id for e, _ in archived) == sorted(x["event_id"] for x in small_stream(main))
+
     # the report alone books nothing; the CSV has the hand-computed figures
     r = rerate(h, "--out", str(tmp_path / "diff.csv"))
     assert r.returncode == 0, r.stdout + r.stderr
