@@ -107,7 +107,9 @@ class BillingEngine:
         except Rejected as exc:
             return Outcome(AccountState.loads(before), rejected=exc)
         except Exception as exc:  # a bug must not take the account's money with it: roll back
-            log.exception("internal error applying event %s", event.event_id)
+            log.exception("internal error applying event %s", event.event_id,
+                          extra={"event_id": event.event_id, "trace_id": getattr(event, "trace_id", ""),
+                                 "main_account_id": event.main_account_id})
             return Outcome(
                 AccountState.loads(before),
                 rejected=Rejected("internal_error", f"{type(exc).__name__}: {exc}"[:500]),

@@ -58,3 +58,24 @@ def test_bad_configuration_is_one_line():
     r = subprocess.run([sys.executable, "-m", "streams.cli.main", "migrate"], capture_output=True, text=True, cwd=ROOT,
                        env={**os.environ, "METRICS_PORT": "http"}, timeout=60)
     assert r.returncode == 2 and "METRICS_PORT" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_log_lines_about_an_event_carry_its_ids_and_never_a_secret():
+    import io
+    import logging
+
+    from streams.config import Settings
+    from streams.observability.logs import JsonFormatter, RedactingFormatter
+
+    s = Settings.from_env({"KAFKA_SASL_PASSWORD": "pa55-w0rd", "CLICKHOUSE_URL": "https://u:p%40ss@ch:8443/db"})
+    for formatter in (JsonFormatter(secrets=s.secrets()), RedactingFormatter("%(message)s", secrets=s.secrets())):
+        stream = io.StringIO()
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(formatter)
+        logger = logging.getLogger(f"test.{type(formatter).__name__}")
+        logger.addHandler(handler)
+        logger.propagate = False
+        logger.warning("login pa55-w0rd as u:p@ss failed", extra={"event_id": "ev-1", "trace_id": "tr-1"})
+        out = stream.getvalue()
+        assert "ev-1" in out and "tr-1" in out
+        assert "pa55-w0rd" not in out and "p@ss" not in out and "p%40ss" not in out
