@@ -261,3 +261,37 @@ def test_demo_is_what_make_run_runs(tmp_path):
                                                    if not k.startswith(("KAFKA_", "CLICKHOUSE_", "CHDB_", "WORKER_", "SINK_"))})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "identical to" in r.stdout and "dead letters in ClickHouse" in r.stdout
+
+
+def test_sink_process_lands_rows_serves_health_and_stops_cleanly(harness, tmp_path):
+    import signal
+    import time
+
+    from streams.local.pipeline import free_port
+
+    h = harness
+    lines = generate(seed=13, accounts=3, usage_events=30, prefix=h.tag)
+    expected = simulate(list(enumerate(lines, 1)), BillingEngine(Profiles(), allowed_lateness_ms=300_000), partitions=4)
+    h.start_worker()
+    asyncio.run(h.produce(lines))
+    port = free_port()
+    env = h.pipeline.worker_env()
+    env.update({"METRICS_PORT": str(port), "CHDB_PATH": str(tmp_path / "sink-chdb"), "SINK_GROUP_ID": f"{h.tag}-sink-process"})
+    sink = subprocess.Popen([sys.executable, "-m", "streams.cli.main", "sink"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT, env=env)
+    try:
+        deadline = time.monotonic() + 90
+        rows = 0.0
+        while time.monotonic() < deadline:
+            if _listening(port) and status(port, "/readyz") == 200:
+                rows = total(scrape(port), "billing_sink_rows_total", table="deductions")
+                if rows >= len(expected.deductions):
+                    break
+            time.sleep(1)
+        assert rows == len(expected.deductions)
+        assert status(port, "/healthz") == 200
+    finally:
+        sink.send_signal(signal.SIGTERM)
+        out, errors = sink.communicate(timeout=60)
+    assert sink.returncode == 0, errors[-2000:]
+    assert "sink stopped" in out and "Traceback" not in errors

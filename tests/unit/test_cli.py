@@ -79,3 +79,17 @@ def test_log_lines_about_an_event_carry_its_ids_and_never_a_secret():
         out = stream.getvalue()
         assert "ev-1" in out and "tr-1" in out
         assert "pa55-w0rd" not in out and "p@ss" not in out and "p%40ss" not in out
+
+
+def test_migrate_applies_each_file_once(tmp_path):
+    import os
+
+    env = {**os.environ, "CHDB_PATH": str(tmp_path / "chdb")}
+    run = lambda: subprocess.run([sys.executable, "-m", "streams.cli.main", "migrate"], capture_output=True, text=True,  # noqa: E731
+                                 cwd=ROOT, env=env, timeout=120)
+    first = run()
+    assert first.returncode == 0, first.stderr
+    files = sorted(p.name for p in (ROOT / "infra" / "clickhouse").glob("*.sql"))
+    assert all(name in first.stdout for name in files)
+    second = run()
+    assert second.returncode == 0 and "nothing (up to date)" in second.stdout
