@@ -118,7 +118,9 @@ SELECT s.settlement_id, s.period_start, s.line_type, d.deduction_id, d.kind, d.e
        arrayZip(d.split_bucket_kind, d.split_bucket_id, d.split_amount) AS bucket_split, d.unbilled_amount
 FROM settlements AS s FINAL
 ARRAY JOIN s.deduction_ids AS line_deduction_id
-INNER JOIN (SELECT * FROM deductions FINAL) AS d ON d.deduction_id = line_deduction_id
+INNER JOIN (SELECT * FROM deductions FINAL
+            WHERE main_account_id IN (SELECT main_account_id FROM settlements WHERE settlement_id = {settlement_id:String})
+           ) AS d ON d.deduction_id = line_deduction_id
 WHERE s.settlement_id = {settlement_id:String}
 ORDER BY d.event_time, d.deduction_id;
 

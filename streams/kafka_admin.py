@@ -67,14 +67,35 @@ def ensure_topics(settings: Settings) -> list[str]:
     return asyncio.run(create_topics(settings))
 
 
-async def describe(settings: Settings) -> dict[str, int]:
-    """Partitions per existing topic, as the broker reports them."""
+@dataclass(frozen=True)
+class TopicState:
+    partitions: int
+    config: dict[str, str]
+
+
+async def describe(settings: Settings, names: list[str]) -> dict[str, TopicState]:
+    """What the broker has for each existing topic of ``names``: partitions and its configuration."""
     from aiokafka import AIOKafkaConsumer
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
     consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
         await consumer._client.force_metadata_update()
-        return {t: len(consumer.partitions_for_topic(t) or ()) for t in await consumer.topics()}
+        existing = await consumer.topics()
+        partitions = {t: len(consumer.partitions_for_topic(t) or ()) for t in names if t in existing}
     finally:
         await consumer.stop()
+    configs: dict[str, dict[str, str]] = {t: {} for t in partitions}
+    if partitions:
+        admin = AIOKafkaAdminClient(**client_kwargs(settings), request_timeout_ms=15000)
+        await admin.start()
+        try:
+            responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in partitions])
+            for response in responses:
+                for resource in response.resources:
+                    name, entries = resource[3], resource[4]
+                    configs.setdefault(name, {}).update({e[0]: e[1] for e in entries})
+        finally:
+            await admin.close()
+    return {t: TopicState(n, configs.get(t, {})) for t, n in partitions.items()}

@@ -188,18 +188,22 @@ def topics(check: bool = typer.Option(False, "--check", help="only describe; exi
     from streams.kafka_admin import create_topics, describe, topic_specs
 
     created = [] if check else asyncio.run(create_topics(s))
-    actual = asyncio.run(describe(s))
+    specs = topic_specs(s)
+    actual = asyncio.run(describe(s, [spec.name for spec in specs]))
     table = Table(title=f"topics on {s.kafka_bootstrap_servers}")
     for col in ("topic", "partitions", "config", "content", "state"):
         table.add_column(col, overflow="fold")
     problems = 0
-    for spec in topic_specs(s):
+    for spec in specs:
         cfg = ", ".join(f"{k}={v}" for k, v in spec.config.items())
         have = actual.get(spec.name)
+        differ = [f"{k}={have.config.get(k)!r}" for k, v in spec.config.items() if have is not None and have.config.get(k) != v]
         if have is None:
             state, problems = "[red]missing[/]", problems + 1
-        elif have != spec.partitions:
-            state, problems = f"[red]{have} partitions, expected {spec.partitions}[/]", problems + 1
+        elif have.partitions != spec.partitions:
+            state, problems = f"[red]{have.partitions} partitions, expected {spec.partitions}[/]", problems + 1
+        elif differ:
+            state, problems = f"[red]broker has {', '.join(differ)}[/]", problems + 1
         else:
             state = "created" if spec.name in created else "ok"
         table.add_row(spec.name, str(spec.partitions), cfg, spec.doc, state)

@@ -33,8 +33,10 @@ def find_chain(client, ident: str) -> dict[str, Any]:
     lines = _rows(client, f"SELECT {', '.join(SETTLEMENT_FIELDS)} FROM settlements FINAL WHERE settlement_id = {{id:String}}", {"id": ident})
     if lines:
         ids = [d for line in lines for d in line["deduction_ids"]]
+        # the account is the first key of the deductions table: only its rows are read
         deductions = _rows(client, f"SELECT {', '.join(DEDUCTION_FIELDS)} FROM deductions FINAL "
-                                   "WHERE has({ids:Array(String)}, deduction_id) ORDER BY event_time, deduction_id", {"ids": ids})
+                                   "WHERE main_account_id = {account:String} AND has({ids:Array(String)}, deduction_id) "
+                                   "ORDER BY event_time, deduction_id", {"ids": ids, "account": lines[0]["main_account_id"]})
         return {"query": ident, "found_as": "settlement line", "settlement_lines": lines, "deductions": deductions}
     deductions = _rows(client, f"SELECT {', '.join(DEDUCTION_FIELDS)} FROM deductions FINAL WHERE deduction_id = {{id:String}} "
                                "OR event_id = {id:String} OR trace_id = {id:String} OR adjusts_deduction_id = {id:String} "
@@ -46,8 +48,9 @@ def find_chain(client, ident: str) -> dict[str, Any]:
             return {"query": ident, "found_as": "dead letter", "settlement_lines": [], "deductions": [], "dead_letters": dead}
         raise UserError(f"{ident!r} is not a settlement line, deduction, event or trace id in ClickHouse")
     lines = _rows(client, f"SELECT {', '.join(SETTLEMENT_FIELDS)} FROM settlements FINAL "
-                          "WHERE hasAny(deduction_ids, {ids:Array(String)}) ORDER BY period_start, line_type",
-                  {"ids": [d["deduction_id"] for d in deductions]})
+                          "WHERE main_account_id IN {accounts:Array(String)} AND hasAny(deduction_ids, {ids:Array(String)}) "
+                          "ORDER BY period_start, line_type",
+                  {"ids": [d["deduction_id"] for d in deductions], "accounts": sorted({d["main_account_id"] for d in deductions})})
     return {"query": ident, "found_as": "deduction / event / trace", "settlement_lines": lines, "deductions": deductions}
 
 
@@ -115,6 +118,8 @@ def _deduction(parent: Tree, d: dict[str, Any]) -> None:
              f"{d['item']} {d['model']} {d['variant']}".rstrip() + f", quantities {dict(d['quantities'])}")
     if d.get("price_row"):
         node.add(f"price row: {orjson.dumps(d['price_row']).decode()}")
+    elif d["price_version"].endswith("@elsewhere"):
+        node.add("billed elsewhere: the model's own platform charges it; this profile records it at 0")
     for line in orjson.loads(d["lines_json"] or "[]"):
         node.add(f"rating line {line['component']}: {line['units']} x {line['unit_price']} = {line['amount']}")
     split = ", ".join(f"{k} {i} {money(a)}" for k, i, a in zip(d["split_bucket_kind"], d["split_bucket_id"], d["split_amount"]))
