@@ -231,7 +231,7 @@ def test_run_starts_workers_and_sink_on_the_configured_cluster(harness, tmp_path
     events = tmp_path / "run.jsonl"
     events.write_bytes(b"\n".join(lines) + b"\n")
     # its own chDB directory: chDB opens one database per process
-    r = rating(h, "run", "--duration", "25", "--replay", str(events),
+    r = rating(h, "run", "--duration", "35", "--replay", str(events),
                env_extra={"CHDB_PATH": str(tmp_path / "run-chdb"), "SINK_GROUP_ID": f"{h.tag}-run-sink"}, timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"replay  {len(lines)} events" in r.stdout
