@@ -29,6 +29,7 @@ def friendly(fn):
         from clickhouse_connect.driver.exceptions import Error as ClickHouseError
 
         from streams.kafka_client import ReadStalled, TopicNotFound
+        from streams.sink.clickhouse import SinkHalted
 
         try:
             return fn(*args, **kwargs)
@@ -38,6 +39,8 @@ def friendly(fn):
             fail(str(exc))
         except (TopicNotFound, ReadStalled) as exc:
             fail(f"{exc}; check the cluster and KAFKA_TOPIC_PREFIX", code=3)
+        except SinkHalted as exc:
+            fail(f"sink stopped, nothing committed past the record: {exc}", code=3)
         except FileNotFoundError as exc:
             fail(f"no such file: {exc.filename}")
         except KeyboardInterrupt:

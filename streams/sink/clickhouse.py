@@ -190,6 +190,10 @@ def routes(settings: Settings) -> dict[str, Route]:
     }
 
 
+class SinkHalted(RuntimeError):
+    """An output record the sink cannot read: it stops without committing rather than skip it."""
+
+
 @dataclass
 class SinkStats:
     batches: int = 0
@@ -250,12 +254,13 @@ class ClickHouseSink:
                     continue
                 try:
                     name, record = self.registry.decode(m.value)
-                except DecodeError as exc:  # our own output topic: a bug, not user input
-                    log.error("skipping undecodable record %s[%d]@%d: %s", tp.topic, tp.partition, m.offset, exc)
-                    continue
+                except DecodeError as exc:
+                    # our own output topic: a newer schema than this sink knows (roll readers out
+                    # first) or a bug. Stop before committing anything, so nothing is lost.
+                    raise SinkHalted(f"cannot read {tp.topic}[{tp.partition}]@{m.offset}: {exc}; "
+                                     "upgrade the sink if a newer schema version was deployed") from None
                 if name != route.schema:
-                    log.error("skipping %s record on %s", name, tp.topic)
-                    continue
+                    raise SinkHalted(f"{tp.topic}[{tp.partition}]@{m.offset} holds a {name} record, expected {route.schema}")
                 rows.setdefault(route.table, []).append(route.row(record))
             token_parts.setdefault(route.table, []).append(f"{tp.topic}:{tp.partition}:{messages[0].offset}-{messages[-1].offset}")
             commit[tp] = messages[-1].offset + 1

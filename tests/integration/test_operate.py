@@ -321,3 +321,34 @@ def test_topics_check_reports_what_differs_from_the_definitions(harness):
     assert "2 partitions, expected 4" in r.stdout and "broker has cleanup.policy=" in r.stdout and "missing" in r.stdout
     r = rating(h, "topics", env_extra={"KAFKA_TOPIC_PREFIX": prefix})  # creates what is missing, cannot fix the rest
     assert r.returncode == 1 and "created" in r.stdout and "2 partitions, expected 4" in r.stdout
+
+
+def test_sink_stops_rather_than_skip_a_record_it_cannot_read(harness):
+    """An unknown schema id on an output topic (a newer writer than this sink): nothing committed."""
+    from aiokafka import AIOKafkaProducer
+
+    from streams.kafka_client import client_kwargs
+    from streams.sink.clickhouse import SinkHalted
+
+    h = harness
+    topic = h.settings.topics.deductions
+
+    async def go():
+        producer = AIOKafkaProducer(**client_kwargs(h.settings))
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic, key=b"x", value=b"\x00\x00\x00\x03\xe7 written by a newer schema", partition=0)
+        finally:
+            await producer.stop()
+        await h.sink.start()
+        try:
+            with pytest.raises(SinkHalted, match="upgrade the sink"):
+                for _ in range(60):
+                    await h.sink.step()
+            from aiokafka import TopicPartition
+
+            assert await h.sink.consumer.committed(TopicPartition(topic, 0)) is None
+        finally:
+            await h.sink.stop()
+
+    asyncio.run(go())
