@@ -106,3 +106,19 @@ async def read_topic(settings: Settings, topic: str, partitions: list[int] | Non
                 on_progress(done, total)
     finally:
         await consumer.stop()
+
+
+async def read_records(settings: Settings, topic: str, schema: str,
+                       on_progress: Callable[[int, int], None] | None = None) -> AsyncIterator[tuple[Any, dict[str, Any]]]:
+    """(message, decoded record) of every ``schema`` record of ``topic``. Records that do not
+    decode are passed over: these readers report, the sink is the one that stops on them."""
+    from streams.ingest.codec import DecodeError, registry
+
+    reg = registry()
+    async for m in read_topic(settings, topic, on_progress=on_progress):
+        try:
+            name, record = reg.decode(m.value)
+        except DecodeError:
+            continue
+        if name == schema:
+            yield m, record

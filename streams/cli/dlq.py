@@ -33,7 +33,7 @@ from rich.table import Table
 from streams.cli.common import UserError, _profiles, console, err, friendly, require_cluster, settings
 from streams.ingest.codec import DecodeError, registry
 from streams.ingest.events import millis_to_iso
-from streams.kafka_client import producer_kwargs, read_topic
+from streams.kafka_client import producer_kwargs, read_records, read_topic
 
 dlq_app = typer.Typer(help="Dead letters: list, explain, re-drive after a fix.", no_args_is_help=True)
 
@@ -85,18 +85,12 @@ class Letter:
 
 
 async def read_letters(s) -> list[Letter]:
-    reg = registry()
     letters = []
     with Progress(console=err, transient=True) as progress:
         task = progress.add_task(f"reading {s.topics.dead_letters}", total=None)
-        async for m in read_topic(s, s.topics.dead_letters,
-                                  on_progress=lambda done, total: progress.update(task, completed=done, total=total)):
-            try:
-                name, record = reg.decode(m.value)
-            except DecodeError:
-                continue
-            if name == "dead_letter":
-                letters.append(Letter(record, m.offset))
+        async for m, record in read_records(s, s.topics.dead_letters, "dead_letter",
+                                            on_progress=lambda done, total: progress.update(task, completed=done, total=total)):
+            letters.append(Letter(record, m.offset))
     return letters
 
 
@@ -109,15 +103,10 @@ async def redriven_markers(s) -> set[str]:
 
 async def charged_events(s) -> set[tuple[str, str]]:
     """(main account, event id) of every usage deduction published: those events are charged."""
-    reg = registry()
     out = set()
     try:
-        async for m in read_topic(s, s.topics.deductions):
-            try:
-                name, record = reg.decode(m.value)
-            except DecodeError:
-                continue
-            if name == "deduction" and record["kind"] == "usage":
+        async for _, record in read_records(s, s.topics.deductions, "deduction"):
+            if record["kind"] == "usage":
                 out.add((record["main_account_id"], record["event_id"]))
     except LookupError:
         pass

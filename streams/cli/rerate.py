@@ -19,10 +19,10 @@ from rich.table import Table
 
 from streams.cli.common import UserError, _profiles, console, err, require_cluster, settings
 from streams.deduction.record import money, present
-from streams.ingest.codec import DecodeError, registry
+from streams.ingest.codec import registry
 from streams.ingest.events import Rejected, parse_json_event, to_millis
 from streams.ingest.messages import Decoded, decode_message
-from streams.kafka_client import producer_kwargs, read_topic
+from streams.kafka_client import producer_kwargs, read_records, read_topic
 from streams.rerate.diff import BUCKETS, RerateResult, Rerating, adjustments, rerun, settlement_lines
 from streams.simulate import read_lines
 
@@ -85,27 +85,17 @@ class Billed:
 
 
 async def billed_from_topics(s) -> Billed:
-    reg = registry()
     usage: dict[str, dict[str, Any]] = {}
     adjusted: dict[str, dict[str, Any]] = {}
     covered: set[str] = set()
     with Progress(console=err, transient=True) as progress:
         task = progress.add_task(f"reading {s.topics.deductions}", total=None)
-        async for m in read_topic(s, s.topics.deductions, on_progress=lambda d, t: progress.update(task, completed=d, total=t)):
-            try:
-                name, record = reg.decode(m.value)
-            except DecodeError:
-                continue  # not ours to judge here; the sink logs such records
-            if name != "deduction":
-                continue
+        async for _, record in read_records(s, s.topics.deductions, "deduction",
+                                            on_progress=lambda d, t: progress.update(task, completed=d, total=t)):
             record["event_time"] = to_millis(record["event_time"], "event_time")
             (adjusted if record["kind"] == "rerate_adjustment" else usage)[record["deduction_id"]] = record
-    async for m in read_topic(s, s.topics.settlements):
-        try:
-            name, record = reg.decode(m.value)
-        except DecodeError:
-            continue
-        if name == "settlement" and record["line_type"] == "rerate":
+    async for _, record in read_records(s, s.topics.settlements, "settlement"):
+        if record["line_type"] == "rerate":
             covered.update(record["deduction_ids"])
     return Billed(usage, list(adjusted.values()), covered)
 
