@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -86,7 +86,7 @@ class Simulation:
         if outcome.state is not None:
             states[key] = outcome.state
         if outcome.rejected is not None:
-            _reject(self.result, Decoded(event, outcome.rejected, decoded.payload, decoded.record, decoded.schema), source, number)
+            _reject(self.result, replace(decoded, rejected=outcome.rejected), source, number)
             return outcome
         self.result.counts[outcome.result] += 1
         _collect(self.result, outcome)

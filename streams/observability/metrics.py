@@ -78,6 +78,8 @@ class PipelineMetrics:
                                              buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)
         self.sink_insert_failures = Counter(_name("billing_sink_insert_failures_total"), "Failed ClickHouse inserts (retried)", ["table"], registry=r)
         self.sink_rows = Counter(_name("billing_sink_rows_total"), "Rows inserted into ClickHouse", ["table"], registry=r)
+        self._tallied = {"consumed": self.consumed, "rated": self.rated, "applied": self.applied, "duplicate": self.duplicates}
+        self._synced: dict[str, int] = {}
 
     # ------------------------------------------------------------ worker
 
@@ -99,6 +101,19 @@ class PipelineMetrics:
             self.settlement_lines.labels(line["granularity"], line["line_type"]).inc()
             if line["line_type"] == "regular":
                 self.hour_close_delay.observe(max(0.0, (now_ms - line["period_end"]) / 1000))
+
+    def sync_counts(self, counts: dict[str, int]) -> None:
+        """Bring the event counters up to the worker's running tally (``consumed``, ``rated``,
+        ``applied``, ``duplicate``, ``rejected:<code>``): once per round, not once per event."""
+        for key, total in counts.items():
+            step = total - self._synced.get(key, 0)
+            if step <= 0:
+                continue
+            self._synced[key] = total
+            if key.startswith("rejected:"):
+                self.rejected.labels(key.split(":", 1)[1]).inc(step)
+            elif key in self._tallied:
+                self._tallied[key].inc(step)
 
     def labels_by_metric(self) -> dict[str, set[str]]:
         """Exported name -> label names, for checking dashboards against what is exported."""

@@ -22,6 +22,7 @@ import logging
 import time
 import weakref
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import faust
@@ -62,12 +63,12 @@ CLOCK_HISTORY = 2000  # rounds; far more than pass between two offset commits
 
 
 class Counts(Counter):
-    """consumed = rated + applied + rejected + duplicates, per event (a batch message counts each)."""
+    """consumed = rated + applied + rejected + duplicate, per event (a batch message counts each);
+    ``duplicate`` holds both kinds: redelivered offsets and repeated event ids."""
 
     def line(self) -> str:
-        values = {k: self.get(k, 0) for k in ("messages", "consumed", "rated", "applied", "rejected")}
-        values["duplicates"] = self.get("duplicates", 0) + self.get("duplicate", 0)  # by offset + by event id
-        return " ".join(f"{k}={v}" for k, v in values.items())
+        keys = ("messages", "consumed", "rated", "applied", "rejected", "duplicate")
+        return " ".join(f"{'duplicates' if k == 'duplicate' else k}={self.get(k, 0)}" for k in keys)
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -202,11 +203,9 @@ def create_app(settings: Settings) -> faust.App:
                 counts["messages"] += 1
                 decoded = decode_message(reg, key, msg.value)
                 counts["consumed"] += len(decoded)
-                metrics.consumed.inc(len(decoded))
                 state = load(key) if key is not None else None
                 if state is not None and state.offsets.get(str(part), -1) >= offset:
-                    counts["duplicates"] += len(decoded)  # redelivered after a crash: already applied,
-                    metrics.duplicates.inc(len(decoded))
+                    counts["duplicate"] += len(decoded)  # redelivered after a crash: already applied,
                     for d in decoded:  # but its events still move the clock, as they did the first time
                         if d.event is not None:
                             part_clock[part] = max(part_clock[part], d.event.event_time)
@@ -219,15 +218,13 @@ def create_app(settings: Settings) -> faust.App:
                         outcome = engine.apply(state, d.event)
                         state = outcome.state
                         if outcome.rejected is not None:
-                            d = Decoded(d.event, outcome.rejected, d.standalone_payload(reg), d.record)
+                            d = replace(d, rejected=outcome.rejected, payload=d.standalone_payload(reg))
                         else:
                             counts[outcome.result] += 1
-                            RESULT_METRIC[outcome.result](metrics).inc()
                             outputs_for(outcome, key, produce)
                             continue
                     counts["rejected"] += 1
                     counts[f"rejected:{d.rejected.code}"] += 1
-                    metrics.rejected.labels(d.rejected.code).inc()
                     log.info("rejected %s: %s", d.rejected.code, d.rejected.message, extra=event_ids(d, key))
                     dl = dead_letter_record(d, topic=msg.topic, partition=part, offset=offset, key=key,
                                             fallback_id=f"{msg.topic}:{part}:{offset}:{i}")
@@ -269,6 +266,7 @@ def create_app(settings: Settings) -> faust.App:
                     part_clock[part] = mark
             processed = time.time()
             metrics.round_seconds.observe(processed - round_started)
+            metrics.sync_counts(counts)
             for tp, first, last in gaps:
                 await _FAUST_ADD_GAP(app.consumer, tp, first, last)
             gaps.clear()
@@ -374,13 +372,6 @@ def create_app(settings: Settings) -> faust.App:
     app.billing_counts = counts  # type: ignore[attr-defined]
     app.billing_metrics = metrics  # type: ignore[attr-defined]
     return app
-
-
-RESULT_METRIC = {
-    "rated": lambda m: m.rated,
-    "applied": lambda m: m.applied,
-    "duplicate": lambda m: m.duplicates,
-}
 
 
 def event_ids(decoded: Decoded, key: bytes | None) -> dict[str, str]:
