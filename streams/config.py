@@ -31,6 +31,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "WORKER_BATCH_MAX": ("500", "max events handled per state write round"),
     "WORKER_BATCH_WITHIN_MS": ("20", "max wait to fill a round, milliseconds"),
     "WORKER_TICK_INTERVAL_MS": ("5000", "how often idle partitions are ticked so periods close and deadlines fire"),
+    "WORKER_STALL_TIMEOUT_S": ("120", "a worker that owns partitions with messages waiting and makes no progress for this long exits (code 4) to be restarted; 0 = never"),
     "SETTLEMENT_ALLOWED_LATENESS_S": ("300", "a period closes when stream time passes its end plus this"),
     "CLICKHOUSE_URL": ("", "http(s)://user@host:8123/db of a ClickHouse server; empty = embedded chDB"),
     "CLICKHOUSE_PASSWORD": ("", "ClickHouse password (secret: never logged)"),
@@ -125,6 +126,7 @@ class Settings:
     worker_batch_max: int = 500
     worker_batch_within_ms: int = 20
     worker_tick_interval_ms: int = 5000
+    worker_stall_timeout_s: int = 120
     settlement_allowed_lateness_s: int = 300
     clickhouse_url: str = field(default="", repr=False)  # may carry user:password
     clickhouse_password: str = field(default="", repr=False)
@@ -187,6 +189,7 @@ class Settings:
             worker_batch_max=integer("WORKER_BATCH_MAX"),
             worker_batch_within_ms=integer("WORKER_BATCH_WITHIN_MS"),
             worker_tick_interval_ms=integer("WORKER_TICK_INTERVAL_MS"),
+            worker_stall_timeout_s=integer("WORKER_STALL_TIMEOUT_S"),
             settlement_allowed_lateness_s=integer("SETTLEMENT_ALLOWED_LATENESS_S"),
             clickhouse_url=_env("CLICKHOUSE_URL", env),
             clickhouse_password=_env("CLICKHOUSE_PASSWORD", env),
@@ -229,6 +232,7 @@ class Settings:
             "WORKER_BATCH_MAX": str(self.worker_batch_max),
             "WORKER_BATCH_WITHIN_MS": str(self.worker_batch_within_ms),
             "WORKER_TICK_INTERVAL_MS": str(self.worker_tick_interval_ms),
+            "WORKER_STALL_TIMEOUT_S": str(self.worker_stall_timeout_s),
             "SETTLEMENT_ALLOWED_LATENESS_S": str(self.settlement_allowed_lateness_s),
             "CLICKHOUSE_URL": self.clickhouse_url,
             "CLICKHOUSE_PASSWORD": self.clickhouse_password,

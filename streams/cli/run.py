@@ -65,7 +65,9 @@ async def _sink_loop(s: Settings, sink: ClickHouseSink, pipeline: LocalPipeline,
         next_report = time.monotonic() + 10
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             await sink.step(stop)
-            if any(not w.alive() for w in pipeline.workers):
+            for w in pipeline.restart_stalled():
+                console.print(f"[yellow]a worker stalled and exited[/]; restarted as pid {w.process.pid} (log {w.log_path})")
+            if any(not w.alive() and not w.replaced for w in pipeline.workers):
                 console.print("[red]a worker exited[/]; see its log")
                 break
             if time.monotonic() >= next_report:

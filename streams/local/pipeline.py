@@ -16,6 +16,7 @@ from typing import Callable
 
 from streams.config import Settings
 from streams.local.tansu import LocalBroker, local_kafka_env, start_broker
+from streams.worker.stall import EXIT_STALLED
 
 
 @dataclass
@@ -23,6 +24,7 @@ class WorkerProcess:
     process: subprocess.Popen
     log_path: Path
     metrics_port: int = 0  # 0: no endpoint
+    replaced: bool = False  # by restart_stalled
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -36,6 +38,9 @@ class WorkerProcess:
                 self.process.kill()
                 self.process.wait(timeout=10)
         return self.process.returncode
+
+    def exited_stalled(self) -> bool:
+        return self.process.poll() == EXIT_STALLED
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no flush; what a crash looks like."""
@@ -51,6 +56,7 @@ class LocalPipeline:
     settings: Settings | None = None
     workers: list[WorkerProcess] = field(default_factory=list)
     env_overrides: dict[str, str] = field(default_factory=dict)
+    stall_restarts: list[Path] = field(default_factory=list)  # logs of workers replaced after a stall
 
     def start_broker(self, bootstrap: str | None = None) -> Settings:
         """Start a local broker, or use a running one at ``bootstrap`` (tests share one)."""
@@ -92,6 +98,17 @@ class LocalPipeline:
         w = WorkerProcess(proc, log_path, port)
         self.workers.append(w)
         return w
+
+    def restart_stalled(self) -> list[WorkerProcess]:
+        """What any supervisor does (Kubernetes, compose ``restart:``): a worker that exited because
+        it stalled is replaced by a fresh one. Other exits are left for the caller to report."""
+        fresh = []
+        for w in list(self.workers):
+            if w.exited_stalled() and not w.replaced:
+                w.replaced = True
+                fresh.append(self.start_worker())
+                self.stall_restarts.append(w.log_path)
+        return fresh
 
     def stop(self) -> None:
         for w in self.workers:

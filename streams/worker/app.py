@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import weakref
 from collections import Counter
@@ -42,6 +43,7 @@ from streams.ledger.alerts import ARREARS_KINDS
 from streams.ledger.state import AccountState
 from streams.observability.metrics import PipelineMetrics, serve
 from streams.rating.profiles import PROFILES_DIR, ProfileError, Profiles
+from streams.worker.stall import EXIT_STALLED, StallWatch
 
 log = logging.getLogger("streams.worker")
 JUMP_RETRIES = 3
@@ -351,6 +353,42 @@ def create_app(settings: Settings) -> faust.App:
             metrics.set_lag(settings.worker_app_id, lags, replace=True)
         except Exception as exc:  # noqa: BLE001 - observability only
             log.debug("lag not measured: %s", exc)
+
+    if settings.worker_stall_timeout_s > 0:
+        watch = StallWatch(settings.worker_stall_timeout_s)
+
+        @app.timer(interval=min(5.0, settings.worker_stall_timeout_s / 4))
+        async def exit_when_stalled() -> None:
+            """Exit (for the supervisor to restart) when owned partitions with messages waiting make
+            no progress: see streams/worker/stall.py. What the broker cannot tell is no evidence."""
+            tps = [tp for tp in app.consumer.assignment() if tp.topic == topics.events]
+            if not tps:
+                watch.observe(time.monotonic(), {})
+                return
+            recovery = app.tables.recovery
+            recovering = ("recovery", sum(recovery.active_offsets.values())) if recovery.in_recovery else None
+            owned = {}
+            try:
+                ends = await asyncio.wait_for(app.consumer.highwaters(*tps), timeout=10.0)
+                for tp in tps:
+                    handled = last_offset.get(tp.partition)
+                    next_offset = handled + 1 if handled is not None else await app.consumer.position(tp)
+                    end = ends.get(tp)
+                    waiting = end is not None and next_offset is not None and end > next_offset
+                    owned[tp.partition] = (recovering or handled, waiting)
+            except Exception as exc:  # noqa: BLE001 - offsets unknown (broker away, rebalance): no verdict,
+                log.debug("stall check skipped: %s", exc)  # and the clock starts again once they are known
+                watch.observe(time.monotonic(), {})
+                return
+            now = time.monotonic()
+            stalled = watch.observe(now, owned)
+            if stalled:
+                log.error("stalled: partitions %s of %s have messages waiting and no progress for %.0fs "
+                          "(recovering=%s, rebalancing=%s); exiting with code %d to be restarted",
+                          stalled, topics.events, watch.stuck_for(now, stalled[0]), recovery.in_recovery,
+                          app.rebalancing, EXIT_STALLED)
+                logging.shutdown()
+                os._exit(EXIT_STALLED)  # a crash, as far as the ledger is concerned: nothing is lost
 
     def ready() -> bool:
         recovery = app.tables.recovery

@@ -5,6 +5,7 @@ with its own topic prefix, consumer groups and account ids."""
 import asyncio
 import itertools
 import time
+import warnings
 from decimal import Decimal
 from pathlib import Path
 
@@ -57,6 +58,7 @@ class Harness:
                 "KAFKA_PARTITIONS": "4",
                 "WORKER_TICK_INTERVAL_MS": "1000",
                 "SETTLEMENT_ALLOWED_LATENESS_S": "300",
+                "WORKER_STALL_TIMEOUT_S": "30",
                 **env,
             },
         )
@@ -78,11 +80,17 @@ class Harness:
         async def go():
             await self.sink.start()
             try:
-                return await sink_until(self.sink, done, timeout)
+                return await sink_until(self.sink, done, timeout, on_progress=self.restart_stalled)
             finally:
                 await self.sink.stop()
 
         return asyncio.run(go())
+
+    def restart_stalled(self):
+        """As a supervisor would; said out loud, since a stall is worth knowing about even when
+        the restart makes the test pass."""
+        for w in self.pipeline.restart_stalled():
+            warnings.warn(f"{self.tag}: a worker stalled and exited; restarted ({w.log_path.name})", stacklevel=1)
 
     def scalar(self, sql):
         return self.ch.query(sql).result_rows[0][0]

@@ -59,11 +59,42 @@ def wait_until_landed(h, sim, timeout=240):
         landed = {r[0] for r in h.ch.query(f"SELECT event_id FROM deductions FINAL WHERE main_account_id LIKE '{acc}'").result_rows}
         missing = [(d["event_id"], d["main_account_id"]) for d in sim.deductions if d["event_id"] not in landed]
         print("MISSING", missing[:20])
+        print("OFFSETS", asyncio.run(offsets_report(h)))
         for w in h.pipeline.workers:
-            text = w.log_path.read_text(errors="replace")
-            print("LOG", w.log_path, [l for l in text.splitlines() if "WARN" in l or "ERROR" in l or "Discarded" in l][:30])
+            print(log_tail(w))
     assert ok, (f"seed {SEED}: deductions {h.count('deductions', acc)}/{len(sim.deductions)}, settlements "
                 f"{h.count('settlements', acc)}/{len(sim.settlements)}, alerts {h.count('alerts', acc)}/{len(sim.alerts)}")
+
+
+async def offsets_report(h):
+    """Where each partition ends, and where the worker and sink groups committed: tells a worker
+    that stopped rating from a sink that stopped landing."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streams.kafka_client import client_kwargs
+
+    topics = h.settings.topics
+    report = {}
+    for group, topic in ((h.settings.worker_app_id, topics.events), (h.settings.sink_group_id, topics.deductions)):
+        c = AIOKafkaConsumer(**client_kwargs(h.settings), group_id=group, enable_auto_commit=False)
+        await c.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(4)]
+            ends = await c.end_offsets(tps)
+            report[topic] = {tp.partition: (await c.committed(tp), ends[tp]) for tp in tps}
+        finally:
+            await c.stop()
+    return report
+
+
+NOISE = ("Starting...", "Stopping...", "Stopped", "buffer full", "flush took", "|", "+--")
+
+
+def log_tail(worker, lines=40):
+    """The end of a worker's log without faust's start/stop chatter and recovery tables."""
+    text = worker.log_path.read_text(errors="replace").splitlines()
+    kept = [line[:300] for line in text if not any(n in line for n in NOISE)]
+    return f"LOG {worker.log_path.name} (alive={worker.alive()}):\n  " + "\n  ".join(kept[-lines:])
 
 
 def assert_identical_to_simulate(h, sim):
@@ -90,6 +121,13 @@ def assert_identical_to_simulate(h, sim):
     assert alerts == {a["alert_id"]: a["kind"] for a in sim.alerts}, f"seed {SEED}: alerts differ"
 
 
+def wait_for_log(worker, text, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while text not in worker.log_path.read_text(errors="replace"):
+        assert worker.alive() and time.monotonic() < deadline, f"worker never logged {text!r}"
+        time.sleep(0.1)
+
+
 def stream(h, seed):
     lines = generate(seed=seed, accounts=ACCOUNTS, usage_events=EVENTS, prefix=h.tag)
     assert len(lines) >= 20_000
@@ -108,7 +146,10 @@ def test_worker_sigkilled_five_times_mid_stream(harness):
     worker = h.start_worker()
     for chunk in chunks[:5]:
         produce(h, chunk, batch=10)
-        time.sleep(rng.uniform(2.0, 4.5))  # it is busy with this chunk when the kill comes
+        # killed only once it owns partitions and is rating this chunk and the backlog: a worker
+        # killed while still joining the group proves nothing
+        wait_for_log(worker, "Worker ready")
+        time.sleep(rng.uniform(0.2, 2.0))
         worker.kill()
         worker = h.start_worker()
     produce(h, chunks[5], batch=10)

@@ -1,0 +1,48 @@
+"""Stall detection for a worker: it owns partitions, messages wait in them, and nothing moves.
+
+faust and aiokafka have known ways to sit silently after a rebalance (a partition that is never
+fetched again, a table recovery that never reaches its high-water mark; faust-streaming issues
+#629 and #175). No error is raised, the lag only grows. A worker that sees this exits with
+EXIT_STALLED, and whatever supervises it (Kubernetes, compose, ``rating run``, the test harness)
+starts a fresh one; the ledger's offsets make the restart charge nothing twice.
+
+Plain Python: the worker feeds observations in, this decides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Hashable
+
+EXIT_STALLED = 4
+
+
+@dataclass
+class PartitionProgress:
+    marker: Hashable  # changes whenever the partition (or the recovery feeding it) moves
+    since: float  # when the marker last changed, or the partition last had nothing waiting
+
+
+@dataclass
+class StallWatch:
+    timeout_s: float
+    progress: dict[int, PartitionProgress] = field(default_factory=dict)
+
+    def observe(self, now: float, owned: dict[int, tuple[Hashable, bool]]) -> list[int]:
+        """``owned``: partition -> (progress marker, whether messages wait to be handled).
+        Returns the partitions that have had messages waiting and no progress for longer than
+        the timeout. Partitions no longer owned are forgotten; newly owned ones start fresh."""
+        for part in list(self.progress):
+            if part not in owned:
+                del self.progress[part]
+        stalled = []
+        for part, (marker, waiting) in owned.items():
+            seen = self.progress.get(part)
+            if seen is None or seen.marker != marker or not waiting:
+                self.progress[part] = PartitionProgress(marker, now)
+            elif now - seen.since > self.timeout_s:
+                stalled.append(part)
+        return sorted(stalled)
+
+    def stuck_for(self, now: float, part: int) -> float:
+        seen = self.progress.get(part)
+        return now - seen.since if seen is not None else 0.0
