@@ -326,3 +326,45 @@ def test_ten_thousand_malformed_messages_are_dead_lettered_and_counts_reconcile(
     messages, consumed, rated, applied, rejected, duplicates = map(int, final[-1])
     assert consumed == len(lines) + 10_000 == rated + applied + rejected + duplicates
     assert rated == len(sim.deductions) and rejected == sim.counts["rejected"] == 10_000 and duplicates == 0
+
+
+# ------------------------------------------------------------------------------ 6. a worker that stalls
+
+# Loaded by the first worker's interpreter (PYTHONPATH): its first round with outputs never
+# finishes, the way a worker sits after a rebalance that faust never completes. The flag file
+# makes it happen once; the replacement runs the real code.
+STALL_ONCE = '''
+import asyncio, os
+flag = os.environ["BILLING_TEST_STALL_ONCE"]
+if not os.path.exists(flag):
+    import streams.worker.app as worker_app
+    async def started(self):
+        if not os.path.exists(flag):
+            open(flag, "w").close()
+            await asyncio.Event().wait()
+    worker_app.OutputProducer.started = started
+'''
+
+
+def test_a_stalled_worker_exits_and_its_replacement_charges_nothing_twice(tmp_path, broker, ch, monkeypatch):
+    from tests.integration.conftest import Harness
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(STALL_ONCE)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("BILLING_TEST_STALL_ONCE", str(tmp_path / "stalled-once"))
+    h = Harness(tmp_path, broker, ch, WORKER_STALL_TIMEOUT_S="5")
+    try:
+        lines = generate(seed=SEED + 6, accounts=40, usage_events=2_000, prefix=h.tag)
+        sim = expected(lines)
+        first = h.start_worker()
+        produce(h, lines)
+        with pytest.warns(UserWarning, match="stalled"):
+            wait_until_landed(h, sim, timeout=120)
+        assert first.process.returncode == 4 and (tmp_path / "stalled-once").exists()
+        assert "stalled: partitions" in first.log_path.read_text()
+        assert h.pipeline.stall_restarts == [first.log_path]
+        assert_identical_to_simulate(h, sim)
+    finally:
+        h.stop()
