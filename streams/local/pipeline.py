@@ -88,13 +88,14 @@ class LocalPipeline:
         # several workers share this host: each gets a free port for its endpoints
         port = free_port() if self.settings.metrics_port else 0
         env["METRICS_PORT"] = str(port)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli.main", "worker"],
-            stdout=open(log_path, "ab"),
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
+        with open(log_path, "ab") as log_file:  # the worker has its own copy of the descriptor
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli.main", "worker"],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
         w = WorkerProcess(proc, log_path, port)
         self.workers.append(w)
         return w

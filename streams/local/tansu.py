@@ -75,6 +75,8 @@ def start_broker(port: int | None = None, log_path: Path | None = None, timeout:
         env=env,
         start_new_session=True,  # our signal handling, not the terminal's
     )
+    if log_path:
+        out.close()  # the broker has its own copy of the descriptor
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
