@@ -222,6 +222,10 @@ class ClickHouseSink:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=8 * 1024 * 1024,
+            # as the workers': a sink that died hands its partitions over within seconds (inserts
+            # run in a thread, so heartbeats keep going during a slow one)
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
         )
         await self.consumer.start()
 
