@@ -245,9 +245,12 @@ def redrive(
             continue  # the same event dead-lettered twice (a producer retry): send it once
         seen.add((r["main_account_id"], r["event_id"]))
         fresh.append(letter)
-    permanent = [l for l in fresh if not explain_code(l.record["reason_code"])[2] and not force]
-    sendable = [l for l in fresh if l not in permanent and _payload_record(l.record["payload"]) is not None
-                and l.record["main_account_id"]]
+    permanent, sendable = [], []
+    for letter in fresh:
+        if not force and not explain_code(letter.record["reason_code"])[2]:
+            permanent.append(letter)
+        elif _payload_record(letter.record["payload"]) is not None and letter.record["main_account_id"]:
+            sendable.append(letter)
     unsendable = len(fresh) - len(sendable) - len(permanent)
     console.print(f"{len(letters)} selected: {len(letters) - len(fresh)} already re-driven or charged, "
                   f"{len(permanent)} with a reason re-sending cannot fix (--force sends them anyway), "

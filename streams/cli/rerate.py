@@ -181,7 +181,7 @@ def rerate_command(
         console.print(f"diff inserted into rerate_diffs ({s.clickhouse_dsn_for_display()}), rerate_id {rerating.id}")
     if apply:
         assert billed is not None
-        book(s, result, billed.adjustments, billed.covered, yes)
+        book(s, profiles, result, billed.adjustments, billed.covered, yes)
 
 
 def show(result: RerateResult) -> None:
@@ -255,10 +255,10 @@ def _csv_to_parquet(csv_path: Path, parquet_path: Path) -> None:
     parquet_path.write_bytes(data.bytes())
 
 
-def book(s, result: RerateResult, booked: list[dict[str, Any]], covered: set[str], yes: bool) -> None:
+def book(s, profiles, result: RerateResult, booked: list[dict[str, Any]], covered: set[str], yes: bool) -> None:
     fresh = adjustments(result)
     uncovered = [b for b in booked if b["deduction_id"] not in covered]  # booked by a run that stopped before its lines
-    timezones = {name: _profiles(s)[name].timezone for name in _profiles(s).names()}
+    timezones = {name: profiles[name].timezone for name in profiles.names()}
     lines = settlement_lines(fresh + uncovered, timezones, closed_at=int(time.time() * 1000))
     if not fresh and not lines:
         console.print("nothing to book: the billed amounts already equal this re-rating")

@@ -124,10 +124,9 @@ class PipelineMetrics:
                 out[name] = set(value._labelnames)
         return out
 
-    def set_lag(self, group: str, lags: Iterable[tuple[str, int, int]], replace: bool = False) -> None:
-        """``replace``: the lags given are all this process owns now (partitions it lost disappear)."""
-        if replace:
-            self.lag.clear()
+    def set_lag(self, group: str, lags: Iterable[tuple[str, int, int]]) -> None:
+        """The lags given are all this process owns now: partitions it lost disappear."""
+        self.lag.clear()
         for topic, partition, lag in lags:
             self.lag.labels(group, topic, str(partition)).set(max(0, lag))
 

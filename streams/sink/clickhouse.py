@@ -289,7 +289,7 @@ class ClickHouseSink:
             end = self.consumer.highwater(tp)
             if end is not None and tp in self.committed:
                 lags.append((tp.topic, tp.partition, end - self.committed[tp]))
-        self.metrics.set_lag(self.settings.sink_group_id, lags, replace=True)
+        self.metrics.set_lag(self.settings.sink_group_id, lags)
 
     def ready(self) -> bool:
         return self.consumer is not None and bool(self.consumer.assignment())

@@ -337,6 +337,11 @@ def create_app(settings: Settings) -> faust.App:
     async def report_counts() -> None:
         log.info("counts %s; %s", counts.line(), timing.line())
 
+    async def next_to_handle(tp) -> int | None:
+        """The offset of the partition's next message to handle; None while not known yet."""
+        handled = last_offset.get(tp.partition)
+        return handled + 1 if handled is not None else await app.consumer.position(tp)
+
     @app.timer(interval=2.0)
     async def measure_lag() -> None:
         """Messages behind the end of each owned input partition (ticks included). A metric must
@@ -346,11 +351,10 @@ def create_app(settings: Settings) -> faust.App:
             for tp in app.consumer.assignment():
                 if tp.topic != topics.events:
                     continue
-                end = app.consumer.highwater(tp)
-                position = last_offset[tp.partition] + 1 if tp.partition in last_offset else await app.consumer.position(tp)
+                end, position = app.consumer.highwater(tp), await next_to_handle(tp)
                 if end is not None and position is not None:
                     lags.append((tp.topic, tp.partition, end - position))
-            metrics.set_lag(settings.worker_app_id, lags, replace=True)
+            metrics.set_lag(settings.worker_app_id, lags)
         except Exception as exc:  # noqa: BLE001 - observability only
             log.debug("lag not measured: %s", exc)
 
@@ -371,11 +375,9 @@ def create_app(settings: Settings) -> faust.App:
             try:
                 ends = await asyncio.wait_for(app.consumer.highwaters(*tps), timeout=10.0)
                 for tp in tps:
-                    handled = last_offset.get(tp.partition)
-                    next_offset = handled + 1 if handled is not None else await app.consumer.position(tp)
-                    end = ends.get(tp)
-                    waiting = end is not None and next_offset is not None and end > next_offset
-                    owned[tp.partition] = (recovering or handled, waiting)
+                    end, position = ends.get(tp), await next_to_handle(tp)
+                    waiting = end is not None and position is not None and end > position
+                    owned[tp.partition] = (recovering or last_offset.get(tp.partition), waiting)
             except Exception as exc:  # noqa: BLE001 - offsets unknown (broker away, rebalance): no verdict,
                 log.debug("stall check skipped: %s", exc)  # and the clock starts again once they are known
                 watch.observe(time.monotonic(), {})
