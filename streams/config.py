@@ -24,6 +24,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "KAFKA_TOPIC_PREFIX": ("billing.", "prefix of every topic name"),
     "KAFKA_PARTITIONS": ("4", "partitions of the input and output topics (created at start)"),
     "KAFKA_REPLICATION_FACTOR": ("1", "replication factor of created topics"),
+    "KAFKA_MIN_INSYNC_REPLICAS": ("1", "min.insync.replicas of created topics: an acks=all write is acknowledged once this many replicas hold it (production: 2 with replication 3)"),
     "KAFKA_PRODUCER_MAX_BATCH_SIZE": ("", "producer batch bytes; the embedded broker sets 16 (Tansu high-water-mark bug)"),
     "WORKER_APP_ID": ("billing-rating", "faust application id (consumer group and changelog names)"),
     "WORKER_DATA_DIR": (".run/worker", "faust data directory (table stores)"),
@@ -31,6 +32,12 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "WORKER_BATCH_MAX": ("500", "max events handled per state write round"),
     "WORKER_BATCH_WITHIN_MS": ("20", "max wait to fill a round, milliseconds"),
     "WORKER_TICK_INTERVAL_MS": ("5000", "how often idle partitions are ticked so periods close and deadlines fire"),
+    "WORKER_STANDBY_REPLICAS": ("0", "standby copies of each table partition kept warm on other workers (faust table_standby_replicas); production: 1"),
+    "WORKER_SESSION_TIMEOUT_MS": ("6000", "consumer-group session timeout: a worker silent this long is dropped from the group (local: 6000; production: 45000)"),
+    "WORKER_HEARTBEAT_INTERVAL_MS": ("1000", "consumer-group heartbeat interval, at most a third of the session timeout (local: 1000; production: 3000)"),
+    "WORKER_REBALANCE_TIMEOUT_MS": ("5000", "how long the group waits for members to rejoin in a rebalance (local: 5000; production: 60000)"),
+    "WORKER_ROCKSDB_CACHE_MB": ("16", "RocksDB block cache per table partition store, MiB (faust's default is 2048)"),
+    "WORKER_ROCKSDB_WRITE_BUFFER_MB": ("8", "RocksDB write buffer per table partition store, MiB, two of them at most (faust's default is 3 x 64)"),
     "WORKER_STALL_TIMEOUT_S": ("120", "a worker that owns partitions with messages waiting and makes no progress for this long exits (code 4) to be restarted; 0 = never"),
     "SETTLEMENT_ALLOWED_LATENESS_S": ("300", "a period closes when stream time passes its end plus this"),
     "CLICKHOUSE_URL": ("", "http(s)://user@host:8123/db of a ClickHouse server; empty = embedded chDB"),
@@ -119,6 +126,7 @@ class Settings:
     kafka_partitions: int = 4
     kafka_replication_factor: int = 1
     kafka_producer_max_batch_size: int | None = None
+    kafka_min_insync_replicas: int = 1
     topics: Topics = field(default_factory=Topics)
     worker_app_id: str = "billing-rating"
     worker_data_dir: Path = Path(".run/worker")
@@ -127,6 +135,12 @@ class Settings:
     worker_batch_within_ms: int = 20
     worker_tick_interval_ms: int = 5000
     worker_stall_timeout_s: int = 120
+    worker_standby_replicas: int = 0
+    worker_session_timeout_ms: int = 6000
+    worker_heartbeat_interval_ms: int = 1000
+    worker_rebalance_timeout_ms: int = 5000
+    worker_rocksdb_cache_mb: int = 16
+    worker_rocksdb_write_buffer_mb: int = 8
     settlement_allowed_lateness_s: int = 300
     clickhouse_url: str = field(default="", repr=False)  # may carry user:password
     clickhouse_password: str = field(default="", repr=False)
@@ -172,6 +186,13 @@ class Settings:
         log_format = _env("LOG_FORMAT", env)
         if log_format not in ("text", "json"):
             raise ConfigError(f"LOG_FORMAT={log_format!r} must be 'text' or 'json'")
+        standby = _env("WORKER_STANDBY_REPLICAS", env)
+        if not standby.isdigit():
+            raise ConfigError(f"WORKER_STANDBY_REPLICAS={standby!r} must be 0 or more")
+        if integer("WORKER_HEARTBEAT_INTERVAL_MS") * 3 > integer("WORKER_SESSION_TIMEOUT_MS"):
+            raise ConfigError("WORKER_HEARTBEAT_INTERVAL_MS must be at most a third of WORKER_SESSION_TIMEOUT_MS")
+        if integer("KAFKA_MIN_INSYNC_REPLICAS") > integer("KAFKA_REPLICATION_FACTOR"):
+            raise ConfigError("KAFKA_MIN_INSYNC_REPLICAS must not exceed KAFKA_REPLICATION_FACTOR: acks=all writes would all fail")
         return cls(
             kafka_bootstrap_servers=_env("KAFKA_BOOTSTRAP_SERVERS", env),
             kafka_security_protocol=_env("KAFKA_SECURITY_PROTOCOL", env),
@@ -183,6 +204,7 @@ class Settings:
             kafka_replication_factor=integer("KAFKA_REPLICATION_FACTOR"),
             kafka_producer_max_batch_size=integer("KAFKA_PRODUCER_MAX_BATCH_SIZE") if batch else None,
             topics=Topics(prefix=_env("KAFKA_TOPIC_PREFIX", env)),
+            kafka_min_insync_replicas=integer("KAFKA_MIN_INSYNC_REPLICAS"),
             worker_app_id=_env("WORKER_APP_ID", env),
             worker_data_dir=Path(_env("WORKER_DATA_DIR", env)),
             worker_store=_env("WORKER_STORE", env),
@@ -191,6 +213,12 @@ class Settings:
             worker_tick_interval_ms=integer("WORKER_TICK_INTERVAL_MS"),
             worker_stall_timeout_s=integer("WORKER_STALL_TIMEOUT_S"),
             settlement_allowed_lateness_s=integer("SETTLEMENT_ALLOWED_LATENESS_S"),
+            worker_standby_replicas=int(standby),
+            worker_session_timeout_ms=integer("WORKER_SESSION_TIMEOUT_MS"),
+            worker_heartbeat_interval_ms=integer("WORKER_HEARTBEAT_INTERVAL_MS"),
+            worker_rebalance_timeout_ms=integer("WORKER_REBALANCE_TIMEOUT_MS"),
+            worker_rocksdb_cache_mb=integer("WORKER_ROCKSDB_CACHE_MB"),
+            worker_rocksdb_write_buffer_mb=integer("WORKER_ROCKSDB_WRITE_BUFFER_MB"),
             clickhouse_url=_env("CLICKHOUSE_URL", env),
             clickhouse_password=_env("CLICKHOUSE_PASSWORD", env),
             chdb_path=Path(_env("CHDB_PATH", env)),
@@ -228,6 +256,7 @@ class Settings:
             "KAFKA_PRODUCER_MAX_BATCH_SIZE": str(self.kafka_producer_max_batch_size or ""),
             "WORKER_APP_ID": self.worker_app_id,
             "WORKER_DATA_DIR": str(self.worker_data_dir),
+            "KAFKA_MIN_INSYNC_REPLICAS": str(self.kafka_min_insync_replicas),
             "WORKER_STORE": self.worker_store,
             "WORKER_BATCH_MAX": str(self.worker_batch_max),
             "WORKER_BATCH_WITHIN_MS": str(self.worker_batch_within_ms),
@@ -235,6 +264,12 @@ class Settings:
             "WORKER_STALL_TIMEOUT_S": str(self.worker_stall_timeout_s),
             "SETTLEMENT_ALLOWED_LATENESS_S": str(self.settlement_allowed_lateness_s),
             "CLICKHOUSE_URL": self.clickhouse_url,
+            "WORKER_STANDBY_REPLICAS": str(self.worker_standby_replicas),
+            "WORKER_SESSION_TIMEOUT_MS": str(self.worker_session_timeout_ms),
+            "WORKER_HEARTBEAT_INTERVAL_MS": str(self.worker_heartbeat_interval_ms),
+            "WORKER_REBALANCE_TIMEOUT_MS": str(self.worker_rebalance_timeout_ms),
+            "WORKER_ROCKSDB_CACHE_MB": str(self.worker_rocksdb_cache_mb),
+            "WORKER_ROCKSDB_WRITE_BUFFER_MB": str(self.worker_rocksdb_write_buffer_mb),
             "CLICKHOUSE_PASSWORD": self.clickhouse_password,
             "CHDB_PATH": str(self.chdb_path),
             "SINK_BATCH_MAX": str(self.sink_batch_max),

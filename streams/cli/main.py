@@ -180,12 +180,12 @@ def demo(
 
 @app.command()
 @friendly
-def topics(check: bool = typer.Option(False, "--check", help="only describe; exit 1 if a topic is missing or has other partitions")):
-    """Create the pipeline's topics (idempotent) and describe them: partitions, retention, compaction."""
+def topics(check: bool = typer.Option(False, "--check", help="only describe; exit 1 if a topic is missing or differs (partitions, replication factor, min ISR, retention, compaction)")):
+    """Create the pipeline's topics (idempotent) and describe them: partitions, replication, min ISR, retention, compaction."""
     s = settings()
     if s.embedded_broker:
         raise UserError("KAFKA_BOOTSTRAP_SERVERS is not set; `rating topics` manages a cluster's topics")
-    from streams.kafka_admin import create_topics, describe, topic_specs
+    from streams.kafka_admin import create_topics, describe, differences, topic_specs
 
     created = [] if check else asyncio.run(create_topics(s))
     specs = topic_specs(s)
@@ -197,13 +197,11 @@ def topics(check: bool = typer.Option(False, "--check", help="only describe; exi
     for spec in specs:
         cfg = ", ".join(f"{k}={v}" for k, v in spec.config.items())
         have = actual.get(spec.name)
-        differ = [f"{k}={have.config.get(k)!r}" for k, v in spec.config.items() if have is not None and have.config.get(k) != v]
+        differ = differences(spec, have, s.kafka_replication_factor) if have is not None else []
         if have is None:
             state, problems = "[red]missing[/]", problems + 1
-        elif have.partitions != spec.partitions:
-            state, problems = f"[red]{have.partitions} partitions, expected {spec.partitions}[/]", problems + 1
         elif differ:
-            state, problems = f"[red]broker has {', '.join(differ)}[/]", problems + 1
+            state, problems = f"[red]{'; '.join(differ)}[/]", problems + 1
         else:
             state = "created" if spec.name in created else "ok"
         table.add_row(spec.name, str(spec.partitions), cfg, spec.doc, state)

@@ -321,6 +321,12 @@ def test_topics_check_reports_what_differs_from_the_definitions(harness):
     assert "2 partitions, expected 4" in r.stdout and "broker has cleanup.policy=" in r.stdout and "missing" in r.stdout
     r = rating(h, "topics", env_extra={"KAFKA_TOPIC_PREFIX": prefix})  # creates what is missing, cannot fix the rest
     assert r.returncode == 1 and "created" in r.stdout and "2 partitions, expected 4" in r.stdout
+    # production durability against topics created with replication 1 and min ISR 1
+    r = rating(h, "topics", "--check", env_extra={"KAFKA_TOPIC_PREFIX": prefix, "KAFKA_REPLICATION_FACTOR": "3",
+                                                  "KAFKA_MIN_INSYNC_REPLICAS": "2"})
+    assert r.returncode == 1, r.stdout + r.stderr
+    flat = " ".join(r.stdout.split())
+    assert "replication factor 1, expected 3" in flat and "min.insync.replicas='1'" in flat, r.stdout
 
 
 def test_sink_stops_rather_than_skip_a_record_it_cannot_read(harness):
