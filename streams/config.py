@@ -40,6 +40,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "WORKER_ROCKSDB_WRITE_BUFFER_MB": ("8", "RocksDB write buffer per table partition store, MiB, two of them at most (faust's default is 3 x 64)"),
     "WORKER_STALL_TIMEOUT_S": ("120", "a worker that owns partitions with messages waiting and makes no progress for this long exits (code 4) to be restarted; 0 = never"),
     "SETTLEMENT_ALLOWED_LATENESS_S": ("300", "a period closes when stream time passes its end plus this"),
+    "DEDUPE_HORIZON_S": ("3024000", "event ids are remembered this long in event time (35 days); an older event is dead-lettered (event_too_old)"),
     "CLICKHOUSE_URL": ("", "http(s)://user@host:8123/db of a ClickHouse server; empty = embedded chDB"),
     "CLICKHOUSE_PASSWORD": ("", "ClickHouse password (secret: never logged)"),
     "CHDB_PATH": (".run/chdb", "directory of the embedded chDB database"),
@@ -142,6 +143,7 @@ class Settings:
     worker_rocksdb_cache_mb: int = 16
     worker_rocksdb_write_buffer_mb: int = 8
     settlement_allowed_lateness_s: int = 300
+    dedupe_horizon_s: int = 3_024_000
     clickhouse_url: str = field(default="", repr=False)  # may carry user:password
     clickhouse_password: str = field(default="", repr=False)
     chdb_path: Path = Path(".run/chdb")
@@ -213,6 +215,7 @@ class Settings:
             worker_tick_interval_ms=integer("WORKER_TICK_INTERVAL_MS"),
             worker_stall_timeout_s=integer("WORKER_STALL_TIMEOUT_S"),
             settlement_allowed_lateness_s=integer("SETTLEMENT_ALLOWED_LATENESS_S"),
+            dedupe_horizon_s=integer("DEDUPE_HORIZON_S"),
             worker_standby_replicas=int(standby),
             worker_session_timeout_ms=integer("WORKER_SESSION_TIMEOUT_MS"),
             worker_heartbeat_interval_ms=integer("WORKER_HEARTBEAT_INTERVAL_MS"),
@@ -263,6 +266,7 @@ class Settings:
             "WORKER_TICK_INTERVAL_MS": str(self.worker_tick_interval_ms),
             "WORKER_STALL_TIMEOUT_S": str(self.worker_stall_timeout_s),
             "SETTLEMENT_ALLOWED_LATENESS_S": str(self.settlement_allowed_lateness_s),
+            "DEDUPE_HORIZON_S": str(self.dedupe_horizon_s),
             "CLICKHOUSE_URL": self.clickhouse_url,
             "WORKER_STANDBY_REPLICAS": str(self.worker_standby_replicas),
             "WORKER_SESSION_TIMEOUT_MS": str(self.worker_session_timeout_ms),

@@ -57,6 +57,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
                   "worker table: one AccountState per main account"),
         TopicSpec(f"{settings.worker_app_id}-partition-clocks-changelog", n, compacted(),
                   "worker table: stream time per input partition"),
+        TopicSpec(f"{settings.worker_app_id}-event-ids-changelog", n, compacted(),
+                  "worker table: one dedupe entry per applied event id, within the horizon"),
         # faust's leader election topic: declared here because the workers never create topics
         TopicSpec(f"{settings.worker_app_id}-__assignor-__leader", 1, {}, "faust internal: leader election"),
     ]

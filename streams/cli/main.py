@@ -37,7 +37,7 @@ def simulate(
         raise UserError(f"{events} is not a file; pass a JSON Lines file of events (see examples/)")
     s = settings()
     result = run_file(events, _profiles(s), partitions=s.kafka_partitions,
-                      allowed_lateness_ms=s.settlement_allowed_lateness_s * 1000)
+                      allowed_lateness_ms=s.settlement_allowed_lateness_s * 1000, horizon_ms=s.dedupe_horizon_s * 1000)
     files = write_outputs(result, out)
     summary = Table(title=f"rating simulate {events}")
     summary.add_column("account")
@@ -213,13 +213,30 @@ def topics(check: bool = typer.Option(False, "--check", help="only describe; exi
 
 @app.command()
 @friendly
-def migrate():
+def migrate(wait: float = typer.Option(120.0, "--wait", help="seconds to keep retrying while ClickHouse cannot be reached (a server still starting); 0 = try once")):
     """Apply the ClickHouse DDL in infra/clickhouse (idempotent)."""
+    import time
+
+    from clickhouse_connect.driver.exceptions import OperationalError
+
+    from streams.cli.common import redact
+
     s = settings()
     from streams.sink.clickhouse import connect
     from streams.sink.clickhouse import migrate as apply
 
-    applied = apply(connect(s))
+    deadline, pause = time.monotonic() + wait, 1.0
+    while True:
+        try:  # only connection failures are retried: a wrong password or bad DDL fails at once
+            applied = apply(connect(s))
+            break
+        except OperationalError as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            err.print(redact(f"ClickHouse not reachable yet ({reason}); retrying in {pause:.0f}s"), markup=False)
+            time.sleep(pause)
+            pause = min(pause * 2, 10.0)
     console.print(f"{s.clickhouse_dsn_for_display()}: applied {applied or 'nothing (up to date)'}")
 
 

@@ -246,8 +246,11 @@ def write_report(result: RerateResult, path: Path) -> None:
 
 
 def _csv_to_parquet(csv_path: Path, parquet_path: Path) -> None:
-    """chDB (already installed for the embedded ClickHouse) writes Parquet; money stays decimal text."""
-    import chdb
+    """chDB (the `local` extra, also the embedded ClickHouse) writes Parquet; money stays decimal text."""
+    try:
+        import chdb
+    except ImportError:
+        raise UserError("--out *.parquet needs chDB: pip install '.[local]' (or write a .csv)") from None
 
     quoted = str(csv_path.resolve()).replace("\\", "\\\\").replace("'", "\\'")
     data = chdb.query(f"SELECT * FROM file('{quoted}', 'CSVWithNames') SETTINGS schema_inference_make_columns_nullable = 0, "

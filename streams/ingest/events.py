@@ -8,16 +8,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+import math
+import unicodedata
 from decimal import Decimal, InvalidOperation
 from typing import Any, Mapping
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MS = timedelta(milliseconds=1)
-MAX_ID_LENGTH = 256
-MAX_TOKENS = 10**10  # far above any context window; more is a producer bug
-MAX_QUANTITY = Decimal(10**9)
+MAX_ID_LENGTH = 256  # characters of an id (README "Input format": the id grammar)
+MAX_NAME_LENGTH = 256  # characters of any other string field (model, variant, profile, ...)
+# Hard limits of the input format, for every profile (README "Input format: limits"). The
+# profiles' own, tighter per-item bounds are checked when rating (``quantity_out_of_range``).
+MAX_TOKENS = 10**10  # token counts per field; far above any context window
+MAX_QUANTITY = Decimal(10**9)  # any decimal quantity or amount, in absolute value
+MAX_DECIMAL_SCALE = 12  # digits after the point: the scale of the Decimal128(12) columns
+MAX_DECIMAL_LENGTH = 64  # characters of a decimal string
 MIN_EVENT_MS = 946_684_800_000  # 2000-01-01
 MAX_EVENT_MS = 4_102_444_800_000  # 2100-01-01
+# Unicode general categories an id may not contain: controls (NUL, newline, ESC, ...), format
+# characters (zero-width space and joiners, BOM, bidirectional overrides), surrogates, private
+# use, unassigned code points, and every separator (spaces, line and paragraph separators).
+_ID_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
+ID_FIELDS = ("event_id", "trace_id", "account_id", "main_account_id", "sub_account_id", "voucher_id", "pack_id")
 
 USAGE_ITEMS = frozenset(
     {
@@ -165,8 +177,36 @@ def _string(raw: Mapping[str, Any], name: str, required: bool = True) -> str | N
         return None
     if not isinstance(value, str):
         raise Rejected("invalid_field", f"{name} must be a string, got {type(value).__name__}")
+    if name in ID_FIELDS:
+        check_id(value, name)
+    elif len(value) > MAX_NAME_LENGTH:
+        raise Rejected("invalid_field", f"{name} is {len(value)} characters long (at most {MAX_NAME_LENGTH})")
+    return value
+
+
+def id_problem(value: str) -> str | None:
+    """Why ``value`` is not an id of the id grammar, or None. An id is 1 to ``MAX_ID_LENGTH``
+    characters, in Unicode normalization form NFC, with no character of the categories in
+    ``_ID_FORBIDDEN_CATEGORIES`` (so no space, control, zero-width or other invisible character)."""
+    if not value:
+        return "is empty"
     if len(value) > MAX_ID_LENGTH:
-        raise Rejected("invalid_field", f"{name} is {len(value)} characters long (at most {MAX_ID_LENGTH})")
+        return f"is {len(value)} characters long (at most {MAX_ID_LENGTH})"
+    for i, ch in enumerate(value):
+        category = unicodedata.category(ch)
+        if category in _ID_FORBIDDEN_CATEGORIES:
+            label = {"Cc": "a control character", "Cn": "unassigned", "Co": "private use", "Cs": "a surrogate"}.get(category)
+            what = "a space" if category == "Zs" else f"U+{ord(ch):04X} ({unicodedata.name(ch, '') or label or category})"
+            return f"contains {what} at position {i}; ids are printable, without spaces or invisible characters"
+    if not unicodedata.is_normalized("NFC", value):
+        return "is not in Unicode normalization form NFC (send the NFC spelling)"
+    return None
+
+
+def check_id(value: str, name: str) -> str:
+    problem = id_problem(value)
+    if problem is not None:
+        raise Rejected("invalid_id", f"{name} {problem}")
     return value
 
 
@@ -174,26 +214,43 @@ def _count(raw: Mapping[str, Any], name: str) -> int:
     value = raw.get(name, 0)
     if value is None:
         return 0
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise Rejected("invalid_field", f"{name} must be an integer, got {type(value).__name__}")
+    if isinstance(value, bool):
+        raise Rejected("invalid_field", f"{name} must be an integer, got a boolean ({str(value).lower()})")
+    if isinstance(value, float):
+        # JSON numbers with a fraction or an exponent, and integers too large for 64 bits, arrive
+        # as floats: say which of the two it is rather than only "got float".
+        if not math.isfinite(value):
+            raise Rejected("invalid_field", f"{name} must be an integer, got {value!r}")
+        if value.is_integer() and abs(value) > MAX_TOKENS:
+            raise Rejected("quantity_out_of_range", f"{name}={value:.6g} is out of range: at most {MAX_TOKENS} tokens per field")
+        raise Rejected("invalid_field", f"{name} must be a whole number of tokens, got {value!r}")
+    if not isinstance(value, int):
+        what = f"a string ({value[:32]!r}); send numbers as JSON numbers" if isinstance(value, str) else type(value).__name__
+        raise Rejected("invalid_field", f"{name} must be an integer, got {what}")
     if value < 0:
         raise Rejected("negative_quantity", f"{name}={value} is negative")
     if value > MAX_TOKENS:
-        raise Rejected("absurd_quantity", f"{name}={value} is above the sanity limit {MAX_TOKENS}")
+        raise Rejected("quantity_out_of_range", f"{name}={value} is out of range: at most {MAX_TOKENS} tokens per field")
     return value
 
 
 def parse_decimal(value: Any, name: str, *, allow_negative: bool = False) -> Decimal | None:
+    """A decimal string (or integer) within the input format's bounds: finite, at most
+    ``MAX_QUANTITY`` in absolute value, at most ``MAX_DECIMAL_SCALE`` significant digits after
+    the point. The exponent is bounded by those two before any arithmetic, so ``1E-999999`` or
+    ``1E+999999999`` (short strings) can never become a huge fixed-point number downstream."""
     if value is None or value == "":
         return None
     if isinstance(value, float) or isinstance(value, bool):
         # A float has already lost exactness; a boolean is a producer bug.
         raise Rejected("invalid_field", f"{name} must be a decimal string or integer, not {type(value).__name__}")
     if isinstance(value, int):
+        if abs(value) > MAX_QUANTITY:
+            raise Rejected("quantity_out_of_range", f"{name}={value} is out of range: at most {MAX_QUANTITY} in absolute value")
         dec = Decimal(value)
     elif isinstance(value, str):
-        if len(value) > 64:
-            raise Rejected("invalid_field", f"{name} is not a decimal (too long)")
+        if len(value) > MAX_DECIMAL_LENGTH:
+            raise Rejected("invalid_field", f"{name} is not a decimal ({len(value)} characters, at most {MAX_DECIMAL_LENGTH})")
         try:
             dec = Decimal(value)
         except InvalidOperation:
@@ -204,11 +261,48 @@ def parse_decimal(value: Any, name: str, *, allow_negative: bool = False) -> Dec
         raise Rejected("invalid_field", f"{name} must be a decimal string, got {type(value).__name__}")
     if not dec.is_finite():
         raise Rejected("invalid_field", f"{name}={value!r} is not a finite decimal")
-    if dec < 0 and not allow_negative:
+    if dec.is_signed() and not dec.is_zero() and not allow_negative:
         raise Rejected("negative_quantity", f"{name}={value} is negative")
+    shown = value if isinstance(value, str) else str(dec)
+    # adjusted() is the exponent of the most significant digit: no arithmetic on the value yet
+    if not dec.is_zero() and dec.adjusted() > MAX_QUANTITY.adjusted():
+        raise Rejected("quantity_out_of_range", f"{name}={shown} is out of range: at most {MAX_QUANTITY} in absolute value")
     if abs(dec) > MAX_QUANTITY:
-        raise Rejected("absurd_quantity", f"{name}={value} is above the sanity limit {MAX_QUANTITY}")
+        raise Rejected("quantity_out_of_range", f"{name}={shown} is out of range: at most {MAX_QUANTITY} in absolute value")
+    sign, digits, exponent = dec.as_tuple()
+    trailing = _trailing_zeros(digits)
+    scale = 0 if dec.is_zero() else max(0, -(exponent + trailing))
+    if scale > MAX_DECIMAL_SCALE:
+        raise Rejected(
+            "decimal_precision_exceeded",
+            f"{name}={shown} has {scale} digits after the point (at most {MAX_DECIMAL_SCALE})",
+        )
+    if exponent < -MAX_DECIMAL_SCALE or exponent > 0:
+        # only trailing zeros (or an exponent) beyond the bounds: the same value at a bounded scale
+        dec = dec.quantize(Decimal(1).scaleb(-scale))
     return dec
+
+
+def _trailing_zeros(digits: tuple[int, ...]) -> int:
+    n = 0
+    for d in reversed(digits):
+        if d:
+            break
+        n += 1
+    return n
+
+
+def parse_currency(value: Any) -> str | None:
+    """An ISO 4217 alphabetic code, normalized: surrounding spaces removed, upper case (``cny`` is
+    ``CNY``). Absent means the account's currency; the ledger rejects any other currency."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise Rejected("invalid_currency", f"currency must be a string (an ISO 4217 code), got {type(value).__name__}")
+    code = value.strip().upper()
+    if len(code) != 3 or not code.isascii() or not code.isalpha():
+        raise Rejected("invalid_currency", f"currency {value[:16]!r} is not an ISO 4217 code (three letters, e.g. CNY, USD)")
+    return code
 
 
 def _bool(raw: Mapping[str, Any], name: str) -> bool | None:
@@ -299,7 +393,7 @@ def parse_account(raw: Mapping[str, Any]) -> AccountEvent:
         event_time=to_millis(raw.get("event_time"), "event_time"),
         type=kind,
         profile=_string(raw, "profile", required=False),
-        currency=_string(raw, "currency", required=False),
+        currency=parse_currency(raw.get("currency")),
         post_paid=_bool(raw, "post_paid"),
         amount=parse_decimal(raw.get("amount"), "amount", allow_negative=True),
         balance_threshold=parse_decimal(raw.get("balance_threshold"), "balance_threshold"),

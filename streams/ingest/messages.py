@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from streams.deduction.record import dead_letter_id
 from streams.ingest.codec import DecodeError, Registry
-from streams.ingest.events import Event, Rejected, parse_account, parse_usage
+from streams.ingest.events import Event, Rejected, parse_account, parse_json_event, parse_usage
 
 INPUT_SCHEMAS = ("usage_event", "account_event", "event_batch")
 _PARSERS = {"usage_event": parse_usage, "account_event": parse_account}
@@ -38,6 +40,10 @@ def decode_message(registry: Registry, key: bytes | None, value: bytes | None) -
     try:
         name, record = registry.decode(value)
     except DecodeError as exc:
+        if exc.code == "not_avro":
+            judged = judge_json(value)
+            if judged is not None:
+                return [judged]
         return [Decoded(None, Rejected(exc.code, str(exc)), value or b"")]
     if name == "event_batch":
         parts = [(_BRANCH[branch], rec, None) for branch, rec in record["events"]]
@@ -64,6 +70,25 @@ def decode_message(registry: Registry, key: bytes | None, value: bytes | None) -
         except Rejected as exc:
             out.append(Decoded(None, exc, payload if payload is not None else registry.encode(schema, rec), rec, schema))
     return out
+
+
+def judge_json(value: bytes | None) -> Decoded | None:
+    """A message that is not Avro but a JSON event, as ``rating replay`` sends a line that cannot be
+    Avro (a float or a boolean for a count, a naive timestamp, a missing required field): it gets
+    the reason ``rating simulate`` gives the same line, from the same parser. A JSON event is never
+    applied live (input messages are Avro): one that parses is still ``not_avro``."""
+    if not value or value.lstrip()[:1] not in (b"{", b"["):
+        return None
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    try:
+        parse_json_event(obj)
+    except Rejected as exc:
+        return Decoded(None, exc, value, obj)
+    return Decoded(None, Rejected(
+        "not_avro", "message is a JSON event, not Avro in the Confluent wire format; `rating replay` encodes JSON Lines"), value, obj)
 
 
 def dead_letter_record(

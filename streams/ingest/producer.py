@@ -1,9 +1,12 @@
 """Produce input events to Kafka as Avro, keyed by main account id: what upstream services do, and
 what ``rating replay`` and ``rating demo`` use to send a JSON Lines file.
 
-A line is encoded as faithfully as Avro allows, even if the pipeline will reject it (negative
-quantity, unknown model): the worker is the one that judges. A line that cannot be Avro at all
-(not JSON, wrong types) is sent as its raw bytes, which the worker dead-letters as ``not_avro``.
+A line that passes the input validation (``streams.ingest.events``) is encoded as Avro, exactly:
+nothing is coerced (fastavro would write ``1000.9`` or ``true`` into a long as 1000 or 1), and the
+worker judges the rest (an unknown model, a closed account, ...). A line that fails the validation
+(a float count, a naive timestamp, a missing ``event_id``) cannot be Avro faithfully: it is sent as
+its raw JSON bytes, and the worker gives it the reason ``rating simulate`` gives the same line
+(``messages.judge_json``). Bytes that are not a JSON event are sent as they are (``not_avro``).
 """
 
 from __future__ import annotations
@@ -15,26 +18,38 @@ from aiokafka import AIOKafkaProducer
 
 from streams.config import Settings
 from streams.ingest.codec import Registry, registry
-from streams.ingest.events import Rejected, to_millis
+from fastavro.validation import validate
+
+from streams.ingest.events import Rejected, parse_json_event, to_millis
 from streams.kafka_client import producer_kwargs
 
 _SCHEMA_FOR_KIND = {"usage": "usage_event", "account": "account_event"}
 _BRANCH = {"usage_event": "billing.v1.UsageEvent", "account_event": "billing.v1.AccountEvent"}
 _TIME_FIELDS = ("event_time", "expires_at", "effective_time")
+_DECIMAL_FIELDS = ("quantity", "hours", "amount", "balance_threshold")  # decimal strings in Avro
 
 
-def avro_record(obj: Any) -> tuple[str, dict[str, Any]] | None:
-    """JSON event -> (schema name, Avro record), or None if it cannot be one."""
+def avro_record(obj: Any, reg: Registry | None = None) -> tuple[str, dict[str, Any]] | None:
+    """JSON event -> (schema name, Avro record), or None if it cannot be one faithfully: the line
+    fails the input validation, or a value would not survive Avro unchanged."""
     if not isinstance(obj, dict) or obj.get("kind") not in _SCHEMA_FOR_KIND:
         return None
+    try:
+        parse_json_event(obj)
+    except Rejected:
+        return None  # sent as JSON: the worker dead-letters it with the same reason as simulate
     schema = _SCHEMA_FOR_KIND[obj["kind"]]
-    record = {k: v for k, v in obj.items() if k != "kind"}
+    # null = absent (the Avro default applies, as the parser treats it)
+    record = {k: v for k, v in obj.items() if k != "kind" and v is not None}
     for name in _TIME_FIELDS:
         if record.get(name) is not None:
-            try:
-                record[name] = to_millis(record[name], name)
-            except Rejected:
-                return None
+            record[name] = to_millis(record[name], name)
+    for name in _DECIMAL_FIELDS:
+        if isinstance(record.get(name), int) and not isinstance(record[name], bool):
+            record[name] = str(record[name])  # an integer is an exact decimal
+    parsed = (reg or registry()).latest[schema].parsed
+    if not validate(record, parsed, raise_errors=False):
+        return None
     return schema, record
 
 
@@ -44,7 +59,7 @@ def encode_line(reg: Registry, raw: bytes) -> tuple[bytes | None, bytes, str | N
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None, raw, None
-    converted = avro_record(obj)
+    converted = avro_record(obj, reg)
     key = obj.get("main_account_id") if isinstance(obj, dict) else None
     key_bytes = key.encode() if isinstance(key, str) else None
     if converted is None:
@@ -75,7 +90,7 @@ def batched_messages(reg: Registry, lines: Iterable[bytes], batch_size: int) -> 
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError:
             obj = None
-        converted = avro_record(obj)
+        converted = avro_record(obj, reg)
         key = obj.get("main_account_id") if isinstance(obj, dict) else None
         if converted is None or not isinstance(key, str):
             k, v, _ = encode_line(reg, raw)

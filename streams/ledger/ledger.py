@@ -61,7 +61,7 @@ class Ledger:
         if profile is None:
             raise Rejected("unknown_profile", f"profile {e.profile!r} is not one of {', '.join(self.profiles.names())}")
         if e.currency is not None and e.currency != profile.currency:
-            raise Rejected("currency_mismatch", f"profile {profile.name!r} bills in {profile.currency}, not {e.currency}")
+            raise Rejected("currency_mismatch", f"profile {profile.name!r} bills in {profile.currency}, not {e.currency}; there is no implicit exchange")
         if e.account_id != e.main_account_id:
             raise Rejected("not_a_main_account", "account_opened must name a main account (account_id == main_account_id)")
         opening = e.amount or ZERO
@@ -83,6 +83,19 @@ class Ledger:
 
     def apply_account_event(self, s: AccountState, e: AccountEvent, fx: Effects) -> None:
         profile = self.profiles[s.profile]
+        if e.type not in profile.policy.account_events:
+            raise Rejected(
+                "not_supported_by_profile",
+                f"{e.type} is not an account event of profile {profile.name!r} "
+                f"(it takes {', '.join(profile.policy.account_events)})",
+            )
+        if e.currency is not None and e.currency != s.currency:
+            # the parser normalized it to an ISO 4217 code; there is no implicit exchange
+            raise Rejected(
+                "currency_mismatch",
+                f"{e.type} is in {e.currency} but account {s.main_account_id!r} is billed in {s.currency}; "
+                "there is no implicit exchange",
+            )
         handler = getattr(self, f"_on_{e.type}")
         handler(s, e, profile, fx)
         self._after_balance_change(s, profile, e.event_time, e.account_id, [e.event_id], "", fx, charged=False)
@@ -342,6 +355,8 @@ class Ledger:
                 s.cash -= take
                 remaining -= take
                 splits.append(Split("cash", "cash", take, take, s.currency))
+                if not post_paid and s.cash < 0:  # an invariant (not stripped by python -O)
+                    raise AssertionError(f"pre-paid account {s.main_account_id!r} would be charged below zero")
         return remaining, splits
 
     @staticmethod

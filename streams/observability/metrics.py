@@ -13,10 +13,11 @@ and alerting, never for billing (ClickHouse holds the exact decimals).
 from __future__ import annotations
 
 import logging
+import time
 from decimal import Decimal
 from typing import Any, Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 log = logging.getLogger("streams.metrics")
@@ -37,6 +38,7 @@ METRIC_NAMES = (
     "billing_settlement_lines_total",
     "billing_hour_close_delay_seconds",
     "billing_consumer_lag",
+    "billing_event_age_seconds",
     "billing_worker_round_seconds",
     "billing_sink_batch_rows",
     "billing_sink_insert_seconds",
@@ -70,6 +72,12 @@ class PipelineMetrics:
         self.hour_close_delay = Histogram("billing_hour_close_delay_seconds", "Wall-clock time from a period's end to its settlement line",
                                           buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 6 * 3600, 86400), registry=r)
         self.lag = Gauge("billing_consumer_lag", "Messages behind the partition's end", ["group", "topic", "partition"], registry=r)
+        self.event_age = Gauge("billing_event_age_seconds", "Wall clock minus the Kafka timestamp of the last message handled "
+                               "on the partition (ticks included, so it grows while an owned partition makes no progress)",
+                               ["group", "topic", "partition"], registry=r)
+        # process_* (CPU, resident memory, open files, start time): restarts and memory are alerted on
+        ProcessCollector(registry=r)
+        self._handled: dict[tuple[str, str, int], int] = {}
         self.round_seconds = Histogram("billing_worker_round_seconds", "Time to process one round of events (without output acks)",
                                        buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=r)
         self.sink_batch_rows = Histogram("billing_sink_batch_rows", "Rows per sink batch",
@@ -125,12 +133,25 @@ class PipelineMetrics:
         return out
 
     def set_lag(self, group: str, lags: Iterable[tuple[str, int, int]]) -> None:
-        """The lags given are all this process owns now: partitions it lost disappear."""
+        """The lags given are all this process owns now: partitions it lost disappear (from the
+        event ages too)."""
         self.lag.clear()
+        owned = set()
         for topic, partition, lag in lags:
             self.lag.labels(group, topic, str(partition)).set(max(0, lag))
+            owned.add((group, topic, partition))
+        self._handled = {k: v for k, v in self._handled.items() if k[0] != group or k in owned}
+
+    def mark_handled(self, group: str, topic: str, timestamps: dict[int, int]) -> None:
+        """partition -> Kafka timestamp (ms) of the last message handled there, once per round."""
+        for partition, timestamp_ms in timestamps.items():
+            self._handled[(group, topic, partition)] = timestamp_ms
 
     def exposition(self) -> bytes:
+        now_ms = time.time() * 1000
+        self.event_age.clear()
+        for (group, topic, partition), timestamp_ms in list(self._handled.items()):
+            self.event_age.labels(group, topic, str(partition)).set(max(0.0, (now_ms - timestamp_ms) / 1000))
         return generate_latest(self.registry)
 
 

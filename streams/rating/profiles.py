@@ -276,8 +276,44 @@ class InferenceLimits(_Strict):
     min_spacing_hours: int = Field(default=2, ge=0)
 
 
+# Account events every profile takes; the others only where the policy lists them (billing-rules:
+# model activation is Volcengine Ark's, packs are sold on Coze, trials claimed on TokenHub and Ark).
+BASE_ACCOUNT_EVENTS = (
+    "account_opened",
+    "top_up",
+    "voucher_granted",
+    "post_paid_switched",
+    "balance_threshold_set",
+    "sub_account_linked",
+)
+
+
+class Limits(_Strict):
+    """Per-request bounds of one profile's usage events: above them an event is dead-lettered as
+    ``quantity_out_of_range`` instead of being charged (a producer bug, not a real request)."""
+
+    max_tokens_per_request: int = Field(default=4_000_000, gt=0, description="input + output tokens of one request")
+    max_quantity: Decimal = Field(default=Decimal(1_000_000), gt=0, description="quantity of one event of any per-unit item")
+    max_quantity_by_item: dict[str, Decimal] = {}
+    max_hours: Decimal = Field(default=Decimal(744), gt=0, description="hours of one kb_storage sample (744 = 31 days)")
+
+    @field_validator("max_quantity_by_item")
+    @classmethod
+    def _items(cls, v: dict[str, Decimal]) -> dict[str, Decimal]:
+        from streams.ingest.events import TOKEN_ITEMS, USAGE_ITEMS
+
+        for item, bound in v.items():
+            if item not in USAGE_ITEMS or item in TOKEN_ITEMS:
+                raise ValueError(f"{item!r} is not a per-unit billing item")
+            if bound <= 0:
+                raise ValueError(f"the bound of {item} must be greater than 0")
+        return v
+
+
 class PolicyFile(_Strict):
     post_paid_default: bool = False
+    account_events: tuple[str, ...] = BASE_ACCOUNT_EVENTS
+    limits: Limits = Limits()
     daily_free: DailyFree | None = None
     trials: tuple[TrialQuota, ...] = ()
     scopes: dict[str, Scope] = {}
@@ -289,6 +325,19 @@ class PolicyFile(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "PolicyFile":
+        from streams.ingest.events import ACCOUNT_EVENT_TYPES
+
+        unknown = [t for t in self.account_events if t not in ACCOUNT_EVENT_TYPES]
+        if unknown:
+            raise ValueError(f"account_events: {unknown[0]!r} is not an account event type ({', '.join(sorted(ACCOUNT_EVENT_TYPES))})")
+        if "account_opened" not in self.account_events:
+            raise ValueError("account_events must include account_opened")
+        needs = {"pack_purchased": (self.packs, "packs"), "trial_claimed": (self.trials, "trials"),
+                 "inference_limit_set": (self.inference_limits.allowed, "inference_limits.allowed"),
+                 "inference_limit_removed": (self.inference_limits.allowed, "inference_limits.allowed")}
+        for kind, (present, what) in needs.items():
+            if kind in self.account_events and not present:
+                raise ValueError(f"account_events lists {kind} but the policy has no {what}")
         if self.daily_free and self.daily_free.scope not in self.scopes:
             raise ValueError(f"daily_free.scope {self.daily_free.scope!r} is not defined under scopes")
         for name, pack in self.packs.items():

@@ -114,8 +114,34 @@ def _rate_units(profile: Profile, row: PriceRow, event: UsageEvent) -> tuple[tup
     return ((line,) if quantity else ()), quantities
 
 
+def check_bounds(profile: Profile, event: UsageEvent) -> None:
+    """The profile's per-request bounds (``policy.yaml`` ``limits``): ``quantity_out_of_range``."""
+    limits = profile.policy.limits
+    if event.item in TOKEN_ITEMS:
+        total = event.input_tokens + event.output_tokens
+        if total > limits.max_tokens_per_request:
+            raise Rejected(
+                "quantity_out_of_range",
+                f"{total} tokens in one request (input {event.input_tokens} + output {event.output_tokens}) is above "
+                f"profile {profile.name!r}'s bound of {limits.max_tokens_per_request} tokens per request",
+            )
+        return
+    bound = limits.max_quantity_by_item.get(event.item, limits.max_quantity)
+    if event.quantity is not None and event.quantity > bound:
+        raise Rejected(
+            "quantity_out_of_range",
+            f"{event.item} quantity {event.quantity} is above profile {profile.name!r}'s bound of {bound} per event",
+        )
+    if event.hours is not None and event.hours > limits.max_hours:
+        raise Rejected(
+            "quantity_out_of_range",
+            f"{event.item} hours {event.hours} is above profile {profile.name!r}'s bound of {limits.max_hours} hours per sample",
+        )
+
+
 def rate(profile: Profile, event: UsageEvent) -> Rating:
     """Raises ``Rejected`` with a specific code for anything that cannot be priced."""
+    check_bounds(profile, event)
     if profile.billed_elsewhere(event.model):
         return Rating(f"{profile.name}@elsewhere", (), ZERO, {}, billed_elsewhere=True, unit="none")
     version = profile.version_at(event.event_time)

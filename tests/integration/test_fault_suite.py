@@ -269,7 +269,7 @@ def malformed_messages(rng, tag, n, accounts):
         elif kind == 4:
             out.append((key, reg.encode("usage_event", dict(rec, input_tokens=-rng.randint(1, 10**6))), {"negative_quantity"}))
         elif kind == 5:
-            out.append((key, reg.encode("usage_event", dict(rec, input_tokens=10**15)), {"absurd_quantity"}))
+            out.append((key, reg.encode("usage_event", dict(rec, input_tokens=10**15)), {"quantity_out_of_range"}))
         elif kind == 6:
             out.append((key, reg.encode("usage_event", dict(rec, model="m" * rng.randint(300, 5_000))), {"invalid_field"}))
         else:

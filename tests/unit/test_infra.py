@@ -22,9 +22,12 @@ COMPOSE_FILE = INFRA / "compose" / "docker-compose.yml"
 K8S = INFRA / "k8s"
 PROMETHEUS_FILE = INFRA / "prometheus" / "prometheus.yml"
 DASHBOARD_FILE = INFRA / "grafana" / "billing-dashboard.json"
+ALERTS_FILE = INFRA / "prometheus" / "alerts.yml"
+PROMETHEUS_RULE_FILE = K8S / "prometheus-rules.yaml"
 
 APP_IMAGE = "ai-billing-streams"
-ALLOWED_IMAGES = {"apache/kafka", "clickhouse/clickhouse-server", "prom/prometheus", "grafana/grafana", APP_IMAGE}
+ALLOWED_IMAGES = {"apache/kafka", "clickhouse/clickhouse-server", "prom/prometheus", "grafana/grafana",
+                  "danielqsj/kafka-exporter", APP_IMAGE}
 SECRET_SETTINGS = {name for name, (_, doc) in SETTINGS.items() if "secret" in doc.lower()}
 PIPELINE_COMMANDS = {"worker", "sink", "topics", "migrate"}
 
@@ -43,6 +46,7 @@ DOCUMENTED_METRICS: dict[str, set[str]] = {
     "billing_settlement_lines_total": {"granularity", "line_type"},
     "billing_hour_close_delay_seconds": set(),
     "billing_consumer_lag": {"group", "topic", "partition"},
+    "billing_event_age_seconds": {"group", "topic", "partition"},
     "billing_worker_round_seconds": set(),
     "billing_sink_batch_rows": set(),
     "billing_sink_insert_seconds": {"table"},
@@ -55,7 +59,26 @@ TARGET_LABELS = {"instance", "job"}  # added by Prometheus to every scraped seri
 PROMQL_WORDS = {
     "sum", "min", "max", "avg", "count", "topk", "bottomk", "quantile", "rate", "irate", "increase", "delta",
     "histogram_quantile", "vector", "scalar", "abs", "clamp_min", "clamp_max", "or", "and", "unless",
-    "bool", "offset",
+    "bool", "offset", "changes", "absent",
+}
+# Metrics the alert rules may use besides ours, with their labels: the process metrics
+# prometheus-client exports (ProcessCollector, Linux), Prometheus' own `up`, kafka-exporter
+# (danielqsj/kafka-exporter) and kube-state-metrics v2.
+PROCESS_METRICS: dict[str, set[str]] = {
+    "process_start_time_seconds": set(), "process_resident_memory_bytes": set(), "process_cpu_seconds_total": set(),
+    "process_open_fds": set(),
+}
+EXTERNAL_METRICS: dict[str, set[str]] = {
+    "up": set(),
+    "kafka_consumergroup_lag": {"consumergroup", "topic", "partition"},
+    "kafka_consumergroup_current_offset": {"consumergroup", "topic", "partition"},
+    "kafka_topic_partition_under_replicated_partition": {"topic", "partition"},
+    "kube_pod_container_status_restarts_total": {"namespace", "pod", "uid", "container"},
+    "kube_pod_container_status_last_terminated_exitcode": {"namespace", "pod", "uid", "container"},
+    "kube_pod_container_status_waiting_reason": {"namespace", "pod", "uid", "container", "reason"},
+    "kube_statefulset_replicas": {"namespace", "statefulset"},
+    "kube_statefulset_status_replicas_ready": {"namespace", "statefulset"},
+    "kube_deployment_status_replicas_unavailable": {"namespace", "deployment"},
 }
 
 
@@ -72,6 +95,13 @@ def k8s_docs() -> list[dict]:
 
 def k8s_objects(kind: str) -> list[dict]:
     return [doc for doc in k8s_docs() if doc.get("kind") == kind]
+
+
+def workload(name: str) -> dict:
+    """The Deployment or StatefulSet called ``name``."""
+    found = [doc for doc in k8s_objects("Deployment") + k8s_objects("StatefulSet") if doc["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one Deployment or StatefulSet {name} in infra/k8s, found {len(found)}"
+    return found[0]
 
 
 def k8s_object(kind: str, name: str) -> dict:
@@ -174,7 +204,7 @@ def test_the_deployment_files_exist():
     expected = {DOCKERFILE, COMPOSE_FILE, PROMETHEUS_FILE, DASHBOARD_FILE,
                 INFRA / "grafana" / "provisioning" / "dashboards.yaml",
                 INFRA / "grafana" / "provisioning" / "datasource.yaml",
-                *(K8S / f for f in ("namespace.yaml", "configmap.yaml", "secret.yaml", "worker-deployment.yaml",
+                *(K8S / f for f in ("namespace.yaml", "configmap.yaml", "secret.yaml", "worker-statefulset.yaml",
                                     "sink-deployment.yaml", "init-job.yaml", "service-metrics.yaml"))}
     assert not [str(p.relative_to(ROOT)) for p in expected if not p.is_file()]
 
@@ -286,6 +316,8 @@ def test_commands_run_are_rating_subcommands():
             used[sub] = f"compose {name}"
     for name, pod in pod_specs():
         for c in containers(pod):
+            if not is_app(c["image"]):
+                continue
             argv = c["command"] + c.get("args", []) if "command" in c else docker_entrypoint() + c.get("args", [])
             for sub in rating_subcommands(argv):
                 used[sub] = f"k8s {name}/{c['name']}"
@@ -298,7 +330,7 @@ def test_commands_run_are_rating_subcommands():
 
 @pytest.mark.parametrize("name,command", [("billing-worker", "worker"), ("billing-sink", "sink")])
 def test_long_running_pods_have_probes_resources_and_reachable_metrics(name, command):
-    pod = k8s_object("Deployment", name)["spec"]["template"]["spec"]
+    pod = workload(name)["spec"]["template"]["spec"]
     (c,) = [c for c in pod["containers"] if c.get("args", [])[:1] == [command]]
     env = effective_env(c)
     assert env["METRICS_HOST"] == "0.0.0.0", "on loopback the kubelet's probes and Prometheus cannot reach it"
@@ -315,19 +347,26 @@ def test_long_running_pods_have_probes_resources_and_reachable_metrics(name, com
 
 
 def test_worker_replicas_do_not_exceed_partitions():
-    replicas = k8s_object("Deployment", "billing-worker")["spec"]["replicas"]
+    replicas = workload("billing-worker")["spec"]["replicas"]
     assert 1 <= replicas <= int(configmap()["KAFKA_PARTITIONS"])
     env = {**{k: d for k, (d, _) in SETTINGS.items()}, **compose_env(app_services()["worker"])}
     assert 1 <= app_services()["worker"]["deploy"]["replicas"] <= int(env["KAFKA_PARTITIONS"])
 
 
 def test_worker_state_directory_is_a_writable_volume():
-    pod = k8s_object("Deployment", "billing-worker")["spec"]["template"]["spec"]
+    sts = k8s_object("StatefulSet", "billing-worker")
+    pod = sts["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     data_dir = Path(effective_env(c)["WORKER_DATA_DIR"])
     assert data_dir.is_absolute()
-    mounts = [Path(m["mountPath"]) for m in c.get("volumeMounts", [])]
-    assert any(data_dir == m or m in data_dir.parents for m in mounts), f"{data_dir} is on the read-only root"
+    mounts = {m["name"]: Path(m["mountPath"]) for m in c.get("volumeMounts", [])}
+    state = [name for name, m in mounts.items() if data_dir == m or m in data_dir.parents]
+    assert state, f"{data_dir} is on the read-only root"
+    # a volume per pod that survives restarts and rescheduling: a claim template, not an emptyDir
+    claims = {t["metadata"]["name"]: t for t in sts["spec"].get("volumeClaimTemplates", [])}
+    assert state[0] in claims and state[0] not in {v["name"] for v in pod.get("volumes", [])}, state
+    assert claims[state[0]]["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claims[state[0]]["spec"]["resources"]["requests"]["storage"]
     worker = app_services()["worker"]
     data_dir = Path(compose_env(worker)["WORKER_DATA_DIR"])
     targets = [Path(v.split(":")[1] if ":" in v else v) for v in worker.get("volumes", [])]
@@ -358,16 +397,53 @@ def test_metrics_service_selects_worker_and_sink_but_not_the_init_job():
     def selected(kind, name):
         return selector <= k8s_object(kind, name)["spec"]["template"]["metadata"]["labels"].items()
 
-    assert selected("Deployment", "billing-worker") and selected("Deployment", "billing-sink")
+    assert selected("StatefulSet", "billing-worker") and selected("Deployment", "billing-sink")
     assert not selected("Job", "billing-init")
     assert {p["port"] for p in svc["spec"]["ports"]} == {int(svc["metadata"]["annotations"]["prometheus.io/port"])}
 
 
 def test_deployment_selectors_match_their_pods():
-    for doc in k8s_objects("Deployment") + k8s_objects("PodDisruptionBudget"):
+    workloads = k8s_objects("Deployment") + k8s_objects("StatefulSet")
+    for doc in workloads + k8s_objects("PodDisruptionBudget"):
         labels = doc["spec"]["selector"]["matchLabels"].items()
-        targets = [d for d in k8s_objects("Deployment") if labels <= d["spec"]["template"]["metadata"]["labels"].items()]
+        targets = [d for d in workloads if labels <= d["spec"]["template"]["metadata"]["labels"].items()]
         assert targets, f"{doc['kind']} {doc['metadata']['name']} selects no pods"
+    for doc in k8s_objects("StatefulSet"):
+        assert doc["spec"]["selector"]["matchLabels"].items() <= doc["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_worker_statefulset_has_its_headless_service():
+    sts = k8s_object("StatefulSet", "billing-worker")
+    svc = k8s_object("Service", sts["spec"]["serviceName"])
+    assert svc["spec"].get("clusterIP") == "None"
+    assert svc["spec"]["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+    assert sts["spec"]["updateStrategy"]["type"] == "RollingUpdate"
+
+
+def test_production_durability_and_group_settings():
+    from streams.config import Settings
+    from streams.worker.tuning import rocksdb_memory_bound_bytes, table_options
+
+    cm = configmap()
+    s = Settings.from_env({k: v for k, v in cm.items()} | {"KAFKA_SASL_PASSWORD": "x", "CLICKHOUSE_PASSWORD": "x"})
+    assert (s.kafka_replication_factor, s.kafka_min_insync_replicas) == (3, 2)
+    assert s.worker_standby_replicas == 1
+    local = Settings.from_env({})
+    assert (local.kafka_min_insync_replicas, local.worker_standby_replicas) == (1, 0)
+    # production group timeouts are their own, longer than the local ones
+    assert s.worker_session_timeout_ms > local.worker_session_timeout_ms
+    assert s.worker_heartbeat_interval_ms * 3 <= s.worker_session_timeout_ms
+    assert s.worker_rebalance_timeout_ms >= s.worker_session_timeout_ms
+    # RocksDB: the block caches and write buffers of every partition a worker holds (owned and
+    # standby) fit in half of the container's memory limit, with the ledger's own memory beside them
+    assert s.worker_store.startswith("rocksdb") and table_options(s)
+    sts = k8s_object("StatefulSet", "billing-worker")
+    (c,) = sts["spec"]["template"]["spec"]["containers"]
+    limit = c["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi")
+    replicas = sts["spec"]["replicas"]
+    held = -(-s.kafka_partitions // replicas) * (1 + s.worker_standby_replicas)
+    assert rocksdb_memory_bound_bytes(s, held) <= int(limit[:-2]) * 1024**3 / 2
 
 
 # ---------------------------------------------------------------- compose
@@ -526,3 +602,129 @@ def test_documented_metrics_are_what_the_code_exports():
     exported = PipelineMetrics().labels_by_metric()
     assert exported == DOCUMENTED_METRICS
     assert set(METRIC_NAMES) == set(exported)
+
+
+# ---------------------------------------------------------------- alert rules
+
+
+def alert_rules() -> list[dict]:
+    return [rule for group in yaml.safe_load(ALERTS_FILE.read_text())["groups"] for rule in group["rules"]]
+
+
+def test_alert_rules_are_complete_and_the_operator_manifest_matches():
+    rules = alert_rules()
+    names = [r["alert"] for r in rules]
+    assert len(names) == len(set(names)), "alert names must be unique"
+    for r in rules:
+        assert {"alert", "expr", "labels", "annotations"} <= set(r), r.get("alert")
+        assert r["labels"]["severity"] in ("warning", "critical"), r["alert"]
+        assert r["annotations"]["summary"] and r["annotations"]["description"], r["alert"]
+        assert re.fullmatch(r"\d+[smh]", r.get("for", "0s")), r["alert"]
+    rule = yaml.safe_load(PROMETHEUS_RULE_FILE.read_text())
+    assert (rule["apiVersion"], rule["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")
+    assert rule["metadata"]["namespace"] == "billing"
+    assert rule["spec"]["groups"] == yaml.safe_load(ALERTS_FILE.read_text())["groups"], \
+        "infra/k8s/prometheus-rules.yaml is out of step with infra/prometheus/alerts.yml (regenerate it: see its header)"
+
+
+def test_alert_rules_use_only_exported_or_listed_metrics_and_their_labels():
+    known = {**DOCUMENTED_METRICS, **PROCESS_METRICS, **EXTERNAL_METRICS}
+    for r in alert_rules():
+        names, labels = promql_names(r["expr"])
+        metrics = {documented(n) or n for n in names}
+        unknown = metrics - set(known)
+        assert not unknown, f"{r['alert']}: {unknown} is neither exported by streams/observability/metrics.py nor listed"
+        allowed = set().union(*(known[m] for m in metrics)) | TARGET_LABELS
+        allowed |= {"le"} if any(n.endswith("_bucket") for n in names) else set()
+        assert labels <= allowed, f"{r['alert']}: labels {labels - allowed} do not exist on {metrics}"
+        for label in re.findall(r"\$labels\.(\w+)", " ".join(r["annotations"].values())):
+            assert label in allowed, f"{r['alert']}: the annotation uses {label}, which the result does not have"
+
+
+def test_process_metrics_the_rules_use_are_exported():
+    from streams.observability.metrics import PipelineMetrics
+
+    text = PipelineMetrics().exposition().decode()
+    used = {n for r in alert_rules() for n in promql_names(r["expr"])[0] if n in PROCESS_METRICS}
+    assert used and all(re.search(rf"^{n} ", text, re.M) for n in used), used
+
+
+def test_alert_rules_cover_the_failure_modes():
+    exprs = {r["alert"]: r["expr"] for r in alert_rules()}
+    every = " ".join(exprs.values())
+    for metric in ("kafka_consumergroup_lag", "billing_consumer_lag", "billing_event_age_seconds",
+                   "billing_events_rejected_total", "billing_hour_close_delay_seconds_bucket",
+                   "kube_statefulset_status_replicas_ready", "billing_sink_insert_failures_total"):
+        assert metric in every, f"no alert on {metric}"
+    exit_codes = {(m.group(1), int(m.group(2))) for e in exprs.values()
+                  for m in [re.search(r'container="(\w+)".*last_terminated_exitcode\{[^}]*\}\) == (\d)', e)] if m}
+    assert {("worker", 4), ("sink", 3)} <= exit_codes, exit_codes
+    from streams.sink.clickhouse import SinkHalted  # noqa: F401 - exit code 3 in streams/cli/common.py
+    from streams.worker.app import EXIT_STALLED
+
+    assert EXIT_STALLED == 4
+
+
+def test_alert_rules_name_the_deployed_groups_topics_and_workloads():
+    cm = configmap()
+    groups = {cm.get("WORKER_APP_ID", SETTINGS["WORKER_APP_ID"][0]), cm.get("SINK_GROUP_ID", SETTINGS["SINK_GROUP_ID"][0])}
+    prefix = cm.get("KAFKA_TOPIC_PREFIX", SETTINGS["KAFKA_TOPIC_PREFIX"][0])
+    sts = k8s_object("StatefulSet", "billing-worker")
+    containers_by_name = {c["name"] for _, pod in pod_specs() for c in pod["containers"]}
+    for r in alert_rules():
+        for value in re.findall(r'consumergroup="([^"]+)"', r["expr"]):
+            assert value in groups, f"{r['alert']}: group {value}"
+        for value in re.findall(r'topic="([^"]+)"', r["expr"]):
+            assert value.startswith(prefix), f"{r['alert']}: topic {value}"
+        for value in re.findall(r'statefulset="([^"]+)"', r["expr"]):
+            assert value == sts["metadata"]["name"], r["alert"]
+        for value in re.findall(r'deployment="([^"]+)"', r["expr"]):
+            assert k8s_object("Deployment", value), r["alert"]
+        for value in re.findall(r'container="([^"]+)"', r["expr"]):
+            assert value in containers_by_name, f"{r['alert']}: container {value}"
+        for value in re.findall(r'namespace="([^"]+)"', r["expr"]):
+            assert value == "billing", r["alert"]
+
+
+def test_prometheus_loads_the_rules_and_scrapes_kafka_exporter():
+    config = yaml.safe_load(PROMETHEUS_FILE.read_text())
+    prometheus = compose()["services"]["prometheus"]
+    mounted = {v.split(":")[1]: (COMPOSE_FILE.parent / v.split(":")[0]).resolve() for v in prometheus["volumes"] if v.startswith(".")}
+    assert [mounted[path] for path in config["rule_files"]] == [ALERTS_FILE.resolve()]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    (target,) = jobs["kafka-exporter"]["static_configs"][0]["targets"]
+    host, port = target.rsplit(":", 1)
+    exporter = compose()["services"][host]
+    assert split_image(exporter["image"])[0] == "danielqsj/kafka-exporter" and port == "9308"
+    assert any(a.startswith("--kafka.server=kafka:") for a in exporter["command"])
+    deploy = k8s_object("Deployment", "billing-kafka-exporter")
+    (c,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert "--kafka.server=$(KAFKA_BOOTSTRAP_SERVERS)" in c["args"] and "--sasl.password=$(KAFKA_SASL_PASSWORD)" in c["args"]
+    svc = k8s_object("Service", "billing-kafka-exporter")
+    assert svc["spec"]["selector"].items() <= deploy["spec"]["template"]["metadata"]["labels"].items()
+    assert not k8s_object("Service", "billing-metrics")["spec"]["selector"].items() <= deploy["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_kustomization_lists_every_manifest_but_the_templates():
+    listed = set(yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"])
+    present = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    # secret.yaml would overwrite the real passwords; the PrometheusRule needs the operator's CRDs
+    assert present - listed == {"secret.yaml", "prometheus-rules.yaml"} and listed <= present
+
+
+# ---------------------------------------------------------------- durability and hygiene
+
+
+def test_brokers_do_not_create_topics_on_their_own():
+    kafka = compose_env(compose()["services"]["kafka"])
+    assert kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    env = compose_env(app_services()["worker"])
+    assert int(env["KAFKA_MIN_INSYNC_REPLICAS"]) <= int(env["KAFKA_REPLICATION_FACTOR"]) == 1
+
+
+def test_clickhouse_healthcheck_probes_the_real_listener():
+    # the image's temporary init server listens on 127.0.0.1 only
+    test = " ".join(as_argv(compose()["services"]["clickhouse"]["healthcheck"]["test"]))
+    assert "/ping" in test and not re.search(r"127\.0\.0\.1|localhost|\[::1\]", test), test
+    assert "http://clickhouse:8123/" in test
+
