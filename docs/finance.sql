@@ -112,16 +112,19 @@ SETTINGS join_use_nulls = 0;
 -- name: trace_settlement_line
 -- "Why was I charged this?": one settlement line and every deduction behind it, with the usage
 -- event's ids and quantities, the price version and rating lines used, and the bucket split.
+-- A line's deductions are those naming it (deductions.settlement_id); lines written before
+-- settlement v2 list their deductions in the legacy column deduction_ids instead.
 -- params: settlement_id String
+WITH line AS (SELECT * FROM settlements FINAL WHERE settlement_id = {settlement_id:String})
 SELECT s.settlement_id, s.period_start, s.line_type, d.deduction_id, d.kind, d.event_id, d.trace_id, d.account_id,
        d.event_time, d.item, d.model, d.variant, d.quantities, d.price_version, d.lines_json, d.rated_amount,
        arrayZip(d.split_bucket_kind, d.split_bucket_id, d.split_amount) AS bucket_split, d.unbilled_amount
-FROM settlements AS s FINAL
-ARRAY JOIN s.deduction_ids AS line_deduction_id
+FROM line AS s
 INNER JOIN (SELECT * FROM deductions FINAL
-            WHERE main_account_id IN (SELECT main_account_id FROM settlements WHERE settlement_id = {settlement_id:String})
-           ) AS d ON d.deduction_id = line_deduction_id
-WHERE s.settlement_id = {settlement_id:String}
+            WHERE main_account_id IN (SELECT main_account_id FROM line)
+              AND (settlement_id = {settlement_id:String}
+                   OR has((SELECT any(deduction_ids) FROM line), deduction_id))
+           ) AS d ON d.main_account_id = s.main_account_id
 ORDER BY d.event_time, d.deduction_id;
 
 -- name: trace_request
@@ -131,9 +134,11 @@ ORDER BY d.event_time, d.deduction_id;
 SELECT 'deduction' AS row, deduction_id AS id, kind AS type, event_id, trace_id, toString(rated_amount) AS amount, price_version AS detail
 FROM deductions FINAL WHERE event_id = {id:String} OR trace_id = {id:String} OR deduction_id = {id:String}
 UNION ALL
-SELECT 'settlement', settlement_id, line_type, arrayStringConcat(event_ids, ','), '', toString(gross_amount), toString(period_start)
+SELECT 'settlement', settlement_id, line_type, '', '', toString(gross_amount), toString(period_start)
 FROM settlements FINAL
-WHERE hasAny(deduction_ids, (SELECT groupArray(deduction_id) FROM deductions FINAL
+WHERE settlement_id IN (SELECT settlement_id FROM deductions FINAL
+                        WHERE event_id = {id:String} OR trace_id = {id:String} OR deduction_id = {id:String})
+   OR hasAny(deduction_ids, (SELECT groupArray(deduction_id) FROM deductions FINAL
                              WHERE event_id = {id:String} OR trace_id = {id:String} OR deduction_id = {id:String}))
 UNION ALL
 SELECT 'dead_letter', dead_letter_id, reason_code, event_id, trace_id, '', reason

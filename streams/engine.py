@@ -11,9 +11,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.ingest.events import AccountEvent, Event, Rejected, UsageEvent
+from streams.dedupe import DEFAULT_HORIZON_MS, Entry, EntryStore, MemoryEntries, content_fingerprint, id_key
+from streams.ingest.events import AccountEvent, Event, Rejected, UsageEvent, millis_to_iso
 from streams.ledger.ledger import Effects, Ledger
-from streams.ledger.state import AccountState, event_fingerprint
+from streams.ledger.state import AccountState
 from streams.rating.profiles import Profiles
 from streams.settlement import usage_minutes
 from streams.settlement.periods import close_due, settle
@@ -44,10 +45,13 @@ class Outcome:
 
 
 class BillingEngine:
-    def __init__(self, profiles: Profiles, allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS):
+    def __init__(self, profiles: Profiles, allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS,
+                 horizon_ms: int = DEFAULT_HORIZON_MS):
         self.profiles = profiles
         self.ledger = Ledger(profiles)
         self.lateness = allowed_lateness_ms
+        self.horizon_ms = horizon_ms
+        self.entries = MemoryEntries(horizon_ms)  # used when the caller brings no store of its own
 
     def advance(self, state: AccountState, clock: int) -> Outcome:
         """Move the account to stream time ``clock`` (its partition's clock): close settlement
@@ -82,17 +86,41 @@ class BillingEngine:
         self.profiles = profiles
         self.ledger = Ledger(profiles)
 
-    def apply(self, state: AccountState | None, event: Event) -> Outcome:
-        fingerprint = event_fingerprint(event.event_id)
-        if state is not None and state.seen(fingerprint):
+    def apply(self, state: AccountState | None, event: Event, *, clock_ms: int | None = None,
+              entries: EntryStore | None = None) -> Outcome:
+        """Apply one event at partition stream time ``clock_ms`` (default: the account's).
+
+        ``entries`` is the dedupe store (see streams/dedupe.py); without one the engine keeps its
+        own in memory, which is what a single offline run needs."""
+        store = self.entries if entries is None else entries
+        clock = clock_ms if clock_ms is not None else (state.settled_until if state is not None else event.event_time)
+        if event.event_time < clock - self.horizon_ms:
+            return Outcome(state, rejected=Rejected(
+                "event_too_old", f"event time {millis_to_iso(event.event_time)} is more than the dedupe horizon "
+                f"({self.horizon_ms // 3_600_000} h) before stream time {millis_to_iso(clock)}"))
+        key = id_key(event.main_account_id, event.event_id)
+        content = content_fingerprint(event)
+        known = store.get(key)
+        if known is not None and state is not None and known.sequence <= state.applied_events:
+            if known.content != content:
+                return Outcome(state, rejected=Rejected(
+                    "event_id_conflict", f"event id {event.event_id!r} was already applied with different content"))
             return Outcome(state, duplicate=True)
+        if state is not None and state.seen_before_upgrade(event.event_id, clock):
+            return Outcome(state, duplicate=True)
+        outcome = self._apply_new(state, event)
+        if outcome.rejected is None and outcome.state is not None:
+            outcome.state.applied_events += 1
+            store.put(key, Entry(event.event_time, outcome.state.applied_events, content))
+        return outcome
+
+    def _apply_new(self, state: AccountState | None, event: Event) -> Outcome:
         if state is None:
             if isinstance(event, AccountEvent) and event.type == "account_opened":
                 try:
                     new = self.ledger.open_account(event)
                 except Rejected as exc:
                     return Outcome(None, rejected=exc)
-                new.remember(fingerprint)
                 return Outcome(new, status=self._status(new, event))
             return Outcome(None, rejected=Rejected("unknown_account", f"main account {event.main_account_id!r} has not been opened"))
         if state.main_account_id != event.main_account_id:
@@ -114,12 +142,13 @@ class BillingEngine:
                 AccountState.loads(before),
                 rejected=Rejected("internal_error", f"{type(exc).__name__}: {exc}"[:500]),
             )
-        state.remember(fingerprint)
         status = self._status(state, event) if fx.status_changed else None
         settlements, minutes = [], []
         if fx.deduction is not None:
             tz = self.profiles[state.profile].timezone
-            settlements = settle(state.periods, state.settled_until, state.main_account_id, fx.deduction, tz, self.lateness)
+            line, settlements = settle(state.periods, state.settled_until, state.main_account_id, fx.deduction, tz,
+                                       self.lateness)
+            fx.deduction["settlement_id"] = line
             minutes = usage_minutes.count(state.minutes, state.settled_until, state.main_account_id, fx.deduction, self.lateness)
         return Outcome(state, deduction=fx.deduction, alerts=fx.alerts, status=status, settlements=settlements,
                        usage_minutes=minutes)

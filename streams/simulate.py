@@ -16,6 +16,7 @@ from typing import Any, Iterable, Iterator
 
 import orjson
 
+from streams.dedupe import MemoryEntries
 from streams.engine import BillingEngine, Outcome
 from streams.ingest.partitioner import partition_for
 from streams.ingest.events import Rejected, millis_to_iso, parse_json_event
@@ -74,6 +75,8 @@ class Simulation:
         self.partitions = partitions
         self.result = SimulationResult()
         self.clocks: dict[int, int] = {}
+        # one dedupe store per partition, as live (a table partition each), pruned by its own clock
+        self.entries: dict[int, MemoryEntries] = {}
 
     def apply(self, event: Any, decoded: Decoded, source: str, number: int) -> Outcome:
         states, engine = self.result.states, self.engine
@@ -82,7 +85,11 @@ class Simulation:
         clock = self.clocks[part] = max(self.clocks.get(part, 0), event.event_time)
         if key in states:
             _collect(self.result, engine.advance(states[key], clock))
-        outcome = engine.apply(states.get(key), event)
+        entries = self.entries.get(part)
+        if entries is None:
+            entries = self.entries[part] = MemoryEntries(engine.horizon_ms)
+        outcome = engine.apply(states.get(key), event, clock_ms=clock, entries=entries)
+        entries.prune(clock)  # amortized O(1): it looks at the oldest entry only
         if outcome.state is not None:
             states[key] = outcome.state
         if outcome.rejected is not None:
@@ -153,6 +160,7 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
 
 
 def run_file(path: Path, profiles: Profiles | None = None, *, partitions: int = 4,
-             allowed_lateness_ms: int | None = None) -> SimulationResult:
-    engine = BillingEngine(profiles or Profiles(), **({} if allowed_lateness_ms is None else {"allowed_lateness_ms": allowed_lateness_ms}))
+             allowed_lateness_ms: int | None = None, horizon_ms: int | None = None) -> SimulationResult:
+    options = {k: v for k, v in (("allowed_lateness_ms", allowed_lateness_ms), ("horizon_ms", horizon_ms)) if v is not None}
+    engine = BillingEngine(profiles or Profiles(), **options)
     return simulate(read_lines(path), engine, source=path.name, partitions=partitions)

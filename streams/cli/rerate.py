@@ -77,7 +77,7 @@ def events_from_clickhouse(client, topic: str) -> list[tuple[Any, Decoded]]:
 @dataclass
 class Billed:
     """What the pipeline published: usage deductions by id, re-rating adjustments, and the ids of
-    adjustments that settlement lines already cover."""
+    the re-rating settlement lines that exist (an adjustment whose line is missing is uncovered)."""
 
     usage: dict[str, dict[str, Any]]
     adjustments: list[dict[str, Any]]
@@ -96,7 +96,7 @@ async def billed_from_topics(s) -> Billed:
             (adjusted if record["kind"] == "rerate_adjustment" else usage)[record["deduction_id"]] = record
     async for _, record in read_records(s, s.topics.settlements, "settlement"):
         if record["line_type"] == "rerate":
-            covered.update(record["deduction_ids"])
+            covered.add(record["settlement_id"])
     return Billed(usage, list(adjusted.values()), covered)
 
 
@@ -260,7 +260,8 @@ def _csv_to_parquet(csv_path: Path, parquet_path: Path) -> None:
 
 def book(s, profiles, result: RerateResult, booked: list[dict[str, Any]], covered: set[str], yes: bool) -> None:
     fresh = adjustments(result)
-    uncovered = [b for b in booked if b["deduction_id"] not in covered]  # booked by a run that stopped before its lines
+    # booked by a run that stopped before its lines: booked again below, naming their new line
+    uncovered = [b for b in booked if b.get("settlement_id") not in covered]
     timezones = {name: profiles[name].timezone for name in profiles.names()}
     lines = settlement_lines(fresh + uncovered, timezones, closed_at=int(time.time() * 1000))
     if not fresh and not lines:
@@ -269,7 +270,7 @@ def book(s, profiles, result: RerateResult, booked: list[dict[str, Any]], covere
     delta = sum((Decimal(a["rated_amount"]) for a in fresh), Decimal(0))
     if not yes and not typer.confirm(f"book {len(fresh)} adjustment deductions (total {money(delta)}) and {len(lines)} settlement lines?"):
         raise typer.Abort()
-    asyncio.run(_produce(s, fresh, lines))
+    asyncio.run(_produce(s, fresh + uncovered, lines))
     console.print(f"booked {len(fresh)} adjustment deductions (total {money(delta)}) and {len(lines)} settlement lines "
                   f"to {s.topics.deductions} and {s.topics.settlements}")
 

@@ -17,7 +17,7 @@ from streams.deduction.record import money
 DEDUCTION_FIELDS = ("deduction_id", "kind", "event_id", "trace_id", "account_id", "main_account_id", "event_time", "profile",
                     "currency", "price_version", "item", "model", "variant", "quantities", "lines_json", "rated_amount",
                     "split_bucket_kind", "split_bucket_id", "split_amount", "split_units", "split_unit", "unbilled_amount",
-                    "unbilled_reason", "adjusts_deduction_id", "rerate_id", "settlement_period")
+                    "unbilled_reason", "adjusts_deduction_id", "rerate_id", "settlement_period", "settlement_id")
 SETTLEMENT_FIELDS = ("settlement_id", "main_account_id", "period_start", "period_end", "granularity", "line_type", "item",
                      "model", "variant", "currency", "gross_amount", "free_amount", "trial_amount", "pack_amount",
                      "voucher_amount", "cash_amount", "unbilled_amount", "event_count", "deduction_ids", "event_ids")
@@ -32,11 +32,12 @@ def find_chain(client, ident: str) -> dict[str, Any]:
     deductions; a deduction, event or trace id reaches its deductions and the lines that hold them."""
     lines = _rows(client, f"SELECT {', '.join(SETTLEMENT_FIELDS)} FROM settlements FINAL WHERE settlement_id = {{id:String}}", {"id": ident})
     if lines:
-        ids = [d for line in lines for d in line["deduction_ids"]]
+        legacy = [d for line in lines for d in line["deduction_ids"]]  # lines before settlement v2 list them
         # the account is the first key of the deductions table: only its rows are read
         deductions = _rows(client, f"SELECT {', '.join(DEDUCTION_FIELDS)} FROM deductions FINAL "
-                                   "WHERE main_account_id = {account:String} AND has({ids:Array(String)}, deduction_id) "
-                                   "ORDER BY event_time, deduction_id", {"ids": ids, "account": lines[0]["main_account_id"]})
+                                   "WHERE main_account_id = {account:String} AND (settlement_id = {id:String} "
+                                   "OR has({ids:Array(String)}, deduction_id)) ORDER BY event_time, deduction_id",
+                           {"id": ident, "ids": legacy, "account": lines[0]["main_account_id"]})
         return {"query": ident, "found_as": "settlement line", "settlement_lines": lines, "deductions": deductions}
     deductions = _rows(client, f"SELECT {', '.join(DEDUCTION_FIELDS)} FROM deductions FINAL WHERE deduction_id = {{id:String}} "
                                "OR event_id = {id:String} OR trace_id = {id:String} OR adjusts_deduction_id = {id:String} "
@@ -48,9 +49,10 @@ def find_chain(client, ident: str) -> dict[str, Any]:
             return {"query": ident, "found_as": "dead letter", "settlement_lines": [], "deductions": [], "dead_letters": dead}
         raise UserError(f"{ident!r} is not a settlement line, deduction, event or trace id in ClickHouse")
     lines = _rows(client, f"SELECT {', '.join(SETTLEMENT_FIELDS)} FROM settlements FINAL "
-                          "WHERE main_account_id IN {accounts:Array(String)} AND hasAny(deduction_ids, {ids:Array(String)}) "
-                          "ORDER BY period_start, line_type",
-                  {"ids": [d["deduction_id"] for d in deductions], "accounts": sorted({d["main_account_id"] for d in deductions})})
+                          "WHERE main_account_id IN {accounts:Array(String)} AND (settlement_id IN {lines:Array(String)} "
+                          "OR hasAny(deduction_ids, {ids:Array(String)})) ORDER BY period_start, line_type",
+                  {"ids": [d["deduction_id"] for d in deductions], "accounts": sorted({d["main_account_id"] for d in deductions}),
+                   "lines": sorted({d["settlement_id"] for d in deductions if d["settlement_id"]})})
     return {"query": ident, "found_as": "deduction / event / trace", "settlement_lines": lines, "deductions": deductions}
 
 
@@ -96,9 +98,10 @@ def render(chain: dict[str, Any]) -> None:
             f"{line['period_start']:%Y-%m-%d %H:%M} UTC per {line['granularity']}: {line['item']} {line['model']} "
             f"gross {money(line['gross_amount'])} {line['currency']} (cash {money(line['cash_amount'])}), "
             f"{line['event_count']} events   [dim]ClickHouse settlements[/]")
-        for did in line["deduction_ids"]:
-            if did in by_id:
-                _deduction(node, by_id[did])
+        legacy = set(line["deduction_ids"])
+        for did, d in by_id.items():
+            if d["settlement_id"] == line["settlement_id"] or did in legacy:
+                _deduction(node, d)
                 shown.add(did)
     rest = [d for d in chain["deductions"] if d["deduction_id"] not in shown]
     if rest:

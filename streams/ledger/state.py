@@ -7,18 +7,19 @@ the record of which events were applied change together in one changelog record.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Any
 
 import orjson
 
 ZERO = Decimal(0)
-RECENT_EVENT_IDS = 1024  # producer duplicates arriving within this many events of one account are caught
+LEGACY_WINDOW_MS = 35 * 86_400_000  # the default dedupe horizon
+STATE_VERSION = 2  # 1: kept a window of the last 1,024 event ids; 2: ids live in the dedupe store
 
 
-def event_fingerprint(event_id: str) -> str:
-    """Short stable hash of an event id (collision odds ~1e-20 within one account's window)."""
+def legacy_fingerprint(event_id: str) -> str:
+    """How version 1 recorded an event id in the account record (read for upgrades only)."""
     return hashlib.blake2b(event_id.encode(), digest_size=12).hexdigest()
 
 
@@ -136,28 +137,25 @@ class AccountState:
     arrears_episode: int = 0
     grace_reminded: bool = False
     stream_time: int = 0
-    recent_events: list[str] = field(default_factory=list)
+    applied_events: int = 0  # sequence of applied events: what the dedupe entries are checked against
+    # ids a version-1 record remembered, consulted until ``legacy_until`` (one horizon after the
+    # upgrade), so that an upgrade does not forget the duplicates of events applied just before it
+    legacy_event_ids: list[str] = field(default_factory=list)
+    legacy_until: int = 0
     offsets: dict[str, int] = field(default_factory=dict)  # input partition -> last applied offset
     periods: dict[str, dict[str, Any]] = field(default_factory=dict)  # open settlement periods
     settled_until: int = 0  # the partition clock this account has been advanced to
     minutes: dict[str, dict[str, Any]] = field(default_factory=dict)  # open per-minute usage counts
 
-    # ------------------------------------------------------------ dedupe
+    # ------------------------------------------------------------ dedupe (upgrades from version 1)
 
-    def seen(self, fingerprint: str) -> bool:
-        return fingerprint in self._recent_set()
-
-    def remember(self, fingerprint: str) -> None:
-        self.recent_events.append(fingerprint)
-        if len(self.recent_events) > RECENT_EVENT_IDS:
-            del self.recent_events[: len(self.recent_events) - RECENT_EVENT_IDS]
-        self.__dict__.pop("_recent_cache", None)
-
-    def _recent_set(self) -> set[str]:
-        cached = self.__dict__.get("_recent_cache")
-        if cached is None:
-            cached = self.__dict__["_recent_cache"] = set(self.recent_events)
-        return cached
+    def seen_before_upgrade(self, event_id: str, clock: int) -> bool:
+        if not self.legacy_event_ids:
+            return False
+        if clock > self.legacy_until:
+            self.legacy_event_ids = []
+            return False
+        return legacy_fingerprint(event_id) in self.legacy_event_ids
 
     # ------------------------------------------------------------ balances
 
@@ -169,6 +167,7 @@ class AccountState:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "version": STATE_VERSION,
             "main_account_id": self.main_account_id,
             "profile": self.profile,
             "currency": self.currency,
@@ -196,7 +195,9 @@ class AccountState:
             "arrears_episode": self.arrears_episode,
             "grace_reminded": self.grace_reminded,
             "stream_time": self.stream_time,
-            "recent_events": list(self.recent_events),
+            "applied_events": self.applied_events,
+            "legacy_event_ids": list(self.legacy_event_ids),
+            "legacy_until": self.legacy_until,
             "offsets": dict(sorted(self.offsets.items())),
             "periods": dict(sorted(self.periods.items())),
             "settled_until": self.settled_until,
@@ -205,40 +206,32 @@ class AccountState:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "AccountState":
-        return cls(
-            main_account_id=d["main_account_id"],
-            profile=d["profile"],
-            currency=d["currency"],
-            opened_at=d["opened_at"],
-            post_paid=d["post_paid"],
-            cash=Decimal(d["cash"]),
-            balance_threshold=None if d["balance_threshold"] is None else Decimal(d["balance_threshold"]),
-            threshold_armed=d["threshold_armed"],
-            safe_trial_mode=d["safe_trial_mode"],
-            vouchers=[Bucket.from_dict(v) for v in d["vouchers"]],
-            packs=[Bucket.from_dict(p) for p in d["packs"]],
-            free_used={k: Decimal(v) for k, v in d["free_used"].items()},
-            free_exhausted_alerted=d["free_exhausted_alerted"],
-            free_horizon=d["free_horizon"],
-            trials={k: Trial.from_dict(t) for k, t in d["trials"].items()},
-            activated_models=set(d["activated_models"]),
-            limits={k: InferenceLimit.from_dict(v) for k, v in d["limits"].items()},
-            limit_changed_at=dict(d["limit_changed_at"]),
-            sub_accounts=set(d["sub_accounts"]),
-            stopped_models=set(d["stopped_models"]),
-            safe_paused_models=set(d["safe_paused_models"]),
-            status=d["status"],
-            status_reason=d["status_reason"],
-            arrears_since=d["arrears_since"],
-            arrears_episode=d["arrears_episode"],
-            grace_reminded=d["grace_reminded"],
-            stream_time=d["stream_time"],
-            recent_events=list(d["recent_events"]),
-            offsets=dict(d["offsets"]),
-            periods=dict(d["periods"]),
-            settled_until=d["settled_until"],
-            minutes=dict(d["minutes"]),
-        )
+        """Reads every version written so far; a field missing from an older record takes its
+        default, and a field this version does not know (written by a newer one) is ignored."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in d.items() if k in known}
+        decimals = {"cash": Decimal, "balance_threshold": lambda v: None if v is None else Decimal(v)}
+        for name, conv in decimals.items():
+            if name in values:
+                values[name] = conv(values[name])
+        convert = {
+            "vouchers": lambda v: [Bucket.from_dict(x) for x in v],
+            "packs": lambda v: [Bucket.from_dict(x) for x in v],
+            "free_used": lambda v: {k: Decimal(x) for k, x in v.items()},
+            "trials": lambda v: {k: Trial.from_dict(x) for k, x in v.items()},
+            "limits": lambda v: {k: InferenceLimit.from_dict(x) for k, x in v.items()},
+            "activated_models": set, "sub_accounts": set, "stopped_models": set, "safe_paused_models": set,
+            "limit_changed_at": dict, "offsets": dict, "periods": dict, "minutes": dict,
+            "legacy_event_ids": list,
+        }
+        for name, conv in convert.items():
+            if name in values:
+                values[name] = conv(values[name])
+        state = cls(**values)
+        if d.get("version", 1) == 1 and d.get("recent_events"):
+            state.legacy_event_ids = list(d["recent_events"])
+            state.legacy_until = max(d.get("stream_time", 0), d.get("settled_until", 0)) + LEGACY_WINDOW_MS
+        return state
 
     def dumps(self) -> bytes:
         return orjson.dumps(self.to_dict())

@@ -233,7 +233,8 @@ def adjustments(result: RerateResult) -> list[dict[str, Any]]:
 def settlement_lines(adjusted: list[dict[str, Any]], timezones: dict[str, str], closed_at: int) -> list[dict[str, Any]]:
     """Adjustment deductions -> settlement lines of type ``rerate``, one per account, period and
     item/model/variant. A line's id covers exactly its adjustments, so lines booked by an
-    interrupted run and by the run that completes it never replace one another."""
+    interrupted run and by the run that completes it never replace one another. Each adjustment
+    is given the id of its line (``settlement_id``): the line lists no ids, it is found from them."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for a in adjusted:
         start, end = period_of(a["settlement_period"], a["event_time"], timezones[a["profile"]])
@@ -249,15 +250,17 @@ def settlement_lines(adjusted: list[dict[str, Any]], timezones: dict[str, str], 
             for s in a["splits"]:
                 sums[s["bucket_kind"]] += Decimal(s["amount"])
         ident = f"{main}|{granularity}|{start}|{item}|{model}|{variant}|rerate|{'|'.join(ids)}"
+        line_id = str(uuid.uuid5(SETTLEMENT_NAMESPACE, ident))
+        for a in adjs:
+            a["settlement_id"] = line_id
         lines.append({
-            "settlement_id": str(uuid.uuid5(SETTLEMENT_NAMESPACE, ident)),
+            "settlement_id": line_id,
             "main_account_id": main, "period_start": start, "period_end": end, "granularity": granularity,
             "line_type": "rerate", "profile": adjs[0]["profile"], "currency": adjs[0]["currency"], "item": item,
             "model": adjs[0]["model"], "variant": adjs[0]["variant"], "quantities": {},
             "gross_amount": money(sums["gross"]), "free_amount": money(sums["free"]), "trial_amount": money(sums["trial"]),
             "pack_amount": money(sums["pack"]), "voucher_amount": money(sums["voucher"]), "cash_amount": money(sums["cash"]),
             "unbilled_amount": money(sums["unbilled"]), "event_count": 0,
-            "price_versions": sorted({a["price_version"] for a in adjs}), "deduction_ids": ids,
-            "event_ids": [a["event_id"] for a in sorted(adjs, key=lambda a: a["deduction_id"])], "closed_at": closed_at,
+            "price_versions": sorted({a["price_version"] for a in adjs}), "closed_at": closed_at,
         })
     return lines

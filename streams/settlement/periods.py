@@ -5,6 +5,8 @@ the platform time zone for credit-based video and 3D generation (billing-rules Â
 closes when the partition's stream time passes its end plus the allowed lateness; a deduction
 that arrives for a closed period becomes an **adjustment** line of its own, never a rewrite.
 Every id and time in a line is derived from the data, so a replay produces the same lines.
+A line holds sums and counts only, never a list that grows with the traffic: each deduction names
+its line (``settlement_id``), and the line's events are found by joining on it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from streams.deduction.record import deduction_id, money
+from streams.deduction.record import money
 
 SETTLEMENT_NAMESPACE = uuid.UUID("0c7d51a4-8f7e-4d0e-9f41-3c2b9a6d8e15")
 HOUR_MS = 3_600_000
@@ -47,7 +49,7 @@ def _new_period(granularity: str, start: int, end: int, d: dict[str, Any]) -> di
     return {
         "granularity": granularity, "period_start": start, "period_end": end, "item": d["item"], "model": d["model"],
         "variant": d["variant"], "profile": d["profile"], "currency": d["currency"], "quantities": {},
-        "gross": "0", "unbilled": "0", **{b: "0" for b in BUCKETS}, "event_count": 0, "price_versions": [], "event_ids": [],
+        "gross": "0", "unbilled": "0", **{b: "0" for b in BUCKETS}, "event_count": 0, "price_versions": [],
     }
 
 
@@ -63,13 +65,17 @@ def _add(acc: dict[str, Any], d: dict[str, Any]) -> None:
     acc["event_count"] += 1
     if d["price_version"] not in acc["price_versions"]:
         acc["price_versions"].append(d["price_version"])
-    acc["event_ids"].append(d["event_id"])
+    acc.pop("event_ids", None)  # kept by state version 1: a line no longer lists its events
+
+
+def line_id(main: str, acc: dict[str, Any], line_type: str, suffix: str = "") -> str:
+    ident = f"{main}|{acc['granularity']}|{acc['period_start']}|{acc['item']}|{acc['model'] or ''}|{acc['variant'] or ''}|{line_type}{suffix}"
+    return str(uuid.uuid5(SETTLEMENT_NAMESPACE, ident))
 
 
 def _line(main: str, acc: dict[str, Any], line_type: str, lateness_ms: int, suffix: str = "") -> dict[str, Any]:
-    ident = f"{main}|{acc['granularity']}|{acc['period_start']}|{acc['item']}|{acc['model'] or ''}|{acc['variant'] or ''}|{line_type}{suffix}"
     return {
-        "settlement_id": str(uuid.uuid5(SETTLEMENT_NAMESPACE, ident)),
+        "settlement_id": line_id(main, acc, line_type, suffix),
         "main_account_id": main,
         "period_start": acc["period_start"],
         "period_end": acc["period_end"],
@@ -90,26 +96,27 @@ def _line(main: str, acc: dict[str, Any], line_type: str, lateness_ms: int, suff
         "unbilled_amount": acc["unbilled"],
         "event_count": acc["event_count"],
         "price_versions": sorted(acc["price_versions"]),
-        "deduction_ids": [deduction_id(main, e) for e in acc["event_ids"]],
-        "event_ids": list(acc["event_ids"]),
         "closed_at": acc["period_end"] + lateness_ms,
     }
 
 
-def settle(periods: dict[str, dict], settled_until: int, main: str, d: dict[str, Any], tz: str, lateness_ms: int) -> list[dict]:
-    """Add a deduction to its open period, or return an adjustment line if the period has closed."""
+def settle(periods: dict[str, dict], settled_until: int, main: str, d: dict[str, Any], tz: str,
+           lateness_ms: int) -> tuple[str, list[dict]]:
+    """Add a deduction to its open period, or make it an adjustment line of its own if the period
+    has closed. Returns the id of the line the deduction is summed into, and the lines to emit."""
     granularity = d["settlement_period"]
     start, end = period_of(granularity, d["event_time"], tz)
     if end + lateness_ms <= settled_until:
         acc = _new_period(granularity, start, end, d)
         _add(acc, d)
-        return [_line(main, acc, "adjustment", lateness_ms, suffix=f"|{d['event_id']}")]
+        line = _line(main, acc, "adjustment", lateness_ms, suffix=f"|{d['event_id']}")
+        return line["settlement_id"], [line]
     key = _key(granularity, start, d)
     acc = periods.get(key)
     if acc is None:
         acc = periods[key] = _new_period(granularity, start, end, d)
     _add(acc, d)
-    return []
+    return line_id(main, acc, "regular"), []
 
 
 def close_due(periods: dict[str, dict], clock: int, main: str, lateness_ms: int) -> list[dict]:

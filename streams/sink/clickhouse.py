@@ -82,6 +82,7 @@ DEDUCTION_COLUMNS = [
     "free_amount", "trial_amount", "pack_amount", "voucher_amount", "cash_amount", "unbilled_amount",
     "unbilled_reason", "split_bucket_kind", "split_bucket_id", "split_amount", "split_units", "split_unit",
     "billed_elsewhere", "flags", "balance_after", "settlement_period", "kind", "adjusts_deduction_id", "rerate_id",
+    "settlement_id",
 ]
 
 
@@ -103,7 +104,7 @@ def deduction_row(d: dict[str, Any]) -> tuple:
         [s["bucket_kind"] for s in d["splits"]], [s["bucket_id"] for s in d["splits"]],
         [Decimal(s["amount"]) for s in d["splits"]], [Decimal(s["units"]) for s in d["splits"]],
         [s["unit"] for s in d["splits"]], d["billed_elsewhere"], d["flags"], Decimal(d["balance_after"]), d["settlement_period"],
-        d["kind"], d["adjusts_deduction_id"] or "", d["rerate_id"] or "",
+        d["kind"], d["adjusts_deduction_id"] or "", d["rerate_id"] or "", d.get("settlement_id") or "",
     )
 
 
@@ -140,8 +141,7 @@ def status_row(s: dict[str, Any]) -> tuple:
 SETTLEMENT_COLUMNS = [
     "settlement_id", "main_account_id", "period_start", "period_end", "granularity", "line_type", "profile", "currency",
     "item", "model", "variant", "quantities", "gross_amount", "free_amount", "trial_amount", "pack_amount",
-    "voucher_amount", "cash_amount", "unbilled_amount", "event_count", "price_versions", "deduction_ids", "event_ids",
-    "closed_at",
+    "voucher_amount", "cash_amount", "unbilled_amount", "event_count", "price_versions", "closed_at",
 ]
 
 
@@ -151,7 +151,7 @@ def settlement_row(s: dict[str, Any]) -> tuple:
         s["line_type"], s["profile"], s["currency"], s["item"], s["model"] or "", s["variant"] or "", s["quantities"],
         Decimal(s["gross_amount"]), Decimal(s["free_amount"]), Decimal(s["trial_amount"]), Decimal(s["pack_amount"]),
         Decimal(s["voucher_amount"]), Decimal(s["cash_amount"]), Decimal(s["unbilled_amount"]), s["event_count"],
-        s["price_versions"], s["deduction_ids"], s["event_ids"], _ts(s["closed_at"]),
+        s["price_versions"], _ts(s["closed_at"]),
     )
 
 

@@ -35,6 +35,7 @@ from faust.types import TP
 
 from streams.config import Settings
 from streams.kafka_client import producer_kwargs
+from streams.dedupe import RoundEntries, partition_scope
 from streams.engine import BillingEngine
 from streams.ingest.codec import registry
 from streams.ingest.messages import Decoded, dead_letter_record, decode_message
@@ -43,6 +44,7 @@ from streams.ledger.alerts import ARREARS_KINDS
 from streams.ledger.state import AccountState
 from streams.observability.metrics import PipelineMetrics, serve
 from streams.rating.profiles import PROFILES_DIR, ProfileError, Profiles
+from streams.worker.entry_sweep import EntrySweep
 from streams.worker.stall import EXIT_STALLED, StallWatch
 
 log = logging.getLogger("streams.worker")
@@ -107,7 +109,11 @@ def create_app(settings: Settings) -> faust.App:
     # stream time per input partition: the largest event time seen there (persisted, so a
     # restarted worker closes periods exactly as the one before it would have)
     clocks = app.Table("partition-clocks", partitions=settings.kafka_partitions, key_type=bytes, value_type=bytes)
-    engine = BillingEngine(Profiles(settings.profiles_dir), allowed_lateness_ms=settings.settlement_allowed_lateness_s * 1000)
+    # one dedupe entry per applied event id, pruned by the horizon (streams/dedupe.py)
+    event_ids_table = app.Table("event-ids", partitions=settings.kafka_partitions, key_type=bytes, value_type=bytes)
+    engine = BillingEngine(Profiles(settings.profiles_dir), allowed_lateness_ms=settings.settlement_allowed_lateness_s * 1000,
+                           horizon_ms=settings.dedupe_horizon_s * 1000)
+    sweep = EntrySweep(engine.horizon_ms)
     reg = registry()
     outputs = OutputProducer(settings)
     tick_value = reg.encode("clock_tick", {"issued_by": settings.worker_app_id})
@@ -182,6 +188,7 @@ def create_app(settings: Settings) -> faust.App:
             anchors: dict[bytes, Any] = {}
             clock_anchor: dict[int, Any] = {}
             produce: list[tuple[str, bytes | None, bytes]] = []
+            entries = RoundEntries(event_ids_table.get)
 
             def load(key: bytes) -> AccountState | None:
                 if key not in states:
@@ -212,12 +219,13 @@ def create_app(settings: Settings) -> faust.App:
                         if d.event is not None:
                             part_clock[part] = max(part_clock[part], d.event.event_time)
                     return
+                entries.scope, entries.anchor = partition_scope(part), ev
                 for i, d in enumerate(decoded):
                     if d.event is not None:
                         part_clock[part] = max(part_clock[part], d.event.event_time)
                         if state is not None:
                             outputs_for(engine.advance(state, part_clock[part]), key, produce)
-                        outcome = engine.apply(state, d.event)
+                        outcome = engine.apply(state, d.event, clock_ms=part_clock[part], entries=entries)
                         state = outcome.state
                         if outcome.rejected is not None:
                             d = replace(d, rejected=outcome.rejected, payload=d.standalone_payload(reg))
@@ -279,8 +287,15 @@ def create_app(settings: Settings) -> faust.App:
                 producer = await outputs.started()
                 futures = [await producer.send(t, key=k, value=v) for t, k, v in produce]
                 await asyncio.gather(*futures)
-            # 2) ... then the state that says they happened (the changelog partition is the
-            #    message's partition, which is the account's)
+            # 2) ... then the dedupe entries of the events applied, acknowledged before ...
+            if entries.written:
+                for scoped, (entry, ev) in entries.written.items():
+                    _current_event.set(weakref.ref(ev))
+                    event_ids_table[scoped] = entry.encode()
+                await app.producer.flush()
+            # 3) ... the state that says they happened (the changelog partition is the
+            #    message's partition, which is the account's). An entry whose sequence the state
+            #    has not reached (a crash between 2 and 3) is not taken for a duplicate.
             for key, ev in anchors.items():
                 state = states[key]
                 _current_event.set(weakref.ref(ev))
@@ -293,6 +308,10 @@ def create_app(settings: Settings) -> faust.App:
                 else:
                     index[key] = when
             timing.rounds.append((processed - round_started, time.time() - processed, len(round_events)))
+            for scoped, ev in sweep.expired(event_ids_table.keys, event_ids_table.get, part_clock, clock_anchor):
+                _current_event.set(weakref.ref(ev))
+                del event_ids_table[scoped]
+            counts["ids_forgotten"] = sweep.forgotten
             for part, ev in clock_anchor.items():
                 _current_event.set(weakref.ref(ev))
                 history = clock_history.setdefault(part, [])

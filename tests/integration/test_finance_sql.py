@@ -152,5 +152,7 @@ def test_finance_queries_return_the_simulated_figures(one_partition_harness):
     open_periods = sum(len(s.periods) for s in sim.states.values())
     assert sum(1 for r in rec if r["state"] == "open") == open_periods
     assert sum(1 for r in rec if r["state"] == "ok") > 20
-    adjustments = h.ch.query(f"SELECT event_ids FROM settlements FINAL WHERE line_type = 'adjustment' AND main_account_id LIKE '{acc}'").result_rows
-    assert [f"{h.tag}-late-u2"] in [r[0] for r in adjustments]
+    adjustments = h.ch.query("SELECT d.event_id FROM settlements AS s FINAL INNER JOIN (SELECT * FROM deductions FINAL) AS d "
+                             "ON d.settlement_id = s.settlement_id AND d.main_account_id = s.main_account_id "
+                             f"WHERE s.line_type = 'adjustment' AND s.main_account_id LIKE '{acc}'").result_rows
+    assert (f"{h.tag}-late-u2",) in adjustments

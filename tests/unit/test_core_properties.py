@@ -570,9 +570,18 @@ def test_conservation_of_every_rated_amount(sc: Scenario):
         for f, name in fields.items():
             got[(line["main_account_id"], name)] = got.get((line["main_account_id"], name), Decimal(0)) + D(line[f])
         assert D(line["gross_amount"]) == sum((D(line[f]) for f in fields if f != "gross_amount"), Decimal(0)), line
-        settled_ids += [(line["main_account_id"], e) for e in line["event_ids"]]
+        settled_ids.append(line["settlement_id"])
     assert {k: v for k, v in got.items() if v} == {k: v for k, v in want.items() if v}
-    assert sorted(settled_ids) == sorted((d["main_account_id"], d["event_id"]) for d in run.deductions)
+    # every deduction names the one line it is summed into, and each line is exactly its deductions
+    assert len(settled_ids) == len(set(settled_ids))
+    members: dict[str, list[dict[str, Any]]] = {}
+    for d in closed.deductions:
+        members.setdefault(d["settlement_id"], []).append(d)
+    assert set(members) == set(settled_ids)
+    for line in closed.settlements:
+        ds = members[line["settlement_id"]]
+        assert line["event_count"] == len(ds) and all(d["main_account_id"] == line["main_account_id"] for d in ds)
+        assert D(line["gross_amount"]) == sum((D(d["rated_amount"]) for d in ds), Decimal(0))
     assert all(not st_.periods for st_ in closed.states.values()), "periods left open after the final clock"
 
 
@@ -855,7 +864,11 @@ def test_redelivered_events_change_nothing(sc: Scenario, data):
     # call ``advance`` before ``apply``), so records that come due may be emitted at the redelivery
     # instead of at the account's next event: the same records in the same order per account.
     assert later.outputs_per_account() == once.outputs_per_account()
-    assert later.deductions == once.deductions and later.dead == once.dead
+    # a redelivery more than the dedupe horizon behind stream time is a dead letter of its own
+    # (``event_too_old``), never a charge; every other redelivery is silent
+    too_old = [d for d in later.dead if d[1] == "event_too_old"]
+    assert {d[0] for d in too_old} <= {s.event.event_id for s in once.steps if s.outcome.rejected is None}
+    assert later.deductions == once.deductions and [d for d in later.dead if d[1] != "event_too_old"] == once.dead
     assert later.final_states() == once.final_states()
 
 
@@ -879,7 +892,8 @@ def test_redelivered_event_does_not_add_a_trial_expiring_notice():
     ]
     once = replay(raws)
     redelivered = replay(raws[:4] + [raws[2]] + raws[4:])
-    assert redelivered.steps[4].outcome.duplicate
+    # 86 days later the redelivery is past the 35-day dedupe horizon: a dead letter, not a charge
+    assert redelivered.steps[4].outcome.rejected.code == "event_too_old"
     assert redelivered.alerts == once.alerts
     assert redelivered.outputs_per_account() == once.outputs_per_account()
     assert redelivered.final_states() == once.final_states()
