@@ -12,12 +12,12 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
 TOKEN_COMPONENTS = ("cache_hit", "input", "cache_write", "output", "reasoning")
@@ -34,8 +34,38 @@ class _DecimalLoader(yaml.SafeLoader):
     pass
 
 
+_SPECIAL_FLOATS = {".nan": "NaN", ".inf": "Infinity", "+.inf": "Infinity", "-.inf": "-Infinity"}
+
+
 def _construct_decimal(loader: yaml.SafeLoader, node: yaml.Node) -> Decimal:
-    return Decimal(loader.construct_scalar(node).replace("_", ""))
+    text = loader.construct_scalar(node).replace("_", "")
+    special = _SPECIAL_FLOATS.get(text.lower())
+    try:
+        # NaN and infinities load as such, so that validation names the key and refuses them
+        return Decimal(special or text)
+    except InvalidOperation:
+        raise yaml.constructor.ConstructorError(None, None, f"{text!r} is not a number", node.start_mark) from None
+
+
+# Bounds of every decimal in a profile: finite, below 10^12, at most 12 digits after the point
+# (the scale of the money columns). ``4e400``, ``.nan``, ``.inf`` or ``1e-999999`` are refused.
+PROFILE_DECIMAL_MAX = Decimal(10) ** 12
+PROFILE_DECIMAL_SCALE = 12
+
+
+def _bounded(value: Decimal) -> Decimal:
+    if not value.is_finite():
+        raise ValueError(f"{value} is not a finite number")
+    if not value.is_zero() and value.adjusted() >= PROFILE_DECIMAL_MAX.adjusted():
+        raise ValueError(f"{value} is out of range (below 10^12)")
+    _, digits, exponent = value.as_tuple()
+    trailing_zeros = len(digits) - len("".join(map(str, digits)).rstrip("0"))
+    if not value.is_zero() and exponent + trailing_zeros < -PROFILE_DECIMAL_SCALE:
+        raise ValueError(f"{value} has more than {PROFILE_DECIMAL_SCALE} digits after the point")
+    return value
+
+
+Dec = Annotated[Decimal, AfterValidator(_bounded)]
 
 
 _DecimalLoader.add_constructor("tag:yaml.org,2002:float", _construct_decimal)
@@ -56,17 +86,32 @@ def _line_index(node: yaml.Node, path: tuple = (), out: dict | None = None) -> d
 
 def _load_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise ProfileError(f"{path}: cannot read: {exc.strerror}") from None
     try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        column = exc.start - raw.rfind(b"\n", 0, exc.start)
+        raise ProfileError(f"{path}:{line}: not UTF-8: byte 0x{raw[exc.start]:02x} at column {column}; "
+                           "profiles are UTF-8 text") from None
+    lines: dict[tuple, int] = {}
+    try:
         node = yaml.compose(text, Loader=_DecimalLoader)
+        lines = _line_index(node) if node is not None else {}
         data = yaml.load(text, Loader=_DecimalLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
-        raise ProfileError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    return data, (_line_index(node) if node is not None else {})
+        keys = [k for k, n in lines.items() if mark and n == mark.line + 1 and k]
+        key = (" " + _key(max(keys, key=len))) if keys else ""
+        raise ProfileError(f"{path}{where}{key}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    return data, lines
+
+
+def _key(loc: tuple) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "(top)"
 
 
 def _explain(path: Path, lines: dict[tuple, int], exc: ValidationError) -> ProfileError:
@@ -78,7 +123,7 @@ def _explain(path: Path, lines: dict[tuple, int], exc: ValidationError) -> Profi
             line = lines.get(loc[:n])
             if line:
                 break
-        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "(top)"
+        key = _key(loc)
         messages.append(f"{path}:{line or '?'} {key}: {err['msg']}")
     return ProfileError("\n".join(messages))
 
@@ -97,11 +142,11 @@ class TokenPrices(_Strict):
     """Prices of one tier, in the book's price unit per ``per_tokens`` tokens."""
 
     up_to: int | None = Field(default=None, gt=0, description="inclusive upper bound of input tokens; None = no bound")
-    input: Decimal = NonNegative
-    output: Decimal = NonNegative
-    cache_hit: Decimal | None = Field(default=None, ge=0)
-    cache_write: Decimal | None = Field(default=None, ge=0)
-    reasoning: Decimal | None = Field(default=None, ge=0)
+    input: Dec = NonNegative
+    output: Dec = NonNegative
+    cache_hit: Dec | None = Field(default=None, ge=0)
+    cache_write: Dec | None = Field(default=None, ge=0)
+    reasoning: Dec | None = Field(default=None, ge=0)
 
 
 class PriceRow(_Strict):
@@ -110,18 +155,18 @@ class PriceRow(_Strict):
     variant: str | None = None
     # token items
     per_tokens: int | None = Field(default=None, gt=0)
-    input: Decimal | None = Field(default=None, ge=0)
-    output: Decimal | None = Field(default=None, ge=0)
-    cache_hit: Decimal | None = Field(default=None, ge=0)
-    cache_write: Decimal | None = Field(default=None, ge=0)
-    reasoning: Decimal | None = Field(default=None, ge=0)
+    input: Dec | None = Field(default=None, ge=0)
+    output: Dec | None = Field(default=None, ge=0)
+    cache_hit: Dec | None = Field(default=None, ge=0)
+    cache_write: Dec | None = Field(default=None, ge=0)
+    reasoning: Dec | None = Field(default=None, ge=0)
     tiers: tuple[TokenPrices, ...] | None = None
     # per-unit items
     unit: str | None = None
-    price: Decimal | None = Field(default=None, ge=0)
-    credits: Decimal | None = Field(default=None, ge=0)
+    price: Dec | None = Field(default=None, ge=0)
+    credits: Dec | None = Field(default=None, ge=0)
     credit_kind: str | None = None
-    free_gb: Decimal | None = Field(default=None, ge=0)
+    free_gb: Dec | None = Field(default=None, ge=0)
     # labels
     fine_tuned: bool = False
     example: bool = False
@@ -202,9 +247,9 @@ class PriceBookFile(_Strict):
     profile: str
     currency: str
     price_unit: Literal["currency", "points"] = "currency"
-    points_per_currency_unit: Decimal | None = Field(default=None, gt=0)
+    points_per_currency_unit: Dec | None = Field(default=None, gt=0)
     timezone: str = "Asia/Shanghai"
-    credit_values: dict[str, Decimal] = {}
+    credit_values: dict[str, Dec] = {}
     billed_elsewhere_model_prefixes: tuple[str, ...] = ()
     source: str | None = None
     versions: tuple[BookVersion, ...]
@@ -242,7 +287,7 @@ class Scope(_Strict):
 
 
 class DailyFree(_Strict):
-    amount: Decimal = Field(gt=0, description="in the book's price unit (points for coze-pro)")
+    amount: Dec = Field(gt=0, description="in the book's price unit (points for coze-pro)")
     scope: str
 
 
@@ -250,7 +295,7 @@ class TrialQuota(_Strict):
     id: str
     models: tuple[str, ...]
     unit: Literal["tokens", "images", "credits"]
-    amount: Decimal = Field(gt=0)
+    amount: Dec = Field(gt=0)
     valid_days: int = Field(gt=0)
     expiring_notice_days: int = Field(default=7, ge=0)
 
@@ -262,7 +307,7 @@ class PackKind(_Strict):
 
 
 class SafeTrial(_Strict):
-    margin_fraction: Decimal = Field(default=Decimal("0.01"), ge=0, lt=1)
+    margin_fraction: Dec = Field(default=Decimal("0.01"), ge=0, lt=1)
 
 
 class Arrears(_Strict):
@@ -293,9 +338,9 @@ class Limits(_Strict):
     ``quantity_out_of_range`` instead of being charged (a producer bug, not a real request)."""
 
     max_tokens_per_request: int = Field(default=4_000_000, gt=0, description="input + output tokens of one request")
-    max_quantity: Decimal = Field(default=Decimal(1_000_000), gt=0, description="quantity of one event of any per-unit item")
-    max_quantity_by_item: dict[str, Decimal] = {}
-    max_hours: Decimal = Field(default=Decimal(744), gt=0, description="hours of one kb_storage sample (744 = 31 days)")
+    max_quantity: Dec = Field(default=Decimal(1_000_000), gt=0, description="quantity of one event of any per-unit item")
+    max_quantity_by_item: dict[str, Dec] = {}
+    max_hours: Dec = Field(default=Decimal(744), gt=0, description="hours of one kb_storage sample (744 = 31 days)")
 
     @field_validator("max_quantity_by_item")
     @classmethod
@@ -505,7 +550,12 @@ class Profiles:
             raise ProfileError(f"{self.root}: profiles folder does not exist")
         self._profiles: dict[str, Profile] = {}
         for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and (p / "price_book.yaml").exists()):
-            self._profiles[folder.name] = load_profile(folder)
+            try:
+                self._profiles[folder.name] = load_profile(folder)
+            except ProfileError:
+                raise
+            except Exception as exc:  # a refusal, never a crash (a running worker keeps its books)
+                raise ProfileError(f"{folder}: cannot load the profile: {type(exc).__name__}: {exc}") from None
 
     def get(self, name: str) -> Profile | None:
         return self._profiles.get(name)
