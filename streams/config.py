@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+# Integer settings for which 0 is a documented value (all others are at least 1): what 0 means.
+ZERO_MEANS = {"WORKER_STALL_TIMEOUT_S": "0 = never"}
+ZERO_ALLOWED = {name: 0 for name in ZERO_MEANS}
+
 # name -> (default, documentation). README's configuration table is checked against this.
 SETTINGS: dict[str, tuple[str, str]] = {
     "KAFKA_BOOTSTRAP_SERVERS": ("", "host:port list of the Kafka cluster; empty = start an embedded Tansu broker"),
@@ -159,10 +163,9 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
-        env = dict(os.environ if env is None else env)
-        unknown = sorted(k for k in env if k.startswith(("KAFKA_", "CLICKHOUSE_", "WORKER_", "SINK_", "SETTLEMENT_", "METRICS_")) and k not in SETTINGS)
-        if unknown:
-            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; see README 'Configuration'")
+        # Only the declared settings are read: other variables (KAFKA_HOME of a Kafka install,
+        # CLICKHOUSE_USER of a client, ...) belong to other programs and are no error here.
+        env = {k: v for k, v in (os.environ if env is None else env).items() if k in SETTINGS}
 
         def integer(name: str) -> int:
             raw = _env(name, env)
@@ -170,8 +173,9 @@ class Settings:
                 value = int(raw)
             except ValueError:
                 raise ConfigError(f"{name}={raw!r} is not an integer") from None
-            if value < 1:
-                raise ConfigError(f"{name}={raw!r} must be at least 1")
+            minimum = ZERO_ALLOWED.get(name, 1)
+            if value < minimum:
+                raise ConfigError(f"{name}={raw!r} must be at least {minimum}" + (f" ({ZERO_MEANS[name]})" if minimum == 0 else ""))
             return value
 
         def boolean(name: str) -> bool:

@@ -29,12 +29,24 @@ def test_env_round_trip():
     ({"KAFKA_PARTITIONS": "many"}, "KAFKA_PARTITIONS='many' is not an integer"),
     ({"KAFKA_PARTITIONS": "0"}, "must be at least 1"),
     ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
-    ({"KAFKA_BOOTSTRAP": "x"}, "unknown setting(s) KAFKA_BOOTSTRAP"),
+    ({"WORKER_STALL_TIMEOUT_S": "-1"}, "WORKER_STALL_TIMEOUT_S='-1' must be at least 0 (0 = never)"),
 ])
 def test_bad_settings_name_the_variable(env, fragment):
     with pytest.raises(ConfigError) as info:
         Settings.from_env(env)
     assert fragment in str(info.value)
+
+
+def test_only_the_projects_own_variables_are_read():
+    # a Kafka install's KAFKA_HOME, a ClickHouse client's CLICKHOUSE_USER: other programs' settings
+    s = Settings.from_env({"KAFKA_HOME": "/opt/kafka", "CLICKHOUSE_USER": "default", "WORKER_SOMETHING": "x",
+                           "KAFKA_PARTITIONS": "6"})
+    assert s.kafka_partitions == 6 and s == Settings.from_env({"KAFKA_PARTITIONS": "6"})
+
+
+def test_a_stall_timeout_of_zero_means_never():
+    assert Settings.from_env({"WORKER_STALL_TIMEOUT_S": "0"}).worker_stall_timeout_s == 0
+    assert Settings.from_env({}).worker_stall_timeout_s == 120
 
 
 def test_secrets_do_not_appear_in_repr_or_display():
