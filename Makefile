@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test unit integration bench install clean
+.PHONY: run test unit integration bench install clean mutate
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,21 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration -q
+
+## Mutation testing of the pure core (mutmut; config in pyproject.toml [tool.mutmut]). Slow: not
+## part of `make test`. Runs in a scratch copy (.run/mutate) of the work tree; results are kept
+## there, so a second run only re-tests what changed. MUTATE_ARGS passes mutant names to mutmut run.
+MUTATE_DIR := .run/mutate
+mutate: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,local,mutate]'
+	mkdir -p $(MUTATE_DIR)
+	rm -rf $(MUTATE_DIR)/streams $(MUTATE_DIR)/tests
+	cp -r streams tests pyproject.toml $(MUTATE_DIR)/
+	find $(MUTATE_DIR) -name __pycache__ -prune -exec rm -rf {} +
+	cd $(MUTATE_DIR) && HYPOTHESIS_PROFILE=mutate $(CURDIR)/$(BIN)/mutmut run --max-children $${MUTATE_JOBS:-2} $(MUTATE_ARGS)
+	cd $(MUTATE_DIR) && $(CURDIR)/$(BIN)/mutmut export-cicd-stats >/dev/null 2>&1; \
+	  $(CURDIR)/$(BIN)/mutmut results > results.txt; cat results.txt | tail -n 60; \
+	  echo "full list: $(MUTATE_DIR)/results.txt"
 
 clean:
 	rm -rf .run .pytest_cache build *.egg-info

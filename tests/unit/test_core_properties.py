@@ -43,10 +43,10 @@ from streams.rating.rate import rate
 PROFILES = Profiles()
 PROFILE_NAMES = ("coze-pro", "tokenhub", "ark", "jiekou")
 
+# Example counts, deadline and shrinking come from the Hypothesis profile (tests/unit/conftest.py:
+# ``quick`` by default, HYPOTHESIS_PROFILE=thorough for a long run); only what every test here
+# needs regardless of the profile is set.
 SETTINGS = settings(
-    max_examples=70,
-    deadline=None,
-    database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
 

@@ -17,7 +17,8 @@ ENGINE = BillingEngine(Profiles())
 VALID = REG.encode("usage_event", {
     "event_id": "e1", "trace_id": "t", "account_id": "a", "main_account_id": "a", "event_time": 1777600000000,
     "item": "tokens", "model": "kimi-k2.5", "input_tokens": 10, "output_tokens": 5})
-FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Cheap examples: at least 400 whatever the profile, more under HYPOTHESIS_PROFILE=thorough.
+FUZZ = settings(max_examples=max(400, settings.default.max_examples), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def check(decoded):
