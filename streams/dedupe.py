@@ -23,6 +23,8 @@ import hashlib
 import struct
 from collections import deque
 from dataclasses import dataclass
+from functools import lru_cache
+from operator import attrgetter
 from decimal import Decimal
 from typing import Any, Callable, Protocol
 
@@ -33,17 +35,18 @@ _ENTRY = struct.Struct(">qq8s")  # event_time_ms, account sequence, content fing
 ENTRY_BYTES = _ENTRY.size
 
 
+@lru_cache(maxsize=None)
+def _fields_of(cls: type) -> Callable[[Any], tuple]:
+    return attrgetter(*cls.__slots__)  # type: ignore[attr-defined]
+
+
 def content_fingerprint(event: object) -> bytes:
     """What an event says, in 8 bytes: a retry has the same, a reused id with other content not.
-    Decimals are normalized so that ``"1.50"`` and ``"1.5"`` say the same."""
-    h = hashlib.blake2b(digest_size=8, person=b"billing-content")
-    h.update(type(event).__name__.encode())
-    for name in event.__slots__:  # type: ignore[attr-defined]
-        value = getattr(event, name)
-        text = str(value.normalize()) if isinstance(value, Decimal) else repr(value)
-        for part in (name.encode(), text.encode()):
-            h.update(len(part).to_bytes(4, "big") + part)
-    return h.digest()
+    Decimals are normalized so that ``"1.50"`` and ``"1.5"`` say the same; ``repr`` of the tuple
+    quotes every string, so no two different events print the same."""
+    values = tuple(v.normalize() if isinstance(v, Decimal) else v for v in _fields_of(type(event))(event))
+    text = f"{type(event).__name__}{values!r}".encode()
+    return hashlib.blake2b(text, digest_size=8, person=b"billing-content").digest()
 
 
 def id_key(main_account_id: str, event_id: str) -> bytes:

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Iterator
 import orjson
 
 from streams.dedupe import MemoryEntries
+from streams.limits import check_record_size
 from streams.engine import BillingEngine, Outcome
 from streams.ingest.partitioner import partition_for
 from streams.ingest.events import Rejected, millis_to_iso, parse_json_event
@@ -152,10 +153,14 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
         "settlements": (out_dir / "settlements.jsonl", result.settlements),
         "usage_per_minute": (out_dir / "usage_per_minute.jsonl", result.usage_minutes),
     }
-    for path, records in files.values():
+    for name, (path, records) in files.items():
         with open(path, "wb") as fh:
             for r in records:
-                fh.write(dumps_line(r))
+                # JSON is the larger encoding (Avro writes no field names): under the limit here,
+                # under it on the wire
+                fh.write(check_record_size(name, str(r.get("main_account_id")), dumps_line(r)))
+    for key, state in result.states.items():
+        check_record_size("account state", key, state.dumps())
     return {name: path for name, (path, _) in files.items()}
 
 

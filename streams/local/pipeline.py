@@ -16,7 +16,7 @@ from typing import Callable
 
 from streams.config import Settings
 from streams.local.tansu import LocalBroker, local_kafka_env, start_broker
-from streams.worker.stall import EXIT_STALLED
+from streams.worker.stall import EXIT_ROUND_FAILED, EXIT_STALLED
 
 
 @dataclass
@@ -40,7 +40,8 @@ class WorkerProcess:
         return self.process.returncode
 
     def exited_stalled(self) -> bool:
-        return self.process.poll() == EXIT_STALLED
+        """Exited asking to be replaced: a stall, or a round that could not complete."""
+        return self.process.poll() in (EXIT_STALLED, EXIT_ROUND_FAILED)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no flush; what a crash looks like."""

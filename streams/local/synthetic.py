@@ -7,6 +7,7 @@ account. The same seed gives the same lines.
 from __future__ import annotations
 
 import random
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import orjson
@@ -109,3 +110,24 @@ def malformed(seed: int, count: int, known_account: str) -> list[bytes]:
             base["model"] = "m" * 5000
         out.append(orjson.dumps(base))
     return out
+
+
+def heavy_account(main: str, requests: int, *, span_s: int = 3600, seed: int = 1,
+                  start: datetime = START) -> list[bytes]:
+    """One post-paid TokenHub account opened at ``start`` and ``requests`` token requests spread
+    evenly over ``span_s`` seconds after it, with UUID event ids: the busiest customer's hour (or
+    day), for the bounded-record tests and the heavy-account bench."""
+    rng = random.Random(seed)
+    opened = {"kind": "account", "event_id": f"{main}-open", "account_id": main, "main_account_id": main,
+              "event_time": iso(start), "type": "account_opened", "profile": "tokenhub", "post_paid": True,
+              "amount": "100"}
+    lines = [orjson.dumps(opened)]
+    step_ms = span_s * 1000 / max(requests, 1)
+    for i in range(requests):
+        t = start + timedelta(milliseconds=1 + int(i * step_ms))
+        ev = {"kind": "usage", "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+              "trace_id": f"{main}-t{i}", "account_id": main, "main_account_id": main, "event_time": iso(t),
+              "item": "tokens", "model": "kimi-k2.5", "input_tokens": 800 + rng.randrange(400),
+              "cache_hit_tokens": 100, "output_tokens": 50 + rng.randrange(100)}
+        lines.append(orjson.dumps(ev))
+    return lines

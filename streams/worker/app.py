@@ -36,6 +36,7 @@ from faust.types import TP
 from streams.config import Settings
 from streams.kafka_client import producer_kwargs
 from streams.dedupe import RoundEntries, partition_scope
+from streams.limits import check_record_size
 from streams.engine import BillingEngine
 from streams.ingest.codec import registry
 from streams.ingest.messages import Decoded, dead_letter_record, decode_message
@@ -45,7 +46,7 @@ from streams.ledger.state import AccountState
 from streams.observability.metrics import PipelineMetrics, serve
 from streams.rating.profiles import PROFILES_DIR, ProfileError, Profiles
 from streams.worker.entry_sweep import EntrySweep
-from streams.worker.stall import EXIT_STALLED, StallWatch
+from streams.worker.stall import EXIT_ROUND_FAILED, EXIT_STALLED, StallWatch
 
 log = logging.getLogger("streams.worker")
 JUMP_RETRIES = 3
@@ -179,145 +180,158 @@ def create_app(settings: Settings) -> faust.App:
                         index[key] = when
         return index
 
+    async def rate_round(round_events) -> None:
+        round_started = time.time()
+        timing.age_ms.append((round_started - round_events[0].message.timestamp) * 1000)
+        states: dict[bytes, AccountState | None] = {}
+        anchors: dict[bytes, Any] = {}
+        clock_anchor: dict[int, Any] = {}
+        produce: list[tuple[str, bytes | None, bytes]] = []
+        entries = RoundEntries(event_ids_table.get)
+
+        def load(key: bytes) -> AccountState | None:
+            if key not in states:
+                stored = accounts.get(key)
+                states[key] = AccountState.loads(stored) if stored is not None else None
+            return states[key]
+
+        def handle(ev) -> None:
+            msg = ev.message
+            key, part, offset = msg.key, msg.partition, msg.offset
+            clock_anchor[part] = ev
+            last_offset[part] = offset
+            if msg.value == tick_value:
+                counts["ticks"] += 1
+                now = part_clock[part]
+                for acct, when in list(due_index(part).items()):
+                    if when <= now and (state := load(acct)) is not None:
+                        outputs_for(engine.advance(state, now), acct, produce)
+                        anchors[acct] = ev
+                return
+            counts["messages"] += 1
+            decoded = decode_message(reg, key, msg.value)
+            counts["consumed"] += len(decoded)
+            state = load(key) if key is not None else None
+            if state is not None and state.offsets.get(str(part), -1) >= offset:
+                counts["duplicate"] += len(decoded)  # redelivered after a crash: already applied,
+                for d in decoded:  # but its events still move the clock, as they did the first time
+                    if d.event is not None:
+                        part_clock[part] = max(part_clock[part], d.event.event_time)
+                return
+            entries.scope, entries.anchor = partition_scope(part), ev
+            for i, d in enumerate(decoded):
+                if d.event is not None:
+                    part_clock[part] = max(part_clock[part], d.event.event_time)
+                    if state is not None:
+                        outputs_for(engine.advance(state, part_clock[part]), key, produce)
+                    outcome = engine.apply(state, d.event, clock_ms=part_clock[part], entries=entries)
+                    state = outcome.state
+                    if outcome.rejected is not None:
+                        d = replace(d, rejected=outcome.rejected, payload=d.standalone_payload(reg))
+                    else:
+                        counts[outcome.result] += 1
+                        outputs_for(outcome, key, produce)
+                        continue
+                counts["rejected"] += 1
+                counts[f"rejected:{d.rejected.code}"] += 1
+                log.info("rejected %s: %s", d.rejected.code, d.rejected.message, extra=event_ids(d, key))
+                dl = dead_letter_record(d, topic=msg.topic, partition=part, offset=offset, key=key,
+                                        fallback_id=f"{msg.topic}:{part}:{offset}:{i}")
+                produce.append((topics.dead_letters, key, reg.encode("dead_letter", dl)))
+            if key is not None and state is not None:
+                state.offsets[str(part)] = offset
+                states[key] = state
+                anchors[key] = ev
+
+        resync: dict[int, int] = {}  # partition -> offset to seek back to after this round
+        for ev in round_events:
+            part, offset = ev.message.partition, ev.message.offset
+            if part not in part_clock:
+                part_clock[part] = restore_clock(part, offset)
+                applied_through[part] = restored_through(part, offset)
+            if part in resync:
+                continue  # after a jump, nothing more of this partition until it is re-read in order
+            expected = applied_through.get(part)
+            if expected is not None and offset > expected + 1:
+                attempts, since = jump_attempts.get((part, expected), (0, time.monotonic()))
+                if attempts < JUMP_RETRIES or time.monotonic() - since < GAP_CONFIRM_SECONDS:
+                    # faust may hand over messages fetched before a rebalance's seek, ahead of
+                    # offsets not yet processed: never apply them out of order; read again from
+                    # the gap (stale messages already queued keep coming for a moment)
+                    jump_attempts[(part, expected)] = (attempts + 1, since)
+                    resync[part] = expected + 1
+                    counts["resyncs"] += 1
+                    continue
+                # the broker keeps answering with the jump: the offsets really are absent
+                # (transaction markers, compaction), so faust may commit past them
+                log.warning("partition %d: offsets %d..%d are absent; continuing at %d", part, expected + 1, offset - 1, offset)
+                gaps.append((ev.message.tp, expected + 1, offset - 1))
+            jump_attempts.pop((part, expected), None)
+            applied_through[part] = max(offset, expected if expected is not None else offset)
+            handle(ev)
+            # where the first run recorded the clock after this offset, that is the clock
+            mark = clock_marks.get(part, {}).pop(offset, None)
+            if mark is not None and mark > part_clock[part]:
+                part_clock[part] = mark
+        processed = time.time()
+        metrics.round_seconds.observe(processed - round_started)
+        metrics.sync_counts(counts)
+        for tp, first, last in gaps:
+            await _FAUST_ADD_GAP(app.consumer, tp, first, last)
+        gaps.clear()
+        for part, offset in resync.items():
+            await app.consumer.seek(TP(topics.events, part), offset)
+        # 1) outputs durable first ...
+        for topic, key, value in produce:
+            check_record_size(topic, key.decode("utf-8", "replace") if key else "", value)
+        if produce:
+            producer = await outputs.started()
+            futures = [await producer.send(t, key=k, value=v) for t, k, v in produce]
+            await asyncio.gather(*futures)
+        # 2) ... then the dedupe entries of the events applied, acknowledged before ...
+        if entries.written:
+            for scoped, (entry, ev) in entries.written.items():
+                _current_event.set(weakref.ref(ev))
+                event_ids_table[scoped] = entry.encode()
+            await app.producer.flush()
+        # 3) ... the state that says they happened (the changelog partition is the
+        #    message's partition, which is the account's). An entry whose sequence the state
+        #    has not reached (a crash between 2 and 3) is not taken for a duplicate.
+        for key, ev in anchors.items():
+            state = states[key]
+            _current_event.set(weakref.ref(ev))
+            accounts[key] = check_record_size("account state", state.main_account_id, state.dumps())
+            part = ev.message.partition
+            when = engine.next_due(state)
+            index = due_index(part)
+            if when is None:
+                index.pop(key, None)
+            else:
+                index[key] = when
+        timing.rounds.append((processed - round_started, time.time() - processed, len(round_events)))
+        for scoped, ev in sweep.expired(event_ids_table.keys, event_ids_table.get, part_clock, clock_anchor):
+            _current_event.set(weakref.ref(ev))
+            del event_ids_table[scoped]
+        counts["ids_forgotten"] = sweep.forgotten
+        for part, ev in clock_anchor.items():
+            _current_event.set(weakref.ref(ev))
+            history = clock_history.setdefault(part, [])
+            history.append((last_offset[part], part_clock[part]))
+            del history[:-CLOCK_HISTORY]
+            clocks[b"partition:%d" % part] = orjson.dumps(history)
+
     @app.agent(events_topic, name="rate-events")
     async def rate_events(stream):
         async for round_events in stream.take_events(settings.worker_batch_max, within=within):
-            round_started = time.time()
-            timing.age_ms.append((round_started - round_events[0].message.timestamp) * 1000)
-            states: dict[bytes, AccountState | None] = {}
-            anchors: dict[bytes, Any] = {}
-            clock_anchor: dict[int, Any] = {}
-            produce: list[tuple[str, bytes | None, bytes]] = []
-            entries = RoundEntries(event_ids_table.get)
-
-            def load(key: bytes) -> AccountState | None:
-                if key not in states:
-                    stored = accounts.get(key)
-                    states[key] = AccountState.loads(stored) if stored is not None else None
-                return states[key]
-
-            def handle(ev) -> None:
-                msg = ev.message
-                key, part, offset = msg.key, msg.partition, msg.offset
-                clock_anchor[part] = ev
-                last_offset[part] = offset
-                if msg.value == tick_value:
-                    counts["ticks"] += 1
-                    now = part_clock[part]
-                    for acct, when in list(due_index(part).items()):
-                        if when <= now and (state := load(acct)) is not None:
-                            outputs_for(engine.advance(state, now), acct, produce)
-                            anchors[acct] = ev
-                    return
-                counts["messages"] += 1
-                decoded = decode_message(reg, key, msg.value)
-                counts["consumed"] += len(decoded)
-                state = load(key) if key is not None else None
-                if state is not None and state.offsets.get(str(part), -1) >= offset:
-                    counts["duplicate"] += len(decoded)  # redelivered after a crash: already applied,
-                    for d in decoded:  # but its events still move the clock, as they did the first time
-                        if d.event is not None:
-                            part_clock[part] = max(part_clock[part], d.event.event_time)
-                    return
-                entries.scope, entries.anchor = partition_scope(part), ev
-                for i, d in enumerate(decoded):
-                    if d.event is not None:
-                        part_clock[part] = max(part_clock[part], d.event.event_time)
-                        if state is not None:
-                            outputs_for(engine.advance(state, part_clock[part]), key, produce)
-                        outcome = engine.apply(state, d.event, clock_ms=part_clock[part], entries=entries)
-                        state = outcome.state
-                        if outcome.rejected is not None:
-                            d = replace(d, rejected=outcome.rejected, payload=d.standalone_payload(reg))
-                        else:
-                            counts[outcome.result] += 1
-                            outputs_for(outcome, key, produce)
-                            continue
-                    counts["rejected"] += 1
-                    counts[f"rejected:{d.rejected.code}"] += 1
-                    log.info("rejected %s: %s", d.rejected.code, d.rejected.message, extra=event_ids(d, key))
-                    dl = dead_letter_record(d, topic=msg.topic, partition=part, offset=offset, key=key,
-                                            fallback_id=f"{msg.topic}:{part}:{offset}:{i}")
-                    produce.append((topics.dead_letters, key, reg.encode("dead_letter", dl)))
-                if key is not None and state is not None:
-                    state.offsets[str(part)] = offset
-                    states[key] = state
-                    anchors[key] = ev
-
-            resync: dict[int, int] = {}  # partition -> offset to seek back to after this round
-            for ev in round_events:
-                part, offset = ev.message.partition, ev.message.offset
-                if part not in part_clock:
-                    part_clock[part] = restore_clock(part, offset)
-                    applied_through[part] = restored_through(part, offset)
-                if part in resync:
-                    continue  # after a jump, nothing more of this partition until it is re-read in order
-                expected = applied_through.get(part)
-                if expected is not None and offset > expected + 1:
-                    attempts, since = jump_attempts.get((part, expected), (0, time.monotonic()))
-                    if attempts < JUMP_RETRIES or time.monotonic() - since < GAP_CONFIRM_SECONDS:
-                        # faust may hand over messages fetched before a rebalance's seek, ahead of
-                        # offsets not yet processed: never apply them out of order; read again from
-                        # the gap (stale messages already queued keep coming for a moment)
-                        jump_attempts[(part, expected)] = (attempts + 1, since)
-                        resync[part] = expected + 1
-                        counts["resyncs"] += 1
-                        continue
-                    # the broker keeps answering with the jump: the offsets really are absent
-                    # (transaction markers, compaction), so faust may commit past them
-                    log.warning("partition %d: offsets %d..%d are absent; continuing at %d", part, expected + 1, offset - 1, offset)
-                    gaps.append((ev.message.tp, expected + 1, offset - 1))
-                jump_attempts.pop((part, expected), None)
-                applied_through[part] = max(offset, expected if expected is not None else offset)
-                handle(ev)
-                # where the first run recorded the clock after this offset, that is the clock
-                mark = clock_marks.get(part, {}).pop(offset, None)
-                if mark is not None and mark > part_clock[part]:
-                    part_clock[part] = mark
-            processed = time.time()
-            metrics.round_seconds.observe(processed - round_started)
-            metrics.sync_counts(counts)
-            for tp, first, last in gaps:
-                await _FAUST_ADD_GAP(app.consumer, tp, first, last)
-            gaps.clear()
-            for part, offset in resync.items():
-                await app.consumer.seek(TP(topics.events, part), offset)
-            # 1) outputs durable first ...
-            if produce:
-                producer = await outputs.started()
-                futures = [await producer.send(t, key=k, value=v) for t, k, v in produce]
-                await asyncio.gather(*futures)
-            # 2) ... then the dedupe entries of the events applied, acknowledged before ...
-            if entries.written:
-                for scoped, (entry, ev) in entries.written.items():
-                    _current_event.set(weakref.ref(ev))
-                    event_ids_table[scoped] = entry.encode()
-                await app.producer.flush()
-            # 3) ... the state that says they happened (the changelog partition is the
-            #    message's partition, which is the account's). An entry whose sequence the state
-            #    has not reached (a crash between 2 and 3) is not taken for a duplicate.
-            for key, ev in anchors.items():
-                state = states[key]
-                _current_event.set(weakref.ref(ev))
-                accounts[key] = state.dumps()
-                part = ev.message.partition
-                when = engine.next_due(state)
-                index = due_index(part)
-                if when is None:
-                    index.pop(key, None)
-                else:
-                    index[key] = when
-            timing.rounds.append((processed - round_started, time.time() - processed, len(round_events)))
-            for scoped, ev in sweep.expired(event_ids_table.keys, event_ids_table.get, part_clock, clock_anchor):
-                _current_event.set(weakref.ref(ev))
-                del event_ids_table[scoped]
-            counts["ids_forgotten"] = sweep.forgotten
-            for part, ev in clock_anchor.items():
-                _current_event.set(weakref.ref(ev))
-                history = clock_history.setdefault(part, [])
-                history.append((last_offset[part], part_clock[part]))
-                del history[:-CLOCK_HISTORY]
-                clocks[b"partition:%d" % part] = orjson.dumps(history)
+            try:
+                await rate_round(round_events)
+            except Exception:  # noqa: BLE001 - a round that cannot complete must not be moved past:
+                # faust would restart the agent and commit beyond it. Exit; the supervisor starts a
+                # worker that replays the round from the last commit.
+                log.exception("round of %d events failed; exiting with code %d to be restarted",
+                              len(round_events), EXIT_ROUND_FAILED)
+                logging.shutdown()
+                os._exit(EXIT_ROUND_FAILED)
 
     @app.timer(interval=settings.worker_tick_interval_ms / 1000)
     async def tick_partitions() -> None:

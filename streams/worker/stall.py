@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Hashable
 
 EXIT_STALLED = 4
+EXIT_ROUND_FAILED = 5  # a round could not complete (a produce error, a record over the limit): never skipped
 
 
 @dataclass

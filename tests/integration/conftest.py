@@ -118,6 +118,27 @@ class Harness:
 
         return asyncio.run(go())
 
+    def consume_sizes(self, topic, timeout=10.0):
+        """Sizes in bytes of every message value of a topic, read from the start until it is quiet."""
+
+        async def go():
+            c = AIOKafkaConsumer(topic, **client_kwargs(self.settings), auto_offset_reset="earliest",
+                                 enable_auto_commit=False, group_id=None)
+            await c.start()
+            sizes: list[int] = []
+            deadline = time.monotonic() + timeout
+            try:
+                while time.monotonic() < deadline:
+                    batch = await c.getmany(timeout_ms=1000)
+                    if not batch and sizes:
+                        break
+                    sizes.extend(len(m.value or b"") for msgs in batch.values() for m in msgs)
+            finally:
+                await c.stop()
+            return sizes
+
+        return asyncio.run(go())
+
     def stop(self):
         self.pipeline.stop()
 
