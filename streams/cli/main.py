@@ -213,7 +213,7 @@ def topics(check: bool = typer.Option(False, "--check", help="only describe; exi
 
 @app.command()
 @friendly
-def migrate(wait: float = typer.Option(120.0, "--wait", help="seconds to keep retrying while ClickHouse cannot be reached (a server still starting); 0 = try once")):
+def migrate(wait: float = typer.Option(0.0, "--wait", help="seconds to keep retrying while ClickHouse cannot be reached (a server still starting); 0 = try once")):
     """Apply the ClickHouse DDL in infra/clickhouse (idempotent)."""
     import time
 
