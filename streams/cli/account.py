@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from streams.cli.common import UserError, console, err, friendly, require_cluster, settings
+from streams.cli.common import shown as _s
 from streams.deduction.record import money
 from streams.ingest.events import millis_to_iso
 from streams.ingest.partitioner import partition_for
@@ -66,7 +67,7 @@ def _when(ms: int | None) -> str:
 
 
 def render(state: AccountState) -> None:
-    head = Table(title=f"account {state.main_account_id}", show_header=False)
+    head = Table(title=f"account {_s(state.main_account_id)}", show_header=False)
     head.add_column("field")
     head.add_column("value")
     status = state.status + (f" ({state.status_reason})" if state.status_reason else "")
@@ -82,28 +83,28 @@ def render(state: AccountState) -> None:
         ("last applied offsets", ", ".join(f"p{p}@{o}" for p, o in sorted(state.offsets.items())) or "-"),
     ]
     for k, v in rows:
-        head.add_row(k, v)
+        head.add_row(k, _s(v))
     console.print(head)
 
     buckets = Table(title="buckets")
     for col in ("kind", "id", "remaining", "granted", "expires"):
         buckets.add_column(col, justify="right" if col in ("remaining", "granted") else "left")
     for b in [*state.vouchers, *state.packs]:
-        buckets.add_row(b.kind, b.id, money(b.remaining), money(b.granted), _when(b.expires_at))
+        buckets.add_row(_s(b.kind), _s(b.id), money(b.remaining), money(b.granted), _when(b.expires_at))
     for day, used in sorted(state.free_used.items()):
         buckets.add_row("free (daily)", day, "-", f"used {money(used)}", "end of day")
     for model, t in sorted(state.trials.items()):
-        buckets.add_row(f"trial ({t.unit})", model, money(t.remaining), money(t.granted), _when(t.expires_at))
+        buckets.add_row(f"trial ({_s(t.unit)})", _s(model), money(t.remaining), money(t.granted), _when(t.expires_at))
     console.print(buckets)
 
     controls = Table(title="controls")
     controls.add_column("control")
     controls.add_column("value")
     for model, limit in sorted(state.limits.items()):
-        controls.add_row(f"inference limit {model}", f"{limit.used_tokens}/{limit.limit_tokens} tokens"
+        controls.add_row(f"inference limit {_s(model)}", f"{limit.used_tokens}/{limit.limit_tokens} tokens"
                          + (" (reached)" if limit.reached else ""))
-    controls.add_row("stopped models", ", ".join(sorted(state.stopped_models)) or "-")
-    controls.add_row("paused by safe trial mode", ", ".join(sorted(state.safe_paused_models)) or "-")
-    controls.add_row("activated models", ", ".join(sorted(state.activated_models)) or "-")
+    controls.add_row("stopped models", _s(", ".join(sorted(state.stopped_models)) or "-"))
+    controls.add_row("paused by safe trial mode", _s(", ".join(sorted(state.safe_paused_models)) or "-"))
+    controls.add_row("activated models", _s(", ".join(sorted(state.activated_models)) or "-"))
     controls.add_row("open settlement periods", str(len(state.periods)))
     console.print(controls)

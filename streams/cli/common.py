@@ -10,8 +10,41 @@ from rich.console import Console
 
 from streams.config import ConfigError, Settings
 
-console = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
+# emoji=False: an id such as ":thumbs_up:" is shown as written, never as an emoji
+console = Console(width=None if sys.stdout.isatty() else 160, emoji=False)
+err = Console(stderr=True, emoji=False)
+
+# Characters that must not reach a terminal raw: controls (ESC sequences, carriage returns, NUL),
+# format characters (zero-width, bidirectional overrides), line and paragraph separators,
+# surrogates, private use and unassigned code points. Shown as \xNN or \uNNNN instead.
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
+
+
+def visible(value: object) -> str:
+    """``value`` as text in which every control or invisible character is written as an escape."""
+    import unicodedata
+
+    text = "" if value is None else str(value)
+    if text.isprintable() and text.isascii():
+        return text
+    out = []
+    for ch in text:
+        if ch == "\\" or unicodedata.category(ch) not in _HIDDEN_CATEGORIES:
+            out.append(ch)
+        elif ord(ch) < 0x100:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}")
+    return "".join(out)
+
+
+def shown(value: object) -> str:
+    """A value from the data (an id, a model, a reason) made safe to embed in Rich markup: its
+    control characters visible, and ``[`` escaped so that ``[/x]`` or ``[bold red]`` is printed as
+    written instead of being read as markup (which can crash the print or disguise the id)."""
+    from rich.markup import escape
+
+    return escape(visible(value))
 
 
 class UserError(Exception):
@@ -77,7 +110,7 @@ def fail(message: str, code: int = 2):
     """One line on stderr, secrets redacted, and the exit code (2: usage/config, 3: a server, 1: a bug)."""
     from rich.markup import escape
 
-    err.print(f"[bold red]error:[/] {escape(redact(message))}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(visible(redact(message)))}", highlight=False)
     raise typer.Exit(code) from None
 
 

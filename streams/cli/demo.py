@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from streams.cli.common import shown as _s
 from streams.deduction.record import present
 from streams.ingest.producer import EventProducer
 from streams.kafka_admin import create_topics
@@ -57,7 +58,7 @@ def run_demo(events: Path, *, batch: int, timeout: float, console: Console) -> N
             try:
                 async with EventProducer(settings) as producer:
                     sent = await producer.send_lines(lines, batch_size=batch)
-                console.print(f"[bold]replay[/]  {sent} events from {events} ({'batches of ' + str(batch) if batch > 1 else 'one per message'})")
+                console.print(f"[bold]replay[/]  {sent} events from {_s(events)} ({'batches of ' + str(batch) if batch > 1 else 'one per message'})")
                 with Progress(TextColumn("[bold]landing"), BarColumn(), TextColumn("{task.completed}/{task.total} rows"),
                               TimeElapsedColumn(), console=console, transient=True) as progress:
                     task = progress.add_task("land", total=want_deductions + want_dead + want_lines)
@@ -111,7 +112,7 @@ def print_landed(client, console: Console) -> None:
     for col in cols:
         table.add_column(col, justify="right" if col in ("events", "gross", "free+trial", "pack", "voucher", "cash", "unbilled") else "left")
     for r in rows:
-        table.add_row(*("" if v is None else str(v) for v in r[:9]), *(str(present(v)) for v in r[9:]))
+        table.add_row(*("" if v is None else _s(v) for v in r[:9]), *(str(present(v)) for v in r[9:]))
     console.print(table)
     dead = client.query(
         "SELECT reason_code, event_id, main_account_id, reason FROM dead_letters FINAL ORDER BY source_offset, reason_code"
@@ -120,12 +121,12 @@ def print_landed(client, console: Console) -> None:
     for col in ("reason_code", "event_id", "account", "reason"):
         dl.add_column(col)
     for r in dead:
-        dl.add_row(*(str(v) for v in r))
+        dl.add_row(*(_s(v) for v in r))
     console.print(dl)
     alerts = client.query("SELECT main_account_id, kind, message FROM alerts FINAL ORDER BY event_time, main_account_id, kind").result_rows
     at = Table(title="alerts in ClickHouse")
     for col in ("account", "kind", "message"):
         at.add_column(col)
     for r in alerts:
-        at.add_row(*(str(v) for v in r))
+        at.add_row(*(_s(v) for v in r))
     console.print(at)

@@ -31,6 +31,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from streams.cli.common import UserError, _profiles, console, err, friendly, require_cluster, settings
+from streams.cli.common import shown as _s
 from streams.ingest.codec import DecodeError, registry
 from streams.ingest.events import millis_to_iso
 from streams.kafka_client import producer_kwargs, read_records, read_topic
@@ -52,7 +53,18 @@ REASONS: dict[str, tuple[str, str, bool]] = {
     "invalid_quantity": ("a quantity is not a number", "fix the producer", False),
     "missing_quantity": ("the item needs a quantity the event lacks", "fix the producer", False),
     "negative_quantity": ("a quantity is negative", "fix the producer", False),
-    "absurd_quantity": ("a quantity is beyond any plausible request", "check the producer; re-send if it was real", False),
+    "absurd_quantity": ("a quantity is beyond any plausible request (older letters)", "check the producer; re-send if it was real", False),
+    "quantity_out_of_range": ("a quantity is above the input format's or the profile's per-request bound",
+                              "check the producer; if the request was real, raise the profile's limits, then re-drive", True),
+    "decimal_precision_exceeded": ("a decimal has more digits after the point than the input format allows (12)",
+                                   "fix the producer; re-send corrected events", False),
+    "invalid_id": ("an id is outside the id grammar (empty, too long, not NFC, spaces or invisible characters)",
+                   "fix the producer; re-send corrected events", False),
+    "invalid_currency": ("the currency is not an ISO 4217 code", "fix the producer; re-send corrected events", False),
+    "currency_mismatch": ("the event's currency is not the account's; there is no implicit exchange",
+                          "re-send the event in the account's currency", False),
+    "not_supported_by_profile": ("the account event type is not one the account's profile defines",
+                                 "do not send it for this platform (or add it to the profile's account_events), then re-drive", True),
     "unknown_event_type": ("the account event type is unknown", "upgrade the workers or fix the producer", True),
     "unknown_item": ("the billing item is not in the profile's price book", "add it to the price book, then re-drive", True),
     "unknown_model": ("the model has no price in the profile", "add the model to the price book, then re-drive", True),
@@ -142,14 +154,14 @@ def list_letters(
         table.add_column(col, overflow="fold")
     for letter in letters[-limit:]:
         r = letter.record
-        table.add_row(r["dead_letter_id"], r["reason_code"], f"p{r['source_partition']}@{r['source_offset']}",
-                      r["event_id"] or "-", r["main_account_id"] or "-", "yes" if letter.marker in redriven else "",
-                      r["reason"][:120])
+        table.add_row(_s(r["dead_letter_id"]), _s(r["reason_code"]), f"p{r['source_partition']}@{r['source_offset']}",
+                      _s(r["event_id"] or "-"), _s(r["main_account_id"] or "-"), "yes" if letter.marker in redriven else "",
+                      _s(r["reason"][:120]))
     console.print(table)
     counts: dict[str, int] = {}
     for letter in letters:
         counts[letter.record["reason_code"]] = counts.get(letter.record["reason_code"], 0) + 1
-    console.print("by reason: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"))
+    console.print("by reason: " + (", ".join(f"{_s(k)} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"))
 
 
 @dlq_app.command("explain")
@@ -167,22 +179,27 @@ def explain(dead_letter_id: str = typer.Argument(..., help="a dead_letter_id (a 
     letter = matches[-1]
     r = letter.record
     meaning, action, retryable = explain_code(r["reason_code"])
-    console.print(f"[bold]{r['dead_letter_id']}[/]  {r['reason_code']}: {meaning}")
-    console.print(f"  reason     {r['reason']}")
-    console.print(f"  what to do {action}")
-    console.print(f"  source     {r['source_topic']} partition {r['source_partition']} offset {r['source_offset']}"
+    console.print(f"[bold]{_s(r['dead_letter_id'])}[/]  {_s(r['reason_code'])}: {_s(meaning)}")
+    console.print(f"  reason     {_s(r['reason'])}")
+    console.print(f"  what to do {_s(action)}")
+    console.print(f"  source     {_s(r['source_topic'])} partition {r['source_partition']} offset {r['source_offset']}"
                   + (f" (rejected {len(matches)} times)" if len(matches) > 1 else ""))
-    console.print(f"  event      {r['event_id'] or '-'}  account {r['main_account_id'] or '-'}  trace {r['trace_id'] or '-'}"
-                  f"  time {millis_to_iso(r['event_time']) if isinstance(r['event_time'], int) else r['event_time'] or '-'}")
+    when = millis_to_iso(r['event_time']) if isinstance(r['event_time'], int) else r['event_time'] or '-'
+    console.print(f"  event      {_s(r['event_id'] or '-')}  account {_s(r['main_account_id'] or '-')}  "
+                  f"trace {_s(r['trace_id'] or '-')}  time {_s(when)}")
     record = _payload_record(r["payload"])
     if record is None:
         console.print(f"  payload    {len(r['payload'])} bytes, not a readable event: {base64.b64encode(r['payload'][:96]).decode()}")
         verdict = "cannot be re-driven: the bytes are not an event; fix the producer and re-send"
     else:
         console.print("  payload")
-        console.print_json(orjson.dumps(record[1], default=str).decode())
-        verdict = _would_pass_now(s, record) if retryable else "re-sending the same event cannot succeed; fix the producer"
-    console.print(f"  now        {verdict}")
+        console.print(_s(orjson.dumps(record[1], default=str, option=orjson.OPT_INDENT_2).decode()), highlight=False)
+        if retryable:
+            states = asyncio.run(load_states(s, {letter.record["main_account_id"]} - {None}))
+            verdict = Verdicts(s, states).check(letter)[1]
+        else:
+            verdict = "re-sending the same event cannot succeed; fix the producer"
+    console.print(f"  now        {_s(verdict)}")
 
 
 def _payload_record(payload: bytes) -> tuple[str, dict[str, Any]] | None:
@@ -193,27 +210,58 @@ def _payload_record(payload: bytes) -> tuple[str, dict[str, Any]] | None:
     return (name, record) if name in ("usage_event", "account_event") else None
 
 
-def _would_pass_now(s, record: tuple[str, dict[str, Any]]) -> str:
-    """Rating needs no account state: check it against the price books as loaded now."""
-    from streams.ingest.events import Rejected, parse_usage
-    from streams.rating.rate import rate
+async def load_states(s, accounts: set[str]) -> dict[str, Any]:
+    """The newest changelog record of each account, reading each partition once."""
+    from streams.cli.account import changelog_topic
+    from streams.ingest.partitioner import partition_for
+    from streams.ledger.state import AccountState
 
-    name, raw = record
-    if name != "usage_event":
-        return "re-drivable once the cause is fixed (account events are checked by the worker)"
-    from streams.cli.account import load_state
+    keys = {a.encode(): a for a in accounts}
+    partitions = sorted({partition_for(k, s.kafka_partitions) for k in keys})
+    latest: dict[str, bytes | None] = {}
+    if partitions:
+        try:
+            async for m in read_topic(s, changelog_topic(s), partitions):
+                if m.key in keys:
+                    latest[keys[m.key]] = m.value  # None is a tombstone
+        except LookupError:  # no changelog yet: no account is open
+            pass
+    return {a: AccountState.loads(v) if v is not None else None for a, v in latest.items()}
 
-    state = asyncio.run(load_state(s, raw["main_account_id"]))
-    if state is None:
-        return f"would still be rejected: account {raw['main_account_id']!r} is not open"
-    p = _profiles(s).get(state.profile)
-    if p is None:
-        return f"would still be rejected: the account's profile {state.profile!r} is not loaded"
-    try:
-        rating = rate(p, parse_usage(raw))
-    except Rejected as exc:
-        return f"would still be rejected: {exc.code}: {exc.message}"
-    return f"rates now at {rating.amount} {p.currency} ({rating.price_version}): ready to re-drive"
+
+class Verdicts:
+    """Would a letter be accepted now? Its event goes through the same engine as the worker, on the
+    account's state as the changelog holds it (a copy: nothing is written). Letters are checked in
+    order and each accepted one is applied to the copy, so an ``account_opened`` letter followed by
+    its usage letters passes as a whole, and a letter whose cause is unchanged does not."""
+
+    def __init__(self, s, states: dict[str, Any]):
+        from streams.engine import BillingEngine
+
+        self.registry = registry()
+        self.engine = BillingEngine(_profiles(s), allowed_lateness_ms=s.settlement_allowed_lateness_s * 1000)
+        self.states = dict(states)
+
+    def check(self, letter: "Letter") -> tuple[bool, str]:
+        from streams.ingest.messages import decode_message
+
+        r = letter.record
+        # the key a re-drive sends it with
+        decoded = decode_message(self.registry, (r["main_account_id"] or "").encode(), r["payload"])
+        if len(decoded) != 1 or decoded[0].event is None:
+            rejected = decoded[0].rejected if len(decoded) == 1 else None
+            why = f"{rejected.code}: {rejected.message}" if rejected is not None else "the payload is not one event"
+            return False, f"would still be rejected: {why}"
+        event = decoded[0].event
+        outcome = self.engine.apply(self.states.get(event.main_account_id), event)
+        if outcome.duplicate:
+            return False, "already applied (the worker would drop it as a duplicate)"
+        if outcome.rejected is not None:
+            return False, f"would still be rejected: {outcome.rejected.code}: {outcome.rejected.message}"
+        if outcome.state is not None:
+            self.states[event.main_account_id] = outcome.state
+        what = f"rates now at {outcome.deduction['rated_amount']} {outcome.deduction['currency']}" if outcome.deduction else "applies now"
+        return True, f"{what}: ready to re-drive"
 
 
 @dlq_app.command("redrive")
@@ -222,11 +270,13 @@ def redrive(
     reason: list[str] = typer.Option([], "--reason", "-r", help="re-drive dead letters with this reason code (repeatable)"),
     dead_letter: list[str] = typer.Option([], "--id", help="re-drive this dead letter (repeatable)"),
     account: Optional[str] = typer.Option(None, "--account", "-a", help="only this main account"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="show what would be sent, send nothing"),
-    force: bool = typer.Option(False, "--force", help="also send letters whose reason re-sending cannot fix (e.g. invalid_field)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list the letters and what would happen to each; send nothing"),
+    force: bool = typer.Option(False, "--force", help="send without checking: also letters whose reason re-sending cannot fix "
+                                                      "(e.g. invalid_field) and letters that would be rejected again"),
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
 ):
-    """Send dead letters back to the events topic after the cause is fixed. Safe to repeat."""
+    """Send dead letters back to the events topic after the cause is fixed: only those that would now
+    be accepted (checked with the engine on the accounts' current state). Safe to repeat."""
     s = settings()
     require_cluster(s, "`rating dlq`")
     if not reason and not dead_letter:
@@ -245,17 +295,42 @@ def redrive(
             continue  # the same event dead-lettered twice (a producer retry): send it once
         seen.add((r["main_account_id"], r["event_id"]))
         fresh.append(letter)
-    permanent, sendable = [], []
+    permanent, sendable, unsendable, still = [], [], [], []
+    verdict: dict[int, str] = {}
     for letter in fresh:
         if not force and not explain_code(letter.record["reason_code"])[2]:
             permanent.append(letter)
-        elif _payload_record(letter.record["payload"]) is not None and letter.record["main_account_id"]:
+            verdict[letter.offset] = "skipped: re-sending the same event cannot fix this reason (--force sends it)"
+        elif _payload_record(letter.record["payload"]) is None or not letter.record["main_account_id"]:
+            unsendable.append(letter)
+            verdict[letter.offset] = "cannot be re-driven: the bytes are not an event"
+        else:
             sendable.append(letter)
-    unsendable = len(fresh) - len(sendable) - len(permanent)
+    if sendable and not force:
+        states = asyncio.run(load_states(s, {l.record["main_account_id"] for l in sendable}))
+        check = Verdicts(s, states)
+        ready = []
+        for letter in sendable:
+            ok, verdict[letter.offset] = check.check(letter)
+            (ready if ok else still).append(letter)
+        sendable = ready
+    for letter in sendable:
+        verdict.setdefault(letter.offset, "sent without checking (--force)")
     console.print(f"{len(letters)} selected: {len(letters) - len(fresh)} already re-driven or charged, "
                   f"{len(permanent)} with a reason re-sending cannot fix (--force sends them anyway), "
-                  f"{unsendable} not an event (cannot be re-driven), {len(sendable)} to send")
-    if not sendable or dry_run:
+                  f"{len(unsendable)} not an event (cannot be re-driven), {len(still)} would be rejected again (not sent), "
+                  f"{len(sendable)} to send")
+    if dry_run:
+        table = Table(title="dry run: nothing is sent")
+        for col in ("dead_letter_id", "reason_code", "event_id", "account", "verdict"):
+            table.add_column(col, overflow="fold")
+        for letter in fresh:
+            r = letter.record
+            table.add_row(_s(r["dead_letter_id"]), _s(r["reason_code"]), _s(r["event_id"] or "-"),
+                          _s(r["main_account_id"] or "-"), _s(verdict.get(letter.offset, "")))
+        console.print(table)
+        return
+    if not sendable:
         return
     if not yes and not typer.confirm(f"send {len(sendable)} events to {s.topics.events}?"):
         raise typer.Abort()

@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from streams.cli.common import UserError, _profiles, console, err, friendly, settings, setup_logging
+from streams.cli.common import shown as _s
 
 app = typer.Typer(
     help="AI-platform billing: rate usage events, pay them from account buckets, settle into ClickHouse.",
@@ -39,7 +40,7 @@ def simulate(
     result = run_file(events, _profiles(s), partitions=s.kafka_partitions,
                       allowed_lateness_ms=s.settlement_allowed_lateness_s * 1000, horizon_ms=s.dedupe_horizon_s * 1000)
     files = write_outputs(result, out)
-    summary = Table(title=f"rating simulate {events}")
+    summary = Table(title=f"rating simulate {_s(events)}")
     summary.add_column("account")
     summary.add_column("currency")
     summary.add_column("events", justify="right")
@@ -61,7 +62,7 @@ def simulate(
             t[sp["bucket_kind"]] += Decimal(sp["amount"])
     for acc in sorted(totals):
         t = totals[acc]
-        summary.add_row(acc, currency[acc], str(counts[acc]), *(str(present(t[k])) for k in ("rated", "free", "trial", "pack", "voucher", "cash", "unbilled")))
+        summary.add_row(_s(acc), _s(currency[acc]), str(counts[acc]), *(str(present(t[k])) for k in ("rated", "free", "trial", "pack", "voucher", "cash", "unbilled")))
     console.print(summary)
     c = result.counts
     console.print(
@@ -69,7 +70,7 @@ def simulate(
         f"+ duplicates {c['duplicate']};  alerts {len(result.alerts)}, settlement lines {len(result.settlements)}"
     )
     for name, path in files.items():
-        console.print(f"  {name:<15} {path}")
+        console.print(f"  {name:<15} {_s(path)}")
 
 
 @app.command()
@@ -109,7 +110,7 @@ def quote(
         rating = rate(p, parse_usage(raw))
     except Rejected as exc:
         raise UserError(f"{exc.code}: {exc.message}") from None
-    table = Table(title=f"{profile} {model or ''} {item} ({rating.price_version})")
+    table = Table(title=f"{_s(profile)} {_s(model or '')} {_s(item)} ({_s(rating.price_version)})")
     table.add_column("component")
     table.add_column("units", justify="right")
     table.add_column(f"unit price ({p.currency})", justify="right")

@@ -18,6 +18,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from streams.cli.common import UserError, _profiles, console, err, require_cluster, settings
+from streams.cli.common import shown as _s
 from streams.deduction.record import money, present
 from streams.ingest.codec import registry
 from streams.ingest.events import Rejected, parse_json_event, to_millis
@@ -186,7 +187,7 @@ def rerate_command(
 
 def show(result: RerateResult) -> None:
     r = result.rerating
-    table = Table(title=f"re-rating {r.profile} at {r.version}, {len(result.diffs)} events (rerate_id {r.id})")
+    table = Table(title=f"re-rating {_s(r.profile)} at {_s(r.version)}, {len(result.diffs)} events (rerate_id {_s(r.id)})")
     for col in ("account", "item", "model", "events", "old", "new", "delta", "old split", "new split"):
         table.add_column(col, justify="right" if col in ("events", "old", "new", "delta") else "left", overflow="fold")
 
@@ -195,7 +196,7 @@ def show(result: RerateResult) -> None:
 
     for g in result.summary():
         note = f" ({g['not_rated']} not rated)" if g["not_rated"] else ""
-        table.add_row(g["main_account_id"], g["item"], g["model"], f"{g['events']}{note}", money(present(g["old_amount"])),
+        table.add_row(_s(g["main_account_id"]), _s(g["item"]), _s(g["model"]), f"{g['events']}{note}", money(present(g["old_amount"])),
                       money(present(g["new_amount"])), money(present(g["delta"])), split(g["old_split"]), split(g["new_split"]))
     console.print(table)
     knock_on = sum(1 for d in result.diffs if d.knock_on)
@@ -203,7 +204,7 @@ def show(result: RerateResult) -> None:
                   + (f"; {knock_on} later events paid from other buckets as a result" if knock_on else ""))
     for d in result.diffs:
         if d.new_rejection:
-            console.print(f"[yellow]not rated at {r.version}[/]: {d.old['event_id']}: {d.new_rejection}")
+            console.print(f"[yellow]not rated at {_s(r.version)}[/]: {_s(d.old['event_id'])}: {_s(d.new_rejection)}")
 
 
 DIFF_COLUMNS = ["rerate_id", "profile", "price_version", "period_from", "period_to", "main_account_id", "model", "item",

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from streams.cli.common import shown as _s
 from streams.config import Settings
 from streams.kafka_admin import create_topics
 from streams.local.pipeline import LocalPipeline
@@ -59,7 +60,7 @@ async def _sink_loop(s: Settings, sink: ClickHouseSink, pipeline: LocalPipeline,
 
             async with EventProducer(s) as producer:
                 sent = await producer.send_lines([raw for _, raw in read_lines(replay)])
-            console.print(f"[bold]replay[/]  {sent} events from {replay}")
+            console.print(f"[bold]replay[/]  {sent} events from {_s(replay)}")
         deadline = time.monotonic() + duration if duration else None
         console.print("running; Ctrl-C stops" + (f" (or after {duration:.0f}s)" if duration else ""))
         next_report = time.monotonic() + 10

@@ -12,6 +12,7 @@ import typer
 from rich.tree import Tree
 
 from streams.cli.common import UserError, _profiles, console, settings
+from streams.cli.common import shown as _s
 from streams.deduction.record import money
 
 DEDUCTION_FIELDS = ("deduction_id", "kind", "event_id", "trace_id", "account_id", "main_account_id", "event_time", "profile",
@@ -87,16 +88,16 @@ def trace_command(
 
 
 def render(chain: dict[str, Any]) -> None:
-    tree = Tree(f"[bold]{chain['query']}[/] ({chain['found_as']})")
+    tree = Tree(f"[bold]{_s(chain['query'])}[/] ({chain['found_as']})")
     for dl in chain.get("dead_letters", []):
-        tree.add(f"dead letter {dl['dead_letter_id']}: {dl['reason_code']}: {dl['reason']} (never charged)")
+        tree.add(f"dead letter {_s(dl['dead_letter_id'])}: {_s(dl['reason_code'])}: {_s(dl['reason'])} (never charged)")
     by_id = {d["deduction_id"]: d for d in chain["deductions"]}
     shown: set[str] = set()
     for line in chain["settlement_lines"]:
         node = tree.add(
-            f"settlement line {line['settlement_id']} [{line['line_type']}] {line['main_account_id']} "
-            f"{line['period_start']:%Y-%m-%d %H:%M} UTC per {line['granularity']}: {line['item']} {line['model']} "
-            f"gross {money(line['gross_amount'])} {line['currency']} (cash {money(line['cash_amount'])}), "
+            f"settlement line {_s(line['settlement_id'])} \\[{_s(line['line_type'])}] {_s(line['main_account_id'])} "
+            f"{line['period_start']:%Y-%m-%d %H:%M} UTC per {_s(line['granularity'])}: {_s(line['item'])} {_s(line['model'])} "
+            f"gross {money(line['gross_amount'])} {_s(line['currency'])} (cash {money(line['cash_amount'])}), "
             f"{line['event_count']} events   [dim]ClickHouse settlements[/]")
         legacy = set(line["deduction_ids"])
         for did, d in by_id.items():
@@ -113,18 +114,19 @@ def render(chain: dict[str, Any]) -> None:
 
 def _deduction(parent: Tree, d: dict[str, Any]) -> None:
     label = "adjustment" if d["kind"] == "rerate_adjustment" else "deduction"
-    node = parent.add(f"{label} {d['deduction_id']}: {money(d['rated_amount'])} {d['currency']} "
-                      f"at {d['price_version']}   [dim]ClickHouse deductions[/]")
+    node = parent.add(f"{label} {_s(d['deduction_id'])}: {money(d['rated_amount'])} {_s(d['currency'])} "
+                      f"at {_s(d['price_version'])}   [dim]ClickHouse deductions[/]")
     if d["kind"] == "rerate_adjustment":
-        node.add(f"corrects deduction {d['adjusts_deduction_id']} (re-rating {d['rerate_id']})")
-    node.add(f"usage event {d['event_id']} (trace {d['trace_id']}), account {d['account_id']}, {d['event_time']:%Y-%m-%d %H:%M:%S} UTC, "
-             f"{d['item']} {d['model']} {d['variant']}".rstrip() + f", quantities {dict(d['quantities'])}")
+        node.add(f"corrects deduction {_s(d['adjusts_deduction_id'])} (re-rating {_s(d['rerate_id'])})")
+    node.add(f"usage event {_s(d['event_id'])} (trace {_s(d['trace_id'])}), account {_s(d['account_id'])}, "
+             f"{d['event_time']:%Y-%m-%d %H:%M:%S} UTC, "
+             + f"{_s(d['item'])} {_s(d['model'])} {_s(d['variant'])}".rstrip() + f", quantities {_s(dict(d['quantities']))}")
     if d.get("price_row"):
-        node.add(f"price row: {orjson.dumps(d['price_row']).decode()}")
+        node.add(f"price row: {_s(orjson.dumps(d['price_row']).decode())}")
     elif d["price_version"].endswith("@elsewhere"):
         node.add("billed elsewhere: the model's own platform charges it; this profile records it at 0")
     for line in orjson.loads(d["lines_json"] or "[]"):
-        node.add(f"rating line {line['component']}: {line['units']} x {line['unit_price']} = {line['amount']}")
-    split = ", ".join(f"{k} {i} {money(a)}" for k, i, a in zip(d["split_bucket_kind"], d["split_bucket_id"], d["split_amount"]))
-    node.add(f"paid by: {split or 'nothing'}" + (f"; unbilled {money(d['unbilled_amount'])} ({d['unbilled_reason']})"
+        node.add(f"rating line {_s(line['component'])}: {_s(line['units'])} x {_s(line['unit_price'])} = {_s(line['amount'])}")
+    split = ", ".join(f"{_s(k)} {_s(i)} {money(a)}" for k, i, a in zip(d["split_bucket_kind"], d["split_bucket_id"], d["split_amount"]))
+    node.add(f"paid by: {split or 'nothing'}" + (f"; unbilled {money(d['unbilled_amount'])} ({_s(d['unbilled_reason'])})"
                                                if d["unbilled_amount"] else ""))
