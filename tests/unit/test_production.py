@@ -50,7 +50,14 @@ def test_rocksdb_options_bound_the_memory_of_each_store():
     assert opts.block_cache_size == 16 * MIB < DEFAULT_BLOCK_CACHE_SIZE
     assert (opts.write_buffer_size, opts.max_write_buffer_number) == (8 * MIB, 2)
     assert not opts.extra_options, "every key is one RocksDBOptions knows"
-    assert rocksdb_memory_bound_bytes(s, 12) == 2 * 12 * 32 * MIB
+    assert rocksdb_memory_bound_bytes(s, 12) == 3 * 12 * 32 * MIB
+
+
+def test_the_memory_bound_counts_every_table_of_the_worker():
+    from streams.worker.tuning import TABLES
+
+    app_py = (ROOT / "streams" / "worker" / "app.py").read_text()
+    assert len(re.findall(r"\bapp\.Table\(", app_py)) == TABLES
 
 
 @pytest.mark.parametrize("env,fragment", [
