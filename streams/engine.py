@@ -13,6 +13,7 @@ from typing import Any
 
 from streams.dedupe import DEFAULT_HORIZON_MS, Entry, EntryStore, MemoryEntries, content_fingerprint, id_key
 from streams.ingest.events import AccountEvent, Event, Rejected, UsageEvent, millis_to_iso
+from streams.ledger.invariants import check_buckets, check_charge
 from streams.ledger.ledger import Effects, Ledger
 from streams.ledger.state import AccountState
 from streams.rating.profiles import Profiles
@@ -127,11 +128,15 @@ class BillingEngine:
             return Outcome(state, rejected=Rejected("wrong_account", "event main_account_id does not match the state it was routed to"))
         before = state.dumps()
         fx = Effects()
+        cash_before = state.cash
         try:
             if isinstance(event, UsageEvent):
                 self.ledger.apply_usage(state, event, fx)
+                if fx.deduction is not None:
+                    check_charge(state, fx.deduction, cash_before)
             else:
                 self.ledger.apply_account_event(state, event, fx)
+                check_buckets(state)
         except Rejected as exc:
             return Outcome(AccountState.loads(before), rejected=exc)
         except Exception as exc:  # a bug must not take the account's money with it: roll back
