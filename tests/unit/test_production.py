@@ -238,3 +238,26 @@ def test_kafka_ca_file_reaches_every_kafka_client(tmp_path):
                            "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "KAFKA_SSL_CAFILE": str(tmp_path / "missing.pem")})
     with pytest.raises((FileNotFoundError, ssl.SSLError)):  # the file is really loaded, not ignored
         client_kwargs(s)
+
+
+# ---------------------------------------------------------------- event age
+
+
+def test_event_age_grows_from_the_last_handled_message_and_follows_ownership(monkeypatch):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from streams.observability import metrics as module
+    from streams.observability.metrics import PipelineMetrics
+
+    def ages(m):
+        return {s.labels["partition"]: s.value for f in text_string_to_metric_families(m.exposition().decode())
+                for s in f.samples if s.name == "billing_event_age_seconds"}
+
+    m = PipelineMetrics()
+    monkeypatch.setattr(module.time, "time", lambda: 1000.0)
+    m.mark_handled("billing-rating", "billing.events", {0: 990.0, 1: 999.5})  # faust timestamps are seconds
+    assert ages(m) == {"0": 10.0, "1": 0.5}
+    monkeypatch.setattr(module.time, "time", lambda: 1060.0)  # nothing handled since: the age grows
+    assert ages(m) == {"0": 70.0, "1": 60.5}
+    m.set_lag("billing-rating", [("billing.events", 1, 3)])  # partition 0 moved to another worker
+    assert ages(m) == {"1": 60.5}
