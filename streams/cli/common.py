@@ -76,6 +76,12 @@ def friendly(fn):
             fail(f"sink stopped, nothing committed past the record: {exc}", code=3)
         except FileNotFoundError as exc:
             fail(f"no such file: {exc.filename}")
+        except OSError as exc:
+            import errno
+
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            fail(f"address already in use ({exc}); if it is METRICS_PORT, set it to a free port, or 0 for no endpoint")
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(130) from None
@@ -130,6 +136,29 @@ def require_cluster(s: Settings, what: str) -> None:
     if s.embedded_broker:
         raise UserError(f"KAFKA_BOOTSTRAP_SERVERS is not set; {what} needs a running Kafka cluster "
                         "(`rating run` starts an embedded one)")
+
+
+def port_in_use_message(host: str, port: int) -> str:
+    return (f"METRICS_PORT {port} on {host} is already in use (another worker or sink on this host?); "
+            "set METRICS_PORT to a free port, or 0 for no endpoint")
+
+
+def require_free_port(s: Settings) -> None:
+    """A busy METRICS_PORT is one clear error before anything starts, not an internal error later."""
+    import errno
+    import socket
+
+    if not s.metrics_port:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in s.metrics_host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no clash
+        try:
+            sock.bind((s.metrics_host, s.metrics_port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UserError(port_in_use_message(s.metrics_host, s.metrics_port)) from None
+            raise UserError(f"METRICS_HOST {s.metrics_host!r}:{s.metrics_port} cannot be bound: {exc.strerror}; "
+                            "check METRICS_HOST and METRICS_PORT") from None
 
 
 def settings() -> Settings:

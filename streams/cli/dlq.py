@@ -142,7 +142,7 @@ def _select(letters: list[Letter], reasons: list[str], account: str | None) -> l
 def list_letters(
     reason: list[str] = typer.Option([], "--reason", "-r", help="only this reason code (repeatable)"),
     account: Optional[str] = typer.Option(None, "--account", "-a", help="only this main account"),
-    limit: int = typer.Option(50, "--limit", help="rows to show (the counts cover all)"),
+    limit: int = typer.Option(50, "--limit", min=1, help="rows to show (the counts cover all)"),
 ):
     """Dead letters with their reason, newest last, and the count per reason."""
     s = settings()

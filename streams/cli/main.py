@@ -135,6 +135,9 @@ def worker():
     s = settings()
     if s.embedded_broker:
         raise UserError("KAFKA_BOOTSTRAP_SERVERS is not set; `rating run` starts an embedded broker, `rating worker` needs a cluster")
+    from streams.cli.common import require_free_port
+
+    require_free_port(s)
     setup_logging(s)
     from streams.worker.app import run_worker
 
@@ -148,6 +151,9 @@ def sink():
     s = settings()
     if s.embedded_broker:
         raise UserError("KAFKA_BOOTSTRAP_SERVERS is not set; the sink needs a Kafka cluster")
+    from streams.cli.common import require_free_port
+
+    require_free_port(s)
     setup_logging(s)
     from streams.sink.clickhouse import run_sink
 
@@ -168,14 +174,16 @@ def sink():
 @friendly
 def demo(
     events: Path = typer.Argument(Path("examples/demo.jsonl"), help="JSON Lines stream to replay"),
-    batch: int = typer.Option(1, "--batch", help="events per Kafka message (EventBatch) for the replay"),
-    timeout: float = typer.Option(90.0, "--timeout", help="seconds to wait for everything to land"),
+    batch: int = typer.Option(1, "--batch", min=1, help="events per Kafka message (EventBatch) for the replay"),
+    timeout: float = typer.Option(90.0, "--timeout", min=1, help="seconds to wait for everything to land"),
 ):
     """Start a local broker, a worker and the sink, replay EVENTS, print what landed, stop."""
     from streams.cli.demo import run_demo
+    from streams.local.lifecycle import stop_on_signals
 
     if not events.is_file():
         raise UserError(f"{events} is not a file")
+    stop_on_signals()
     run_demo(events, batch=batch, timeout=timeout, console=console)
 
 
@@ -214,7 +222,7 @@ def topics(check: bool = typer.Option(False, "--check", help="only describe; exi
 
 @app.command()
 @friendly
-def migrate(wait: float = typer.Option(0.0, "--wait", help="seconds to keep retrying while ClickHouse cannot be reached (a server still starting); 0 = try once")):
+def migrate(wait: float = typer.Option(0.0, "--wait", min=0, help="seconds to keep retrying while ClickHouse cannot be reached (a server still starting); 0 = try once")):
     """Apply the ClickHouse DDL in infra/clickhouse (idempotent)."""
     import time
 
@@ -245,7 +253,7 @@ def migrate(wait: float = typer.Option(0.0, "--wait", help="seconds to keep retr
 @friendly
 def replay(
     events: Path = typer.Argument(..., help="JSON Lines file to send to the events topic"),
-    batch: int = typer.Option(1, "--batch", help="events per Kafka message"),
+    batch: int = typer.Option(1, "--batch", min=1, help="events per Kafka message"),
 ):
     """Send a JSON Lines file to Kafka as Avro, keyed by main account id, with a progress bar."""
     from rich.progress import Progress
@@ -274,14 +282,16 @@ def replay(
 @friendly
 def bench(
     out: Path = typer.Option(Path("bench-results/bench.json"), "--out", help="JSON file for the figures"),
-    events: int = typer.Option(20_000, "--events", help="events per throughput measurement"),
-    accounts: int = typer.Option(200, "--accounts"),
-    simulate_events: int = typer.Option(1_000_000, "--simulate-events", help="size of the file for the simulate figure"),
-    state_accounts: int = typer.Option(20_000, "--state-accounts", help="accounts built for the state figure (scaled to 100k)"),
+    events: int = typer.Option(20_000, "--events", min=1, help="events per throughput measurement"),
+    accounts: int = typer.Option(200, "--accounts", min=1),
+    simulate_events: int = typer.Option(1_000_000, "--simulate-events", min=1, help="size of the file for the simulate figure"),
+    state_accounts: int = typer.Option(20_000, "--state-accounts", min=1, help="accounts built for the state figure (scaled to 100k)"),
 ):
     """Measure throughput, latency, sink rate, scaling and state size, each against a same-run baseline."""
     from streams.bench.run import run_bench
+    from streams.local.lifecycle import stop_on_signals
 
+    stop_on_signals()
     run_bench(out, events=events, accounts=accounts, simulate_events=simulate_events, state_accounts=state_accounts, console=console)
 
 
@@ -289,16 +299,20 @@ def bench(
 @friendly
 def run(
     workers: int = typer.Option(1, "--workers", "-w", min=1, help="worker processes (at most KAFKA_PARTITIONS do work)"),
-    duration: Optional[float] = typer.Option(None, "--duration", help="stop after this many seconds (default: until Ctrl-C)"),
+    duration: Optional[float] = typer.Option(None, "--duration", min=0.1, help="stop after this many seconds (default: until Ctrl-C)"),
     replay_file: Optional[Path] = typer.Option(None, "--replay", help="JSON Lines file to send once everything runs"),
 ):
     """Run workers and the ClickHouse sink: embedded broker + chDB by default, or the configured cluster."""
+    from streams.cli.common import require_free_port
     from streams.cli.run import run_pipeline
+    from streams.local.lifecycle import stop_on_signals
 
     if replay_file is not None and not replay_file.is_file():
         raise UserError(f"{replay_file} is not a file")
     s = settings()
+    require_free_port(s)
     setup_logging(s)
+    stop_on_signals()
     run_pipeline(s, workers=workers, duration=duration, replay=replay_file, console=console)
 
 

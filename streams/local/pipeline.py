@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from streams.config import Settings
+from streams.local.lifecycle import child_preexec
 from streams.local.tansu import LocalBroker, local_kafka_env, start_broker
 from streams.worker.stall import EXIT_ROUND_FAILED, EXIT_STALLED
 
@@ -96,6 +97,7 @@ class LocalPipeline:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
+                preexec_fn=child_preexec(),  # a worker ends with its parent, however the parent ends
             )
         w = WorkerProcess(proc, log_path, port)
         self.workers.append(w)

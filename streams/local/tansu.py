@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from streams.local.lifecycle import child_preexec
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -80,6 +82,7 @@ def start_broker(port: int | None = None, log_path: Path | None = None, timeout:
         stderr=subprocess.STDOUT,
         env=env,
         start_new_session=True,  # our signal handling, not the terminal's
+        preexec_fn=child_preexec(),  # and it ends when we do, however we end
     )
     if log_path:
         out.close()  # the broker has its own copy of the descriptor
