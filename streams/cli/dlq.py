@@ -204,7 +204,7 @@ def explain(dead_letter_id: str = typer.Argument(..., help="a dead_letter_id (a 
 
 def _payload_record(payload: bytes) -> tuple[str, dict[str, Any]] | None:
     try:
-        name, record = registry().decode(payload)
+        name, record = registry().decode(payload, plain_times=True)
     except DecodeError:
         return None
     return (name, record) if name in ("usage_event", "account_event") else None

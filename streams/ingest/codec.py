@@ -52,12 +52,25 @@ class SchemaVersion:
     parsed: Any
 
 
+def _without_logical_types(node: Any) -> Any:
+    """The schema with every ``logicalType`` dropped: timestamps read as the longs on the wire."""
+    if isinstance(node, dict):
+        return {k: _without_logical_types(v) for k, v in node.items() if k != "logicalType"}
+    if isinstance(node, list):
+        return [_without_logical_types(v) for v in node]
+    return node
+
+
 class Registry:
     def __init__(self, schemas_dir: Path = SCHEMAS_DIR):
         index = json.loads((schemas_dir / "registry.json").read_text())["schemas"]
         named: dict[str, Any] = {}
+        plain_named: dict[str, Any] = {}
         self.by_id: dict[int, SchemaVersion] = {}
         self.latest: dict[str, SchemaVersion] = {}
+        # Input events are validated from the wire values: a timestamp-millis far outside the
+        # datetime range (year 10000, negative) must get the validation's reason, not corrupt_avro.
+        self.plain_by_id: dict[int, Any] = {}
         # Files are parsed in id order so that a batch schema can refer to the records before it.
         for raw_id, filename in sorted(index.items(), key=lambda kv: int(kv[0])):
             schema_id = int(raw_id)
@@ -66,7 +79,9 @@ class Registry:
             short = RECORD_NAMES[full]
             version = int(filename.rsplit(".v", 1)[1].split(".")[0])
             # Older versions are parsed apart from the named types of the current ones.
-            parsed = parse_schema(raw, named_schemas=named if self._is_newest(index, short, version) else {})
+            newest = self._is_newest(index, short, version)
+            parsed = parse_schema(raw, named_schemas=named if newest else {})
+            self.plain_by_id[schema_id] = parse_schema(_without_logical_types(raw), named_schemas=plain_named if newest else {})
             sv = SchemaVersion(schema_id, short, version, parsed)
             self.by_id[schema_id] = sv
             if short not in self.latest or self.latest[short].version < version:
@@ -92,8 +107,10 @@ class Registry:
         schemaless_writer(buf, sv.parsed, record)
         return buf.getvalue()
 
-    def decode(self, data: bytes | None) -> tuple[str, Any]:
-        """Returns (short schema name, record). Raises DecodeError with a specific code."""
+    def decode(self, data: bytes | None, *, plain_times: bool = False) -> tuple[str, Any]:
+        """Returns (short schema name, record). Raises DecodeError with a specific code.
+        ``plain_times``: timestamps come back as epoch milliseconds (the longs on the wire), not
+        datetimes, so that any value decodes and the input validation judges it."""
         if not data:
             raise DecodeError("empty_message", "message value is empty")
         if len(data) < 5 or data[0] != MAGIC:
@@ -108,11 +125,13 @@ class Registry:
         reader = self.latest[writer.name]
         buf = io.BytesIO(data)
         buf.seek(5)
+        writer_schema = self.plain_by_id[writer.schema_id] if plain_times else writer.parsed
+        reader_schema = self.plain_by_id[reader.schema_id] if plain_times else reader.parsed
         try:
             if reader is writer:
-                record = schemaless_reader(buf, writer.parsed, None, return_record_name=True)
+                record = schemaless_reader(buf, writer_schema, None, return_record_name=True)
             else:
-                record = schemaless_reader(buf, writer.parsed, reader.parsed, return_record_name=True)
+                record = schemaless_reader(buf, writer_schema, reader_schema, return_record_name=True)
         except Exception as exc:  # fastavro raises many types for truncated or corrupt input
             raise DecodeError(
                 "corrupt_avro", f"cannot decode {writer.name} v{writer.version} body: {type(exc).__name__}: {exc}"

@@ -38,7 +38,7 @@ class Decoded:
 
 def decode_message(registry: Registry, key: bytes | None, value: bytes | None) -> list[Decoded]:
     try:
-        name, record = registry.decode(value)
+        name, record = registry.decode(value, plain_times=True)
     except DecodeError as exc:
         if exc.code == "not_avro":
             judged = judge_json(value)

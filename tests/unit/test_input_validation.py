@@ -346,3 +346,16 @@ def test_a_prepaid_account_never_goes_below_zero(monkeypatch):
     monkeypatch.setattr(ledger_module, "min", lambda a, b: a, raising=False)
     with pytest.raises(AssertionError, match="below zero"):
         ledger.apply_usage(state, parse_json_event(big), Effects())
+
+
+@pytest.mark.parametrize("millis", [0, 253402300800000, 10**15, -10**15, 2**62])
+def test_avro_timestamps_outside_the_datetime_range_get_the_validation_reason(millis):
+    # an upstream Avro producer (no JSON on the way): year 1970, 10000, 33658, negative
+    reg = registry()
+    record = {"event_id": "t", "account_id": "th", "main_account_id": "th", "event_time": millis, "item": "tokens",
+              "model": "kimi-k2.5", "input_tokens": 5}
+    (decoded,) = decode_message(reg, b"th", reg.encode("usage_event", record))
+    assert decoded.rejected.code == "invalid_field" and "event_time" in decoded.rejected.message
+    batch = reg.encode("event_batch", {"events": [("billing.v1.UsageEvent", record)]})
+    (decoded,) = decode_message(reg, b"th", batch)
+    assert decoded.rejected.code == "invalid_field"
