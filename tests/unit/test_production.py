@@ -261,3 +261,28 @@ def test_event_age_grows_from_the_last_handled_message_and_follows_ownership(mon
     assert ages(m) == {"0": 70.0, "1": 60.5}
     m.set_lag("billing-rating", [("billing.events", 1, 3)])  # partition 0 moved to another worker
     assert ages(m) == {"1": 60.5}
+
+
+# ---------------------------------------------------------------- passwords from files
+
+
+def test_passwords_can_come_from_files(tmp_path):
+    kafka, ch = tmp_path / "kafka", tmp_path / "ch"
+    kafka.write_text("k-pass\n")  # as `kubectl create secret --from-file` or an editor leaves it
+    ch.write_text("c pass with spaces ")
+    s = Settings.from_env({"KAFKA_SASL_PASSWORD_FILE": str(kafka), "CLICKHOUSE_PASSWORD_FILE": str(ch)})
+    assert (s.kafka_sasl_password, s.clickhouse_password) == ("k-pass", "c pass with spaces ")
+    assert {"k-pass", "c pass with spaces "} <= set(s.secrets()), "redacted like the variables"
+    assert "k-pass" not in repr(s)
+    child = s.to_env()  # a child process gets the password itself, not a path it may not see
+    assert child["KAFKA_SASL_PASSWORD"] == "k-pass" and child["KAFKA_SASL_PASSWORD_FILE"] == ""
+    assert Settings.from_env(child) == s
+
+
+@pytest.mark.parametrize("env,fragment", [
+    ({"CLICKHOUSE_PASSWORD": "x", "CLICKHOUSE_PASSWORD_FILE": "/etc/hosts"}, "set CLICKHOUSE_PASSWORD or CLICKHOUSE_PASSWORD_FILE, not both"),
+    ({"KAFKA_SASL_PASSWORD_FILE": "/nonexistent/billing/pw"}, "KAFKA_SASL_PASSWORD_FILE='/nonexistent/billing/pw' cannot be read"),
+])
+def test_password_files_that_cannot_be_used_are_configuration_errors(env, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        Settings.from_env(env)
