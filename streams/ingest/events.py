@@ -241,9 +241,15 @@ def parse_decimal(value: Any, name: str, *, allow_negative: bool = False) -> Dec
     ``1E+999999999`` (short strings) can never become a huge fixed-point number downstream."""
     if value is None or value == "":
         return None
-    if isinstance(value, float) or isinstance(value, bool):
-        # A float has already lost exactness; a boolean is a producer bug.
-        raise Rejected("invalid_field", f"{name} must be a decimal string or integer, not {type(value).__name__}")
+    if isinstance(value, bool):
+        raise Rejected("invalid_field", f"{name} must be a decimal string or integer, not a boolean")
+    if isinstance(value, float):
+        # A float has already lost exactness. An integer too large for 64 bits also arrives as one
+        # from a JSON parser: say that it is out of range rather than only "not float".
+        if math.isfinite(value) and value.is_integer() and abs(value) > MAX_QUANTITY:
+            raise Rejected("quantity_out_of_range", f"{name}={value:.6g} is out of range: at most {MAX_QUANTITY} in absolute value")
+        raise Rejected("invalid_field", f"{name} must be a decimal string or integer, got the JSON number {value!r} "
+                                        "(send decimals as strings, e.g. \"12.5\")")
     if isinstance(value, int):
         if abs(value) > MAX_QUANTITY:
             raise Rejected("quantity_out_of_range", f"{name}={value} is out of range: at most {MAX_QUANTITY} in absolute value")

@@ -359,3 +359,15 @@ def test_avro_timestamps_outside_the_datetime_range_get_the_validation_reason(mi
     batch = reg.encode("event_batch", {"events": [("billing.v1.UsageEvent", record)]})
     (decoded,) = decode_message(reg, b"th", batch)
     assert decoded.rejected.code == "invalid_field"
+
+
+def test_a_huge_json_quantity_is_out_of_range_not_a_float():
+    raw = orjson.dumps(usage("q", item="image", model="HY-Image-V3.0", input_tokens=_DROP, output_tokens=_DROP, quantity=7))
+    obj = orjson.loads(raw.replace(b'"quantity":7', b'"quantity":' + b"1" + b"0" * 30))
+    obj = {k: v for k, v in obj.items()}
+    with pytest.raises(Rejected) as err:
+        parse_json_event(obj)
+    assert err.value.code == "quantity_out_of_range" and "float" not in err.value.message
+    with pytest.raises(Rejected) as err:
+        parse_json_event(dict(obj, quantity=1.5))
+    assert err.value.code == "invalid_field" and "as strings" in err.value.message
