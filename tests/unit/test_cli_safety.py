@@ -132,3 +132,84 @@ def test_redrive_check_passes_only_what_would_now_be_accepted():
     for letter, ok, fragment in cases:
         passed, verdict = check.check(letter)
         assert (passed, fragment in verdict) == (ok, True), (letter.record["event_id"], verdict)
+
+
+def _fake_letters(monkeypatch, letters, states):
+    from streams.cli import dlq
+
+    async def read_letters(s):
+        return letters
+
+    async def nothing(s):
+        return set()
+
+    async def load_states(s, accounts):
+        return {a: states.get(a) for a in accounts}
+
+    monkeypatch.setattr(dlq, "read_letters", read_letters)
+    monkeypatch.setattr(dlq, "redriven_markers", nothing)
+    monkeypatch.setattr(dlq, "charged_events", nothing)
+    monkeypatch.setattr(dlq, "load_states", load_states)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    monkeypatch.setenv("COLUMNS", "250")
+
+
+def test_dlq_list_with_markup_in_ids_does_not_crash(monkeypatch):
+    from typer.testing import CliRunner
+
+    from streams.cli.main import app
+
+    letter = _letter(1, "unknown_account", _usage("[/x]", "[bold red]RED[/]"))
+    letter.record["reason"] = "main account '[/x]' has not been opened"
+    _fake_letters(monkeypatch, [letter], {})
+    result = CliRunner().invoke(app, ["dlq", "list"])
+    assert result.exit_code == 0, result.output
+    assert "[bold red]RED[/]" in result.output and "[/x]" in result.output
+
+
+def test_redrive_dry_run_lists_each_letter_with_its_verdict_and_sends_nothing(monkeypatch):
+    from typer.testing import CliRunner
+
+    from streams.cli import dlq
+    from streams.cli.main import app
+    from streams.ingest.events import parse_json_event
+    from streams.ledger.ledger import Ledger
+    from streams.rating.profiles import Profiles
+
+    opened = Ledger(Profiles()).open_account(parse_json_event({
+        "kind": "account", "event_id": "o", "account_id": "open", "main_account_id": "open",
+        "event_time": "2026-05-01T08:00:00+08:00", "type": "account_opened", "profile": "tokenhub", "amount": "10",
+        "post_paid": True}))
+    letters = [_letter(1, "unknown_account", _usage("u-ghost", "ghost")), _letter(2, "unknown_account", _usage("u-open", "open"))]
+    _fake_letters(monkeypatch, letters, {"open": opened})
+
+    async def no_send(s, letters):
+        raise AssertionError("a dry run sends nothing")
+
+    monkeypatch.setattr(dlq, "_send", no_send)
+    result = CliRunner().invoke(app, ["dlq", "redrive", "--reason", "unknown_account", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "1 would be rejected again (not sent), 1 to send" in out
+    assert "u-ghost" in out and "u-open" in out and "rates now at" in out and "would still be rejected: unknown_account" in out
+
+
+def test_redrive_sends_only_what_would_pass(monkeypatch):
+    from typer.testing import CliRunner
+
+    from streams.cli import dlq
+    from streams.cli.main import app
+
+    letters = [_letter(1, "unknown_account", _usage("u-ghost", "ghost"))]
+    _fake_letters(monkeypatch, letters, {})
+    sent = []
+
+    async def send(s, chosen):
+        sent.extend(chosen)
+        return len(chosen)
+
+    monkeypatch.setattr(dlq, "_send", send)
+    for _ in range(3):  # unchanged cause: nothing goes back, run after run
+        result = CliRunner().invoke(app, ["dlq", "redrive", "--reason", "unknown_account", "--yes"])
+        assert result.exit_code == 0, result.output
+    assert sent == []
