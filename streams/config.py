@@ -24,6 +24,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "KAFKA_SASL_MECHANISM": ("", "SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN when SASL is used"),
     "KAFKA_SASL_USERNAME": ("", "SASL user name"),
     "KAFKA_SASL_PASSWORD": ("", "SASL password (secret: never logged)"),
+    "KAFKA_SASL_PASSWORD_FILE": ("", "path of a file holding the SASL password (a mounted credentials file), instead of KAFKA_SASL_PASSWORD"),
     "KAFKA_SSL_CAFILE": ("", "CA bundle for TLS to the brokers"),
     "KAFKA_TOPIC_PREFIX": ("billing.", "prefix of every topic name"),
     "KAFKA_PARTITIONS": ("4", "partitions of the input and output topics (created at start)"),
@@ -47,6 +48,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "DEDUPE_HORIZON_S": ("3024000", "event ids are remembered this long in event time (35 days); an older event is dead-lettered (event_too_old)"),
     "CLICKHOUSE_URL": ("", "http(s)://user@host:8123/db of a ClickHouse server; empty = embedded chDB"),
     "CLICKHOUSE_PASSWORD": ("", "ClickHouse password (secret: never logged)"),
+    "CLICKHOUSE_PASSWORD_FILE": ("", "path of a file holding the ClickHouse password (a mounted credentials file), instead of CLICKHOUSE_PASSWORD"),
     "CHDB_PATH": (".run/chdb", "directory of the embedded chDB database"),
     "SINK_BATCH_MAX": ("5000", "max records per ClickHouse insert"),
     "SINK_BATCH_WITHIN_MS": ("200", "max wait to fill an insert batch, milliseconds"),
@@ -130,8 +132,8 @@ class Settings:
     kafka_ssl_cafile: str = ""
     kafka_partitions: int = 4
     kafka_replication_factor: int = 1
-    kafka_producer_max_batch_size: int | None = None
     kafka_min_insync_replicas: int = 1
+    kafka_producer_max_batch_size: int | None = None
     topics: Topics = field(default_factory=Topics)
     worker_app_id: str = "billing-rating"
     worker_data_dir: Path = Path(".run/worker")
@@ -139,13 +141,13 @@ class Settings:
     worker_batch_max: int = 500
     worker_batch_within_ms: int = 20
     worker_tick_interval_ms: int = 5000
-    worker_stall_timeout_s: int = 120
     worker_standby_replicas: int = 0
     worker_session_timeout_ms: int = 6000
     worker_heartbeat_interval_ms: int = 1000
     worker_rebalance_timeout_ms: int = 5000
     worker_rocksdb_cache_mb: int = 16
     worker_rocksdb_write_buffer_mb: int = 8
+    worker_stall_timeout_s: int = 120
     settlement_allowed_lateness_s: int = 300
     dedupe_horizon_s: int = 3_024_000
     clickhouse_url: str = field(default="", repr=False)  # may carry user:password
@@ -184,14 +186,24 @@ class Settings:
                 raise ConfigError(f"{name}={raw!r} must be true or false")
             return raw in ("true", "1", "yes")
 
+        def password(name: str) -> str:
+            """NAME, or the content of the file NAME_FILE names (one trailing newline dropped)."""
+            path = _env(f"{name}_FILE", env)
+            if not path:
+                return _env(name, env)
+            if _env(name, env):
+                raise ConfigError(f"set {name} or {name}_FILE, not both")
+            try:
+                return Path(path).read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{name}_FILE={path!r} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
+
         raw_port = _env("METRICS_PORT", env)
         if not raw_port.isdigit() or int(raw_port) > 65535:
             raise ConfigError(f"METRICS_PORT={raw_port!r} must be a port number (0 = no endpoint)")
         batch = _env("KAFKA_PRODUCER_MAX_BATCH_SIZE", env)
         profiles = _env("PROFILES_DIR", env)
         log_format = _env("LOG_FORMAT", env)
-        if log_format not in ("text", "json"):
-            raise ConfigError(f"LOG_FORMAT={log_format!r} must be 'text' or 'json'")
         standby = _env("WORKER_STANDBY_REPLICAS", env)
         if not standby.isdigit():
             raise ConfigError(f"WORKER_STANDBY_REPLICAS={standby!r} must be 0 or more")
@@ -199,35 +211,37 @@ class Settings:
             raise ConfigError("WORKER_HEARTBEAT_INTERVAL_MS must be at most a third of WORKER_SESSION_TIMEOUT_MS")
         if integer("KAFKA_MIN_INSYNC_REPLICAS") > integer("KAFKA_REPLICATION_FACTOR"):
             raise ConfigError("KAFKA_MIN_INSYNC_REPLICAS must not exceed KAFKA_REPLICATION_FACTOR: acks=all writes would all fail")
+        if log_format not in ("text", "json"):
+            raise ConfigError(f"LOG_FORMAT={log_format!r} must be 'text' or 'json'")
         return cls(
             kafka_bootstrap_servers=_env("KAFKA_BOOTSTRAP_SERVERS", env),
             kafka_security_protocol=_env("KAFKA_SECURITY_PROTOCOL", env),
             kafka_sasl_mechanism=_env("KAFKA_SASL_MECHANISM", env),
             kafka_sasl_username=_env("KAFKA_SASL_USERNAME", env),
-            kafka_sasl_password=_env("KAFKA_SASL_PASSWORD", env),
+            kafka_sasl_password=password("KAFKA_SASL_PASSWORD"),
             kafka_ssl_cafile=_env("KAFKA_SSL_CAFILE", env),
             kafka_partitions=integer("KAFKA_PARTITIONS"),
             kafka_replication_factor=integer("KAFKA_REPLICATION_FACTOR"),
+            kafka_min_insync_replicas=integer("KAFKA_MIN_INSYNC_REPLICAS"),
             kafka_producer_max_batch_size=integer("KAFKA_PRODUCER_MAX_BATCH_SIZE") if batch else None,
             topics=Topics(prefix=_env("KAFKA_TOPIC_PREFIX", env)),
-            kafka_min_insync_replicas=integer("KAFKA_MIN_INSYNC_REPLICAS"),
             worker_app_id=_env("WORKER_APP_ID", env),
             worker_data_dir=Path(_env("WORKER_DATA_DIR", env)),
             worker_store=_env("WORKER_STORE", env),
             worker_batch_max=integer("WORKER_BATCH_MAX"),
             worker_batch_within_ms=integer("WORKER_BATCH_WITHIN_MS"),
             worker_tick_interval_ms=integer("WORKER_TICK_INTERVAL_MS"),
-            worker_stall_timeout_s=integer("WORKER_STALL_TIMEOUT_S"),
-            settlement_allowed_lateness_s=integer("SETTLEMENT_ALLOWED_LATENESS_S"),
-            dedupe_horizon_s=integer("DEDUPE_HORIZON_S"),
             worker_standby_replicas=int(standby),
             worker_session_timeout_ms=integer("WORKER_SESSION_TIMEOUT_MS"),
             worker_heartbeat_interval_ms=integer("WORKER_HEARTBEAT_INTERVAL_MS"),
             worker_rebalance_timeout_ms=integer("WORKER_REBALANCE_TIMEOUT_MS"),
             worker_rocksdb_cache_mb=integer("WORKER_ROCKSDB_CACHE_MB"),
             worker_rocksdb_write_buffer_mb=integer("WORKER_ROCKSDB_WRITE_BUFFER_MB"),
+            worker_stall_timeout_s=integer("WORKER_STALL_TIMEOUT_S"),
+            settlement_allowed_lateness_s=integer("SETTLEMENT_ALLOWED_LATENESS_S"),
+            dedupe_horizon_s=integer("DEDUPE_HORIZON_S"),
             clickhouse_url=_env("CLICKHOUSE_URL", env),
-            clickhouse_password=_env("CLICKHOUSE_PASSWORD", env),
+            clickhouse_password=password("CLICKHOUSE_PASSWORD"),
             chdb_path=Path(_env("CHDB_PATH", env)),
             sink_batch_max=integer("SINK_BATCH_MAX"),
             sink_batch_within_ms=integer("SINK_BATCH_WITHIN_MS"),
@@ -256,29 +270,31 @@ class Settings:
             "KAFKA_SASL_MECHANISM": self.kafka_sasl_mechanism,
             "KAFKA_SASL_USERNAME": self.kafka_sasl_username,
             "KAFKA_SASL_PASSWORD": self.kafka_sasl_password,
+            "KAFKA_SASL_PASSWORD_FILE": "",  # the password itself is passed on
             "KAFKA_SSL_CAFILE": self.kafka_ssl_cafile,
             "KAFKA_TOPIC_PREFIX": self.topics.prefix,
             "KAFKA_PARTITIONS": str(self.kafka_partitions),
             "KAFKA_REPLICATION_FACTOR": str(self.kafka_replication_factor),
+            "KAFKA_MIN_INSYNC_REPLICAS": str(self.kafka_min_insync_replicas),
             "KAFKA_PRODUCER_MAX_BATCH_SIZE": str(self.kafka_producer_max_batch_size or ""),
             "WORKER_APP_ID": self.worker_app_id,
             "WORKER_DATA_DIR": str(self.worker_data_dir),
-            "KAFKA_MIN_INSYNC_REPLICAS": str(self.kafka_min_insync_replicas),
             "WORKER_STORE": self.worker_store,
             "WORKER_BATCH_MAX": str(self.worker_batch_max),
             "WORKER_BATCH_WITHIN_MS": str(self.worker_batch_within_ms),
             "WORKER_TICK_INTERVAL_MS": str(self.worker_tick_interval_ms),
-            "WORKER_STALL_TIMEOUT_S": str(self.worker_stall_timeout_s),
-            "SETTLEMENT_ALLOWED_LATENESS_S": str(self.settlement_allowed_lateness_s),
-            "DEDUPE_HORIZON_S": str(self.dedupe_horizon_s),
-            "CLICKHOUSE_URL": self.clickhouse_url,
             "WORKER_STANDBY_REPLICAS": str(self.worker_standby_replicas),
             "WORKER_SESSION_TIMEOUT_MS": str(self.worker_session_timeout_ms),
             "WORKER_HEARTBEAT_INTERVAL_MS": str(self.worker_heartbeat_interval_ms),
             "WORKER_REBALANCE_TIMEOUT_MS": str(self.worker_rebalance_timeout_ms),
             "WORKER_ROCKSDB_CACHE_MB": str(self.worker_rocksdb_cache_mb),
             "WORKER_ROCKSDB_WRITE_BUFFER_MB": str(self.worker_rocksdb_write_buffer_mb),
+            "WORKER_STALL_TIMEOUT_S": str(self.worker_stall_timeout_s),
+            "SETTLEMENT_ALLOWED_LATENESS_S": str(self.settlement_allowed_lateness_s),
+            "DEDUPE_HORIZON_S": str(self.dedupe_horizon_s),
+            "CLICKHOUSE_URL": self.clickhouse_url,
             "CLICKHOUSE_PASSWORD": self.clickhouse_password,
+            "CLICKHOUSE_PASSWORD_FILE": "",
             "CHDB_PATH": str(self.chdb_path),
             "SINK_BATCH_MAX": str(self.sink_batch_max),
             "SINK_BATCH_WITHIN_MS": str(self.sink_batch_within_ms),

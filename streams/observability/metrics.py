@@ -77,7 +77,7 @@ class PipelineMetrics:
                                ["group", "topic", "partition"], registry=r)
         # process_* (CPU, resident memory, open files, start time): restarts and memory are alerted on
         ProcessCollector(registry=r)
-        self._handled: dict[tuple[str, str, int], int] = {}
+        self._handled: dict[tuple[str, str, int], float] = {}
         self.round_seconds = Histogram("billing_worker_round_seconds", "Time to process one round of events (without output acks)",
                                        buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=r)
         self.sink_batch_rows = Histogram("billing_sink_batch_rows", "Rows per sink batch",
@@ -142,16 +142,17 @@ class PipelineMetrics:
             owned.add((group, topic, partition))
         self._handled = {k: v for k, v in self._handled.items() if k[0] != group or k in owned}
 
-    def mark_handled(self, group: str, topic: str, timestamps: dict[int, int]) -> None:
-        """partition -> Kafka timestamp (ms) of the last message handled there, once per round."""
-        for partition, timestamp_ms in timestamps.items():
-            self._handled[(group, topic, partition)] = timestamp_ms
+    def mark_handled(self, group: str, topic: str, timestamps: dict[int, float]) -> None:
+        """partition -> Kafka timestamp of the last message handled there, in seconds (faust's
+        ``message.timestamp``), once per round."""
+        for partition, timestamp in timestamps.items():
+            self._handled[(group, topic, partition)] = timestamp
 
     def exposition(self) -> bytes:
-        now_ms = time.time() * 1000
+        now = time.time()
         self.event_age.clear()
-        for (group, topic, partition), timestamp_ms in list(self._handled.items()):
-            self.event_age.labels(group, topic, str(partition)).set(max(0.0, (now_ms - timestamp_ms) / 1000))
+        for (group, topic, partition), timestamp in list(self._handled.items()):
+            self.event_age.labels(group, topic, str(partition)).set(max(0.0, now - timestamp))
         return generate_latest(self.registry)
 
 

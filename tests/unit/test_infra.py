@@ -658,11 +658,16 @@ def test_alert_rules_cover_the_failure_modes():
         assert metric in every, f"no alert on {metric}"
     exit_codes = {(m.group(1), int(m.group(2))) for e in exprs.values()
                   for m in [re.search(r'container="(\w+)".*last_terminated_exitcode\{[^}]*\}\) == (\d)', e)] if m}
-    assert {("worker", 4), ("sink", 3)} <= exit_codes, exit_codes
     from streams.sink.clickhouse import SinkHalted  # noqa: F401 - exit code 3 in streams/cli/common.py
-    from streams.worker.app import EXIT_STALLED
+    from streams.worker.stall import EXIT_ROUND_FAILED, EXIT_STALLED
 
-    assert EXIT_STALLED == 4
+    assert {("worker", EXIT_STALLED), ("worker", EXIT_ROUND_FAILED), ("sink", 3)} <= exit_codes, exit_codes
+
+
+def test_alert_expressions_parse_as_promql():
+    parser = pytest.importorskip("promql_parser")  # optional: pip install promql-parser
+    for r in alert_rules():
+        parser.parse(r["expr"])
 
 
 def test_alert_rules_name_the_deployed_groups_topics_and_workloads():

@@ -50,7 +50,14 @@ def test_rocksdb_options_bound_the_memory_of_each_store():
     assert opts.block_cache_size == 16 * MIB < DEFAULT_BLOCK_CACHE_SIZE
     assert (opts.write_buffer_size, opts.max_write_buffer_number) == (8 * MIB, 2)
     assert not opts.extra_options, "every key is one RocksDBOptions knows"
-    assert rocksdb_memory_bound_bytes(s, 12) == 2 * 12 * 32 * MIB
+    assert rocksdb_memory_bound_bytes(s, 12) == 3 * 12 * 32 * MIB
+
+
+def test_the_memory_bound_counts_every_table_of_the_worker():
+    from streams.worker.tuning import TABLES
+
+    app_py = (ROOT / "streams" / "worker" / "app.py").read_text()
+    assert len(re.findall(r"\bapp\.Table\(", app_py)) == TABLES
 
 
 @pytest.mark.parametrize("env,fragment", [
@@ -231,3 +238,51 @@ def test_kafka_ca_file_reaches_every_kafka_client(tmp_path):
                            "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "KAFKA_SSL_CAFILE": str(tmp_path / "missing.pem")})
     with pytest.raises((FileNotFoundError, ssl.SSLError)):  # the file is really loaded, not ignored
         client_kwargs(s)
+
+
+# ---------------------------------------------------------------- event age
+
+
+def test_event_age_grows_from_the_last_handled_message_and_follows_ownership(monkeypatch):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from streams.observability import metrics as module
+    from streams.observability.metrics import PipelineMetrics
+
+    def ages(m):
+        return {s.labels["partition"]: s.value for f in text_string_to_metric_families(m.exposition().decode())
+                for s in f.samples if s.name == "billing_event_age_seconds"}
+
+    m = PipelineMetrics()
+    monkeypatch.setattr(module.time, "time", lambda: 1000.0)
+    m.mark_handled("billing-rating", "billing.events", {0: 990.0, 1: 999.5})  # faust timestamps are seconds
+    assert ages(m) == {"0": 10.0, "1": 0.5}
+    monkeypatch.setattr(module.time, "time", lambda: 1060.0)  # nothing handled since: the age grows
+    assert ages(m) == {"0": 70.0, "1": 60.5}
+    m.set_lag("billing-rating", [("billing.events", 1, 3)])  # partition 0 moved to another worker
+    assert ages(m) == {"1": 60.5}
+
+
+# ---------------------------------------------------------------- passwords from files
+
+
+def test_passwords_can_come_from_files(tmp_path):
+    kafka, ch = tmp_path / "kafka", tmp_path / "ch"
+    kafka.write_text("k-pass\n")  # as `kubectl create secret --from-file` or an editor leaves it
+    ch.write_text("c pass with spaces ")
+    s = Settings.from_env({"KAFKA_SASL_PASSWORD_FILE": str(kafka), "CLICKHOUSE_PASSWORD_FILE": str(ch)})
+    assert (s.kafka_sasl_password, s.clickhouse_password) == ("k-pass", "c pass with spaces ")
+    assert {"k-pass", "c pass with spaces "} <= set(s.secrets()), "redacted like the variables"
+    assert "k-pass" not in repr(s)
+    child = s.to_env()  # a child process gets the password itself, not a path it may not see
+    assert child["KAFKA_SASL_PASSWORD"] == "k-pass" and child["KAFKA_SASL_PASSWORD_FILE"] == ""
+    assert Settings.from_env(child) == s
+
+
+@pytest.mark.parametrize("env,fragment", [
+    ({"CLICKHOUSE_PASSWORD": "x", "CLICKHOUSE_PASSWORD_FILE": "/etc/hosts"}, "set CLICKHOUSE_PASSWORD or CLICKHOUSE_PASSWORD_FILE, not both"),
+    ({"KAFKA_SASL_PASSWORD_FILE": "/nonexistent/billing/pw"}, "KAFKA_SASL_PASSWORD_FILE='/nonexistent/billing/pw' cannot be read"),
+])
+def test_password_files_that_cannot_be_used_are_configuration_errors(env, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        Settings.from_env(env)
