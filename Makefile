@@ -40,8 +40,8 @@ MUTATE_DIR := .run/mutate
 mutate: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,local,mutate]'
 	mkdir -p $(MUTATE_DIR)
-	rm -rf $(MUTATE_DIR)/streams $(MUTATE_DIR)/tests $(MUTATE_DIR)/schemas
-	cp -r streams tests schemas pyproject.toml $(MUTATE_DIR)/
+	rm -rf $(MUTATE_DIR)/streams $(MUTATE_DIR)/tests $(MUTATE_DIR)/schemas $(MUTATE_DIR)/examples
+	cp -r streams tests schemas examples pyproject.toml $(MUTATE_DIR)/
 	find $(MUTATE_DIR) -name __pycache__ -prune -exec rm -rf {} +
 	cd $(MUTATE_DIR) && HYPOTHESIS_PROFILE=mutate $(CURDIR)/$(BIN)/mutmut run --max-children $${MUTATE_JOBS:-2} $(MUTATE_ARGS)
 	cd $(MUTATE_DIR) && $(CURDIR)/$(BIN)/mutmut export-cicd-stats >/dev/null 2>&1; \
