@@ -733,3 +733,16 @@ def test_clickhouse_healthcheck_probes_the_real_listener():
     assert "/ping" in test and not re.search(r"127\.0\.0\.1|localhost|\[::1\]", test), test
     assert "http://clickhouse:8123/" in test
 
+
+
+def test_kustomize_builds_the_manifests():
+    import shutil
+    import subprocess
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed")
+    r = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(r.stdout) if doc)
+    assert kinds.count("StatefulSet") == 1 and "PrometheusRule" not in kinds and "Secret" not in kinds
