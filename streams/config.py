@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 # Integer settings for which 0 is a documented value (all others are at least 1): what 0 means.
-ZERO_MEANS = {"WORKER_STALL_TIMEOUT_S": "0 = never"}
+ZERO_MEANS = {"WORKER_STALL_TIMEOUT_S": "0 = never", "WORKER_IDLE_ADVANCE_S": "0 = never"}
 ZERO_ALLOWED = {name: 0 for name in ZERO_MEANS}
 
 # name -> (default, documentation). README's configuration table is checked against this.
@@ -45,6 +45,8 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "WORKER_ROCKSDB_WRITE_BUFFER_MB": ("8", "RocksDB write buffer per table partition store, MiB, two of them at most (faust's default is 3 x 64)"),
     "WORKER_STALL_TIMEOUT_S": ("120", "a worker that owns partitions with messages waiting and makes no progress for this long exits (code 4) to be restarted; 0 = never"),
     "SETTLEMENT_ALLOWED_LATENESS_S": ("300", "a period closes when stream time passes its end plus this"),
+    "MAX_EVENT_AHEAD_S": ("600", "an event dated more than this past the wall clock is dead-lettered (event_time_in_future)"),
+    "WORKER_IDLE_ADVANCE_S": ("60", "a partition that accepted nothing for this long (wall clock) has its stream time advanced with the wall clock, so its last hour settles; 0 = never"),
     "DEDUPE_HORIZON_S": ("3024000", "event ids are remembered this long in event time (35 days); an older event is dead-lettered (event_too_old)"),
     "CLICKHOUSE_URL": ("", "http(s)://user@host:8123/db of a ClickHouse server; empty = embedded chDB"),
     "CLICKHOUSE_PASSWORD": ("", "ClickHouse password (secret: never logged)"),
@@ -150,6 +152,8 @@ class Settings:
     worker_stall_timeout_s: int = 120
     settlement_allowed_lateness_s: int = 300
     dedupe_horizon_s: int = 3_024_000
+    max_event_ahead_s: int = 600
+    worker_idle_advance_s: int = 60
     clickhouse_url: str = field(default="", repr=False)  # may carry user:password
     clickhouse_password: str = field(default="", repr=False)
     chdb_path: Path = Path(".run/chdb")
@@ -240,6 +244,8 @@ class Settings:
             worker_stall_timeout_s=integer("WORKER_STALL_TIMEOUT_S"),
             settlement_allowed_lateness_s=integer("SETTLEMENT_ALLOWED_LATENESS_S"),
             dedupe_horizon_s=integer("DEDUPE_HORIZON_S"),
+            max_event_ahead_s=integer("MAX_EVENT_AHEAD_S"),
+            worker_idle_advance_s=integer("WORKER_IDLE_ADVANCE_S"),
             clickhouse_url=_env("CLICKHOUSE_URL", env),
             clickhouse_password=password("CLICKHOUSE_PASSWORD"),
             chdb_path=Path(_env("CHDB_PATH", env)),
@@ -292,6 +298,8 @@ class Settings:
             "WORKER_STALL_TIMEOUT_S": str(self.worker_stall_timeout_s),
             "SETTLEMENT_ALLOWED_LATENESS_S": str(self.settlement_allowed_lateness_s),
             "DEDUPE_HORIZON_S": str(self.dedupe_horizon_s),
+            "MAX_EVENT_AHEAD_S": str(self.max_event_ahead_s),
+            "WORKER_IDLE_ADVANCE_S": str(self.worker_idle_advance_s),
             "CLICKHOUSE_URL": self.clickhouse_url,
             "CLICKHOUSE_PASSWORD": self.clickhouse_password,
             "CLICKHOUSE_PASSWORD_FILE": "",

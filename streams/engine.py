@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from decimal import localcontext
+from functools import wraps
+from typing import Any, Callable
 
+from streams.deduction.record import MONEY_CONTEXT
 from streams.dedupe import DEFAULT_HORIZON_MS, Entry, EntryStore, MemoryEntries, content_fingerprint, id_key
 from streams.ingest.events import AccountEvent, Event, Rejected, UsageEvent, millis_to_iso
 from streams.ledger.invariants import check_buckets, check_charge
@@ -21,8 +24,18 @@ from streams.settlement import usage_minutes
 from streams.settlement.periods import close_due, settle
 
 DEFAULT_ALLOWED_LATENESS_MS = 5 * 60_000
+DEFAULT_MAX_AHEAD_MS = 600_000  # an event dated further past the wall clock is rejected
 
 log = logging.getLogger(__name__)
+
+
+def in_money_context(method: Callable) -> Callable:
+    """Every Decimal operation of the core runs in MONEY_CONTEXT (60 digits): no implicit rounding."""
+    @wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with localcontext(MONEY_CONTEXT):
+            return method(*args, **kwargs)
+    return wrapper
 
 
 @dataclass
@@ -47,13 +60,15 @@ class Outcome:
 
 class BillingEngine:
     def __init__(self, profiles: Profiles, allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS,
-                 horizon_ms: int = DEFAULT_HORIZON_MS):
+                 horizon_ms: int = DEFAULT_HORIZON_MS, max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS):
         self.profiles = profiles
         self.ledger = Ledger(profiles)
         self.lateness = allowed_lateness_ms
         self.horizon_ms = horizon_ms
+        self.max_ahead_ms = max_ahead_ms
         self.entries = MemoryEntries(horizon_ms)  # used when the caller brings no store of its own
 
+    @in_money_context
     def advance(self, state: AccountState, clock: int) -> Outcome:
         """Move the account to stream time ``clock`` (its partition's clock): close settlement
         periods whose end plus the allowed lateness has passed, fire due deadlines."""
@@ -87,21 +102,65 @@ class BillingEngine:
         self.profiles = profiles
         self.ledger = Ledger(profiles)
 
+    @in_money_context
+    def step(self, state: AccountState | None, event: Event, *, clock_ms: int,
+             entries: EntryStore | None = None, wall_ms: int | None = None) -> tuple[list[Outcome], int]:
+        """One event of a partition whose stream time is ``clock_ms``: advance the account to
+        ``max(clock_ms, event time)``, then apply the event. Returns the outcomes to publish (the
+        advance's, then the event's) and the partition's stream time after the event.
+
+        Only an accepted event moves stream time: a rejected or duplicate event leaves the account
+        as it was, the advance included, and the clock where it was. So a hostile event (dated
+        2099, for an account never opened) cannot release another account's resources or close its
+        periods. ``wall_ms`` is the wall clock, for the ``MAX_EVENT_AHEAD_S`` check (None: no check,
+        as in tests that replay history)."""
+        if wall_ms is not None and event.event_time > wall_ms + self.max_ahead_ms:
+            return [Outcome(state, rejected=Rejected(
+                "event_time_in_future", f"event time {millis_to_iso(event.event_time)} is more than "
+                f"{self.max_ahead_ms // 1000} s past the wall clock {millis_to_iso(wall_ms)}"))], clock_ms
+        clock = max(clock_ms, event.event_time)
+        store = self.entries if entries is None else entries
+        checked = self._check(state, event, clock, store)
+        if isinstance(checked, Outcome):
+            return [checked], clock_ms
+        if state is None:
+            outcome = self._apply_new(None, event)
+            self._record(outcome, event, store, checked)
+            return [outcome], (clock if outcome.rejected is None else clock_ms)
+        before = state.dumps()
+        advanced = self.advance(state, clock)
+        outcome = self._apply_new(state, event, before=before)
+        if outcome.rejected is not None:
+            return [outcome], clock_ms  # outcome.state is the account before the advance
+        self._record(outcome, event, store, checked)
+        return [advanced, outcome], clock
+
+    @in_money_context
     def apply(self, state: AccountState | None, event: Event, *, clock_ms: int | None = None,
               entries: EntryStore | None = None) -> Outcome:
-        """Apply one event at partition stream time ``clock_ms`` (default: the account's).
+        """Apply one event at partition stream time ``clock_ms`` (default: the account's), without
+        advancing the account first (``step`` does both).
 
         ``entries`` is the dedupe store (see streams/dedupe.py); without one the engine keeps its
         own in memory, which is what a single offline run needs."""
         store = self.entries if entries is None else entries
         clock = clock_ms if clock_ms is not None else (state.settled_until if state is not None else event.event_time)
+        checked = self._check(state, event, clock, store)
+        if isinstance(checked, Outcome):
+            return checked
+        outcome = self._apply_new(state, event)
+        self._record(outcome, event, store, checked)
+        return outcome
+
+    def _check(self, state: AccountState | None, event: Event, clock: int, store: EntryStore) -> Outcome | bytes:
+        """What needs no ledger: the horizon, duplicates and id conflicts. Returns the outcome when
+        the event goes no further, else its content fingerprint."""
         if event.event_time < clock - self.horizon_ms:
             return Outcome(state, rejected=Rejected(
                 "event_too_old", f"event time {millis_to_iso(event.event_time)} is more than the dedupe horizon "
                 f"({self.horizon_ms // 3_600_000} h) before stream time {millis_to_iso(clock)}"))
-        key = id_key(event.main_account_id, event.event_id)
         content = content_fingerprint(event)
-        known = store.get(key)
+        known = store.get(id_key(event.main_account_id, event.event_id))
         if known is not None and state is not None and known.sequence <= state.applied_events:
             if known.content != content:
                 return Outcome(state, rejected=Rejected(
@@ -109,13 +168,18 @@ class BillingEngine:
             return Outcome(state, duplicate=True)
         if state is not None and state.seen_before_upgrade(event.event_id, clock):
             return Outcome(state, duplicate=True)
-        outcome = self._apply_new(state, event)
+        return content
+
+    @staticmethod
+    def _record(outcome: Outcome, event: Event, store: EntryStore, content: bytes) -> None:
         if outcome.rejected is None and outcome.state is not None:
             outcome.state.applied_events += 1
-            store.put(key, Entry(event.event_time, outcome.state.applied_events, content))
-        return outcome
+            store.put(id_key(event.main_account_id, event.event_id),
+                      Entry(event.event_time, outcome.state.applied_events, content))
 
-    def _apply_new(self, state: AccountState | None, event: Event) -> Outcome:
+    def _apply_new(self, state: AccountState | None, event: Event, before: bytes | None = None) -> Outcome:
+        """The ledger's part. ``before`` is the state to roll back to on rejection (default: as
+        the state is now)."""
         if state is None:
             if isinstance(event, AccountEvent) and event.type == "account_opened":
                 try:
@@ -125,8 +189,13 @@ class BillingEngine:
                 return Outcome(new, status=self._status(new, event))
             return Outcome(None, rejected=Rejected("unknown_account", f"main account {event.main_account_id!r} has not been opened"))
         if state.main_account_id != event.main_account_id:
-            return Outcome(state, rejected=Rejected("wrong_account", "event main_account_id does not match the state it was routed to"))
-        before = state.dumps()
+            return Outcome(AccountState.loads(before) if before is not None else state, rejected=Rejected("wrong_account", "event main_account_id does not match the state it was routed to"))
+        if event.event_time < state.opened_at:
+            return Outcome(AccountState.loads(before) if before is not None else state, rejected=Rejected(
+                "before_account_opened", f"event time {millis_to_iso(event.event_time)} is before the account was "
+                f"opened ({millis_to_iso(state.opened_at)})"))
+        if before is None:
+            before = state.dumps()
         fx = Effects()
         cash_before = state.cash
         try:

@@ -47,11 +47,14 @@ def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 yield number, line.rstrip(b"\r\n")
 
 
-def simulate(lines: Iterable[tuple[int, bytes]], engine: BillingEngine, source: str = "input", partitions: int = 4) -> SimulationResult:
+def simulate(lines: Iterable[tuple[int, bytes]], engine: BillingEngine, source: str = "input", partitions: int = 4,
+             *, wall_ms: int | None = None, until_ms: int | None = None) -> SimulationResult:
     """Apply every line in order. Stream time is per Kafka partition, as live: each account is
     advanced to its partition's clock before its event, and at the end of the input every account
-    is advanced to its partition's final clock (what the live worker's ticks do when idle)."""
-    run = Simulation(engine, partitions)
+    is advanced to its partition's final clock, or to ``until_ms`` if later (what the live
+    worker's idle watermark does once the stream has been quiet until then). ``wall_ms``: the wall
+    clock for the event_time_in_future check (``rating simulate`` passes now; None: no check)."""
+    run = Simulation(engine, partitions, wall_ms=wall_ms)
     for number, raw in lines:
         run.result.counts["consumed"] += 1
         obj: Any = None
@@ -65,14 +68,15 @@ def simulate(lines: Iterable[tuple[int, bytes]], engine: BillingEngine, source: 
             _reject(run.result, Decoded(None, exc, raw, obj if isinstance(obj, dict) else None), source, number)
             continue
         run.apply(event, Decoded(event, None, raw), source, number)
-    return run.finish()
+    return run.finish(until_ms)
 
 
 class Simulation:
     """The per-event loop shared by ``simulate`` (JSON lines) and re-rating (decoded events)."""
 
-    def __init__(self, engine: BillingEngine, partitions: int):
+    def __init__(self, engine: BillingEngine, partitions: int, wall_ms: int | None = None):
         self.engine = engine
+        self.wall_ms = wall_ms  # the wall clock, for the event_time_in_future check (None: none)
         self.partitions = partitions
         self.result = SimulationResult()
         self.clocks: dict[int, int] = {}
@@ -83,27 +87,31 @@ class Simulation:
         states, engine = self.result.states, self.engine
         key = event.main_account_id
         part = partition_for(key, self.partitions)
-        clock = self.clocks[part] = max(self.clocks.get(part, 0), event.event_time)
-        if key in states:
-            _collect(self.result, engine.advance(states[key], clock))
         entries = self.entries.get(part)
         if entries is None:
             entries = self.entries[part] = MemoryEntries(engine.horizon_ms)
-        outcome = engine.apply(states.get(key), event, clock_ms=clock, entries=entries)
+        outcomes, clock = engine.step(states.get(key), event, clock_ms=self.clocks.get(part, 0), entries=entries,
+                                      wall_ms=self.wall_ms)
+        self.clocks[part] = clock
         entries.prune(clock)  # amortized O(1): it looks at the oldest entry only
+        outcome = outcomes[-1]
         if outcome.state is not None:
             states[key] = outcome.state
         if outcome.rejected is not None:
             _reject(self.result, replace(decoded, rejected=outcome.rejected), source, number)
             return outcome
         self.result.counts[outcome.result] += 1
-        _collect(self.result, outcome)
+        for o in outcomes:
+            _collect(self.result, o)
         return outcome
 
-    def finish(self) -> SimulationResult:
+    def finish(self, until_ms: int | None = None) -> SimulationResult:
+        """Advance every account to its partition's final clock, or to ``until_ms`` if later (what
+        the live worker's idle watermark does once the stream has been quiet until then)."""
         states = self.result.states
         for key in sorted(states):
-            _collect(self.result, self.engine.advance(states[key], self.clocks[partition_for(key, self.partitions)]))
+            clock = self.clocks[partition_for(key, self.partitions)]
+            _collect(self.result, self.engine.advance(states[key], max(clock, until_ms or 0)))
         return self.result
 
 
@@ -165,7 +173,9 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
 
 
 def run_file(path: Path, profiles: Profiles | None = None, *, partitions: int = 4,
-             allowed_lateness_ms: int | None = None, horizon_ms: int | None = None) -> SimulationResult:
-    options = {k: v for k, v in (("allowed_lateness_ms", allowed_lateness_ms), ("horizon_ms", horizon_ms)) if v is not None}
+             allowed_lateness_ms: int | None = None, horizon_ms: int | None = None, max_ahead_ms: int | None = None,
+             wall_ms: int | None = None, until_ms: int | None = None) -> SimulationResult:
+    options = {k: v for k, v in (("allowed_lateness_ms", allowed_lateness_ms), ("horizon_ms", horizon_ms),
+                                 ("max_ahead_ms", max_ahead_ms)) if v is not None}
     engine = BillingEngine(profiles or Profiles(), **options)
-    return simulate(read_lines(path), engine, source=path.name, partitions=partitions)
+    return simulate(read_lines(path), engine, source=path.name, partitions=partitions, wall_ms=wall_ms, until_ms=until_ms)

@@ -36,7 +36,8 @@ def run_demo(events: Path, *, batch: int, timeout: float, console: Console) -> N
         settings = pipeline.start_broker()
         expected = run_file(events, partitions=settings.kafka_partitions,
                             allowed_lateness_ms=settings.settlement_allowed_lateness_s * 1000,
-                            horizon_ms=settings.dedupe_horizon_s * 1000)
+                            horizon_ms=settings.dedupe_horizon_s * 1000, max_ahead_ms=settings.max_event_ahead_s * 1000,
+                            wall_ms=int(time.time() * 1000))
         want_deductions = len({d["deduction_id"] for d in expected.deductions})
         want_dead = len({d["event_id"] or d["dead_letter_id"] for d in expected.dead_letters})
         want_lines = len(expected.settlements)

@@ -30,15 +30,27 @@ app = typer.Typer(
 def simulate(
     events: Path = typer.Argument(..., help="JSON Lines file of usage and account events", exists=False),
     out: Path = typer.Option(Path("simulate-out"), "--out", help="folder for the output .jsonl files"),
+    until: str = typer.Option("", "--until", help="ISO-8601 time with offset: at the end of the input, advance stream "
+                              "time to it (as a live partition that stays quiet until then), closing what is due"),
 ):
-    """Run the pure core over a JSON Lines file: the offline twin of the pipeline."""
+    """Run the pure core over a JSON Lines file: the offline twin of the pipeline.
+
+    Example: rating simulate examples/demo.jsonl --out out --until 2026-05-02T00:00:00+08:00"""
+    import time
+
+    from streams.ingest.events import Rejected, to_millis
     from streams.simulate import run_file, write_outputs
 
     if not events.is_file():
         raise UserError(f"{events} is not a file; pass a JSON Lines file of events (see examples/)")
+    try:
+        until_ms = to_millis(until, "--until") if until else None
+    except Rejected as exc:
+        raise UserError(f"--until: {exc.message}") from None
     s = settings()
     result = run_file(events, _profiles(s), partitions=s.kafka_partitions,
-                      allowed_lateness_ms=s.settlement_allowed_lateness_s * 1000, horizon_ms=s.dedupe_horizon_s * 1000)
+                      allowed_lateness_ms=s.settlement_allowed_lateness_s * 1000, horizon_ms=s.dedupe_horizon_s * 1000,
+                      max_ahead_ms=s.max_event_ahead_s * 1000, wall_ms=int(time.time() * 1000), until_ms=until_ms)
     files = write_outputs(result, out)
     summary = Table(title=f"rating simulate {_s(events)}")
     summary.add_column("account")

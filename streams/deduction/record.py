@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal, DivisionByZero, InvalidOperation, Overflow
 from typing import Any
 
 DEDUCTION_NAMESPACE = uuid.UUID("2b0e8c52-95b9-4a55-8d6e-51f0d8b7c3a4")
 DEAD_LETTER_NAMESPACE = uuid.UUID("9d3c0b7e-3f53-4c38-b2b5-0e7f58f0f1d2")
 PRESENTATION = Decimal("0.000001")
+AMOUNT_SCALE = Decimal("1E-12")  # the scale of every Decimal128(12) column in ClickHouse
+# Decimal arithmetic of the core runs in this context: with the bounded inputs (at most 10^9 and
+# 12 decimals per quantity, 744 hours, prices of a few decimals) no product needs more than 40
+# significant digits, so nothing is rounded implicitly; the one rounding is ``quantize_amount``.
+MONEY_CONTEXT = Context(prec=60, rounding=ROUND_HALF_EVEN, traps=[InvalidOperation, DivisionByZero, Overflow])
+
+
+def quantize_amount(value: Decimal) -> Decimal:
+    """The one quantization of the core: a rating line's units and amount, half-even to the
+    12 decimals ClickHouse stores, when the line is rated. Everything after (splits, sums,
+    balances) adds and subtracts values of at most 12 decimals, so it stays exact; what a
+    deduction says equals what ClickHouse holds, digit for digit."""
+    return value.quantize(AMOUNT_SCALE, rounding=ROUND_HALF_EVEN, context=MONEY_CONTEXT)
 
 
 def deduction_id(main_account_id: str, event_id: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+from streams.deduction.record import quantize_amount
 from streams.ingest.events import TOKEN_ITEMS, Rejected, UsageEvent
 from streams.rating.profiles import PriceRow, Profile, TokenPrices
 
@@ -89,7 +90,7 @@ def _rate_tokens(profile: Profile, row: PriceRow, event: UsageEvent) -> tuple[tu
         ("output", event.output_tokens - event.reasoning_tokens, output_price),
         ("reasoning", event.reasoning_tokens, output_price if tier.reasoning is None else unit_price(tier.reasoning)),
     )
-    lines = tuple(RatingLine(name, Decimal(n), price, n * price) for name, n, price in components if n)
+    lines = tuple(RatingLine(name, Decimal(n), price, quantize_amount(n * price)) for name, n, price in components if n)
     quantities = {name: str(n) for name, n, _ in components if n}
     return lines, quantities
 
@@ -104,13 +105,13 @@ def _rate_units(profile: Profile, row: PriceRow, event: UsageEvent) -> tuple[tup
     if event.item == "kb_storage":
         free = row.free_gb or ZERO
         quantities = {"stored_gb": str(event.quantity), "hours": str(event.hours), "free_gb": str(free)}
-        quantity = max(ZERO, event.quantity - free) * event.hours
+        quantity = quantize_amount(max(ZERO, event.quantity - free) * event.hours)
     if row.credits is not None:
         price = row.credits * profile.book.credit_values[row.credit_kind]
-        line = RatingLine("unit", quantity, price, quantity * price, credits_per_unit=row.credits)
+        line = RatingLine("unit", quantity, price, quantize_amount(quantity * price), credits_per_unit=row.credits)
     else:
         price = profile.to_currency(row.price)
-        line = RatingLine("unit", quantity, price, quantity * price)
+        line = RatingLine("unit", quantity, price, quantize_amount(quantity * price))
     return ((line,) if quantity else ()), quantities
 
 

@@ -116,7 +116,10 @@ def settle(periods: dict[str, dict], settled_until: int, main: str, d: dict[str,
     if acc is None:
         acc = periods[key] = _new_period(granularity, start, end, d)
     _add(acc, d)
-    return line_id(main, acc, "regular"), []
+    sid = acc.get("settlement_id")
+    if sid is None:  # computed once per period (states of version 1 lack it)
+        sid = acc["settlement_id"] = line_id(main, acc, "regular")
+    return sid, []
 
 
 def close_due(periods: dict[str, dict], clock: int, main: str, lateness_ms: int) -> list[dict]:

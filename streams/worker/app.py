@@ -35,7 +35,7 @@ from faust.types import TP
 
 from streams.config import Settings
 from streams.kafka_client import producer_kwargs
-from streams.dedupe import RoundEntries, partition_scope
+from streams.dedupe import RoundEntries, id_key, partition_scope
 from streams.limits import check_record_size
 from streams.engine import BillingEngine
 from streams.ingest.codec import registry
@@ -46,6 +46,8 @@ from streams.ledger.state import AccountState
 from streams.observability.metrics import PipelineMetrics, serve
 from streams.rating.profiles import PROFILES_DIR, ProfileError, Profiles
 from streams.worker.entry_sweep import EntrySweep
+from streams.worker.idle import IdleWatermark
+from streams.worker.tuning import faust_app_settings, table_options
 from streams.worker.stall import EXIT_ROUND_FAILED, EXIT_STALLED, StallWatch
 
 log = logging.getLogger("streams.worker")
@@ -92,13 +94,10 @@ def create_app(settings: Settings) -> faust.App:
         topic_replication_factor=settings.kafka_replication_factor,
         topic_allow_declare=False,
         web_enabled=False,
-        broker_rebalance_timeout=5.0,
-        broker_session_timeout=6.0,
-        broker_heartbeat_interval=1.0,
+        **faust_app_settings(settings),
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         producer_acks=-1,
-        table_standby_replicas=0,
         key_serializer="raw",
         value_serializer="raw",  # values are Avro (topics) or orjson bytes (table) we encode ourselves
         **extra,
@@ -106,15 +105,19 @@ def create_app(settings: Settings) -> faust.App:
     topics = settings.topics
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     events_topic = app.topic(topics.events, partitions=settings.kafka_partitions, **raw)
-    accounts = app.Table("accounts", partitions=settings.kafka_partitions, key_type=bytes, value_type=bytes)
+    accounts = app.Table("accounts", partitions=settings.kafka_partitions, key_type=bytes, value_type=bytes,
+                         options=table_options(settings))
     # stream time per input partition: the largest event time seen there (persisted, so a
     # restarted worker closes periods exactly as the one before it would have)
-    clocks = app.Table("partition-clocks", partitions=settings.kafka_partitions, key_type=bytes, value_type=bytes)
+    clocks = app.Table("partition-clocks", partitions=settings.kafka_partitions, key_type=bytes, value_type=bytes,
+                       options=table_options(settings))
     # one dedupe entry per applied event id, pruned by the horizon (streams/dedupe.py)
-    event_ids_table = app.Table("event-ids", partitions=settings.kafka_partitions, key_type=bytes, value_type=bytes)
+    event_ids_table = app.Table("event-ids", partitions=settings.kafka_partitions, key_type=bytes, value_type=bytes,
+                                options=table_options(settings))
     engine = BillingEngine(Profiles(settings.profiles_dir), allowed_lateness_ms=settings.settlement_allowed_lateness_s * 1000,
-                           horizon_ms=settings.dedupe_horizon_s * 1000)
+                           horizon_ms=settings.dedupe_horizon_s * 1000, max_ahead_ms=settings.max_event_ahead_s * 1000)
     sweep = EntrySweep(engine.horizon_ms)
+    idle = IdleWatermark(settings.worker_idle_advance_s)
     reg = registry()
     outputs = OutputProducer(settings)
     tick_value = reg.encode("clock_tick", {"issued_by": settings.worker_app_id})
@@ -202,6 +205,7 @@ def create_app(settings: Settings) -> faust.App:
             last_offset[part] = offset
             if msg.value == tick_value:
                 counts["ticks"] += 1
+                part_clock[part] = idle.clock(part, part_clock[part], time.monotonic())
                 now = part_clock[part]
                 for acct, when in list(due_index(part).items()):
                     if when <= now and (state := load(acct)) is not None:
@@ -212,25 +216,29 @@ def create_app(settings: Settings) -> faust.App:
             decoded = decode_message(reg, key, msg.value)
             counts["consumed"] += len(decoded)
             state = load(key) if key is not None else None
+            entries.scope, entries.anchor = partition_scope(part), ev
             if state is not None and state.offsets.get(str(part), -1) >= offset:
                 counts["duplicate"] += len(decoded)  # redelivered after a crash: already applied,
-                for d in decoded:  # but its events still move the clock, as they did the first time
-                    if d.event is not None:
+                for d in decoded:  # but its accepted events still move the clock, as the first time
+                    if d.event is not None and entries.get(id_key(d.event.main_account_id, d.event.event_id)):
                         part_clock[part] = max(part_clock[part], d.event.event_time)
                 return
-            entries.scope, entries.anchor = partition_scope(part), ev
+            wall_ms = int(time.time() * 1000)
             for i, d in enumerate(decoded):
                 if d.event is not None:
-                    part_clock[part] = max(part_clock[part], d.event.event_time)
-                    if state is not None:
-                        outputs_for(engine.advance(state, part_clock[part]), key, produce)
-                    outcome = engine.apply(state, d.event, clock_ms=part_clock[part], entries=entries)
+                    outcomes, clock = engine.step(state, d.event, clock_ms=part_clock[part], entries=entries,
+                                                  wall_ms=wall_ms)
+                    if clock > part_clock[part]:
+                        part_clock[part] = clock
+                        idle.moved(part, clock, time.monotonic())
+                    outcome = outcomes[-1]
                     state = outcome.state
                     if outcome.rejected is not None:
                         d = replace(d, rejected=outcome.rejected, payload=d.standalone_payload(reg))
                     else:
                         counts[outcome.result] += 1
-                        outputs_for(outcome, key, produce)
+                        for o in outcomes:
+                            outputs_for(o, key, produce)
                         continue
                 counts["rejected"] += 1
                 counts[f"rejected:{d.rejected.code}"] += 1
@@ -276,6 +284,7 @@ def create_app(settings: Settings) -> faust.App:
         processed = time.time()
         metrics.round_seconds.observe(processed - round_started)
         metrics.sync_counts(counts)
+        metrics.mark_handled(settings.worker_app_id, topics.events, {p: ev.message.timestamp for p, ev in clock_anchor.items()})
         for tp, first, last in gaps:
             await _FAUST_ADD_GAP(app.consumer, tp, first, last)
         gaps.clear()
@@ -344,6 +353,7 @@ def create_app(settings: Settings) -> faust.App:
     async def forget_due_index(sender, **kwargs) -> None:
         due.clear()
         part_clock.clear()  # restored from the clock history at the next message of each partition
+        idle.forget()
         clock_history.clear()
         clock_marks.clear()
         applied_through.clear()

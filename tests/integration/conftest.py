@@ -59,6 +59,9 @@ class Harness:
                 "WORKER_TICK_INTERVAL_MS": "1000",
                 "SETTLEMENT_ALLOWED_LATENESS_S": "300",
                 "WORKER_STALL_TIMEOUT_S": "30",
+                # stream time from events only, as `rating simulate` without --until; the idle
+                # watermark has a test of its own
+                "WORKER_IDLE_ADVANCE_S": "0",
                 **env,
             },
         )

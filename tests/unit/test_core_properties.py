@@ -411,7 +411,7 @@ def snapshot(state: AccountState) -> dict[str, Any]:
 class Step:
     raw: dict[str, Any]
     event: Any
-    before: AccountState | None  # an independent copy of the state right before ``apply``
+    before: AccountState | None  # a copy of the state the event met (advanced to its clock, if accepted)
     outcome: Outcome
     after: dict[str, Any] | None  # a snapshot of ``outcome.state``
 
@@ -466,15 +466,16 @@ def replay(raws: list[dict[str, Any]], *, restore_each_step: bool = False, keep_
         event = parse_json_event(raw)  # every generated event is well formed
         key = event.main_account_id
         part = partition_for(key, PARTITIONS)
-        clock = run.clocks[part] = max(run.clocks.get(part, 0), event.event_time)
         state = run.states.get(key)
-        if state is not None:
-            advanced = engine.advance(state, clock)
+        before = AccountState.loads(state.dumps()) if keep_steps and state is not None else None
+        # the one partition step the worker and ``simulate`` run: advance, then apply
+        outcomes, run.clocks[part] = engine.step(state, event, clock_ms=run.clocks.get(part, 0))
+        outcome = outcomes[-1]
+        for advanced in outcomes[:-1]:
             assert advanced.deduction is None and advanced.rejected is None
             run.collect(advanced)
-            state = keep(key, advanced.state)
-        before = AccountState.loads(state.dumps()) if keep_steps and state is not None else None
-        outcome = engine.apply(state, event)
+        if before is not None and outcome.rejected is None and not outcome.duplicate:
+            engine.advance(before, run.clocks[part])  # what the event met: the account advanced to its clock
         if outcome.rejected is not None:
             assert outcome.rejected.code != "internal_error", f"engine crashed on {raw}: {outcome.rejected.message}"
             run.dead.append((event.event_id, outcome.rejected.code, outcome.rejected.message))

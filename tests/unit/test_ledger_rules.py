@@ -137,8 +137,8 @@ def test_trial_auto_claimed_once_and_covers_token_kinds_in_order():
 
 
 def test_trial_lapses_at_expiry_and_is_never_granted_again():
-    r = run(
-        account("t", "account_opened", profile="tokenhub", post_paid=True, amount="100"),
+    r = run(  # opened before its first usage (usage dated before the opening is before_account_opened)
+        account("t", "account_opened", profile="tokenhub", post_paid=True, amount="100", t="2026-04-01T08:00:00+08:00"),
         usage("t", "tokens", model="Deepseek-v3.2", input_tokens=1000, t="2026-04-10T10:00:00+08:00"),
         usage("t", "tokens", model="Deepseek-v3.2", input_tokens=1000, t="2026-07-09T10:00:00+08:00"),  # 90 days later
         account("t", "trial_claimed", model="Deepseek-v3.2", t="2026-07-10T10:00:00+08:00"),

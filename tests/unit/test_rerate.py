@@ -34,7 +34,7 @@ def profiles(tmp_path) -> Profiles:
 def stream():
     main = "jk-ann"
     return [
-        account(main, "account_opened", profile="jiekou", currency="USD", post_paid=False, amount="10"),
+        account(main, "account_opened", profile="jiekou", currency="USD", post_paid=False, amount="10", t="2026-04-30T08:00:00+08:00"),
         account(main, "voucher_granted", voucher_id="v1", amount="0.02", expires_at="2026-12-31T00:00:00+08:00"),
         usage(main, model="claude-sonnet-4.5", t="2026-05-01T10:00:00+08:00", input_tokens=1000, output_tokens=1000, event_id="e1"),
         usage(main, model="claude-sonnet-4.5", t="2026-05-01T11:00:00+08:00", input_tokens=1000, output_tokens=1000, event_id="e2"),
