@@ -148,3 +148,30 @@ def test_inference_limit_pause_alert_fields():
         "a", "a-dev", ms("2026-05-01T10:00:00+08:00"), f"inference_limit:deepseek-v3:{ms('2026-05-01T09:00:00+08:00')}",
         "deepseek-v3", {"reason": "inference_limit", "used_tokens": "10"}, ["u-l"], "tr-l")
     assert isinstance(x["message"], str) and x["message"]
+
+
+def test_next_due_is_the_earliest_of_minute_period_and_deadline():
+    # the worker ticks an idle account at next_due; default lateness 5 min
+    a = Account()
+    a.send(account("t", "account_opened", profile="tokenhub", post_paid=True, amount="0.01", t="2026-05-01T00:00:00Z"))
+    assert a.engine.next_due(a.state) is None
+    a.send(usage("t", "tokens", model="Deepseek-r1-0528", input_tokens=10_000, t="2026-05-01T10:00:10Z"))  # arrears
+    # the 10:00 minute is due at 10:06, the 10:00 hour at 11:05, the grace reminder 15 days - 4 h on
+    assert a.engine.next_due(a.state) == ms("2026-05-01T10:06:00Z")
+    a.advance("2026-05-01T10:06:00Z")
+    assert a.engine.next_due(a.state) == ms("2026-05-01T11:05:00Z")
+    a.advance("2026-05-01T11:05:00Z")
+    # arrears since 10:00:10: reminder 15 days - 4 h later, release 15 days later
+    assert a.engine.next_due(a.state) == ms("2026-05-16T06:00:10Z")
+    a.advance("2026-05-16T06:00:10Z")  # reminded: next is the release itself
+    assert a.engine.next_due(a.state) == ms("2026-05-16T10:00:10Z")
+    a.advance("2026-05-16T10:00:10Z")
+    assert a.engine.next_due(a.state) is None  # released: nothing more is due
+
+
+def test_next_due_includes_a_trials_expiring_notice():
+    a = Account()
+    a.send(account("t", "account_opened", profile="tokenhub", post_paid=True, amount="10", t="2026-04-10T09:00:00+08:00"))
+    a.send(usage("t", "image", model="HY-Image-V3.0", quantity="1", t="2026-04-10T10:00:00+08:00"))  # claims, 365 days
+    a.advance("2026-04-10T12:00:00+08:00")  # the hour and the minute closed
+    assert a.engine.next_due(a.state) == ms("2027-04-03T10:00:00+08:00")  # expiry 2027-04-10 10:00 minus 7 days
