@@ -7,6 +7,7 @@ re-encoded, so it can be re-driven after a fix.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ import orjson
 
 from streams.deduction.record import dead_letter_id
 from streams.ingest.codec import DecodeError, Registry
-from streams.ingest.events import Event, Rejected, parse_account, parse_json_event, parse_usage
+from streams.ingest.events import MAX_ID_LENGTH, Event, Rejected, parse_account, parse_json_event, parse_usage
 
 INPUT_SCHEMAS = ("usage_event", "account_event", "event_batch")
 _PARSERS = {"usage_event": parse_usage, "account_event": parse_account}
@@ -104,17 +105,35 @@ def dead_letter_record(
     event_id = pick("event_id")
     event_time = getattr(event, "event_time", None) if event is not None else None
     assert decoded.rejected is not None
+    payload = decoded.payload or b""
     return {
         "dead_letter_id": dead_letter_id(decoded.rejected.code, event_id, fallback_id),
         "reason_code": decoded.rejected.code,
-        "reason": decoded.rejected.message,
+        "reason": _cut(decoded.rejected.message, MAX_REASON_CHARS),
         "source_topic": topic,
         "source_partition": partition,
         "source_offset": offset,
-        "event_id": event_id,
-        "main_account_id": pick("main_account_id"),
-        "trace_id": pick("trace_id"),
+        "event_id": _cut(event_id, MAX_ID_LENGTH),
+        "main_account_id": _cut(pick("main_account_id"), MAX_ID_LENGTH),
+        "trace_id": _cut(pick("trace_id"), MAX_ID_LENGTH),
         "event_time": event_time,
-        "key": key,
-        "payload": decoded.payload,
+        "key": key[:MAX_LETTER_KEY_BYTES] if key is not None else None,
+        "payload": payload[:MAX_LETTER_PAYLOAD_BYTES],
+        "payload_size_bytes": len(payload),
+        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        "payload_truncated": len(payload) > MAX_LETTER_PAYLOAD_BYTES,
     }
+
+
+# What a dead letter keeps of a hostile input, so that none can exceed the record limit
+# (streams/limits.py, 64 KiB): an id too long for the id grammar is cut to its first 256
+# characters (the reason says how long it was), the payload to 32 KiB with its size and hash.
+MAX_LETTER_PAYLOAD_BYTES = 32 * 1024
+MAX_LETTER_KEY_BYTES = 1024
+MAX_REASON_CHARS = 1000
+
+
+def _cut(text: str | None, limit: int) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return text[:limit] + "…"

@@ -110,7 +110,8 @@ def deduction_row(d: dict[str, Any]) -> tuple:
 
 DEAD_LETTER_COLUMNS = [
     "dead_letter_id", "reason_code", "reason", "source_topic", "source_partition", "source_offset", "event_id",
-    "main_account_id", "trace_id", "event_time", "payload_base64",
+    "main_account_id", "trace_id", "event_time", "payload_base64", "payload_size_bytes", "payload_sha256",
+    "payload_truncated",
 ]
 
 
@@ -118,7 +119,8 @@ def dead_letter_row(d: dict[str, Any]) -> tuple:
     return (
         d["dead_letter_id"], d["reason_code"], d["reason"], d["source_topic"], d["source_partition"], d["source_offset"],
         d["event_id"] or "", d["main_account_id"] or "", d["trace_id"] or "", _ts(d["event_time"]),
-        base64.b64encode(d["payload"]).decode(),
+        base64.b64encode(d["payload"]).decode(), max(d["payload_size_bytes"], len(d["payload"])),
+        d["payload_sha256"], d["payload_truncated"],
     )
 
 

@@ -84,3 +84,28 @@ def test_an_event_older_than_the_horizon_is_a_dead_letter_and_not_charged():
     r = simulate(list(enumerate(lines + [orjson.dumps(far), lines[3]], 1)), BillingEngine(Profiles()), source="x")
     assert r.counts["rated"] == 11 and r.counts["rejected:event_too_old"] == 1
     assert [d["reason_code"] for d in r.dead_letters] == ["event_too_old"]
+
+
+def test_a_message_built_to_hurt_makes_a_small_dead_letter():
+    """400 KB event and trace ids (and a 1 MB value that is not an event at all) become dead
+    letters under the record limit, with the original size and hash."""
+    import hashlib
+
+    from streams.ingest.codec import registry
+    from streams.ingest.messages import decode_message, dead_letter_record
+
+    huge = {"kind": "usage", "event_id": "e" * 400_000, "trace_id": "t" * 400_000, "account_id": "a",
+            "main_account_id": "a", "event_time": "2026-05-01T10:00:00Z", "item": "tokens", "model": "m",
+            "input_tokens": 1}
+    lines = [(1, orjson.dumps(huge)), (2, b"x" * 1_000_000)]
+    r = simulate(lines, BillingEngine(Profiles()), source="hostile")
+    assert [d["reason_code"] for d in r.dead_letters] == ["invalid_id", "invalid_json"]
+    reg = registry()
+    for (n, raw), letter in zip(lines, r.dead_letters):
+        assert letter["payload_size_bytes"] == len(raw) and letter["payload_truncated"]
+        assert letter["payload_sha256"] == hashlib.sha256(raw).hexdigest()
+        assert len(reg.encode("dead_letter", letter)) <= MAX_RECORD_BYTES
+    # the live path: the same bytes as a Kafka value
+    for decoded in decode_message(reg, b"a", b"y" * 1_000_000):
+        letter = dead_letter_record(decoded, topic="t", partition=0, offset=1, key=b"k" * 500_000, fallback_id="t:0:1")
+        assert len(reg.encode("dead_letter", letter)) <= MAX_RECORD_BYTES
