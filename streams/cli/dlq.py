@@ -76,7 +76,15 @@ REASONS: dict[str, tuple[str, str, bool]] = {
     "unknown_pack_kind": ("the resource pack kind is not in the policy", "add the pack kind to the policy, then re-drive", True),
     "no_trial_for_model": ("the model has no trial quota in the policy", "check the policy, then re-drive", True),
     "no_inference_limit": ("the policy offers no inference limit here", "check the policy", True),
-    "internal_error": ("the pipeline failed on this event (a bug)", "report it; re-drive after the fix", True),
+    "internal_error": ("the pipeline failed on this event, or a charge broke an invariant (a bug); the account was "
+                       "rolled back", "report it; re-drive after the fix", True),
+    "event_too_old": ("the event is older than the dedupe horizon (DEDUPE_HORIZON_S) before its partition's stream time",
+                      "book it by hand or by re-rating; the pipeline cannot tell it from a replayed duplicate", False),
+    "event_id_conflict": ("the event id was already applied with different content (a reused idempotency key)",
+                          "send the second event under an id of its own", False),
+    "event_time_in_future": ("the event is dated more than MAX_EVENT_AHEAD_S past the wall clock",
+                             "fix the producer's clock; re-drive once the time has come", True),
+    "before_account_opened": ("the event is dated before its account was opened", "fix the event time; re-send", False),
 }
 
 
