@@ -298,13 +298,16 @@ def bench(
     accounts: int = typer.Option(200, "--accounts", min=1),
     simulate_events: int = typer.Option(1_000_000, "--simulate-events", min=1, help="size of the file for the simulate figure"),
     state_accounts: int = typer.Option(20_000, "--state-accounts", min=1, help="accounts built for the state figure (scaled to 100k)"),
+    heavy_requests: int = typer.Option(1_000_000, "--heavy-requests", min=200_001,
+                                       help="requests of the one heavy account (one day) for its first/last 100k figure"),
 ):
     """Measure throughput, latency, sink rate, scaling and state size, each against a same-run baseline."""
     from streams.bench.run import run_bench
     from streams.local.lifecycle import stop_on_signals
 
     stop_on_signals()
-    run_bench(out, events=events, accounts=accounts, simulate_events=simulate_events, state_accounts=state_accounts, console=console)
+    run_bench(out, events=events, accounts=accounts, simulate_events=simulate_events, state_accounts=state_accounts,
+              console=console, heavy_requests=heavy_requests)
 
 
 @app.command()
