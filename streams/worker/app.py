@@ -21,7 +21,6 @@ import asyncio
 import logging
 import os
 import time
-import weakref
 from collections import Counter
 from dataclasses import replace
 from typing import Any
@@ -29,8 +28,6 @@ from typing import Any
 import faust
 import orjson
 from aiokafka import AIOKafkaProducer
-from faust.streams import _current_event
-from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 
 from streams.config import Settings
@@ -46,6 +43,7 @@ from streams.ledger.state import AccountState
 from streams.observability.metrics import PipelineMetrics, serve
 from streams.rating.profiles import PROFILES_DIR, ProfileError, Profiles
 from streams.worker.entry_sweep import EntrySweep
+from streams.worker.faust_internals import declare_gap, disable_implicit_gaps, write_as
 from streams.worker.idle import IdleWatermark
 from streams.worker.tuning import faust_app_settings, table_options
 from streams.worker.stall import EXIT_ROUND_FAILED, EXIT_STALLED, StallWatch
@@ -54,18 +52,7 @@ log = logging.getLogger("streams.worker")
 JUMP_RETRIES = 3
 GAP_CONFIRM_SECONDS = 10.0  # a jump that outlives re-reads for this long is a real gap in the log
 
-# faust fills an offset jump in what it fetched as if those offsets had been acked ("gaps"), so a
-# message prefetched before a rebalance's seek can make it commit past messages nobody processed
-# (faust-streaming issues #221, #606). The worker checks offset contiguity itself and declares a
-# gap to faust only once the broker has shown it is real (see rate_events).
-_FAUST_ADD_GAP = FaustConsumer._add_gap
-
-
-async def _no_implicit_gap(self, tp, offset_from: int, offset_to: int) -> None:
-    return None
-
-
-FaustConsumer._add_gap = _no_implicit_gap  # type: ignore[method-assign]
+disable_implicit_gaps()  # see streams/worker/faust_internals.py
 CLOCK_HISTORY = 2000  # rounds; far more than pass between two offset commits
 
 
@@ -286,7 +273,7 @@ def create_app(settings: Settings) -> faust.App:
         metrics.sync_counts(counts)
         metrics.mark_handled(settings.worker_app_id, topics.events, {p: ev.message.timestamp for p, ev in clock_anchor.items()})
         for tp, first, last in gaps:
-            await _FAUST_ADD_GAP(app.consumer, tp, first, last)
+            await declare_gap(app.consumer, tp, first, last)
         gaps.clear()
         for part, offset in resync.items():
             await app.consumer.seek(TP(topics.events, part), offset)
@@ -300,7 +287,7 @@ def create_app(settings: Settings) -> faust.App:
         # 2) ... then the dedupe entries of the events applied, acknowledged before ...
         if entries.written:
             for scoped, (entry, ev) in entries.written.items():
-                _current_event.set(weakref.ref(ev))
+                write_as(ev)
                 event_ids_table[scoped] = entry.encode()
             await app.producer.flush()
         # 3) ... the state that says they happened (the changelog partition is the
@@ -308,7 +295,7 @@ def create_app(settings: Settings) -> faust.App:
         #    has not reached (a crash between 2 and 3) is not taken for a duplicate.
         for key, ev in anchors.items():
             state = states[key]
-            _current_event.set(weakref.ref(ev))
+            write_as(ev)
             accounts[key] = check_record_size("account state", state.main_account_id, state.dumps())
             part = ev.message.partition
             when = engine.next_due(state)
@@ -319,11 +306,11 @@ def create_app(settings: Settings) -> faust.App:
                 index[key] = when
         timing.rounds.append((processed - round_started, time.time() - processed, len(round_events)))
         for scoped, ev in sweep.expired(event_ids_table.keys, event_ids_table.get, part_clock, clock_anchor):
-            _current_event.set(weakref.ref(ev))
+            write_as(ev)
             del event_ids_table[scoped]
         counts["ids_forgotten"] = sweep.forgotten
         for part, ev in clock_anchor.items():
-            _current_event.set(weakref.ref(ev))
+            write_as(ev)
             history = clock_history.setdefault(part, [])
             history.append((last_offset[part], part_clock[part]))
             del history[:-CLOCK_HISTORY]

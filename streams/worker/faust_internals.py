@@ -1,0 +1,41 @@
+"""Every faust-streaming internal the worker relies on, in one place, with the reason for each.
+``tests/unit/test_faust_internals.py`` checks they still exist in the installed faust, so an
+upgrade that moves one fails a unit test instead of the exactly-once guarantee.
+
+- ``Consumer._add_gap``: faust fills an offset jump in what it fetched as if those offsets had been
+  acked ("gaps"), so a message prefetched before a rebalance's seek can make it commit past
+  messages nobody processed (faust-streaming issues #221, #606). ``disable_implicit_gaps`` turns
+  that off; the worker checks offset contiguity itself and declares a gap with ``declare_gap``
+  only once the broker has shown it is real.
+- ``faust.streams._current_event``: a table write goes to the changelog partition of the *current
+  event*. The worker writes states, dedupe entries and clocks after a round, outside faust's
+  per-event context, so it sets the event whose partition each write belongs to (``write_as``).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from faust.streams import _current_event
+from faust.transport.consumer import Consumer as FaustConsumer
+
+_FAUST_ADD_GAP = FaustConsumer._add_gap
+
+
+async def _no_implicit_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
+    return None
+
+
+def disable_implicit_gaps() -> None:
+    FaustConsumer._add_gap = _no_implicit_gap  # type: ignore[method-assign]
+
+
+async def declare_gap(consumer: Any, tp: Any, first: int, last: int) -> None:
+    """Offsets ``first..last`` are really absent from the log: faust may commit past them."""
+    await _FAUST_ADD_GAP(consumer, tp, first, last)
+
+
+def write_as(event: Any) -> None:
+    """Table writes that follow go to ``event``'s partition of the changelog."""
+    _current_event.set(weakref.ref(event))
