@@ -62,7 +62,7 @@ class BillingEngine:
     def __init__(self, profiles: Profiles, allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS,
                  horizon_ms: int = DEFAULT_HORIZON_MS, max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS):
         self.profiles = profiles
-        self.ledger = Ledger(profiles)
+        self.ledger = Ledger(profiles, horizon_ms)
         self.lateness = allowed_lateness_ms
         self.horizon_ms = horizon_ms
         self.max_ahead_ms = max_ahead_ms
@@ -100,7 +100,7 @@ class BillingEngine:
         """Swap in newly loaded price books. Each event is still rated with the version in force
         at its event time, so a new version changes only events from its effective time on."""
         self.profiles = profiles
-        self.ledger = Ledger(profiles)
+        self.ledger = Ledger(profiles, self.horizon_ms)
 
     @in_money_context
     def step(self, state: AccountState | None, event: Event, *, clock_ms: int,

@@ -10,17 +10,21 @@ restarted from its last commit, losing nothing; offline, the run fails with the 
 
 from __future__ import annotations
 
-MAX_RECORD_BYTES = 64 * 1024  # any output record, table value (account state) or changelog record
+MAX_RECORD_BYTES = 64 * 1024  # any output record, dedupe entry or partition-clock record
+# One account's state: its live vouchers and packs (at most 100 each) and linked sub-accounts (at
+# most 200), each with ids of up to 256 characters, fit in this with room to spare; typical
+# accounts are 1 to 3 KB. Still half of Kafka's default message limit.
+MAX_STATE_BYTES = 512 * 1024
 
 
 class RecordTooLarge(RuntimeError):
-    def __init__(self, kind: str, key: str, size_bytes: int):
+    def __init__(self, kind: str, key: str, size_bytes: int, limit_bytes: int):
         super().__init__(f"{kind} record for {key!r} is {size_bytes:,} bytes, over the limit of "
-                         f"{MAX_RECORD_BYTES:,} (streams/limits.py): a bug, not bad input")
+                         f"{limit_bytes:,} (streams/limits.py): a bug, not bad input")
         self.kind, self.key, self.size_bytes = kind, key, size_bytes
 
 
-def check_record_size(kind: str, key: str, data: bytes) -> bytes:
-    if len(data) > MAX_RECORD_BYTES:
-        raise RecordTooLarge(kind, key, len(data))
+def check_record_size(kind: str, key: str, data: bytes, limit_bytes: int = MAX_RECORD_BYTES) -> bytes:
+    if len(data) > limit_bytes:
+        raise RecordTooLarge(kind, key, len(data), limit_bytes)
     return data

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator
 import orjson
 
 from streams.dedupe import MemoryEntries
-from streams.limits import check_record_size
+from streams.limits import MAX_STATE_BYTES, check_record_size
 from streams.engine import BillingEngine, Outcome
 from streams.ingest.partitioner import partition_for
 from streams.ingest.events import Rejected, millis_to_iso, parse_json_event
@@ -168,7 +168,7 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
                 # under it on the wire
                 fh.write(check_record_size(name, str(r.get("main_account_id")), dumps_line(r)))
     for key, state in result.states.items():
-        check_record_size("account state", key, state.dumps())
+        check_record_size("account state", key, state.dumps(), MAX_STATE_BYTES)
     return {name: path for name, (path, _) in files.items()}
 
 

@@ -84,6 +84,8 @@ REASONS: dict[str, tuple[str, str, bool]] = {
                           "send the second event under an id of its own", False),
     "event_time_in_future": ("the event is dated more than MAX_EVENT_AHEAD_S past the wall clock",
                              "fix the producer's clock; re-drive once the time has come", True),
+    "limit_exceeded": ("the account already holds as many live vouchers, packs or linked sub-accounts as it may",
+                       "let buckets expire or unlink sub-accounts; raising the limit is a code change (streams/ledger/ledger.py)", True),
     "before_account_opened": ("the event is dated before its account was opened", "fix the event time; re-send", False),
 }
 

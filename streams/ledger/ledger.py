@@ -24,6 +24,8 @@ from streams.rating.rate import Rating, rate
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+MAX_LIVE_BUCKETS = 100  # vouchers, and packs, per account that have not expired (plus one horizon)
+MAX_SUB_ACCOUNTS = 200  # with ids of at most 256 characters: the account record stays under its limit
 FREE_DAYS_KEPT = 3  # late events of the last days still see their own day's free points
 
 
@@ -48,9 +50,15 @@ class Effects:
     status_time: int | None = None  # when a deadline (not an event) changed the status
 
 
+def _room_for(items: Any, what: str, limit: int) -> None:
+    if len(items) >= limit:
+        raise Rejected("limit_exceeded", f"an account holds at most {limit} {what} (see README 'Dedupe horizon and limits')")
+
+
 class Ledger:
-    def __init__(self, profiles: Profiles):
+    def __init__(self, profiles: Profiles, horizon_ms: int = 35 * DAY_MS):
         self.profiles = profiles
+        self.horizon_ms = horizon_ms
 
     # ================================================================ account events
 
@@ -119,6 +127,7 @@ class Ledger:
         vid = e.voucher_id or e.event_id
         if any(v.id == vid for v in s.vouchers):
             raise Rejected("duplicate_bucket", f"voucher {vid!r} was already granted")
+        _room_for(s.vouchers, "vouchers", MAX_LIVE_BUCKETS)
         s.vouchers.append(Bucket(vid, "voucher", e.amount, e.amount, e.expires_at, e.event_time))
         s.stopped_models.clear()
 
@@ -146,6 +155,7 @@ class Ledger:
         if any(p.id == pid for p in s.packs):
             raise Rejected("duplicate_bucket", f"pack {pid!r} was already purchased")
         value = profile.to_currency(e.amount)
+        _room_for(s.packs, "packs", MAX_LIVE_BUCKETS)
         s.packs.append(Bucket(pid, e.pack_kind, value, value, e.expires_at, e.event_time))
         s.stopped_models.clear()
 
@@ -222,6 +232,8 @@ class Ledger:
             raise Rejected("missing_field", "sub_account_linked requires sub_account_id")
         if e.sub_account_id == s.main_account_id:
             raise Rejected("invalid_field", "a main account cannot be its own sub-account")
+        if e.sub_account_id not in s.sub_accounts:
+            _room_for(s.sub_accounts, "linked sub-accounts", MAX_SUB_ACCOUNTS)
         s.sub_accounts.add(e.sub_account_id)
 
     @staticmethod
@@ -537,6 +549,7 @@ class Ledger:
                 fx.alerts.append(alert("resources_released", main, main, grace_end, episode,
                                        f"resources released after {arrears.grace_days} days of arrears",
                                        details={"arrears_since": millis_to_iso(s.arrears_since)}))
+        self._forget_expired_buckets(s, clock)
         quotas = {q.id: q for q in profile.policy.trials}
         for _, trial in sorted(s.trials.items()):  # in key order: the order a restored state has
             quota = quotas.get(trial.id)
@@ -548,6 +561,15 @@ class Ledger:
                 fx.alerts.append(alert("trial_expiring", main, main, notice_at, trial.id,
                                        f"free trial {trial.id} expires at {millis_to_iso(trial.expires_at)} with {money(trial.remaining)} {trial.unit} left",
                                        details={"expires_at": millis_to_iso(trial.expires_at), "remaining": money(trial.remaining)}))
+
+    def _forget_expired_buckets(self, s: AccountState, clock: int) -> None:
+        """Vouchers and packs expired more than the dedupe horizon ago can pay for nothing any more:
+        every event they could cover is older than the horizon, and a grant that names them again
+        is refused (its expiry is before its own event time). Forgetting them bounds the state."""
+        cutoff = clock - self.horizon_ms
+        if any(b.expires_at < cutoff for b in (*s.vouchers, *s.packs)):
+            s.vouchers = [b for b in s.vouchers if b.expires_at >= cutoff]
+            s.packs = [b for b in s.packs if b.expires_at >= cutoff]
 
     @staticmethod
     def next_deadline(s: AccountState, profile: Profile) -> int | None:

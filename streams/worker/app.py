@@ -33,7 +33,7 @@ from faust.types import TP
 from streams.config import Settings
 from streams.kafka_client import producer_kwargs
 from streams.dedupe import RoundEntries, id_key, partition_scope
-from streams.limits import check_record_size
+from streams.limits import MAX_STATE_BYTES, check_record_size
 from streams.engine import BillingEngine
 from streams.ingest.codec import registry
 from streams.ingest.messages import Decoded, dead_letter_record, decode_message
@@ -296,7 +296,7 @@ def create_app(settings: Settings) -> faust.App:
         for key, ev in anchors.items():
             state = states[key]
             write_as(ev)
-            accounts[key] = check_record_size("account state", state.main_account_id, state.dumps())
+            accounts[key] = check_record_size("account state", state.main_account_id, state.dumps(), MAX_STATE_BYTES)
             part = ev.message.partition
             when = engine.next_due(state)
             index = due_index(part)

@@ -109,3 +109,26 @@ def test_a_message_built_to_hurt_makes_a_small_dead_letter():
     for decoded in decode_message(reg, b"a", b"y" * 1_000_000):
         letter = dead_letter_record(decoded, topic="t", partition=0, offset=1, key=b"k" * 500_000, fallback_id="t:0:1")
         assert len(reg.encode("dead_letter", letter)) <= MAX_RECORD_BYTES
+
+
+def test_account_events_cannot_grow_the_state_past_its_limit():
+    """5,000 sub-account links with long ids and 4,500 vouchers that expire: links stop at their
+    limit with a clear reason, expired vouchers are forgotten after the horizon, the state stays
+    under its record limit."""
+    from streams.ledger.ledger import MAX_SUB_ACCOUNTS
+    from streams.limits import MAX_STATE_BYTES
+    from tests.unit.helpers import account
+
+    day = timedelta(days=1)
+    raws = [account("grow-ev", "account_opened", profile="jiekou", amount="10", t=iso(START))]
+    raws += [account("grow-ev", "sub_account_linked", sub_account_id=f"{i:04d}" + "s" * 250, t=iso(START))
+             for i in range(5_000)]
+    raws += [account("grow-ev", "voucher_granted", voucher_id=f"v{i}", amount="1", t=iso(START + i * day),
+                     expires_at=iso(START + i * day + day)) for i in range(4_500)]
+    r = simulate(list(enumerate((orjson.dumps(x) for x in raws), 1)), BillingEngine(Profiles()), source="x")
+    codes = [d["reason_code"] for d in r.dead_letters]
+    assert codes == ["limit_exceeded"] * (5_000 - MAX_SUB_ACCOUNTS)
+    state = r.states["grow-ev"]
+    assert len(state.sub_accounts) == MAX_SUB_ACCOUNTS
+    assert len(state.vouchers) <= 37  # the horizon's worth of daily vouchers, not 4,500
+    assert len(state.dumps()) < MAX_STATE_BYTES
