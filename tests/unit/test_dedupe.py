@@ -186,3 +186,21 @@ def test_an_invariant_violation_rolls_back_and_is_an_internal_error(monkeypatch)
     assert out.rejected is not None and out.rejected.code == "internal_error"
     assert "splits" in out.rejected.message
     assert out.state.to_dict() == before and out.deduction is None
+
+
+def test_the_horizon_boundary_and_the_state_returned_with_each_verdict():
+    engine = BillingEngine(Profiles(), horizon_ms=10 * DAY_MS)
+    state = opened(engine, "hz")
+    clock = state.opened_at + 20 * DAY_MS
+    at = ev(usage("hz", "tokens", model="claude-sonnet-4.5", input_tokens=10, t="2026-05-11T08:00:00+08:00"))
+    assert at.event_time == clock - 10 * DAY_MS
+    older = ev(dict(usage("hz", "tokens", model="claude-sonnet-4.5", input_tokens=10), event_time=at.event_time - 1))
+    too_old = engine.apply(state, older, clock_ms=clock)
+    assert too_old.rejected.code == "event_too_old" and too_old.state is state
+    ok = engine.apply(state, at, clock_ms=clock)
+    assert ok.rejected is None and ok.deduction is not None  # exactly one horizon old: still in
+    dup = engine.apply(state, at, clock_ms=clock)
+    assert dup.duplicate and dup.state is state
+    conflict = engine.apply(state, ev(dict(usage("hz", "tokens", model="claude-sonnet-4.5", input_tokens=11,
+                                                 t="2026-05-11T08:00:00+08:00"), event_id=at.event_id)), clock_ms=clock)
+    assert conflict.rejected.code == "event_id_conflict" and conflict.state is state
