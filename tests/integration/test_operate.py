@@ -186,9 +186,13 @@ def test_cli_against_the_cluster(harness):
     assert "would still be rejected" in r.stdout
 
     # fix the cause (open the account), then re-drive: charged once, and a second re-drive sends nothing
+    # before the fix, the letter would still be rejected: nothing to send
     r = rating(h, "dlq", "redrive", "--reason", "unknown_account", "--dry-run")
-    assert r.returncode == 0 and "1 to send" in r.stdout
+    assert r.returncode == 0 and "0 to send" in r.stdout, r.stdout
     asyncio.run(h.produce([opened.replace(f"{tag}-ann", f"{tag}-bo").replace(f"{tag}-open", f"{tag}-open-bo").encode()]))
+    assert h.land(lambda: rating(h, "account", "show", f"{tag}-bo").returncode == 0, timeout=60)
+    r = rating(h, "dlq", "redrive", "--reason", "unknown_account", "--dry-run")
+    assert r.returncode == 0 and "1 to send" in r.stdout, r.stdout
     r = rating(h, "dlq", "redrive", "--reason", "unknown_account", "--yes")
     assert r.returncode == 0 and "re-drove 1 events" in r.stdout, r.stdout + r.stderr
     assert h.land(lambda: h.scalar(f"SELECT count() FROM deductions FINAL WHERE event_id = '{tag}-early'") == 1)
