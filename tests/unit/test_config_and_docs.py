@@ -53,3 +53,20 @@ def test_secrets_do_not_appear_in_repr_or_display():
     s = Settings.from_env({"CLICKHOUSE_URL": "http://u:pw-in-url@h:8123/db", "CLICKHOUSE_PASSWORD": "s3cret", "KAFKA_SASL_PASSWORD": "k-s3cret"})
     text = repr(s) + s.clickhouse_dsn_for_display()
     assert "s3cret" not in text and "pw-in-url" not in text
+
+
+def test_each_setting_is_declared_once_with_type_default_and_doc():
+    import typing
+    from dataclasses import fields
+
+    from streams.config import SETTINGS, Settings
+
+    hints = typing.get_type_hints(Settings)
+    names = {f.name.upper() for f in fields(Settings)}
+    files = {f"{f.name.upper()}_FILE" for f in fields(Settings) if f.metadata["file_doc"]}
+    assert set(SETTINGS) == names | files  # the table is derived, not a second list
+    for f in fields(Settings):
+        assert f.metadata["doc"] and hints[f.name] is not None, f.name
+    source = (Path(__file__).resolve().parents[2] / "streams" / "config.py").read_text()
+    for name in names:  # no variable name is spelled out a second time in the module
+        assert f'"{name}"' not in source, name
