@@ -566,8 +566,10 @@ class Ledger:
         """Vouchers and packs expired more than the dedupe horizon ago can pay for nothing any more:
         every event they could cover is older than the horizon, and a grant that names them again
         is refused (its expiry is before its own event time). Forgetting them bounds the state."""
+        if not s.vouchers and not s.packs:
+            return
         cutoff = clock - self.horizon_ms
-        if any(b.expires_at < cutoff for b in (*s.vouchers, *s.packs)):
+        if any(b.expires_at < cutoff for b in s.vouchers) or any(b.expires_at < cutoff for b in s.packs):
             s.vouchers = [b for b in s.vouchers if b.expires_at >= cutoff]
             s.packs = [b for b in s.packs if b.expires_at >= cutoff]
 
