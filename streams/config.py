@@ -104,6 +104,7 @@ class Settings:
     worker_store: str = setting('memory://', 'faust table store: memory:// or rocksdb://')
     worker_batch_max: int = setting(500, 'max events handled per state write round')
     worker_batch_within_ms: int = setting(20, 'max wait to fill a round, milliseconds')
+    worker_fetch_max_wait_ms: int = setting(20, 'longest a fetch waits at the broker for data (faust hard-codes 1500; a broker that holds every fetch that long, as the embedded one does, adds it to each event\'s latency); more idle fetch requests when lower')
     worker_tick_interval_ms: int = setting(5000, 'how often idle partitions are ticked so periods close and deadlines fire')
     worker_standby_replicas: int = setting(0, 'standby copies of each table partition kept warm on other workers (faust table_standby_replicas); production: 1', minimum=0, zero="no standby")
     worker_session_timeout_ms: int = setting(6000, 'consumer-group session timeout: a worker silent this long is dropped from the group (local: 6000; production: 45000)')

@@ -43,7 +43,7 @@ from streams.ledger.state import AccountState
 from streams.observability.metrics import PipelineMetrics, serve
 from streams.rating.profiles import PROFILES_DIR, ProfileError, Profiles
 from streams.worker.entry_sweep import EntrySweep
-from streams.worker.faust_internals import declare_gap, disable_implicit_gaps, write_as
+from streams.worker.faust_internals import declare_gap, disable_implicit_gaps, set_fetch_max_wait, write_as
 from streams.worker.idle import IdleWatermark
 from streams.worker.tuning import faust_app_settings, table_options
 from streams.worker.stall import EXIT_ROUND_FAILED, EXIT_STALLED, StallWatch
@@ -67,6 +67,7 @@ class Counts(Counter):
 
 def create_app(settings: Settings) -> faust.App:
     kafka_url = ";".join(f"kafka://{s.strip()}" for s in settings.kafka_bootstrap_servers.split(","))
+    set_fetch_max_wait(settings.worker_fetch_max_wait_ms)
     extra: dict[str, Any] = {}
     if settings.kafka_producer_max_batch_size:
         extra["producer_max_batch_size"] = settings.kafka_producer_max_batch_size

@@ -31,3 +31,17 @@ def test_current_event_is_the_context_variable_tables_read():
     faust_internals.write_as(marker)
     assert faust.streams._current_event.get()() is marker
     assert isinstance(faust.streams._current_event.get(), weakref.ref)
+
+
+def test_the_worker_consumer_is_built_with_the_configured_fetch_wait(monkeypatch):
+    """faust hard-codes fetch_max_wait_ms=1500 in the factory it calls; the override replaces it."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    assert "fetch_max_wait_ms=1500" in inspect.getsource(faust_internals._FAUST_CREATE_WORKER_CONSUMER)
+    made = type("Made", (), {"_fetch_max_wait_ms": 1500})()
+    monkeypatch.setattr(faust_internals, "_FAUST_CREATE_WORKER_CONSUMER", lambda self, transport: made)
+    monkeypatch.setattr(AIOKafkaConsumerThread, "_create_worker_consumer",
+                        AIOKafkaConsumerThread._create_worker_consumer)
+    faust_internals.set_fetch_max_wait(37)
+    assert AIOKafkaConsumerThread._create_worker_consumer(None, None) is made
+    assert made._fetch_max_wait_ms == 37
