@@ -43,7 +43,8 @@ from streams.ledger.state import AccountState
 from streams.observability.metrics import PipelineMetrics, serve
 from streams.rating.profiles import PROFILES_DIR, ProfileError, Profiles
 from streams.worker.entry_sweep import EntrySweep
-from streams.worker.faust_internals import declare_gap, disable_implicit_gaps, set_fetch_max_wait, write_as
+from streams.worker.clock_history import bounded_history
+from streams.worker.faust_internals import committed_offset, declare_gap, disable_implicit_gaps, set_fetch_max_wait, write_as
 from streams.worker.idle import IdleWatermark
 from streams.worker.tuning import faust_app_settings, table_options
 from streams.worker.stall import EXIT_ROUND_FAILED, EXIT_STALLED, StallWatch
@@ -53,7 +54,6 @@ JUMP_RETRIES = 3
 GAP_CONFIRM_SECONDS = 10.0  # a jump that outlives re-reads for this long is a real gap in the log
 
 disable_implicit_gaps()  # see streams/worker/faust_internals.py
-CLOCK_HISTORY = 2000  # rounds; far more than pass between two offset commits
 
 
 class Counts(Counter):
@@ -110,6 +110,7 @@ def create_app(settings: Settings) -> faust.App:
     outputs = OutputProducer(settings)
     tick_value = reg.encode("clock_tick", {"issued_by": settings.worker_app_id})
     counts = Counts()
+    decoded = DecodedStates()
     metrics = PipelineMetrics()
     timing = RoundTiming()
     within = settings.worker_batch_within_ms / 1000
@@ -182,8 +183,7 @@ def create_app(settings: Settings) -> faust.App:
 
         def load(key: bytes) -> AccountState | None:
             if key not in states:
-                stored = accounts.get(key)
-                states[key] = AccountState.loads(stored) if stored is not None else None
+                states[key] = decoded.load(key, accounts.get(key))
             return states[key]
 
         def handle(ev) -> None:
@@ -297,7 +297,9 @@ def create_app(settings: Settings) -> faust.App:
         for key, ev in anchors.items():
             state = states[key]
             write_as(ev)
-            accounts[key] = check_record_size("account state", state.main_account_id, state.dumps(), MAX_STATE_BYTES)
+            stored = check_record_size("account state", state.main_account_id, state.dumps(), MAX_STATE_BYTES)
+            accounts[key] = stored
+            decoded.keep(key, stored, state)
             part = ev.message.partition
             when = engine.next_due(state)
             index = due_index(part)
@@ -314,7 +316,7 @@ def create_app(settings: Settings) -> faust.App:
             write_as(ev)
             history = clock_history.setdefault(part, [])
             history.append((last_offset[part], part_clock[part]))
-            del history[:-CLOCK_HISTORY]
+            history[:] = bounded_history(history, committed_offset(app.consumer, TP(topics.events, part)))
             clocks[b"partition:%d" % part] = orjson.dumps(history)
 
     @app.agent(events_topic, name="rate-events")
@@ -340,6 +342,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.on_rebalance_complete.connect
     async def forget_due_index(sender, **kwargs) -> None:
         due.clear()
+        decoded.clear()
         part_clock.clear()  # restored from the clock history at the next message of each partition
         idle.forget()
         clock_history.clear()
@@ -453,6 +456,37 @@ def event_ids(decoded: Decoded, key: bytes | None) -> dict[str, str]:
         "trace_id": getattr(ev, "trace_id", None) or str(payload.get("trace_id") or ""),
         "main_account_id": key.decode("utf-8", "replace") if key else "",
     }
+
+
+class DecodedStates:
+    """The decoded form of the account states this worker wrote last, so a busy account is not
+    parsed again every round. An entry is used only while the table still holds the same bytes
+    it was decoded from (a recovery or another write replaces them); the least recently written
+    go first beyond ``MAX_ACCOUNTS``."""
+
+    MAX_ACCOUNTS = 10_000
+
+    def __init__(self) -> None:
+        self.states: dict[bytes, tuple[bytes, AccountState]] = {}
+        self.hits = 0
+
+    def load(self, key: bytes, stored: bytes | None) -> AccountState | None:
+        if stored is None:
+            return None
+        cached = self.states.get(key)
+        if cached is not None and cached[0] == stored:
+            self.hits += 1
+            return cached[1]
+        return AccountState.loads(stored)
+
+    def keep(self, key: bytes, stored: bytes, state: AccountState) -> None:
+        self.states.pop(key, None)  # re-inserted last: the dict's order is the order of writes
+        self.states[key] = (stored, state)
+        if len(self.states) > self.MAX_ACCOUNTS:
+            del self.states[next(iter(self.states))]
+
+    def clear(self) -> None:
+        self.states.clear()
 
 
 class RoundTiming:

@@ -14,6 +14,8 @@ upgrade that moves one fails a unit test instead of the exactly-once guarantee.
   ``fetch_max_wait_ms=1500`` hard-coded. A broker that holds a fetch for that long before
   answering (the embedded Tansu does, even with data waiting) adds up to 1.5 s to every event's
   latency. ``set_fetch_max_wait`` replaces the value with ``WORKER_FETCH_MAX_WAIT_MS``.
+- ``Consumer._committed_offset``: the offset faust last committed per partition (None before the
+  first). The stored clock history is pruned below it (``committed_offset``).
 """
 
 from __future__ import annotations
@@ -57,3 +59,8 @@ def set_fetch_max_wait(fetch_max_wait_ms: int) -> None:
         return consumer
 
     AIOKafkaConsumerThread._create_worker_consumer = create  # type: ignore[method-assign]
+
+
+def committed_offset(consumer: Any, tp: Any) -> int | None:
+    """The offset faust last committed for ``tp``, None when it has committed none yet."""
+    return consumer._committed_offset.get(tp)

@@ -45,3 +45,10 @@ def test_the_worker_consumer_is_built_with_the_configured_fetch_wait(monkeypatch
     faust_internals.set_fetch_max_wait(37)
     assert AIOKafkaConsumerThread._create_worker_consumer(None, None) is made
     assert made._fetch_max_wait_ms == 37
+
+
+def test_committed_offsets_are_kept_per_partition_by_the_consumer():
+    assert "self._committed_offset = defaultdict(lambda: None)" in inspect.getsource(Consumer.__init__)
+    consumer = type("C", (), {"_committed_offset": {"tp": 41}})()
+    assert faust_internals.committed_offset(consumer, "tp") == 41
+    assert faust_internals.committed_offset(consumer, "other") is None
