@@ -152,15 +152,17 @@ class BillingEngine:
         self._record(outcome, event, store, checked)
         return outcome
 
-    def _check(self, state: AccountState | None, event: Event, clock: int, store: EntryStore) -> Outcome | bytes:
+    def _check(self, state: AccountState | None, event: Event, clock: int,
+               store: EntryStore) -> Outcome | tuple[bytes, bytes]:
         """What needs no ledger: the horizon, duplicates and id conflicts. Returns the outcome when
-        the event goes no further, else its content fingerprint."""
+        the event goes no further, else its dedupe key and content fingerprint."""
         if event.event_time < clock - self.horizon_ms:
             return Outcome(state, rejected=Rejected(
                 "event_too_old", f"event time {millis_to_iso(event.event_time)} is more than the dedupe horizon "
                 f"({self.horizon_ms // 3_600_000} h) before stream time {millis_to_iso(clock)}"))
         content = content_fingerprint(event)
-        known = store.get(id_key(event.main_account_id, event.event_id))
+        key = id_key(event.main_account_id, event.event_id)
+        known = store.get(key)
         if known is not None and state is not None and known.sequence <= state.applied_events:
             if known.content != content:
                 return Outcome(state, rejected=Rejected(
@@ -168,14 +170,14 @@ class BillingEngine:
             return Outcome(state, duplicate=True)
         if state is not None and state.seen_before_upgrade(event.event_id, clock):
             return Outcome(state, duplicate=True)
-        return content
+        return key, content
 
     @staticmethod
-    def _record(outcome: Outcome, event: Event, store: EntryStore, content: bytes) -> None:
+    def _record(outcome: Outcome, event: Event, store: EntryStore, checked: tuple[bytes, bytes]) -> None:
         if outcome.rejected is None and outcome.state is not None:
             outcome.state.applied_events += 1
-            store.put(id_key(event.main_account_id, event.event_id),
-                      Entry(event.event_time, outcome.state.applied_events, content))
+            key, content = checked
+            store.put(key, Entry(event.event_time, outcome.state.applied_events, content))
 
     def _apply_new(self, state: AccountState | None, event: Event, before: bytes | None = None) -> Outcome:
         """The ledger's part. ``before`` is the state to roll back to on rejection (default: as
