@@ -135,6 +135,7 @@ def process_cpu_s(pid: int) -> float | None:
 class PipelineRun:
     events_per_s: float
     worker_cpu_us_per_event: float | None  # summed over the workers
+    changelog_bytes_per_event: dict[str, float] = field(default_factory=dict)  # per table
 
 
 def measure_pipeline(b: Bench, broker, ch, batch: int, workers: int = 1) -> PipelineRun:
@@ -145,11 +146,12 @@ def measure_pipeline(b: Bench, broker, ch, batch: int, workers: int = 1) -> Pipe
     if batch > 1:
         lines = delivery_order(lines, batch)
     want = len(simulate(list(enumerate(lines, 1)), BillingEngine(Profiles())).deductions)
-    pids = []
+    pids, logs = [], []
     for _ in range(workers):
         w = p.start_worker()
         wait_ready(w.log_path)
         pids.append(w.process.pid)
+        logs.append(w.log_path)
     if workers > 1:
         time.sleep(6)  # the group settles after the second member joins
     sink = ClickHouseSink(p.settings, client=ch)
@@ -174,9 +176,13 @@ def measure_pipeline(b: Bench, broker, ch, batch: int, workers: int = 1) -> Pipe
         cpu_after = [process_cpu_s(pid) for pid in pids]
         known = None not in cpu_before and None not in cpu_after
         cpu_s = sum(a - c for a, c in zip(cpu_after, cpu_before)) if known else None  # type: ignore[operator]
-        return PipelineRun(len(lines) / seconds, cpu_s / len(lines) * 1e6 if cpu_s is not None else None)
     finally:
-        p.stop()
+        p.stop()  # a worker logs its final counts, changelog bytes included, as it stops
+    written: dict[str, float] = {}
+    for log_path in logs:
+        for table, n in changelog_bytes(log_path).items():
+            written[table] = written.get(table, 0) + n / len(lines)
+    return PipelineRun(len(lines) / seconds, cpu_s / len(lines) * 1e6 if cpu_s is not None else None, written)
 
 
 def measure_aiokafka_loop(b: Bench, broker, lines: list[bytes]) -> float:
@@ -230,6 +236,19 @@ def worker_round_timing(log_path: Path) -> dict[str, float]:
             if m:
                 values.append(float(m.group(1)))
     return {name: sum(v) / len(v) for name, v in found.items() if v}
+
+
+def changelog_bytes(log_path: Path) -> dict[str, int]:
+    """Bytes the worker wrote to each table's changelog (keys and values), from its last
+    ``counts`` line (cumulative since it started)."""
+    import re
+
+    last: dict[str, int] = {}
+    for line in log_path.read_text(errors="replace").splitlines():
+        if "changelog_bytes:" in line:
+            part = line.split("changelog_bytes:", 1)[1].split(";", 1)[0]
+            last = {k: int(v) for k, v in re.findall(r"([\w-]+)=(\d+)", part)}
+    return last
 
 
 def measure_latency(b: Bench, broker, ch, lines: list[bytes],
@@ -459,6 +478,8 @@ def run_bench(out: Path, *, events: int, accounts: int, simulate_events: int, st
         b.add(Figure("end-to-end, single-event, vs the aiokafka loop", run1.events_per_s, "events/s", loop.value))
         if run1.worker_cpu_us_per_event is not None:
             b.add(Figure("worker CPU per event, single-event", run1.worker_cpu_us_per_event, "us"))
+        for table, per_event in sorted(run1.changelog_bytes_per_event.items()):
+            b.add(Figure(f"changelog bytes per event, {table}", per_event, "bytes"))
         run100 = measure_pipeline(b, broker, ch, 100)
         batched = b.add(Figure("end-to-end, 100 events per message", run100.events_per_s, "events/s", baseline,
                                ">= 3x baseline"))

@@ -62,7 +62,9 @@ class Counts(Counter):
 
     def line(self) -> str:
         keys = ("messages", "consumed", "rated", "applied", "rejected", "duplicate")
-        return " ".join(f"{'duplicates' if k == 'duplicate' else k}={self.get(k, 0)}" for k in keys)
+        line = " ".join(f"{'duplicates' if k == 'duplicate' else k}={self.get(k, 0)}" for k in keys)
+        written = " ".join(f"{k.split(':', 1)[1]}={v}" for k, v in sorted(self.items()) if k.startswith("changelog_bytes:"))
+        return f"{line} changelog_bytes: {written}" if written else line
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -289,7 +291,9 @@ def create_app(settings: Settings) -> faust.App:
         if entries.written:
             for scoped, (entry, ev) in entries.written.items():
                 write_as(ev)
-                event_ids_table[scoped] = entry.encode()
+                value = entry.encode()
+                event_ids_table[scoped] = value
+                counts["changelog_bytes:event-ids"] += len(scoped) + len(value)
             await app.producer.flush()
         # 3) ... the state that says they happened (the changelog partition is the
         #    message's partition, which is the account's). An entry whose sequence the state
@@ -299,6 +303,7 @@ def create_app(settings: Settings) -> faust.App:
             write_as(ev)
             stored = check_record_size("account state", state.main_account_id, state.dumps(), MAX_STATE_BYTES)
             accounts[key] = stored
+            counts["changelog_bytes:accounts"] += len(key) + len(stored)
             decoded.keep(key, stored, state)
             part = ev.message.partition
             when = engine.next_due(state)
@@ -317,7 +322,9 @@ def create_app(settings: Settings) -> faust.App:
             history = clock_history.setdefault(part, [])
             history.append((last_offset[part], part_clock[part]))
             history[:] = bounded_history(history, committed_offset(app.consumer, TP(topics.events, part)))
-            clocks[b"partition:%d" % part] = orjson.dumps(history)
+            value = orjson.dumps(history)
+            clocks[b"partition:%d" % part] = value
+            counts["changelog_bytes:partition-clocks"] += len(value)
 
     @app.agent(events_topic, name="rate-events")
     async def rate_events(stream):
