@@ -14,7 +14,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from streams.cli.common import UserError, console, err, friendly, require_cluster, settings
+from streams.cli.common import UserError, console, err, friendly, require_cluster, client_settings, settings
 from streams.cli.common import shown as _s
 from streams.deduction.record import money
 from streams.ingest.events import millis_to_iso
@@ -50,7 +50,7 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="print the stored state as JSON"),
 ):
     """Balances, buckets, trials, controls and status of one main account, from the worker's changelog."""
-    s = settings()
+    s = client_settings()
     require_cluster(s, "`rating account show`")
     state = asyncio.run(load_state(s, main_account_id))
     if state is None:

@@ -11,8 +11,11 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from streams.cli.common import UserError, _profiles, console, err, friendly, settings, setup_logging
+from streams.cli.common import UserError, _profiles, amount, console, emit_json_lines, err, exact, friendly, hide_flag_types
+from streams.cli.common import client_settings, input_file, settings, setup_logging
 from streams.cli.common import shown as _s
+
+hide_flag_types()
 
 app = typer.Typer(
     help="AI-platform billing: rate usage events, pay them from account buckets, settle into ClickHouse.",

@@ -17,7 +17,7 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from streams.cli.common import UserError, _profiles, console, err, require_cluster, settings
+from streams.cli.common import UserError, _profiles, console, err, require_cluster, client_settings, settings
 from streams.cli.common import shown as _s
 from streams.deduction.record import money, present
 from streams.ingest.codec import registry
@@ -130,7 +130,7 @@ def rerate_command(
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask before booking"),
 ):
     """Re-rate a period under another price version, beside the live ledger; show and save the diff."""
-    s = settings()
+    s = client_settings()
     profiles = _profiles(s)
     if profiles.get(profile) is None:
         raise UserError(f"unknown profile {profile!r}; choose one of {', '.join(profiles.names())}")
@@ -148,9 +148,9 @@ def rerate_command(
             raise UserError(f"{input_file} is not a file")
         events = events_from_file(input_file)
     elif from_clickhouse:
-        from streams.sink.clickhouse import connect
+        from streams.cli.common import open_clickhouse
 
-        events = events_from_clickhouse(connect(s), s.topics.events)
+        events = events_from_clickhouse(open_clickhouse(s), s.topics.events)
     else:
         require_cluster(s, "re-rating from the events topic (or pass --input FILE)")
         events = asyncio.run(events_from_topic(s))

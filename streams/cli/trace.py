@@ -11,7 +11,7 @@ import orjson
 import typer
 from rich.tree import Tree
 
-from streams.cli.common import UserError, _profiles, console, settings
+from streams.cli.common import UserError, _profiles, console, client_settings, settings
 from streams.cli.common import shown as _s
 from streams.deduction.record import money
 
@@ -73,10 +73,10 @@ def trace_command(
     as_json: bool = typer.Option(False, "--json", help="print the chain as JSON"),
 ):
     """Why was I charged this? Print the chain from usage events to settlement lines, with every id."""
-    from streams.sink.clickhouse import connect
+    from streams.cli.common import open_clickhouse
 
-    s = settings()
-    client = connect(s)  # read-only: a finance user without DDL rights can trace
+    s = client_settings()
+    client = open_clickhouse(s)  # read-only: a finance user without DDL rights can trace
     chain = find_chain(client, ident)
     profiles = _profiles(s)
     for d in chain["deductions"]:
