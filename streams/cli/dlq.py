@@ -153,12 +153,18 @@ def list_letters(
     reason: list[str] = typer.Option([], "--reason", "-r", help="only this reason code (repeatable)"),
     account: Optional[str] = typer.Option(None, "--account", "-a", help="only this main account"),
     limit: int = typer.Option(50, "--limit", min=1, help="rows to show (the counts cover all)"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per dead letter (JSON Lines), payload in base64"),
 ):
     """Dead letters with their reason, newest last, and the count per reason."""
     s = client_settings()
     require_cluster(s, "`rating dlq`")
     letters = _select(asyncio.run(read_letters(s)), reason, account)
     redriven = asyncio.run(redriven_markers(s))
+    if as_json:
+        from streams.cli.common import emit_json_lines
+
+        emit_json_lines({**l.record, "dead_letter_offset": l.offset, "redriven": l.marker in redriven} for l in letters[-limit:])
+        return
     table = Table(title=f"{len(letters)} dead letters on {s.topics.dead_letters}")
     for col in ("dead_letter_id", "reason_code", "source", "event_id", "account", "re-driven", "reason"):
         table.add_column(col, overflow="fold")
