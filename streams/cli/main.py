@@ -357,7 +357,41 @@ app.add_typer(account_app, name="account")
 app.add_typer(dlq_app, name="dlq")
 app.command("rerate")(friendly(rerate_command))
 app.command("trace")(friendly(trace_command))
-app.command("profiles", epilog="Example: rating profiles tokenhub --json | jq .versions")(friendly(profiles_command))
+app.command("profiles")(friendly(profiles_command))
+
+
+EXAMPLES = {
+    "simulate": "rating simulate examples/demo.jsonl --out simulate-out --json | jq .",
+    "quote": "rating quote -p tokenhub -m kimi-k2.5 --input 200000 --cache-hit 50000 --output 3000",
+    "worker": "KAFKA_BOOTSTRAP_SERVERS=kafka:9092 rating worker",
+    "sink": "KAFKA_BOOTSTRAP_SERVERS=kafka:9092 CLICKHOUSE_URL=http://billing@clickhouse:8123/billing rating sink",
+    "demo": "rating demo examples/demo.jsonl --batch 8",
+    "topics": "KAFKA_BOOTSTRAP_SERVERS=kafka:9092 rating topics --check --json",
+    "migrate": "rating migrate --wait 120",
+    "replay": "cat events.jsonl | rating replay - --batch 100",
+    "bench": "rating bench --events 5000",
+    "run": "rating run --workers 2 --replay examples/demo.jsonl  (then, in another shell: rating dlq list)",
+    "rerate": "rating rerate -p jiekou --prices 2026-06-cut --from 2026-05-01T00:00:00+08:00 "
+              "--to 2026-05-02T00:00:00+08:00 --input examples/demo.jsonl --out diff.csv",
+    "trace": "rating trace tr-coze-alice-009 --json | jq .deductions",
+    "profiles": "rating profiles tokenhub --json | jq .versions",
+    "account show": "rating account show alice --json | jq .cash",
+    "dlq list": "rating dlq list --reason unknown_model --json",
+    "dlq explain": "rating dlq explain 3f2a",
+    "dlq redrive": "rating dlq redrive --reason unknown_model --dry-run",
+}
+
+
+def add_examples(typer_app: typer.Typer, prefix: str = "") -> None:
+    """Every subcommand's help ends with an example (typer's epilog), from one table."""
+    for info in typer_app.registered_commands:
+        name = prefix + (info.name or info.callback.__name__.replace("_", "-"))
+        info.epilog = f"Example: {EXAMPLES[name]}"
+    for group in typer_app.registered_groups:
+        add_examples(group.typer_instance, f"{group.name} ")
+
+
+add_examples(app)
 
 
 def main() -> None:  # pragma: no cover - console script entry
