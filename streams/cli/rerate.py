@@ -134,8 +134,9 @@ def rerate_command(
     """Re-rate a period under another price version, beside the live ledger; show and save the diff."""
     s = client_settings()
     profiles = _profiles(s)
-    if profiles.get(profile) is None:
-        raise UserError(f"unknown profile {profile!r}; choose one of {', '.join(profiles.names())}")
+    from streams.cli.profiles import profile_or_error
+
+    profile_or_error(profiles, profile)
     from_ms, to_ms = _time(start, "--from"), _time(end, "--to")
     if to_ms <= from_ms:
         raise UserError("--to must be after --from")
@@ -173,16 +174,17 @@ def rerate_command(
         if apply:
             raise UserError(message + "; nothing was booked")
         err.print(f"[yellow]warning:[/] {message}")
+    note = err if as_json else console  # with --json, stdout holds the JSON Lines only
     if out is not None:
         write_report(result, out)
-        console.print(f"diff written to {out}")
+        note.print(f"diff written to {out}")
     if to_clickhouse:
         from streams.sink.clickhouse import connect, migrate
 
         client = connect(s)
         migrate(client)
         client.insert("rerate_diffs", diff_rows(result), column_names=DIFF_COLUMNS)
-        console.print(f"diff inserted into rerate_diffs ({s.clickhouse_dsn_for_display()}), rerate_id {rerating.id}")
+        note.print(f"diff inserted into rerate_diffs ({s.clickhouse_dsn_for_display()}), rerate_id {rerating.id}")
     if apply:
         assert billed is not None
         book(s, profiles, result, billed.adjustments, billed.covered, yes)
