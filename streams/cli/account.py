@@ -14,7 +14,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from streams.cli.common import UserError, console, err, friendly, require_cluster, settings
+from streams.cli.common import UserError, amount, console, err, friendly, require_cluster, client_settings, settings
 from streams.cli.common import shown as _s
 from streams.deduction.record import money
 from streams.ingest.events import millis_to_iso
@@ -47,17 +47,19 @@ async def load_state(s, main_account_id: str) -> AccountState | None:
 @friendly
 def show(
     main_account_id: str = typer.Argument(..., help="main account id (the events' key)"),
-    as_json: bool = typer.Option(False, "--json", help="print the stored state as JSON"),
+    as_json: bool = typer.Option(False, "--json", help="print the stored state as one JSON line"),
 ):
     """Balances, buckets, trials, controls and status of one main account, from the worker's changelog."""
-    s = settings()
+    s = client_settings()
     require_cluster(s, "`rating account show`")
     state = asyncio.run(load_state(s, main_account_id))
     if state is None:
         raise UserError(f"account {main_account_id!r} is not in the pipeline's state ({changelog_topic(s)}); "
                         "was it opened with an open_account event?")
     if as_json:
-        console.print_json(orjson.dumps(state.to_dict()).decode())
+        from streams.cli.common import emit_json_lines
+
+        emit_json_lines([state.to_dict()])
         return
     render(state)
 
@@ -75,8 +77,8 @@ def render(state: AccountState) -> None:
         status += f", in arrears since {_when(state.arrears_since)}"
     rows = [
         ("profile", state.profile), ("currency", state.currency), ("status", status),
-        ("cash balance", money(state.cash)), ("post-paid", "yes" if state.post_paid else "no"),
-        ("balance threshold", money(state.balance_threshold) if state.balance_threshold is not None else "-"),
+        ("cash balance", amount(state.cash)), ("post-paid", "yes" if state.post_paid else "no"),
+        ("balance threshold", amount(state.balance_threshold) if state.balance_threshold is not None else "-"),
         ("safe trial mode", "on" if state.safe_trial_mode else "off"),
         ("opened", _when(state.opened_at)), ("stream time", _when(state.stream_time)),
         ("sub-accounts", ", ".join(sorted(state.sub_accounts)) or "-"),
@@ -90,7 +92,7 @@ def render(state: AccountState) -> None:
     for col in ("kind", "id", "remaining", "granted", "expires"):
         buckets.add_column(col, justify="right" if col in ("remaining", "granted") else "left")
     for b in [*state.vouchers, *state.packs]:
-        buckets.add_row(_s(b.kind), _s(b.id), money(b.remaining), money(b.granted), _when(b.expires_at))
+        buckets.add_row(_s(b.kind), _s(b.id), amount(b.remaining), amount(b.granted), _when(b.expires_at))
     for day, used in sorted(state.free_used.items()):
         buckets.add_row("free (daily)", day, "-", f"used {money(used)}", "end of day")
     for model, t in sorted(state.trials.items()):

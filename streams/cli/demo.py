@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
+from decimal import Decimal
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from streams.cli.common import amount
 from streams.cli.common import shown as _s
-from streams.deduction.record import present
 from streams.ingest.producer import EventProducer
 from streams.kafka_admin import create_topics
 from streams.local.pipeline import LocalPipeline, sink_until
@@ -24,6 +25,19 @@ class DemoFailed(Exception):
     pass
 
 
+def demo_env() -> dict[str, str]:
+    """The demo's own settings over the environment's. CLICKHOUSE_URL is emptied: the demo always
+    lands in its own embedded chDB (.run/demo/chdb), never in a ClickHouse server the shell names."""
+    from dataclasses import fields
+
+    from streams.config import Settings
+
+    names = {f.name.upper() for f in fields(Settings)}
+    url, password = "clickhouse_url".upper(), "clickhouse_password".upper()
+    assert url in names and password in names
+    return {"WORKER_TICK_INTERVAL_MS": "1000", url: "", password: "", f"{password}_FILE": ""}
+
+
 def run_demo(events: Path, *, batch: int, timeout: float, console: Console) -> None:
     from streams.cli.main import UserError
 
@@ -32,7 +46,7 @@ def run_demo(events: Path, *, batch: int, timeout: float, console: Console) -> N
     started = time.monotonic()
     lines = [raw for _, raw in read_lines(events)]
 
-    with LocalPipeline(run_dir, env_overrides={"WORKER_TICK_INTERVAL_MS": "1000"}) as pipeline:
+    with LocalPipeline(run_dir, env_overrides=demo_env()) as pipeline:
         settings = pipeline.start_broker()
         expected = run_file(events, partitions=settings.kafka_partitions,
                             allowed_lateness_ms=settings.settlement_allowed_lateness_s * 1000,
@@ -86,17 +100,14 @@ def run_demo(events: Path, *, batch: int, timeout: float, console: Console) -> N
                 f"{s}/{want_lines} settlement lines landed; see {worker.log_path}"
             )
         print_landed(sink.client, console)
-        live = sink.client.query("SELECT toString(sum(rated_amount)), toString(sum(cash_amount)) FROM deductions FINAL").result_rows[0]
-        live_lines = sink.client.query("SELECT toString(sum(gross_amount)) FROM settlements FINAL").result_rows[0][0]
-    from decimal import Decimal
-
-    sim_rated = sum((Decimal(d["rated_amount"]) for d in expected.deductions), Decimal(0))
-    sim_cash = sum((Decimal(s["amount"]) for d in expected.deductions for s in d["splits"] if s["bucket_kind"] == "cash"), Decimal(0))
-    sim_lines = sum((Decimal(x["gross_amount"]) for x in expected.settlements), Decimal(0))
-    same = Decimal(live[0]) == sim_rated and Decimal(live[1]) == sim_cash and Decimal(live_lines) == sim_lines
+        live = live_totals(sink.client)
+    sim = simulated_totals(expected)
+    same = live == sim
     verdict = "[green]identical to[/]" if same else "[red]DIFFERENT from[/]"
-    console.print(f"ClickHouse totals: rated {Decimal(live[0]).normalize()}, cash {Decimal(live[1]).normalize()}, "
-                  f"closed settlement lines {Decimal(live_lines).normalize()} — {verdict} `rating simulate` on the same file")
+    for currency, (rated, cash, lines_gross) in sorted(live.items()):  # never a sum across currencies
+        console.print(f"ClickHouse totals {currency}: rated {amount(rated)}, cash {amount(cash)}, "
+                      f"closed settlement lines {amount(lines_gross)}")
+    console.print(f"per currency {verdict} `rating simulate` on the same file")
     console.print(f"done in {time.monotonic() - started:.1f}s; broker, worker and sink stopped")
     if not same:
         raise UserError("the live pipeline and the simulator disagree; see the worker log")
@@ -113,7 +124,7 @@ def print_landed(client, console: Console) -> None:
     for col in cols:
         table.add_column(col, justify="right" if col in ("events", "gross", "free+trial", "pack", "voucher", "cash", "unbilled") else "left")
     for r in rows:
-        table.add_row(*("" if v is None else _s(v) for v in r[:9]), *(str(present(v)) for v in r[9:]))
+        table.add_row(*("" if v is None else _s(v) for v in r[:9]), *(amount(v) for v in r[9:]))
     console.print(table)
     dead = client.query(
         "SELECT reason_code, event_id, main_account_id, reason FROM dead_letters FINAL ORDER BY source_offset, reason_code"
@@ -131,3 +142,27 @@ def print_landed(client, console: Console) -> None:
     for r in alerts:
         at.add_row(*(_s(v) for v in r))
     console.print(at)
+
+
+Totals = dict[str, tuple[Decimal, Decimal, Decimal]]  # currency -> (rated, cash, settlement-line gross)
+
+
+def live_totals(client) -> Totals:
+    out: dict[str, list[Decimal]] = {}
+    for cur, rated, cash in client.query("SELECT currency, toString(sum(rated_amount)), toString(sum(cash_amount)) "
+                                         "FROM deductions FINAL GROUP BY currency").result_rows:
+        out.setdefault(cur, [Decimal(0)] * 3)[:2] = [Decimal(rated), Decimal(cash)]
+    for cur, gross in client.query("SELECT currency, toString(sum(gross_amount)) FROM settlements FINAL GROUP BY currency").result_rows:
+        out.setdefault(cur, [Decimal(0)] * 3)[2] = Decimal(gross)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def simulated_totals(result) -> Totals:
+    out: dict[str, list[Decimal]] = {}
+    for d in result.deductions:
+        t = out.setdefault(d["currency"], [Decimal(0)] * 3)
+        t[0] += Decimal(d["rated_amount"])
+        t[1] += sum((Decimal(s["amount"]) for s in d["splits"] if s["bucket_kind"] == "cash"), Decimal(0))
+    for line in result.settlements:
+        out.setdefault(line["currency"], [Decimal(0)] * 3)[2] += Decimal(line["gross_amount"])
+    return {k: tuple(v) for k, v in out.items()}

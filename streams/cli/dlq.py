@@ -30,7 +30,7 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from streams.cli.common import UserError, _profiles, console, err, friendly, require_cluster, settings
+from streams.cli.common import UserError, _profiles, console, err, friendly, require_cluster, client_settings, settings
 from streams.cli.common import shown as _s
 from streams.ingest.codec import DecodeError, registry
 from streams.ingest.events import millis_to_iso
@@ -153,12 +153,18 @@ def list_letters(
     reason: list[str] = typer.Option([], "--reason", "-r", help="only this reason code (repeatable)"),
     account: Optional[str] = typer.Option(None, "--account", "-a", help="only this main account"),
     limit: int = typer.Option(50, "--limit", min=1, help="rows to show (the counts cover all)"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per dead letter (JSON Lines), payload in base64"),
 ):
     """Dead letters with their reason, newest last, and the count per reason."""
-    s = settings()
+    s = client_settings()
     require_cluster(s, "`rating dlq`")
     letters = _select(asyncio.run(read_letters(s)), reason, account)
     redriven = asyncio.run(redriven_markers(s))
+    if as_json:
+        from streams.cli.common import emit_json_lines
+
+        emit_json_lines({**l.record, "dead_letter_offset": l.offset, "redriven": l.marker in redriven} for l in letters[-limit:])
+        return
     table = Table(title=f"{len(letters)} dead letters on {s.topics.dead_letters}")
     for col in ("dead_letter_id", "reason_code", "source", "event_id", "account", "re-driven", "reason"):
         table.add_column(col, overflow="fold")
@@ -178,7 +184,7 @@ def list_letters(
 @friendly
 def explain(dead_letter_id: str = typer.Argument(..., help="a dead_letter_id (a unique prefix is enough)")):
     """One dead letter: the reason, what to do, the original event, and whether it would pass now."""
-    s = settings()
+    s = client_settings()
     require_cluster(s, "`rating dlq`")
     matches = [l for l in asyncio.run(read_letters(s)) if l.record["dead_letter_id"].startswith(dead_letter_id)]
     ids = {l.record["dead_letter_id"] for l in matches}
@@ -287,7 +293,7 @@ def redrive(
 ):
     """Send dead letters back to the events topic after the cause is fixed: only those that would now
     be accepted (checked with the engine on the accounts' current state). Safe to repeat."""
-    s = settings()
+    s = client_settings()
     require_cluster(s, "`rating dlq`")
     if not reason and not dead_letter:
         raise UserError("say what to re-drive: --reason CODE (e.g. unknown_model) or --id DEAD_LETTER_ID")

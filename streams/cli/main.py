@@ -11,8 +11,11 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from streams.cli.common import UserError, _profiles, console, err, friendly, settings, setup_logging
+from streams.cli.common import UserError, _profiles, amount, console, emit_json_lines, err, exact, friendly, hide_flag_types
+from streams.cli.common import client_settings, input_file, settings, setup_logging
 from streams.cli.common import shown as _s
+
+hide_flag_types()
 
 app = typer.Typer(
     help="AI-platform billing: rate usage events, pay them from account buckets, settle into ClickHouse.",
@@ -28,10 +31,11 @@ app = typer.Typer(
 @app.command()
 @friendly
 def simulate(
-    events: Path = typer.Argument(..., help="JSON Lines file of usage and account events", exists=False),
+    events: Path = typer.Argument(..., help="JSON Lines file of usage and account events (- = standard input)", exists=False),
     out: Path = typer.Option(Path("simulate-out"), "--out", help="folder for the output .jsonl files"),
     until: str = typer.Option("", "--until", help="ISO-8601 time with offset: at the end of the input, advance stream "
                               "time to it (as a live partition that stays quiet until then), closing what is due"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON Lines: one object per account, then the counts"),
 ):
     """Run the pure core over a JSON Lines file: the offline twin of the pipeline.
 
@@ -41,8 +45,7 @@ def simulate(
     from streams.ingest.events import Rejected, to_millis
     from streams.simulate import run_file, write_outputs
 
-    if not events.is_file():
-        raise UserError(f"{events} is not a file; pass a JSON Lines file of events (see examples/)")
+    events = input_file(events)
     try:
         until_ms = to_millis(until, "--until") if until else None
     except Rejected as exc:
@@ -58,8 +61,6 @@ def simulate(
     summary.add_column("events", justify="right")
     for col in ("rated", "free", "trial", "pack", "voucher", "cash", "unbilled"):
         summary.add_column(col, justify="right")
-    from streams.deduction.record import present
-
     totals: dict[str, dict[str, Decimal]] = {}
     counts: dict[str, int] = {}
     currency: dict[str, str] = {}
@@ -72,11 +73,17 @@ def simulate(
         t["unbilled"] += Decimal(d["unbilled_amount"])
         for sp in d["splits"]:
             t[sp["bucket_kind"]] += Decimal(sp["amount"])
+    c = result.counts
+    if as_json:
+        emit_json_lines([*({"kind": "account", "main_account_id": acc, "currency": currency[acc], "events": counts[acc],
+                            **{k: exact(v) for k, v in totals[acc].items()}} for acc in sorted(totals)),
+                         {"kind": "counts", **c, "alerts": len(result.alerts), "settlement_lines": len(result.settlements),
+                          "files": {name: str(path) for name, path in files.items()}}])
+        return
     for acc in sorted(totals):
         t = totals[acc]
-        summary.add_row(_s(acc), _s(currency[acc]), str(counts[acc]), *(str(present(t[k])) for k in ("rated", "free", "trial", "pack", "voucher", "cash", "unbilled")))
+        summary.add_row(_s(acc), _s(currency[acc]), str(counts[acc]), *(amount(t[k]) for k in ("rated", "free", "trial", "pack", "voucher", "cash", "unbilled")))
     console.print(summary)
-    c = result.counts
     console.print(
         f"consumed {c['consumed']} = rated {c['rated']} + applied {c['applied']} + rejected {c['rejected']} "
         f"+ duplicates {c['duplicate']};  alerts {len(result.alerts)}, settlement lines {len(result.settlements)}"
@@ -108,10 +115,9 @@ def quote(
     from streams.ingest.events import Rejected, parse_usage
     from streams.rating.rate import rate
 
-    profiles = _profiles(settings())
-    p = profiles.get(profile)
-    if p is None:
-        raise UserError(f"unknown profile {profile!r}; choose one of {', '.join(profiles.names())}")
+    from streams.cli.profiles import check_names, profile_or_error
+
+    p = profile_or_error(_profiles(settings()), profile)
     raw = {
         "event_id": "quote", "account_id": "quote", "main_account_id": "quote",
         "event_time": at or datetime.now(timezone.utc).isoformat(), "item": item, "model": model, "variant": variant,
@@ -119,8 +125,13 @@ def quote(
         "output_tokens": output_tokens, "reasoning_tokens": reasoning, "quantity": quantity, "hours": hours,
     }
     try:
-        rating = rate(p, parse_usage(raw))
+        event = parse_usage(raw)
+        rating = rate(p, event)
     except Rejected as exc:
+        if exc.code in ("unknown_item", "unknown_model", "unknown_variant"):
+            from streams.ingest.events import to_millis
+
+            check_names(p, item, model, variant, to_millis(raw["event_time"], "--at"))  # names the nearest ones
         raise UserError(f"{exc.code}: {exc.message}") from None
     table = Table(title=f"{_s(profile)} {_s(model or '')} {_s(item)} ({_s(rating.price_version)})")
     table.add_column("component")
@@ -128,11 +139,11 @@ def quote(
     table.add_column(f"unit price ({p.currency})", justify="right")
     table.add_column(f"amount ({p.currency})", justify="right")
     for line in rating.lines:
-        table.add_row(line.component, money(line.units), money(line.unit_price), money(line.amount))
-    table.add_row("[bold]total", "", "", f"[bold]{money(rating.amount)}")
+        table.add_row(line.component, money(line.units), money(line.unit_price), amount(line.amount))
+    table.add_row("[bold]total", "", "", f"[bold]{amount(rating.amount)}")
     console.print(table)
     extra = f" = {money(p.to_price_unit(rating.amount))} points" if p.book.price_unit == "points" else ""
-    console.print(f"total {present(rating.amount)} {p.currency} (rounded half-even to 6 places){extra}")
+    console.print(f"total {amount(rating.amount)} {p.currency} (rounded half-even to 6 places){extra}")
     if rating.billed_elsewhere:
         console.print("billed elsewhere: this model is charged by its own platform, not by this profile")
 
@@ -185,7 +196,7 @@ def sink():
 @app.command()
 @friendly
 def demo(
-    events: Path = typer.Argument(Path("examples/demo.jsonl"), help="JSON Lines stream to replay"),
+    events: Path = typer.Argument(Path("examples/demo.jsonl"), help="JSON Lines stream to replay (- = standard input)"),
     batch: int = typer.Option(1, "--batch", min=1, help="events per Kafka message (EventBatch) for the replay"),
     timeout: float = typer.Option(90.0, "--timeout", min=1, help="seconds to wait for everything to land"),
 ):
@@ -193,17 +204,17 @@ def demo(
     from streams.cli.demo import run_demo
     from streams.local.lifecycle import stop_on_signals
 
-    if not events.is_file():
-        raise UserError(f"{events} is not a file")
+    events = input_file(events)
     stop_on_signals()
     run_demo(events, batch=batch, timeout=timeout, console=console)
 
 
 @app.command()
 @friendly
-def topics(check: bool = typer.Option(False, "--check", help="only describe; exit 1 if a topic is missing or differs (partitions, replication factor, min ISR, retention, compaction)")):
+def topics(check: bool = typer.Option(False, "--check", help="only describe; exit 1 if a topic is missing or differs (partitions, replication factor, min ISR, retention, compaction)"),
+           as_json: bool = typer.Option(False, "--json", help="one JSON object per topic (JSON Lines)")):
     """Create the pipeline's topics (idempotent) and describe them: partitions, replication, min ISR, retention, compaction."""
-    s = settings()
+    s = client_settings()
     if s.embedded_broker:
         raise UserError("KAFKA_BOOTSTRAP_SERVERS is not set; `rating topics` manages a cluster's topics")
     from streams.kafka_admin import create_topics, describe, differences, topic_specs
@@ -214,7 +225,7 @@ def topics(check: bool = typer.Option(False, "--check", help="only describe; exi
     table = Table(title=f"topics on {s.kafka_bootstrap_servers}")
     for col in ("topic", "partitions", "config", "content", "state"):
         table.add_column(col, overflow="fold")
-    problems = 0
+    problems, records = 0, []
     for spec in specs:
         cfg = ", ".join(f"{k}={v}" for k, v in spec.config.items())
         have = actual.get(spec.name)
@@ -226,7 +237,12 @@ def topics(check: bool = typer.Option(False, "--check", help="only describe; exi
         else:
             state = "created" if spec.name in created else "ok"
         table.add_row(spec.name, str(spec.partitions), cfg, spec.doc, state)
-    console.print(table)
+        records.append({"topic": spec.name, "partitions": spec.partitions, "config": dict(spec.config), "content": spec.doc,
+                        "state": "missing" if have is None else ("different" if differ else state), "differences": differ})
+    if as_json:
+        emit_json_lines(records)
+    else:
+        console.print(table)
     if problems:
         err.print(f"{problems} topic(s) missing or different; run `rating topics` (without --check) to create missing ones")
         raise typer.Exit(1)
@@ -264,7 +280,7 @@ def migrate(wait: float = typer.Option(0.0, "--wait", min=0, help="seconds to ke
 @app.command()
 @friendly
 def replay(
-    events: Path = typer.Argument(..., help="JSON Lines file to send to the events topic"),
+    events: Path = typer.Argument(..., help="JSON Lines file to send to the events topic (- = standard input)"),
     batch: int = typer.Option(1, "--batch", min=1, help="events per Kafka message"),
 ):
     """Send a JSON Lines file to Kafka as Avro, keyed by main account id, with a progress bar."""
@@ -276,8 +292,7 @@ def replay(
     s = settings()
     if s.embedded_broker:
         raise UserError("KAFKA_BOOTSTRAP_SERVERS is not set")
-    if not events.is_file():
-        raise UserError(f"{events} is not a file")
+    events = input_file(events)
     lines = [raw for _, raw in read_lines(events)]
 
     async def main():
@@ -315,15 +330,15 @@ def bench(
 def run(
     workers: int = typer.Option(1, "--workers", "-w", min=1, help="worker processes (at most KAFKA_PARTITIONS do work)"),
     duration: Optional[float] = typer.Option(None, "--duration", min=0.1, help="stop after this many seconds (default: until Ctrl-C)"),
-    replay_file: Optional[Path] = typer.Option(None, "--replay", help="JSON Lines file to send once everything runs"),
+    replay_file: Optional[Path] = typer.Option(None, "--replay", help="JSON Lines file to send once everything runs (- = standard input)"),
 ):
     """Run workers and the ClickHouse sink: embedded broker + chDB by default, or the configured cluster."""
     from streams.cli.common import require_free_port
     from streams.cli.run import run_pipeline
     from streams.local.lifecycle import stop_on_signals
 
-    if replay_file is not None and not replay_file.is_file():
-        raise UserError(f"{replay_file} is not a file")
+    if replay_file is not None:
+        replay_file = input_file(replay_file)
     s = settings()
     require_free_port(s)
     setup_logging(s)
@@ -336,11 +351,47 @@ from streams.cli.dlq import dlq_app  # noqa: E402
 
 from streams.cli.rerate import rerate_command  # noqa: E402
 from streams.cli.trace import trace_command  # noqa: E402
+from streams.cli.profiles import profiles_command  # noqa: E402
 
 app.add_typer(account_app, name="account")
 app.add_typer(dlq_app, name="dlq")
 app.command("rerate")(friendly(rerate_command))
 app.command("trace")(friendly(trace_command))
+app.command("profiles")(friendly(profiles_command))
+
+
+EXAMPLES = {
+    "simulate": "rating simulate examples/demo.jsonl --out simulate-out --json | jq .",
+    "quote": "rating quote -p tokenhub -m kimi-k2.5 --input 200000 --cache-hit 50000 --output 3000",
+    "worker": "KAFKA_BOOTSTRAP_SERVERS=kafka:9092 rating worker",
+    "sink": "KAFKA_BOOTSTRAP_SERVERS=kafka:9092 CLICKHOUSE_URL=http://billing@clickhouse:8123/billing rating sink",
+    "demo": "rating demo examples/demo.jsonl --batch 8",
+    "topics": "KAFKA_BOOTSTRAP_SERVERS=kafka:9092 rating topics --check --json",
+    "migrate": "rating migrate --wait 120",
+    "replay": "cat events.jsonl | rating replay - --batch 100",
+    "bench": "rating bench --events 5000",
+    "run": "rating run --workers 2 --replay examples/demo.jsonl  (then, in another shell: rating dlq list)",
+    "rerate": "rating rerate -p jiekou --prices 2026-06-cut --from 2026-05-01T00:00:00+08:00 "
+              "--to 2026-05-02T00:00:00+08:00 --input examples/demo.jsonl --out diff.csv",
+    "trace": "rating trace tr-coze-alice-009 --json | jq .deductions",
+    "profiles": "rating profiles tokenhub --json | jq .versions",
+    "account show": "rating account show alice --json | jq .cash",
+    "dlq list": "rating dlq list --reason unknown_model --json",
+    "dlq explain": "rating dlq explain 3f2a",
+    "dlq redrive": "rating dlq redrive --reason unknown_model --dry-run",
+}
+
+
+def add_examples(typer_app: typer.Typer, prefix: str = "") -> None:
+    """Every subcommand's help ends with an example (typer's epilog), from one table."""
+    for info in typer_app.registered_commands:
+        name = prefix + (info.name or info.callback.__name__.replace("_", "-"))
+        info.epilog = f"Example: {EXAMPLES[name]}"
+    for group in typer_app.registered_groups:
+        add_examples(group.typer_instance, f"{group.name} ")
+
+
+add_examples(app)
 
 
 def main() -> None:  # pragma: no cover - console script entry

@@ -17,7 +17,8 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from streams.cli.common import UserError, _profiles, console, err, require_cluster, settings
+from streams.cli.common import UserError, _profiles, amount, console, emit_json_lines, err, require_cluster, client_settings, settings
+from streams.cli.common import input_file as read_input
 from streams.cli.common import shown as _s
 from streams.deduction.record import money, present
 from streams.ingest.codec import registry
@@ -122,18 +123,20 @@ def rerate_command(
     start: str = typer.Option(..., "--from", help="start of the period (ISO-8601 with offset), inclusive"),
     end: str = typer.Option(..., "--to", help="end of the period, exclusive"),
     accounts: Optional[str] = typer.Option(None, "--accounts", help="comma-separated main account ids (default: all of the profile)"),
-    input_file: Optional[Path] = typer.Option(None, "--input", help="JSON Lines file of the events (default: the events topic)"),
+    input_file: Optional[Path] = typer.Option(None, "--input", help="JSON Lines file of the events, - = standard input (default: the events topic)"),
     from_clickhouse: bool = typer.Option(False, "--from-clickhouse", help="read the events from ClickHouse's events_archive (beyond Kafka retention)"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the diff as .csv or .parquet"),
     to_clickhouse: bool = typer.Option(False, "--clickhouse", help="also insert the diff into the ClickHouse table rerate_diffs"),
     apply: bool = typer.Option(False, "--apply", help="book the deltas as adjustment deductions and settlement lines"),
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask before booking"),
+    as_json: bool = typer.Option(False, "--json", help="print the diff as JSON Lines: one object per account, item and model"),
 ):
     """Re-rate a period under another price version, beside the live ledger; show and save the diff."""
-    s = settings()
+    s = client_settings()
     profiles = _profiles(s)
-    if profiles.get(profile) is None:
-        raise UserError(f"unknown profile {profile!r}; choose one of {', '.join(profiles.names())}")
+    from streams.cli.profiles import profile_or_error
+
+    profile_or_error(profiles, profile)
     from_ms, to_ms = _time(start, "--from"), _time(end, "--to")
     if to_ms <= from_ms:
         raise UserError("--to must be after --from")
@@ -144,13 +147,11 @@ def rerate_command(
     if input_file is not None and from_clickhouse:
         raise UserError("--input and --from-clickhouse both name the events; give one")
     if input_file is not None:
-        if not input_file.is_file():
-            raise UserError(f"{input_file} is not a file")
-        events = events_from_file(input_file)
+        events = events_from_file(read_input(input_file))
     elif from_clickhouse:
-        from streams.sink.clickhouse import connect
+        from streams.cli.common import open_clickhouse
 
-        events = events_from_clickhouse(connect(s), s.topics.events)
+        events = events_from_clickhouse(open_clickhouse(s), s.topics.events)
     else:
         require_cluster(s, "re-rating from the events topic (or pass --input FILE)")
         events = asyncio.run(events_from_topic(s))
@@ -162,7 +163,10 @@ def rerate_command(
     result = rerun(events, profiles, rerating, partitions=s.kafka_partitions,
                    allowed_lateness_ms=s.settlement_allowed_lateness_s * 1000, booked=billed.adjustments if billed else ())
     mismatch = unmatched(result, billed) if billed is not None else []
-    show(result)
+    if as_json:
+        emit_json_lines({"rerate_id": rerating.id, "profile": profile, "price_version": prices, **g} for g in result.summary())
+    else:
+        show(result)
     if mismatch:
         message = (f"{len(mismatch)} of {len(result.diffs)} replayed deductions differ from what the pipeline billed "
                    f"(first: {', '.join(mismatch[:3])}): the events no longer hold the whole history (topic retention), "
@@ -170,16 +174,17 @@ def rerate_command(
         if apply:
             raise UserError(message + "; nothing was booked")
         err.print(f"[yellow]warning:[/] {message}")
+    note = err if as_json else console  # with --json, stdout holds the JSON Lines only
     if out is not None:
         write_report(result, out)
-        console.print(f"diff written to {out}")
+        note.print(f"diff written to {out}")
     if to_clickhouse:
         from streams.sink.clickhouse import connect, migrate
 
         client = connect(s)
         migrate(client)
         client.insert("rerate_diffs", diff_rows(result), column_names=DIFF_COLUMNS)
-        console.print(f"diff inserted into rerate_diffs ({s.clickhouse_dsn_for_display()}), rerate_id {rerating.id}")
+        note.print(f"diff inserted into rerate_diffs ({s.clickhouse_dsn_for_display()}), rerate_id {rerating.id}")
     if apply:
         assert billed is not None
         book(s, profiles, result, billed.adjustments, billed.covered, yes)
@@ -192,15 +197,15 @@ def show(result: RerateResult) -> None:
         table.add_column(col, justify="right" if col in ("events", "old", "new", "delta") else "left", overflow="fold")
 
     def split(d: dict[str, Decimal]) -> str:
-        return " ".join(f"{k} {money(present(v))}" for k, v in d.items() if v)
+        return " ".join(f"{k} {amount((v))}" for k, v in d.items() if v)
 
     for g in result.summary():
         note = f" ({g['not_rated']} not rated)" if g["not_rated"] else ""
-        table.add_row(_s(g["main_account_id"]), _s(g["item"]), _s(g["model"]), f"{g['events']}{note}", money(present(g["old_amount"])),
-                      money(present(g["new_amount"])), money(present(g["delta"])), split(g["old_split"]), split(g["new_split"]))
+        table.add_row(_s(g["main_account_id"]), _s(g["item"]), _s(g["model"]), f"{g['events']}{note}", amount((g["old_amount"])),
+                      amount((g["new_amount"])), amount((g["delta"])), split(g["old_split"]), split(g["new_split"]))
     console.print(table)
     knock_on = sum(1 for d in result.diffs if d.knock_on)
-    console.print(f"total delta {money(result.total_delta)}"
+    console.print(f"total delta {amount(result.total_delta)}"
                   + (f"; {knock_on} later events paid from other buckets as a result" if knock_on else ""))
     for d in result.diffs:
         if d.new_rejection:

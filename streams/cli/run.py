@@ -29,6 +29,10 @@ def run_pipeline(s: Settings, *, workers: int, duration: float | None, replay: P
         if s.embedded_broker:
             s = pipeline.start_broker()
             console.print(f"[bold]broker[/]  embedded Tansu on {s.kafka_bootstrap_servers} (log {run_dir / 'broker.log'})")
+            from streams.cli.runfile import write_run_file
+
+            # trace, rerate, account, dlq and topics find this run through it (removed on a clean stop)
+            console.print(f"[bold]run-file[/] {write_run_file(s)}")
         else:
             pipeline.settings = s
             console.print(f"[bold]broker[/]  {s.kafka_bootstrap_servers}")
@@ -40,7 +44,12 @@ def run_pipeline(s: Settings, *, workers: int, duration: float | None, replay: P
         sink = ClickHouseSink(s)
         console.print(f"[bold]sink[/]    ClickHouse {s.clickhouse_dsn_for_display()}"
                       + (f", metrics http://{s.metrics_host}:{s.metrics_port}/metrics" if s.metrics_port else ""))
-        stats = asyncio.run(_sink_loop(s, sink, pipeline, duration, replay, console))
+        try:
+            stats = asyncio.run(_sink_loop(s, sink, pipeline, duration, replay, console))
+        finally:
+            from streams.cli.runfile import remove_run_file
+
+            remove_run_file()
     console.print("stopped; rows inserted this run: " + (", ".join(f"{t} {n}" for t, n in sorted(stats.items())) or "none"))
     return stats
 

@@ -11,7 +11,7 @@ import orjson
 import typer
 from rich.tree import Tree
 
-from streams.cli.common import UserError, _profiles, console, settings
+from streams.cli.common import UserError, _profiles, amount, console, client_settings, settings
 from streams.cli.common import shown as _s
 from streams.deduction.record import money
 
@@ -70,19 +70,21 @@ def price_row(profiles, price_version: str, item: str, model: str, variant: str)
 
 def trace_command(
     ident: str = typer.Argument(..., help="settlement_id, deduction_id, event_id or trace_id"),
-    as_json: bool = typer.Option(False, "--json", help="print the chain as JSON"),
+    as_json: bool = typer.Option(False, "--json", help="print the chain as one JSON line"),
 ):
     """Why was I charged this? Print the chain from usage events to settlement lines, with every id."""
-    from streams.sink.clickhouse import connect
+    from streams.cli.common import open_clickhouse
 
-    s = settings()
-    client = connect(s)  # read-only: a finance user without DDL rights can trace
+    s = client_settings()
+    client = open_clickhouse(s)  # read-only: a finance user without DDL rights can trace
     chain = find_chain(client, ident)
     profiles = _profiles(s)
     for d in chain["deductions"]:
         d["price_row"] = price_row(profiles, d["price_version"], d["item"], d["model"], d["variant"])
-    if as_json:
-        console.print_json(orjson.dumps(chain, default=str).decode())
+    if as_json:  # one line: the whole chain (decimals as exact strings, times ISO-8601)
+        from streams.cli.common import emit_json_lines
+
+        emit_json_lines([chain])
         return
     render(chain)
 
@@ -97,7 +99,7 @@ def render(chain: dict[str, Any]) -> None:
         node = tree.add(
             f"settlement line {_s(line['settlement_id'])} \\[{_s(line['line_type'])}] {_s(line['main_account_id'])} "
             f"{line['period_start']:%Y-%m-%d %H:%M} UTC per {_s(line['granularity'])}: {_s(line['item'])} {_s(line['model'])} "
-            f"gross {money(line['gross_amount'])} {_s(line['currency'])} (cash {money(line['cash_amount'])}), "
+            f"gross {amount(line['gross_amount'])} {_s(line['currency'])} (cash {amount(line['cash_amount'])}), "
             f"{line['event_count']} events   [dim]ClickHouse settlements[/]")
         legacy = set(line["deduction_ids"])
         for did, d in by_id.items():
@@ -114,7 +116,7 @@ def render(chain: dict[str, Any]) -> None:
 
 def _deduction(parent: Tree, d: dict[str, Any]) -> None:
     label = "adjustment" if d["kind"] == "rerate_adjustment" else "deduction"
-    node = parent.add(f"{label} {_s(d['deduction_id'])}: {money(d['rated_amount'])} {_s(d['currency'])} "
+    node = parent.add(f"{label} {_s(d['deduction_id'])}: {amount(d['rated_amount'])} {_s(d['currency'])} "
                       f"at {_s(d['price_version'])}   [dim]ClickHouse deductions[/]")
     if d["kind"] == "rerate_adjustment":
         node.add(f"corrects deduction {_s(d['adjusts_deduction_id'])} (re-rating {_s(d['rerate_id'])})")
@@ -127,6 +129,6 @@ def _deduction(parent: Tree, d: dict[str, Any]) -> None:
         node.add("billed elsewhere: the model's own platform charges it; this profile records it at 0")
     for line in orjson.loads(d["lines_json"] or "[]"):
         node.add(f"rating line {_s(line['component'])}: {_s(line['units'])} x {_s(line['unit_price'])} = {_s(line['amount'])}")
-    split = ", ".join(f"{_s(k)} {_s(i)} {money(a)}" for k, i, a in zip(d["split_bucket_kind"], d["split_bucket_id"], d["split_amount"]))
-    node.add(f"paid by: {split or 'nothing'}" + (f"; unbilled {money(d['unbilled_amount'])} ({_s(d['unbilled_reason'])})"
+    split = ", ".join(f"{_s(k)} {_s(i)} {amount(a)}" for k, i, a in zip(d["split_bucket_kind"], d["split_bucket_id"], d["split_amount"]))
+    node.add(f"paid by: {split or 'nothing'}" + (f"; unbilled {amount(d['unbilled_amount'])} ({_s(d['unbilled_reason'])})"
                                                if d["unbilled_amount"] else ""))
