@@ -40,10 +40,12 @@ ORDER BY day, currency, item, model;
 -- name: accounts_in_arrears
 -- Accounts whose last arrears alert is `arrears_started` (not cleared since): what they owe as of
 -- their last charge, since when, and for how many days as of {as_of}; with their current status.
+-- "Last" is by the per-account sequence (processing order; rows before alert / account_status v2
+-- read 0 and fall back to time), since a late top-up can carry an earlier event time.
 -- params: as_of DateTime64(3)
 WITH episodes AS (
     SELECT main_account_id,
-           argMax(kind, event_time)                  AS last_kind,
+           argMax(kind, (sequence, event_time))      AS last_kind,
            maxIf(event_time, kind = 'arrears_started') AS arrears_since
     FROM alerts FINAL
     WHERE kind IN ('arrears_started', 'arrears_cleared')
@@ -56,7 +58,7 @@ balances AS (
     GROUP BY main_account_id
 ),
 status AS (
-    SELECT main_account_id, argMax(status, since) AS status
+    SELECT main_account_id, argMax(status, (sequence, since)) AS status
     FROM account_status FINAL
     GROUP BY main_account_id
 )

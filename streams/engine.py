@@ -16,6 +16,7 @@ from typing import Any, Callable
 from streams.deduction.record import MONEY_CONTEXT
 from streams.dedupe import DEFAULT_HORIZON_MS, Entry, EntryStore, MemoryEntries, content_fingerprint, id_key
 from streams.ingest.events import AccountEvent, Event, Rejected, UsageEvent, millis_to_iso
+from streams.ledger.alerts import number_records
 from streams.ledger.invariants import check_buckets, check_charge
 from streams.ledger.ledger import Effects, Ledger
 from streams.ledger.state import AccountState
@@ -81,8 +82,9 @@ class BillingEngine:
         state.settled_until = clock
         status = None
         if fx.status_changed:
-            status = {"main_account_id": state.main_account_id, "status": state.status, "reason": state.status_reason,
-                      "since": fx.status_time if fx.status_time is not None else clock, "source_event_id": f"clock:{fx.status_time or clock}"}
+            when = fx.status_time if fx.status_time is not None else clock
+            status = self._status_record(state, when, f"clock:{fx.status_time or clock}")
+        number_records(state, fx.alerts, status)
         return Outcome(state, alerts=fx.alerts, status=status, settlements=settlements, usage_minutes=minutes)
 
     def next_due(self, state: AccountState) -> int | None:
@@ -188,7 +190,9 @@ class BillingEngine:
                     new = self.ledger.open_account(event)
                 except Rejected as exc:
                     return Outcome(None, rejected=exc)
-                return Outcome(new, status=self._status(new, event))
+                status = self._status(new, event)
+                number_records(new, [], status)
+                return Outcome(new, status=status)
             return Outcome(None, rejected=Rejected("unknown_account", f"main account {event.main_account_id!r} has not been opened"))
         if state.main_account_id != event.main_account_id:
             return Outcome(AccountState.loads(before) if before is not None else state, rejected=Rejected("wrong_account", "event main_account_id does not match the state it was routed to"))
@@ -219,6 +223,7 @@ class BillingEngine:
                 rejected=Rejected("internal_error", f"{type(exc).__name__}: {exc}"[:500]),
             )
         status = self._status(state, event) if fx.status_changed else None
+        number_records(state, fx.alerts, status)
         settlements, minutes = [], []
         if fx.deduction is not None:
             tz = self.profiles[state.profile].timezone
@@ -229,12 +234,21 @@ class BillingEngine:
         return Outcome(state, deduction=fx.deduction, alerts=fx.alerts, status=status, settlements=settlements,
                        usage_minutes=minutes)
 
+    @classmethod
+    def _status(cls, state: AccountState, event: Event) -> dict[str, Any]:
+        return cls._status_record(state, event.event_time, event.event_id)
+
     @staticmethod
-    def _status(state: AccountState, event: Event) -> dict[str, Any]:
+    def _status_record(state: AccountState, when_ms: int, source: str) -> dict[str, Any]:
+        """A status takes effect at its trigger's time, but never before the status it replaces
+        (a late top-up dated 09:30 resumes an account suspended at 10:00 at 10:00)."""
+        since = max(when_ms, state.status_since)
+        state.status_since = since
         return {
             "main_account_id": state.main_account_id,
             "status": state.status,
             "reason": state.status_reason,
-            "since": event.event_time,
-            "source_event_id": event.event_id,
+            "since": since,
+            "source_event_id": source,
+            "sequence": 0,  # set by number_records
         }

@@ -48,4 +48,17 @@ def alert(
         "details": details or {},
         "source_event_ids": source_event_ids or [],
         "trace_id": trace_id,
+        "sequence": 0,  # set by the engine (number_records), in processing order
     }
+
+
+def number_records(state: Any, alerts: list[dict[str, Any]], status: dict[str, Any] | None) -> None:
+    """Give an outcome's alerts, then its status record, the account's next sequence numbers.
+
+    The sequence follows processing order, so readers take an account's latest status or arrears
+    alert by it: effective times can tie, or a late event can carry an earlier one. It never falls
+    behind ``applied_events`` (the count of applied events), so it also says roughly which event
+    produced a record, and it is part of the state, so a replay numbers the same records alike."""
+    for record in [*alerts, *([status] if status is not None else [])]:
+        state.record_sequence = max(state.record_sequence, state.applied_events) + 1
+        record["sequence"] = state.record_sequence

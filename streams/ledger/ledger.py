@@ -8,7 +8,7 @@ the events' own time, so a replay gives the same result.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_FLOOR, Decimal
 from functools import lru_cache
 from typing import Any
@@ -38,6 +38,12 @@ def local_day(tz: str, event_ms: int) -> str:
     # Every zone in use has whole-hour or half-hour offsets at most; the hour bucket is exact for
     # whole-hour zones (all four shipped profiles use Asia/Shanghai, UTC+8, no DST).
     return _local_day(tz, event_ms // HOUR_MS)
+
+
+def stream_clock(s: AccountState, event_ms: int) -> int:
+    """Stream time as the ledger sees it: the partition clock the account was advanced to (the
+    engine advances it before each event), never behind the account's own events."""
+    return max(s.settled_until, s.stream_time, event_ms)
 
 
 @dataclass
@@ -286,22 +292,8 @@ class Ledger:
         safe = s.safe_trial_mode and not s.activated_models and policy.safe_trial is not None
 
         # 1. daily free points
-        if policy.daily_free and remaining > 0 and profile.in_scope(policy.daily_free.scope, e.item, e.model) \
-                and (s.free_horizon is None or local_day(profile.timezone, now) >= s.free_horizon):
-            day = local_day(profile.timezone, now)
-            grant = profile.to_currency(policy.daily_free.amount)
-            used = s.free_used.get(day, ZERO)
-            take = min(remaining, grant - used)
-            if take > 0:
-                s.free_used[day] = used + take
-                splits.append(Split("free", f"daily:{day}", take, profile.to_price_unit(take), profile.price_unit_name))
-                remaining -= take
-            self._prune_free_days(s)
-            if s.free_used.get(day, ZERO) >= grant and s.free_exhausted_alerted != day:
-                s.free_exhausted_alerted = day
-                fx.alerts.append(alert("free_quota_exhausted", s.main_account_id, e.account_id, now, day,
-                                       f"daily free {profile.price_unit_name} for {day} are used up",
-                                       model=e.model, source_event_ids=[e.event_id], trace_id=e.trace_id))
+        if policy.daily_free and remaining > 0 and profile.in_scope(policy.daily_free.scope, e.item, e.model):
+            remaining = self._pay_free(s, profile, e, remaining, splits, fx)
 
         # 2. the model's free trial quota
         quota = profile.trial_by_model.get(e.model) if e.model else None
@@ -371,6 +363,31 @@ class Ledger:
                     raise AssertionError(f"pre-paid account {s.main_account_id!r} would be charged below zero")
         return remaining, splits
 
+    def _pay_free(self, s: AccountState, profile: Profile, e: UsageEvent, remaining: Decimal,
+                  splits: list[Split], fx: Effects) -> Decimal:
+        """The event's local day's free points, if that day is still within the window (README
+        'Decisions'); the exhaustion alert once per account and day."""
+        daily = profile.policy.daily_free
+        day = local_day(profile.timezone, e.event_time)
+        self._prune_free_days(s, profile.timezone, stream_clock(s, e.event_time))
+        if s.free_horizon is not None and day < s.free_horizon:
+            return remaining  # a day no longer kept: its allowance counts as used up
+        grant = profile.to_currency(daily.amount)
+        used = s.free_used.get(day, ZERO)
+        take = min(remaining, grant - used)
+        if take > 0:
+            s.free_used[day] = used + take
+            splits.append(Split("free", f"daily:{day}", take, profile.to_price_unit(take), profile.price_unit_name))
+            remaining -= take
+        alerted = day in s.free_exhausted_days or s.free_exhausted_alerted == day
+        if s.free_used.get(day, ZERO) >= grant and not alerted:
+            s.free_exhausted_alerted = max(day, s.free_exhausted_alerted or day)
+            s.free_exhausted_days = sorted({*s.free_exhausted_days, day})
+            fx.alerts.append(alert("free_quota_exhausted", s.main_account_id, e.account_id, e.event_time, day,
+                                   f"daily free {profile.price_unit_name} for {day} are used up",
+                                   model=e.model, source_event_ids=[e.event_id], trace_id=e.trace_id))
+        return remaining
+
     @staticmethod
     def _draw_trial(trial: Trial, rating: Rating) -> Split | None:
         """Token quotas cover token kinds in rating-line order; credit and image quotas whole units."""
@@ -431,14 +448,18 @@ class Ledger:
                                    source_event_ids=[e.event_id], trace_id=e.trace_id))
 
     @staticmethod
-    def _prune_free_days(s: AccountState) -> None:
-        """Keep the last few days' usage; an event older than those gets no free points (its
-        day's allowance is no longer known, so it counts as used up, never as a fresh grant)."""
-        if len(s.free_used) > FREE_DAYS_KEPT:
-            kept = sorted(s.free_used)[-FREE_DAYS_KEPT:]
-            for old in sorted(s.free_used)[:-FREE_DAYS_KEPT]:
-                del s.free_used[old]
-            s.free_horizon = kept[0]
+    def _prune_free_days(s: AccountState, tz: str, clock_ms: int) -> None:
+        """Keep the free points of the last FREE_DAYS_KEPT calendar days (in the platform's time
+        zone) up to stream time; an event of an older day gets none: its day's allowance is no
+        longer known, so it counts as used up, never as a fresh grant. Counted in calendar days,
+        not days with usage, so sparse usage does not stretch the window."""
+        first_kept = (date.fromisoformat(local_day(tz, clock_ms)) - timedelta(days=FREE_DAYS_KEPT - 1)).isoformat()
+        if s.free_horizon is not None and s.free_horizon >= first_kept:
+            return
+        s.free_horizon = first_kept
+        for old in [d for d in s.free_used if d < first_kept]:
+            del s.free_used[old]
+        s.free_exhausted_days = [d for d in s.free_exhausted_days if d >= first_kept]
 
     def _deduction(self, s, profile, e: UsageEvent, rating: Rating, splits, unbilled, reason, flags) -> dict[str, Any]:
         return {
@@ -495,17 +516,23 @@ class Ledger:
         # Arrears start when a charge leaves the available balance at or below zero (an account
         # opened with an empty balance owes nothing yet).
         if charged and (s.post_paid or s.activated_models) and available <= 0 and s.arrears_since is None:
-            s.arrears_since = now
+            # never dated before the clearing it follows (a late charge of an earlier time)
+            started = max(now, s.arrears_changed_at)
+            s.arrears_since = s.arrears_changed_at = started
             s.arrears_episode += 1
             s.grace_reminded = False
-            fx.alerts.append(alert("arrears_started", s.main_account_id, account_id, now, f"arrears:{s.arrears_episode}",
+            fx.alerts.append(alert("arrears_started", s.main_account_id, account_id, started, f"arrears:{s.arrears_episode}",
                                    f"account in arrears: available balance {money(available)} {s.currency}",
                                    details={"available": money(available)}, source_event_ids=source, trace_id=trace_id))
         if s.arrears_since is not None:
             if available > 0:
                 episode = s.arrears_episode
+                # a late top-up (dated before the charge that started the arrears) clears them
+                # when they were there to clear, not before they started
+                cleared = max(now, s.arrears_since, s.arrears_changed_at)
                 s.arrears_since = None
-                fx.alerts.append(alert("arrears_cleared", s.main_account_id, account_id, now, f"arrears:{episode}",
+                s.arrears_changed_at = cleared
+                fx.alerts.append(alert("arrears_cleared", s.main_account_id, account_id, cleared, f"arrears:{episode}",
                                        f"arrears cleared: available balance {money(available)} {s.currency}",
                                        details={"available": money(available)}, source_event_ids=source, trace_id=trace_id))
                 if s.status == "suspended":
@@ -518,7 +545,10 @@ class Ledger:
         daily = profile.policy.daily_free
         if profile.policy.arrears.suspend_when_free_used_up_despite_legacy_packs and daily is not None:
             # Coze: suspended once the day's free points are used up, whatever legacy packs remain
-            used = s.free_used.get(local_day(profile.timezone, now), ZERO)
+            day = local_day(profile.timezone, now)
+            if s.free_horizon is not None and day < s.free_horizon:
+                return True  # a day no longer kept counts as used up (see _prune_free_days)
+            used = s.free_used.get(day, ZERO)
             return used >= profile.to_currency(daily.amount)
         return True
 

@@ -122,7 +122,10 @@ class AccountState:
     vouchers: list[Bucket] = field(default_factory=list)
     packs: list[Bucket] = field(default_factory=list)
     free_used: dict[str, Decimal] = field(default_factory=dict)  # local day -> used (currency)
-    free_exhausted_alerted: str | None = None  # the local day the alert went out
+    free_exhausted_alerted: str | None = None  # the latest local day the alert went out (version 2 record)
+    # every kept local day whose free_quota_exhausted went out: a late event for an earlier day
+    # does not fire it again; pruned with free_used at free_horizon
+    free_exhausted_days: list[str] = field(default_factory=list)
     free_horizon: str | None = None  # days before this one are forgotten: they get no free points
     trials: dict[str, Trial] = field(default_factory=dict)
     activated_models: set[str] = field(default_factory=set)
@@ -135,6 +138,13 @@ class AccountState:
     status_reason: str | None = None
     arrears_since: int | None = None
     arrears_episode: int = 0
+    # when the latest arrears_started / arrears_cleared took effect: the next one is never dated
+    # before it, whatever the event time of the late event that triggers it (0: none yet)
+    arrears_changed_at: int = 0
+    status_since: int = 0  # when the current status took effect (0: written before this field)
+    # per-account sequence of the status and alert records, in processing order; readers pick the
+    # latest by it, since effective times of late events may tie or run backwards
+    record_sequence: int = 0
     grace_reminded: bool = False
     stream_time: int = 0
     applied_events: int = 0  # sequence of applied events: what the dedupe entries are checked against
@@ -181,6 +191,7 @@ class AccountState:
             "packs": [p.to_dict() for p in self.packs],
             "free_used": {k: str(v) for k, v in sorted(self.free_used.items())},
             "free_exhausted_alerted": self.free_exhausted_alerted,
+            "free_exhausted_days": list(self.free_exhausted_days),
             "free_horizon": self.free_horizon,
             "trials": {k: t.to_dict() for k, t in sorted(self.trials.items())},
             "activated_models": sorted(self.activated_models),
@@ -193,6 +204,9 @@ class AccountState:
             "status_reason": self.status_reason,
             "arrears_since": self.arrears_since,
             "arrears_episode": self.arrears_episode,
+            "arrears_changed_at": self.arrears_changed_at,
+            "status_since": self.status_since,
+            "record_sequence": self.record_sequence,
             "grace_reminded": self.grace_reminded,
             "stream_time": self.stream_time,
             "applied_events": self.applied_events,
@@ -222,7 +236,7 @@ class AccountState:
             "limits": lambda v: {k: InferenceLimit.from_dict(x) for k, x in v.items()},
             "activated_models": set, "sub_accounts": set, "stopped_models": set, "safe_paused_models": set,
             "limit_changed_at": dict, "offsets": dict, "periods": dict, "minutes": dict,
-            "legacy_event_ids": list,
+            "legacy_event_ids": list, "free_exhausted_days": list,
         }
         for name, conv in convert.items():
             if name in values:

@@ -125,19 +125,20 @@ def dead_letter_row(d: dict[str, Any]) -> tuple:
 
 
 ALERT_COLUMNS = ["alert_id", "kind", "main_account_id", "account_id", "event_time", "episode", "model", "message",
-                 "details", "source_event_ids", "trace_id"]
+                 "details", "source_event_ids", "trace_id", "sequence"]
 
 
 def alert_row(a: dict[str, Any]) -> tuple:
     return (a["alert_id"], a["kind"], a["main_account_id"], a["account_id"], _ts(a["event_time"]), a["episode"],
-            a["model"] or "", a["message"], a["details"], a["source_event_ids"], a["trace_id"])
+            a["model"] or "", a["message"], a["details"], a["source_event_ids"], a["trace_id"],
+            a.get("sequence", 0))  # 0: written before alert v2 (the reader's default)
 
 
-STATUS_COLUMNS = ["main_account_id", "status", "reason", "since", "source_event_id"]
+STATUS_COLUMNS = ["main_account_id", "status", "reason", "since", "source_event_id", "sequence"]
 
 
 def status_row(s: dict[str, Any]) -> tuple:
-    return (s["main_account_id"], s["status"], s["reason"] or "", _ts(s["since"]), s["source_event_id"])
+    return (s["main_account_id"], s["status"], s["reason"] or "", _ts(s["since"]), s["source_event_id"], s.get("sequence", 0))
 
 
 SETTLEMENT_COLUMNS = [

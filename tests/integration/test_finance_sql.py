@@ -50,7 +50,19 @@ def scenario(tag):
         line(kind="usage", event_id=f"{late}-u1", account_id=late, main_account_id=late, event_time="2026-05-04T10:10:00Z",
              item="tokens", model="claude-sonnet-4.5", input_tokens=1000),
     ]
+    # issue 18 item 11: a top-up dated 09:30 that arrives just after the 10:00 charge put the account
+    # in arrears: the clearing and the resumed status take effect at 10:00, after what they replace
+    latetop = f"{tag}-latetop"
+    manual += [
+        line(kind="account", event_id=f"{latetop}-open", account_id=latetop, main_account_id=latetop, event_time="2026-05-01T00:00:00Z",
+             type="account_opened", profile="jiekou", post_paid=True, amount="0.01"),
+        line(kind="usage", event_id=f"{latetop}-u1", account_id=latetop, main_account_id=latetop, event_time="2026-05-06T10:00:00Z",
+             item="tokens", model="claude-sonnet-4.5", input_tokens=10_000),
+    ]
     merged = sorted(lines + manual, key=lambda raw: orjson.loads(raw)["event_time"])
+    charge = next(i for i, raw in enumerate(merged) if orjson.loads(raw)["event_id"] == f"{latetop}-u1")
+    merged.insert(charge + 1, line(kind="account", event_id=f"{latetop}-t1", account_id=latetop, main_account_id=latetop,
+                                   event_time="2026-05-06T09:30:00Z", type="top_up", amount="49"))
     # arrives days after its hour closed: an adjustment line
     merged.append(line(kind="usage", event_id=f"{late}-u2", account_id=late, main_account_id=late, event_time="2026-05-04T10:20:00Z",
                        item="tokens", model="claude-sonnet-4.5", input_tokens=2000))
@@ -121,9 +133,20 @@ def test_finance_queries_return_the_simulated_figures(one_partition_harness):
     row = arrears[f"{h.tag}-arrears"]
     assert row["owed"] == D("0.03") and row["days_in_arrears"] == 30 and row["status"] == "released"
     sim_in_arrears = set()
-    for a in sorted((a for a in sim.alerts if a["kind"] in ("arrears_started", "arrears_cleared")), key=lambda a: a["event_time"]):
+    # the latest arrears alert of an account is the one with the highest sequence (processing order)
+    for a in sorted((a for a in sim.alerts if a["kind"] in ("arrears_started", "arrears_cleared")), key=lambda a: a["sequence"]):
         (sim_in_arrears.add if a["kind"] == "arrears_started" else sim_in_arrears.discard)(a["main_account_id"])
     assert set(arrears) == sim_in_arrears
+    latetop = f"{h.tag}-latetop"
+    assert latetop not in arrears
+    started, cleared = (r for r in h.ch.query(
+        f"SELECT kind, event_time, sequence FROM alerts FINAL WHERE main_account_id = '{latetop}' "
+        "AND kind IN ('arrears_started', 'arrears_cleared') ORDER BY sequence").result_rows)
+    assert [started[0], cleared[0]] == ["arrears_started", "arrears_cleared"] and cleared[1] >= started[1]
+    statuses = h.ch.query(f"SELECT status, since, sequence FROM account_status FINAL WHERE main_account_id = '{latetop}' "
+                          "ORDER BY sequence").result_rows
+    assert [r[0] for r in statuses] == ["active", "suspended", "active"]
+    assert [r[1] for r in statuses] == sorted(r[1] for r in statuses)  # never dated before the status replaced
 
     # --- each alert exactly once, the same as simulated
     live_alerts = {r[0]: r[1] for r in h.ch.query(f"SELECT alert_id, kind FROM alerts FINAL WHERE main_account_id LIKE '{acc}'").result_rows}

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -705,6 +705,7 @@ def test_order_of_deduction(sc: Scenario):
 def check_order_of_deduction(sc: Scenario) -> None:
     run = replay(sc.raws)
     free_paid: dict[tuple[str, str], Decimal] = {}  # (account, day) -> free points paid so far, from the deductions
+    horizon: dict[str, str] = {}  # account -> first local day still given free points (never moves back)
     for step, d, s0, s1 in usage_steps(run):
         ev = step.event
         now = ev.event_time
@@ -729,9 +730,12 @@ def check_order_of_deduction(sc: Scenario) -> None:
             used0 = free_paid.get((s1.main_account_id, day), Decimal(0))
             want = min(rated, COZE_DAILY_GRANT - used0)
             # Documented decision (README, ledger.FREE_DAYS_KEPT): the ledger remembers the free points
-            # of the last 3 days that used any; an event of an older day counts its day as used up.
-            days = sorted(dd for (acct, dd), v in free_paid.items() if acct == s1.main_account_id and v > 0)
-            if len(days) >= 4 and day < days[-3]:
+            # of the last 3 calendar days (Asia/Shanghai) up to stream time, the clock the event met;
+            # an event of an older day counts its day as used up.
+            stream_day = date.fromisoformat(shanghai_day(max(s0.settled_until, s0.stream_time, now)))
+            first_kept = (stream_day - timedelta(days=2)).isoformat()
+            horizon[s1.main_account_id] = max(horizon.get(s1.main_account_id, first_kept), first_kept)
+            if day < horizon[s1.main_account_id]:
                 want = Decimal(0)
                 free_applicable = False
             got = [sp for sp in splits if sp["bucket_kind"] == "free"]

@@ -252,15 +252,16 @@ def test_late_event_within_the_last_three_days_uses_its_own_days_points():
         assert splits(d) == [("cash", "cash", D("0.002"))], day
 
 
-def test_late_event_for_a_day_before_three_unused_days_still_gets_its_points():
-    # only three days are known (05-02..05-04): 05-01 was never used, so its late event is not
-    # yet outside the window the ledger remembers and gets that day's free points
+def test_late_free_points_window_is_three_calendar_days_not_three_days_with_usage():
+    # Issue 18 item 10: this test used to assert that 05-01, never used, still got its points
+    # behind three used days; the rule (README 'Decisions') counts calendar days up to stream time,
+    # so with stream time on 05-04 the window is 05-02..05-04 whatever days had usage.
     a = Account()
     a.send(account("c", "account_opened", profile="coze-pro", amount="10"))
     for day in ("2026-05-02", "2026-05-03", "2026-05-04"):
         a.send(usage("c", "agent_call", quantity="250", t=f"{day}T10:00:00+08:00"))
     d = a.send(usage("c", "agent_call", quantity="1", t="2026-05-01T11:00:00+08:00")).deduction
-    assert splits(d) == [("free", "daily:2026-05-01", D("0.002"))]
+    assert splits(d) == [("cash", "cash", D("0.002"))]
 
 
 def test_dead_letter_ids_are_deterministic_per_reason_and_event():
