@@ -44,6 +44,7 @@ METRIC_NAMES = (
     "billing_sink_insert_seconds",
     "billing_sink_insert_failures_total",
     "billing_sink_rows_total",
+    "billing_sink_halted_total",
 )
 
 
@@ -86,6 +87,8 @@ class PipelineMetrics:
                                              buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)
         self.sink_insert_failures = Counter(_name("billing_sink_insert_failures_total"), "Failed ClickHouse inserts (retried)", ["table"], registry=r)
         self.sink_rows = Counter(_name("billing_sink_rows_total"), "Rows inserted into ClickHouse", ["table"], registry=r)
+        self.sink_halted = Counter(_name("billing_sink_halted_total"), "Sink stops on a record it cannot read or an insert "
+                                   "ClickHouse rejects for good (exit code 3)", ["table", "reason"], registry=r)
         self._tallied = {"consumed": self.consumed, "rated": self.rated, "applied": self.applied, "duplicate": self.duplicates}
         self._synced: dict[str, int] = {}
 

@@ -1,8 +1,13 @@
 """The ClickHouse sink: consumes the output topics in batches, inserts them, and commits the Kafka
 offsets only after ClickHouse acknowledged every insert of the batch.
 
+A batch is inserted when it holds SINK_BATCH_MAX records or SINK_BATCH_WITHIN_MS have passed.
+Deductions go to ClickHouse as an Avro container of the bodies the workers wrote; ClickHouse decodes
+and maps them (migration 009). The other, smaller tables are decoded here and inserted column-wise.
+
 When ClickHouse is down the same batch is retried with backoff; nothing is committed, so nothing
-is lost. A retried insert carries the same deduplication token, and every table is a
+is lost. An insert ClickHouse rejects for good (a schema mismatch, a value that does not convert)
+stops the sink (InsertRejected, exit code 3, billing_sink_halted_total) instead of retrying it for ever. A retried insert carries the same deduplication token, and every table is a
 ReplacingMergeTree on the record's deterministic id, so nothing is counted twice either.
 """
 
@@ -12,6 +17,7 @@ import asyncio
 import base64
 import hashlib
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,7 +30,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.config import Settings
-from streams.ingest.codec import DecodeError, registry
+from streams.ingest.codec import SCHEMAS_DIR, DecodeError, registry
 from streams.kafka_client import client_kwargs
 from streams.observability.metrics import PipelineMetrics, serve
 
@@ -73,7 +79,11 @@ def _ts(ms: int | datetime | None) -> datetime | None:
     return datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=(ms % 1000) * 1000)
 
 
-# ---------------------------------------------------------------- record -> row mappers
+# ---------------------------------------------------------------- record -> column values
+# Each mapper returns one {column: value} map; inserts name their columns from the route, so no
+# value depends on its position. Deductions, the bulk of the rows, are mapped inside ClickHouse
+# (infra/clickhouse/009_deductions_avro_landing.sql); deduction_values is the same mapping in
+# Python, for a direct insert (the bench's baseline) and to check the two agree (a test).
 
 DEDUCTION_COLUMNS = [
     "deduction_id", "event_id", "trace_id", "account_id", "main_account_id", "event_time", "profile", "currency",
@@ -84,28 +94,42 @@ DEDUCTION_COLUMNS = [
     "billed_elsewhere", "flags", "balance_after", "settlement_period", "kind", "adjusts_deduction_id", "rerate_id",
     "settlement_id",
 ]
+TOKEN_ITEMS = ("tokens", "embedding", "rerank")
+TOKEN_COLUMNS = {"tokens_cache_hit": "cache_hit", "tokens_input": "input", "tokens_cache_write": "cache_write",
+                 "tokens_output": "output", "tokens_reasoning": "reasoning"}
+SAME_NAME = ("deduction_id", "event_id", "trace_id", "account_id", "main_account_id", "profile", "currency",
+             "price_version", "item", "quantities", "billed_elsewhere", "flags", "settlement_period", "kind")
+OPTIONAL_STRINGS = ("model", "variant", "unbilled_reason", "adjusts_deduction_id", "rerate_id", "settlement_id")
+
+
+def deduction_values(d: dict[str, Any]) -> dict[str, Any]:
+    by_kind = {"free": ZERO, "trial": ZERO, "pack": ZERO, "voucher": ZERO, "cash": ZERO}
+    splits = d["splits"]
+    for s in splits:
+        by_kind[s["bucket_kind"]] += Decimal(s["amount"])  # an unknown kind is a KeyError: a bad record
+    q = d["quantities"]
+    tokens = d["item"] in TOKEN_ITEMS
+    v: dict[str, Any] = {c: d[c] for c in SAME_NAME}
+    v.update({c: d.get(c) or "" for c in OPTIONAL_STRINGS})
+    v.update({c: int(q.get(k, 0)) if tokens else 0 for c, k in TOKEN_COLUMNS.items()})
+    v.update({f"{kind}_amount": amount for kind, amount in by_kind.items()})
+    v.update(
+        event_time=_ts(d["event_time"]),
+        units=ZERO if tokens else sum((Decimal(l["units"]) for l in d["lines"]), ZERO),
+        lines_json=orjson.dumps(d["lines"]).decode(),
+        rated_amount=Decimal(d["rated_amount"]), unbilled_amount=Decimal(d["unbilled_amount"]),
+        balance_after=Decimal(d["balance_after"]),
+        split_bucket_kind=[s["bucket_kind"] for s in splits], split_bucket_id=[s["bucket_id"] for s in splits],
+        split_amount=[Decimal(s["amount"]) for s in splits], split_units=[Decimal(s["units"]) for s in splits],
+        split_unit=[s["unit"] for s in splits],
+    )
+    return v
 
 
 def deduction_row(d: dict[str, Any]) -> tuple:
-    by_kind = {"free": ZERO, "trial": ZERO, "pack": ZERO, "voucher": ZERO, "cash": ZERO}
-    for s in d["splits"]:
-        by_kind[s["bucket_kind"]] += Decimal(s["amount"])
-    q = d["quantities"]
-    tokens = d["item"] in ("tokens", "embedding", "rerank")
-    units = ZERO if tokens else sum((Decimal(l["units"]) for l in d["lines"]), ZERO)
-    return (
-        d["deduction_id"], d["event_id"], d["trace_id"], d["account_id"], d["main_account_id"], _ts(d["event_time"]),
-        d["profile"], d["currency"], d["price_version"], d["item"], d["model"] or "", d["variant"] or "", q,
-        int(q.get("cache_hit", 0)) if tokens else 0, int(q.get("input", 0)) if tokens else 0,
-        int(q.get("cache_write", 0)) if tokens else 0, int(q.get("output", 0)) if tokens else 0,
-        int(q.get("reasoning", 0)) if tokens else 0, units, orjson.dumps(d["lines"]).decode(), Decimal(d["rated_amount"]),
-        by_kind["free"], by_kind["trial"], by_kind["pack"], by_kind["voucher"], by_kind["cash"],
-        Decimal(d["unbilled_amount"]), d["unbilled_reason"] or "",
-        [s["bucket_kind"] for s in d["splits"]], [s["bucket_id"] for s in d["splits"]],
-        [Decimal(s["amount"]) for s in d["splits"]], [Decimal(s["units"]) for s in d["splits"]],
-        [s["unit"] for s in d["splits"]], d["billed_elsewhere"], d["flags"], Decimal(d["balance_after"]), d["settlement_period"],
-        d["kind"], d["adjusts_deduction_id"] or "", d["rerate_id"] or "", d.get("settlement_id") or "",
-    )
+    """The positional row of a direct row insert with DEDUCTION_COLUMNS (the bench's baseline)."""
+    v = deduction_values(d)
+    return tuple(v[c] for c in DEDUCTION_COLUMNS)
 
 
 DEAD_LETTER_COLUMNS = [
@@ -115,30 +139,32 @@ DEAD_LETTER_COLUMNS = [
 ]
 
 
-def dead_letter_row(d: dict[str, Any]) -> tuple:
-    return (
-        d["dead_letter_id"], d["reason_code"], d["reason"], d["source_topic"], d["source_partition"], d["source_offset"],
-        d["event_id"] or "", d["main_account_id"] or "", d["trace_id"] or "", _ts(d["event_time"]),
-        base64.b64encode(d["payload"]).decode(), max(d["payload_size_bytes"], len(d["payload"])),
-        d["payload_sha256"], d["payload_truncated"],
-    )
+def dead_letter_values(d: dict[str, Any]) -> dict[str, Any]:
+    v = {c: d[c] for c in ("dead_letter_id", "reason_code", "reason", "source_topic", "source_partition",
+                           "source_offset", "payload_sha256", "payload_truncated")}
+    v.update({c: d[c] or "" for c in ("event_id", "main_account_id", "trace_id")})
+    v.update(event_time=_ts(d["event_time"]), payload_base64=base64.b64encode(d["payload"]).decode(),
+             payload_size_bytes=max(d["payload_size_bytes"], len(d["payload"])))
+    return v
 
 
 ALERT_COLUMNS = ["alert_id", "kind", "main_account_id", "account_id", "event_time", "episode", "model", "message",
                  "details", "source_event_ids", "trace_id", "sequence"]
 
 
-def alert_row(a: dict[str, Any]) -> tuple:
-    return (a["alert_id"], a["kind"], a["main_account_id"], a["account_id"], _ts(a["event_time"]), a["episode"],
-            a["model"] or "", a["message"], a["details"], a["source_event_ids"], a["trace_id"],
-            a.get("sequence", 0))  # 0: written before alert v2 (the reader's default)
+def alert_values(a: dict[str, Any]) -> dict[str, Any]:
+    v = {c: a[c] for c in ALERT_COLUMNS if c != "sequence"}
+    v.update(event_time=_ts(a["event_time"]), model=a["model"] or "",
+             sequence=a.get("sequence", 0))  # 0: written before alert v2 (the reader's default)
+    return v
 
 
 STATUS_COLUMNS = ["main_account_id", "status", "reason", "since", "source_event_id", "sequence"]
 
 
-def status_row(s: dict[str, Any]) -> tuple:
-    return (s["main_account_id"], s["status"], s["reason"] or "", _ts(s["since"]), s["source_event_id"], s.get("sequence", 0))
+def status_values(s: dict[str, Any]) -> dict[str, Any]:
+    return {"main_account_id": s["main_account_id"], "status": s["status"], "reason": s["reason"] or "",
+            "since": _ts(s["since"]), "source_event_id": s["source_event_id"], "sequence": s.get("sequence", 0)}
 
 
 SETTLEMENT_COLUMNS = [
@@ -146,30 +172,35 @@ SETTLEMENT_COLUMNS = [
     "item", "model", "variant", "quantities", "gross_amount", "free_amount", "trial_amount", "pack_amount",
     "voucher_amount", "cash_amount", "unbilled_amount", "event_count", "price_versions", "closed_at",
 ]
+SETTLEMENT_MONEY = ("gross_amount", "free_amount", "trial_amount", "pack_amount", "voucher_amount", "cash_amount",
+                    "unbilled_amount")
 
 
-def settlement_row(s: dict[str, Any]) -> tuple:
-    return (
-        s["settlement_id"], s["main_account_id"], _ts(s["period_start"]), _ts(s["period_end"]), s["granularity"],
-        s["line_type"], s["profile"], s["currency"], s["item"], s["model"] or "", s["variant"] or "", s["quantities"],
-        Decimal(s["gross_amount"]), Decimal(s["free_amount"]), Decimal(s["trial_amount"]), Decimal(s["pack_amount"]),
-        Decimal(s["voucher_amount"]), Decimal(s["cash_amount"]), Decimal(s["unbilled_amount"]), s["event_count"],
-        s["price_versions"], _ts(s["closed_at"]),
-    )
+def settlement_values(s: dict[str, Any]) -> dict[str, Any]:
+    v = {c: s[c] for c in ("settlement_id", "main_account_id", "granularity", "line_type", "profile", "currency",
+                           "item", "quantities", "event_count", "price_versions")}
+    v.update({c: _ts(s[c]) for c in ("period_start", "period_end", "closed_at")})
+    v.update({c: Decimal(s[c]) for c in SETTLEMENT_MONEY})
+    v.update(model=s["model"] or "", variant=s["variant"] or "")
+    return v
 
 
 USAGE_MINUTE_COLUMNS = ["usage_minute_id", "main_account_id", "model", "minute_start", "line_type", "requests", "tokens"]
 
 
-def usage_minute_row(m: dict[str, Any]) -> tuple:
-    return (m["usage_minute_id"], m["main_account_id"], m["model"], _ts(m["minute_start"]), m["line_type"], m["requests"], m["tokens"])
+def usage_minute_values(m: dict[str, Any]) -> dict[str, Any]:
+    v = {c: m[c] for c in USAGE_MINUTE_COLUMNS}
+    v["minute_start"] = _ts(m["minute_start"])
+    return v
 
 
 ARCHIVE_COLUMNS = ["source_topic", "source_partition", "source_offset", "main_account_id", "payload", "message_time"]
 
 
-def archive_row(m: Any) -> tuple:
-    return (m.topic, m.partition, m.offset, m.key.decode("utf-8", "replace") if m.key else "", m.value or b"", _ts(m.timestamp))
+def archive_values(m: Any) -> dict[str, Any]:
+    return {"source_topic": m.topic, "source_partition": m.partition, "source_offset": m.offset,
+            "main_account_id": m.key.decode("utf-8", "replace") if m.key else "", "payload": m.value or b"",
+            "message_time": _ts(m.timestamp)}
 
 
 @dataclass(frozen=True)
@@ -177,24 +208,84 @@ class Route:
     table: str
     schema: str | None  # None: the message is stored as it is (the input archive)
     columns: list[str]
-    row: Callable[[Any], tuple]
+    values: Callable[[Any], dict[str, Any]]
+    # an Avro landing table: the records' bodies go to ClickHouse as they are, and it maps them
+    avro_landing: str | None = None
 
 
 def routes(settings: Settings) -> dict[str, Route]:
     t = settings.topics
     return {
-        t.deductions: Route("deductions", "deduction", DEDUCTION_COLUMNS, deduction_row),
-        t.dead_letters: Route("dead_letters", "dead_letter", DEAD_LETTER_COLUMNS, dead_letter_row),
-        t.alerts: Route("alerts", "alert", ALERT_COLUMNS, alert_row),
-        t.account_status: Route("account_status", "account_status", STATUS_COLUMNS, status_row),
-        t.settlements: Route("settlements", "settlement", SETTLEMENT_COLUMNS, settlement_row),
-        t.usage_per_minute: Route("usage_per_minute", "usage_minute", USAGE_MINUTE_COLUMNS, usage_minute_row),
-        **({t.events: Route("events_archive", None, ARCHIVE_COLUMNS, archive_row)} if settings.sink_archive_events else {}),
+        t.deductions: Route("deductions", "deduction", DEDUCTION_COLUMNS, deduction_values, "deductions_avro_in"),
+        t.dead_letters: Route("dead_letters", "dead_letter", DEAD_LETTER_COLUMNS, dead_letter_values),
+        t.alerts: Route("alerts", "alert", ALERT_COLUMNS, alert_values),
+        t.account_status: Route("account_status", "account_status", STATUS_COLUMNS, status_values),
+        t.settlements: Route("settlements", "settlement", SETTLEMENT_COLUMNS, settlement_values),
+        t.usage_per_minute: Route("usage_per_minute", "usage_minute", USAGE_MINUTE_COLUMNS, usage_minute_values),
+        **({t.events: Route("events_archive", None, ARCHIVE_COLUMNS, archive_values)} if settings.sink_archive_events else {}),
     }
 
 
+# ---------------------------------------------------------------- Avro object container
+
+def _zigzag(n: int) -> bytes:
+    """An Avro long: zig-zag, then 7 bits per byte, low first."""
+    n = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while n & ~0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def avro_container(schema_json: bytes, bodies: list[bytes]) -> bytes:
+    """An Avro object container file of one block: the header names the writer schema, the block is
+    the record bodies concatenated (no per-record framing in Avro), then the sync marker."""
+    sync = hashlib.sha256(schema_json).digest()[:16]  # any 16 bytes that mark the block's end
+    meta = {b"avro.schema": schema_json, b"avro.codec": b"null"}
+    header = bytearray(b"Obj\x01") + _zigzag(len(meta))
+    for key, value in meta.items():
+        header += _zigzag(len(key)) + key + _zigzag(len(value)) + value
+    header += b"\x00" + sync
+    block = b"".join(bodies)
+    return b"".join((bytes(header), _zigzag(len(bodies)), _zigzag(len(block)), block, sync))
+
+
+# ---------------------------------------------------------------- errors
+
 class SinkHalted(RuntimeError):
-    """An output record the sink cannot read: it stops without committing rather than skip it."""
+    """An output record the sink cannot read or ClickHouse refuses: it stops without committing
+    rather than skip it or retry it for ever (exit code 3)."""
+
+
+class InsertRejected(SinkHalted):
+    """ClickHouse refused an insert for a reason a retry cannot change (a schema mismatch, a value
+    that does not convert), or a record could not be mapped to columns."""
+
+
+# ClickHouse error codes that mean "this insert will never succeed as it is": parse and type
+# errors, unknown columns or tables, overflow. Anything else (network, timeouts, too many parts,
+# memory, a server restarting) is retried.
+PERMANENT_CODES = frozenset({
+    6, 8, 10, 16, 20, 26, 27, 32, 33, 36, 38, 41, 43, 44, 47, 53, 60, 62, 69, 70, 72, 76, 117, 130, 131, 190, 349, 395,
+    407, 441, 649,
+})
+_CODE = re.compile(r"Code: (\d+)")
+
+
+def is_permanent(exc: BaseException) -> bool:
+    from clickhouse_connect.driver.exceptions import DatabaseError, DataError, OperationalError, ProgrammingError
+
+    if isinstance(exc, OperationalError):
+        return False
+    if isinstance(exc, DatabaseError):
+        found = _CODE.search(str(exc))
+        if found:
+            return int(found.group(1)) in PERMANENT_CODES
+        return isinstance(exc, (DataError, ProgrammingError))  # raised by the client before sending
+    # a client-side conversion of a bad value (Python rows)
+    return isinstance(exc, (KeyError, TypeError, ValueError, ArithmeticError)) and not isinstance(exc, OSError)
 
 
 @dataclass
@@ -203,6 +294,22 @@ class SinkStats:
     rows: dict[str, int] = field(default_factory=dict)
     insert_failures: int = 0
     last_insert_seconds: float = 0.0
+
+
+@dataclass
+class TableBatch:
+    """What one batch inserts into one table: column maps, or Avro bodies for a landing table."""
+    route: Route
+    values: list[dict[str, Any]] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+    token_parts: list[str] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return len(self.values) + len(self.bodies)
+
+    def token(self) -> str:
+        return hashlib.sha256("|".join(sorted(self.token_parts)).encode()).hexdigest()
 
 
 class ClickHouseSink:
@@ -215,6 +322,14 @@ class ClickHouseSink:
         self.stats = SinkStats()
         self.consumer: AIOKafkaConsumer | None = None
         self.committed: dict[TopicPartition, int] = {}
+        self._avro_schemas: dict[str, bytes] = {
+            r.schema: self._schema_json(r.schema) for r in self.routes.values() if r.avro_landing and r.schema
+        }
+
+    def _schema_json(self, name: str) -> bytes:
+        sv = self.registry.latest[name]
+        filename = orjson.loads((SCHEMAS_DIR / "registry.json").read_bytes())["schemas"][str(sv.schema_id)]
+        return orjson.dumps(orjson.loads((SCHEMAS_DIR / filename).read_bytes()))
 
     async def start(self) -> None:
         await asyncio.to_thread(migrate, self.client)
@@ -241,46 +356,95 @@ class ClickHouseSink:
         while not stop.is_set():
             await self.step(stop)
 
-    async def step(self, stop: asyncio.Event | None = None) -> int:
-        """One batch: fetch, insert (retrying until ClickHouse takes it), commit. Returns rows."""
+    async def _fetch(self) -> dict[TopicPartition, list]:
+        """Records until SINK_BATCH_MAX of them or SINK_BATCH_WITHIN_MS have passed, whichever is
+        first: big inserts (few parts) under load, a bounded delay when traffic is light."""
         assert self.consumer is not None
-        batch = await self.consumer.getmany(
-            timeout_ms=self.settings.sink_batch_within_ms, max_records=self.settings.sink_batch_max
-        )
+        limit = self.settings.sink_batch_max
+        deadline = time.monotonic() + self.settings.sink_batch_within_ms / 1000
+        batch: dict[TopicPartition, list] = {}
+        count = 0
+        while count < limit:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                break
+            got = await self.consumer.getmany(timeout_ms=remaining_ms, max_records=limit - count)
+            for tp, messages in got.items():
+                batch.setdefault(tp, []).extend(messages)
+                count += len(messages)
+        return batch
+
+    async def step(self, stop: asyncio.Event | None = None) -> int:
+        """One batch: fetch, insert (retrying transient failures), commit. Returns rows."""
+        batch = await self._fetch()
         if not batch:
             return 0
-        rows: dict[str, list[tuple]] = {}
-        token_parts: dict[str, list[str]] = {}
+        tables: dict[str, TableBatch] = {}
         commit: dict[TopicPartition, int] = {}
         for tp, messages in batch.items():
             route = self.routes[tp.topic]
+            table = tables.setdefault(route.table, TableBatch(route))
             for m in messages:
-                if route.schema is None:
-                    if not self.registry.is_clock_tick(m.value):
-                        rows.setdefault(route.table, []).append(route.row(m))
-                    continue
-                try:
-                    name, record = self.registry.decode(m.value)
-                except DecodeError as exc:
-                    # our own output topic: a newer schema than this sink knows (roll readers out
-                    # first) or a bug. Stop before committing anything, so nothing is lost.
-                    raise SinkHalted(f"cannot read {tp.topic}[{tp.partition}]@{m.offset}: {exc}; "
-                                     "upgrade the sink if a newer schema version was deployed") from None
-                if name != route.schema:
-                    raise SinkHalted(f"{tp.topic}[{tp.partition}]@{m.offset} holds a {name} record, expected {route.schema}")
-                rows.setdefault(route.table, []).append(route.row(record))
-            token_parts.setdefault(route.table, []).append(f"{tp.topic}:{tp.partition}:{messages[0].offset}-{messages[-1].offset}")
+                self._add(table, tp, m)
+            table.token_parts.append(f"{tp.topic}:{tp.partition}:{messages[0].offset}-{messages[-1].offset}")
             commit[tp] = messages[-1].offset + 1
-        for table, table_rows in rows.items():
-            token = hashlib.sha256("|".join(sorted(token_parts[table])).encode()).hexdigest()
-            await self._insert_with_retry(table, table_rows, token, stop)
+        for table in tables.values():
+            if table.rows:
+                await self._insert_with_retry(table, stop)
+        assert self.consumer is not None
         await self.consumer.commit(commit)
         self.stats.batches += 1
-        total = sum(len(r) for r in rows.values())
+        total = sum(t.rows for t in tables.values())
         self.metrics.sink_batch_rows.observe(total)
         self.committed.update(commit)
         self.update_lag()
         return total
+
+    def _add(self, table: TableBatch, tp: TopicPartition, m: Any) -> None:
+        route = table.route
+        if route.schema is None:
+            if not self.registry.is_clock_tick(m.value):
+                table.values.append(route.values(m))
+            return
+        if route.avro_landing:
+            table.bodies.append(self._avro_body(route, tp, m))
+            return
+        record = self._decode(route, tp, m)
+        try:
+            table.values.append(route.values(record))
+        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+            self._halt(route.table, "bad_record")
+            raise InsertRejected(f"{tp.topic}[{tp.partition}]@{m.offset}: cannot map the {route.schema} record to "
+                                 f"{route.table} columns: {type(exc).__name__}: {exc}") from exc
+
+    def _decode(self, route: Route, tp: TopicPartition, m: Any) -> dict[str, Any]:
+        try:
+            name, record = self.registry.decode(m.value)
+        except DecodeError as exc:
+            # our own output topic: a newer schema than this sink knows (roll readers out
+            # first) or a bug. Stop before committing anything, so nothing is lost.
+            self._halt(route.table, "unreadable_record")
+            raise SinkHalted(f"cannot read {tp.topic}[{tp.partition}]@{m.offset}: {exc}; "
+                             "upgrade the sink if a newer schema version was deployed") from None
+        if name != route.schema:
+            self._halt(route.table, "unreadable_record")
+            raise SinkHalted(f"{tp.topic}[{tp.partition}]@{m.offset} holds a {name} record, expected {route.schema}")
+        return record
+
+    def _avro_body(self, route: Route, tp: TopicPartition, m: Any) -> bytes:
+        """The record's Avro body in the newest schema version, which the landing table has. The
+        header alone tells a current record; an older one (rare: a rollout) is resolved and
+        written again in the newest version."""
+        assert route.schema is not None
+        value = m.value
+        latest = self.registry.latest[route.schema]
+        if value and len(value) > 5 and value[0] == 0 and int.from_bytes(value[1:5], "big") == latest.schema_id:
+            return value[5:]
+        record = self._decode(route, tp, m)
+        return self.registry.encode(route.schema, record)[5:]
+
+    def _halt(self, table: str, reason: str) -> None:
+        self.metrics.sink_halted.labels(table, reason).inc()
 
     def update_lag(self) -> None:
         """Per owned partition: the end minus what is committed. Also measured while an insert is
@@ -297,30 +461,51 @@ class ClickHouseSink:
     def ready(self) -> bool:
         return self.consumer is not None and bool(self.consumer.assignment())
 
-    async def _insert_with_retry(self, table: str, table_rows: list[tuple], token: str, stop) -> None:
-        route = next(r for r in self.routes.values() if r.table == table)
+    def _insert(self, table: TableBatch, token: str) -> None:
+        route = table.route
+        settings = {**INSERT_SETTINGS, "insert_deduplication_token": token}
+        if route.avro_landing:
+            assert route.schema is not None
+            # the token also deduplicates the block the view writes into the target table
+            settings["deduplicate_blocks_in_dependent_materialized_views"] = 1
+            self.client.raw_insert(route.avro_landing, None, avro_container(self._avro_schemas[route.schema], table.bodies),
+                                   settings=settings, fmt="Avro")
+            return
+        columns = [[v[c] for v in table.values] for c in route.columns]
+        self.client.insert(route.table, columns, column_names=route.columns, column_oriented=True, settings=settings)
+
+    async def _insert_with_retry(self, table: TableBatch, stop) -> None:
+        name, rows, token = table.route.table, table.rows, table.token()
         delay = 0.2
         while True:
             started = time.perf_counter()
             try:
-                await asyncio.to_thread(
-                    self.client.insert, table, table_rows, column_names=route.columns,
-                    settings={**INSERT_SETTINGS, "insert_deduplication_token": token},
-                )
-                self.stats.last_insert_seconds = time.perf_counter() - started
-                self.stats.rows[table] = self.stats.rows.get(table, 0) + len(table_rows)
-                self.metrics.sink_insert_seconds.labels(table).observe(self.stats.last_insert_seconds)
-                self.metrics.sink_rows.labels(table).inc(len(table_rows))
-                return
+                await asyncio.to_thread(self._insert, table, token)
             except Exception as exc:
                 self.stats.insert_failures += 1
-                self.metrics.sink_insert_failures.labels(table).inc()
+                self.metrics.sink_insert_failures.labels(name).inc()
+                if is_permanent(exc):
+                    self._halt(name, "insert_rejected")
+                    log.error("insert of %d rows into %s rejected, stopping: %s", rows, name, exc)
+                    raise InsertRejected(f"ClickHouse rejected the insert of {rows} rows into {name} "
+                                         f"({token_range(table)}): {exc}") from exc
                 self.update_lag()
-                log.warning("insert of %d rows into %s failed (%s); retrying in %.1fs", len(table_rows), table, exc, delay)
+                log.warning("insert of %d rows into %s failed (%s); retrying in %.1fs", rows, name, exc, delay)
                 if stop is not None and stop.is_set():
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+                continue
+            self.stats.last_insert_seconds = time.perf_counter() - started
+            self.stats.rows[name] = self.stats.rows.get(name, 0) + rows
+            self.metrics.sink_insert_seconds.labels(name).observe(self.stats.last_insert_seconds)
+            self.metrics.sink_rows.labels(name).inc(rows)
+            return
+
+
+def token_range(table: TableBatch) -> str:
+    """The topic partitions and offsets of a batch, for the operator."""
+    return ", ".join(sorted(table.token_parts))
 
 
 async def run_sink(settings: Settings, stop: asyncio.Event) -> SinkStats:

@@ -11,7 +11,7 @@ from streams.engine import BillingEngine
 from streams.ingest.codec import registry
 from streams.ingest.events import parse_json_event
 from streams.ledger.state import AccountState
-from streams.sink.clickhouse import alert_row, status_row
+from streams.sink.clickhouse import alert_values, status_values
 from tests.unit.engine_driver import PROFILES, Account, D, ms, splits
 from tests.unit.helpers import account, usage
 
@@ -135,5 +135,5 @@ def test_v1_alert_and_status_records_land_with_sequence_zero():
     s = {"main_account_id": "m", "status": "active", "reason": None, "since": 1, "source_event_id": "e"}
     _, alert = reg.decode(reg.encode("alert", a, schema_id=v1_alert))
     _, status = reg.decode(reg.encode("account_status", s, schema_id=v1_status))
-    assert alert_row(alert)[-1] == 0 and status_row(status)[-1] == 0
+    assert alert_values(alert)["sequence"] == 0 and status_values(status)["sequence"] == 0
     assert reg.latest["alert"].version == 2 and reg.latest["account_status"].version == 2

@@ -52,6 +52,7 @@ DOCUMENTED_METRICS: dict[str, set[str]] = {
     "billing_sink_insert_seconds": {"table"},
     "billing_sink_insert_failures_total": {"table"},
     "billing_sink_rows_total": {"table"},
+    "billing_sink_halted_total": {"table", "reason"},
 }
 HISTOGRAMS = {"billing_hour_close_delay_seconds", "billing_worker_round_seconds", "billing_sink_batch_rows",
               "billing_sink_insert_seconds"}
