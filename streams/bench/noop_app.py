@@ -17,7 +17,7 @@ def main() -> None:
     s = Settings.from_env({k: v for k, v in os.environ.items() if k in __import__("streams.config").config.SETTINGS})
     expect = int(os.environ["BENCH_EXPECT"])
     out = Path(os.environ["BENCH_OUT"])
-    set_fetch_max_wait(s.worker_fetch_max_wait_ms)  # the same consumer as the rating worker's
+    set_fetch_max_wait(s.kafka_fetch_max_wait_ms)  # the same consumer as the rating worker's
     kafka_url = ";".join(f"kafka://{h.strip()}" for h in s.kafka_bootstrap_servers.split(","))
     app = faust.App(
         s.worker_app_id, broker=kafka_url, store="memory://", topic_partitions=s.kafka_partitions, web_enabled=False,

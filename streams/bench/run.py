@@ -197,7 +197,7 @@ def measure_aiokafka_loop(b: Bench, broker, lines: list[bytes]) -> float:
 
         consumer = AIOKafkaConsumer(p.settings.topics.events, **client_kwargs(p.settings), group_id=f"{p.tag}-loop",
                                     auto_offset_reset="earliest", enable_auto_commit=False,
-                                    fetch_max_wait_ms=p.settings.worker_fetch_max_wait_ms)
+                                    fetch_max_wait_ms=p.settings.kafka_fetch_max_wait_ms)
         producer = AIOKafkaProducer(**producer_kwargs(p.settings))
         await consumer.start()
         await producer.start()

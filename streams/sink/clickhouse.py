@@ -340,6 +340,7 @@ class ClickHouseSink:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,
             # as the workers': a sink that died hands its partitions over within seconds (inserts
             # run in a thread, so heartbeats keep going during a slow one)
             session_timeout_ms=6000,

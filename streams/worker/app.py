@@ -69,7 +69,7 @@ class Counts(Counter):
 
 def create_app(settings: Settings) -> faust.App:
     kafka_url = ";".join(f"kafka://{s.strip()}" for s in settings.kafka_bootstrap_servers.split(","))
-    set_fetch_max_wait(settings.worker_fetch_max_wait_ms)
+    set_fetch_max_wait(settings.kafka_fetch_max_wait_ms)
     extra: dict[str, Any] = {}
     if settings.kafka_producer_max_batch_size:
         extra["producer_max_batch_size"] = settings.kafka_producer_max_batch_size

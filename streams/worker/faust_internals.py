@@ -13,7 +13,7 @@ upgrade that moves one fails a unit test instead of the exactly-once guarantee.
 - ``AIOKafkaConsumerThread._create_worker_consumer``: faust builds its aiokafka consumer with
   ``fetch_max_wait_ms=1500`` hard-coded. A broker that holds a fetch for that long before
   answering (the embedded Tansu does, even with data waiting) adds up to 1.5 s to every event's
-  latency. ``set_fetch_max_wait`` replaces the value with ``WORKER_FETCH_MAX_WAIT_MS``.
+  latency. ``set_fetch_max_wait`` replaces the value with ``KAFKA_FETCH_MAX_WAIT_MS``.
 - ``Consumer._committed_offset``: the offset faust last committed per partition (None before the
   first). The stored clock history is pruned below it (``committed_offset``).
 """
