@@ -30,6 +30,12 @@ DEFAULT_MAX_AHEAD_MS = 600_000  # an event dated further past the wall clock is 
 log = logging.getLogger(__name__)
 
 
+def clock_source(clock_ms: int) -> str:
+    """The ``source_event_id`` of a status change made by stream time. The space keeps it apart
+    from every event id (ids hold no space), so it cannot meet a real event's status row."""
+    return f"clock {clock_ms}"
+
+
 def in_money_context(method: Callable) -> Callable:
     """Every Decimal operation of the core runs in MONEY_CONTEXT (60 digits): no implicit rounding."""
     @wraps(method)
@@ -83,7 +89,7 @@ class BillingEngine:
         status = None
         if fx.status_changed:
             when = fx.status_time if fx.status_time is not None else clock
-            status = self._status_record(state, when, f"clock:{fx.status_time or clock}")
+            status = self._status_record(state, when, clock_source(fx.status_time or clock))
         number_records(state, fx.alerts, status)
         return Outcome(state, alerts=fx.alerts, status=status, settlements=settlements, usage_minutes=minutes)
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Context, Decimal, DivisionByZero, InvalidOperation, Overflow
 from typing import Any
 
+from streams.ids import derived_id
+
 DEDUCTION_NAMESPACE = uuid.UUID("2b0e8c52-95b9-4a55-8d6e-51f0d8b7c3a4")
 DEAD_LETTER_NAMESPACE = uuid.UUID("9d3c0b7e-3f53-4c38-b2b5-0e7f58f0f1d2")
 PRESENTATION = Decimal("0.000001")
@@ -26,12 +28,15 @@ def quantize_amount(value: Decimal) -> Decimal:
 
 
 def deduction_id(main_account_id: str, event_id: str) -> str:
-    return str(uuid.uuid5(DEDUCTION_NAMESPACE, f"{main_account_id}|{event_id}"))
+    return derived_id(DEDUCTION_NAMESPACE, main_account_id, event_id)
 
 
-def dead_letter_id(reason_code: str, event_id: str | None, fallback: str) -> str:
-    """Same input, same reason -> same id, so a redelivered bad message is one dead letter."""
-    return str(uuid.uuid5(DEAD_LETTER_NAMESPACE, f"{reason_code}|{event_id if event_id else fallback}"))
+def dead_letter_id(reason_code: str, event_id: str | None, fallback: str, main_account_id: str | None = None) -> str:
+    """Same input, same reason -> same id, so a redelivered bad message is one dead letter; the
+    main account is a part, so two tenants' letters for one event id stay two rows."""
+    if event_id:
+        return derived_id(DEAD_LETTER_NAMESPACE, reason_code, main_account_id, "event", event_id)
+    return derived_id(DEAD_LETTER_NAMESPACE, reason_code, main_account_id, "position", fallback)
 
 
 def money(value: Decimal) -> str:

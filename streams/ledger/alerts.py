@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from streams.ids import derived_id
+
 ALERT_NAMESPACE = uuid.UUID("6f1c2f0e-6a1b-4d8e-9a51-1f0f1b5e2a10")
 
 ALERT_KINDS = (
@@ -37,7 +39,7 @@ def alert(
 ) -> dict[str, Any]:
     assert kind in ALERT_KINDS, kind
     return {
-        "alert_id": str(uuid.uuid5(ALERT_NAMESPACE, f"{main_account_id}|{kind}|{episode}")),
+        "alert_id": derived_id(ALERT_NAMESPACE, main_account_id, kind, episode),
         "kind": kind,
         "main_account_id": main_account_id,
         "account_id": account_id,

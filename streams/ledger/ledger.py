@@ -110,6 +110,11 @@ class Ledger:
                 f"{e.type} is in {e.currency} but account {s.main_account_id!r} is billed in {s.currency}; "
                 "there is no implicit exchange",
             )
+        if e.account_id != s.main_account_id:
+            # account events change the main account's money and settings: only it may send them
+            # (a link names the sub-account in sub_account_id)
+            raise Rejected("not_a_main_account", f"{e.type} must come from the main account {s.main_account_id!r}, "
+                           f"not {e.account_id!r}")
         handler = getattr(self, f"_on_{e.type}")
         handler(s, e, profile, fx)
         self._after_balance_change(s, profile, e.event_time, e.account_id, [e.event_id], "", fx, charged=False)

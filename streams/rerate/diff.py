@@ -20,6 +20,7 @@ from decimal import Decimal
 from typing import Any, Iterable
 
 from streams.deduction.record import money
+from streams.ids import derived_id
 from streams.engine import BillingEngine
 from streams.ingest.messages import Decoded
 from streams.rating.profiles import Profiles
@@ -32,7 +33,7 @@ BUCKETS = ("free", "trial", "pack", "voucher", "cash")
 
 
 def rerate_id(profile: str, version: str, from_ms: int, to_ms: int) -> str:
-    return str(uuid.uuid5(RERATE_NAMESPACE, f"{profile}|{version}|{from_ms}|{to_ms}"))
+    return derived_id(RERATE_NAMESPACE, profile, version, from_ms, to_ms)
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,9 @@ def rerun(events: Iterable[tuple[Any, Decoded]], profiles: Profiles, rerating: R
         if outcome.rejected is not None:
             new_rejections[event.event_id] = f"{outcome.rejected.code}: {outcome.rejected.message}"
     old_run, new_run = old.finish(), new.finish()
-    new_by_id = {d["deduction_id"]: d for d in new_run.deductions}
+    # by (main account, event id), not deduction id: deductions booked under an older id scheme
+    # (README "Derived ids") still find their re-rated twin
+    new_by_event = {(d["main_account_id"], d["event_id"]): d for d in new_run.deductions}
     booked_by_id: dict[str, list[dict[str, Any]]] = {}
     for adj in booked:
         booked_by_id.setdefault(adj["adjusts_deduction_id"], []).append(adj)
@@ -172,7 +175,7 @@ def rerun(events: Iterable[tuple[Any, Decoded]], profiles: Profiles, rerating: R
     for d in old_run.deductions:
         if not rerating.selects(d):
             continue
-        diff = EventDiff(d, new_by_id.get(d["deduction_id"]), new_rejections.get(d["event_id"]),
+        diff = EventDiff(d, new_by_event.get((d["main_account_id"], d["event_id"])), new_rejections.get(d["event_id"]),
                          booked_by_id.get(d["deduction_id"], []), rerating.id, in_window=rerating.covers(d))
         # outside the period (a later event, or a late one processed after the period's events) an
         # event is part of the re-rating only if what paid for it changed
@@ -214,7 +217,7 @@ def adjustments(result: RerateResult) -> list[dict[str, Any]]:
         out.append({
             **{k: new[k] for k in ("event_id", "trace_id", "account_id", "main_account_id", "event_time", "profile", "currency",
                                    "item", "model", "variant", "billed_elsewhere", "settlement_period", "balance_after")},
-            "deduction_id": str(uuid.uuid5(RERATE_NAMESPACE, f"{diff.old['deduction_id']}|{rid}|{after}")),
+            "deduction_id": derived_id(RERATE_NAMESPACE, diff.old["deduction_id"], rid, after),
             "price_version": new["price_version"],
             "quantities": {},
             "lines": [],
@@ -249,8 +252,7 @@ def settlement_lines(adjusted: list[dict[str, Any]], timezones: dict[str, str], 
             sums["unbilled"] += Decimal(a["unbilled_amount"])
             for s in a["splits"]:
                 sums[s["bucket_kind"]] += Decimal(s["amount"])
-        ident = f"{main}|{granularity}|{start}|{item}|{model}|{variant}|rerate|{'|'.join(ids)}"
-        line_id = str(uuid.uuid5(SETTLEMENT_NAMESPACE, ident))
+        line_id = derived_id(SETTLEMENT_NAMESPACE, main, granularity, start, item, model, variant, "rerate", *ids)
         for a in adjs:
             a["settlement_id"] = line_id
         lines.append({

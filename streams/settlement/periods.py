@@ -19,6 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from streams.deduction.record import money
+from streams.ids import derived_id
 
 SETTLEMENT_NAMESPACE = uuid.UUID("0c7d51a4-8f7e-4d0e-9f41-3c2b9a6d8e15")
 HOUR_MS = 3_600_000
@@ -68,12 +69,13 @@ def _add(acc: dict[str, Any], d: dict[str, Any]) -> None:
     acc.pop("event_ids", None)  # kept by state version 1: a line no longer lists its events
 
 
-def line_id(main: str, acc: dict[str, Any], line_type: str, suffix: str = "") -> str:
-    ident = f"{main}|{acc['granularity']}|{acc['period_start']}|{acc['item']}|{acc['model'] or ''}|{acc['variant'] or ''}|{line_type}{suffix}"
-    return str(uuid.uuid5(SETTLEMENT_NAMESPACE, ident))
+def line_id(main: str, acc: dict[str, Any], line_type: str, suffix: str | None = None) -> str:
+    """``suffix``: the event id of an adjustment line (None for a regular line)."""
+    return derived_id(SETTLEMENT_NAMESPACE, main, acc["granularity"], acc["period_start"], acc["item"], acc["model"],
+                      acc["variant"], line_type, suffix)
 
 
-def _line(main: str, acc: dict[str, Any], line_type: str, lateness_ms: int, suffix: str = "") -> dict[str, Any]:
+def _line(main: str, acc: dict[str, Any], line_type: str, lateness_ms: int, suffix: str | None = None) -> dict[str, Any]:
     return {
         "settlement_id": line_id(main, acc, line_type, suffix),
         "main_account_id": main,
@@ -109,7 +111,7 @@ def settle(periods: dict[str, dict], settled_until: int, main: str, d: dict[str,
     if end + lateness_ms <= settled_until:
         acc = _new_period(granularity, start, end, d)
         _add(acc, d)
-        line = _line(main, acc, "adjustment", lateness_ms, suffix=f"|{d['event_id']}")
+        line = _line(main, acc, "adjustment", lateness_ms, suffix=d["event_id"])
         return line["settlement_id"], [line]
     key = _key(granularity, start, d)
     acc = periods.get(key)

@@ -8,15 +8,16 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from streams.ids import derived_id
+
 USAGE_MINUTE_NAMESPACE = uuid.UUID("5e2d9a61-0b7c-4f3e-8a2d-7c1e4b9f6a03")
 MINUTE_MS = 60_000
 TOKEN_ITEMS = ("tokens", "embedding", "rerank")
 
 
-def _record(main: str, acc: dict[str, Any], line_type: str, suffix: str = "") -> dict[str, Any]:
-    ident = f"{main}|{acc['model']}|{acc['minute_start']}|{line_type}{suffix}"
+def _record(main: str, acc: dict[str, Any], line_type: str, suffix: str | None = None) -> dict[str, Any]:
     return {
-        "usage_minute_id": str(uuid.uuid5(USAGE_MINUTE_NAMESPACE, ident)),
+        "usage_minute_id": derived_id(USAGE_MINUTE_NAMESPACE, main, acc["model"], acc["minute_start"], line_type, suffix),
         "main_account_id": main,
         "model": acc["model"],
         "minute_start": acc["minute_start"],
@@ -32,7 +33,7 @@ def count(minutes: dict[str, dict], settled_until: int, main: str, d: dict[str, 
     start = d["event_time"] - d["event_time"] % MINUTE_MS
     tokens = sum(int(v) for v in d["quantities"].values())
     if start + MINUTE_MS + lateness_ms <= settled_until:
-        return [_record(main, {"model": d["model"], "minute_start": start, "requests": 1, "tokens": tokens}, "adjustment", f"|{d['event_id']}")]
+        return [_record(main, {"model": d["model"], "minute_start": start, "requests": 1, "tokens": tokens}, "adjustment", d["event_id"])]
     acc = minutes.setdefault(f"{d['model']}|{start}", {"model": d["model"], "minute_start": start, "requests": 0, "tokens": 0})
     acc["requests"] += 1
     acc["tokens"] += tokens

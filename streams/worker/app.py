@@ -203,9 +203,12 @@ def create_app(settings: Settings) -> faust.App:
                         anchors[acct] = ev
                 return
             counts["messages"] += 1
-            decoded = decode_message(reg, key, msg.value)
+            decoded = decode_message(reg, key, msg.value, partition=part, partitions=settings.kafka_partitions)
             counts["consumed"] += len(decoded)
-            state = load(key) if key is not None else None
+            # a message off its key's partition never touches that key's state (it would be
+            # written back to the wrong changelog partition); its events are wrong_partition
+            routed = key is not None and partition_for(key, settings.kafka_partitions) == part
+            state = load(key) if routed else None
             entries.scope, entries.anchor = partition_scope(part), ev
             if state is not None and state.offsets.get(str(part), -1) >= offset:
                 counts["duplicate"] += len(decoded)  # redelivered after a crash: already applied,
