@@ -45,6 +45,11 @@ def content_fingerprint(event: object) -> bytes:
     Decimals are normalized so that ``"1.50"`` and ``"1.5"`` say the same; ``repr`` of the tuple
     quotes every string, so no two different events print the same."""
     values = tuple(v.normalize() if isinstance(v, Decimal) else v for v in _fields_of(type(event))(event))
+    # Fields added by a later schema version count only when set: an event written before they
+    # existed keeps its fingerprint, so its retry after an upgrade is a duplicate, not a conflict.
+    added = getattr(type(event), "ADDED_FIELDS", ())
+    if added and all(getattr(event, name) == default for name, default in added):
+        values = values[: len(values) - len(added)]
     text = f"{type(event).__name__}{values!r}".encode()
     return hashlib.blake2b(text, digest_size=8, person=b"billing-content").digest()
 

@@ -85,6 +85,7 @@ class BillingEngine:
         self.ledger.advance_time(state, self.profiles[state.profile], clock, fx)
         settlements = close_due(state.periods, clock, state.main_account_id, self.lateness)
         minutes = usage_minutes.close_due(state.minutes, clock, state.main_account_id, self.lateness)
+        self.ledger.close_kb_hours(state, clock, self.lateness)
         state.settled_until = clock
         status = None
         if fx.status_changed:

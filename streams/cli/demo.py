@@ -14,11 +14,13 @@ from rich.table import Table
 
 from streams.cli.common import amount
 from streams.cli.common import shown as _s
-from streams.ingest.producer import EventProducer
+from streams.engine import BillingEngine
+from streams.ingest.producer import EventProducer, delivery_order
 from streams.kafka_admin import create_topics
 from streams.local.pipeline import LocalPipeline, sink_until
 from streams.sink.clickhouse import ClickHouseSink
-from streams.simulate import read_lines, run_file
+from streams.rating.profiles import Profiles
+from streams.simulate import SimulationResult, read_lines, simulate
 
 
 class DemoFailed(Exception):
@@ -38,6 +40,17 @@ def demo_env() -> dict[str, str]:
     return {"WORKER_TICK_INTERVAL_MS": "1000", url: "", password: "", f"{password}_FILE": ""}
 
 
+def expected_for_replay(lines: list[bytes], batch: int, *, source: str, partitions: int, profiles: Profiles | None = None,
+                        wall_ms: int | None = None, **engine_options: int) -> SimulationResult:
+    """What the live pipeline must produce for ``lines`` sent with this batch size: ``rating
+    simulate`` fed in the order the events reach the topic (``delivery_order``), not the file's
+    order. Batching holds an account's events until its batch fills, so another account's later
+    events can go first, and partition stream time (lateness, the dedupe horizon) follows them."""
+    engine = BillingEngine(profiles or Profiles(), **engine_options)
+    ordered = delivery_order(lines, batch)
+    return simulate(enumerate(ordered, start=1), engine, source=source, partitions=partitions, wall_ms=wall_ms)
+
+
 def run_demo(events: Path, *, batch: int, timeout: float, console: Console) -> None:
     from streams.cli.main import UserError
 
@@ -48,10 +61,10 @@ def run_demo(events: Path, *, batch: int, timeout: float, console: Console) -> N
 
     with LocalPipeline(run_dir, env_overrides=demo_env()) as pipeline:
         settings = pipeline.start_broker()
-        expected = run_file(events, partitions=settings.kafka_partitions,
-                            allowed_lateness_ms=settings.settlement_allowed_lateness_s * 1000,
-                            horizon_ms=settings.dedupe_horizon_s * 1000, max_ahead_ms=settings.max_event_ahead_s * 1000,
-                            wall_ms=int(time.time() * 1000))
+        expected = expected_for_replay(lines, batch, source=events.name, partitions=settings.kafka_partitions,
+                                       allowed_lateness_ms=settings.settlement_allowed_lateness_s * 1000,
+                                       horizon_ms=settings.dedupe_horizon_s * 1000,
+                                       max_ahead_ms=settings.max_event_ahead_s * 1000, wall_ms=int(time.time() * 1000))
         want_deductions = len({d["deduction_id"] for d in expected.deductions})
         want_dead = len({d["event_id"] or d["dead_letter_id"] for d in expected.dead_letters})
         want_lines = len(expected.settlements)

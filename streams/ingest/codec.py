@@ -66,6 +66,10 @@ class Registry:
         index = json.loads((schemas_dir / "registry.json").read_text())["schemas"]
         named: dict[str, Any] = {}
         plain_named: dict[str, Any] = {}
+        # An older version refers to the named types as they were when it was written (the
+        # newest definitions with a smaller id): event_batch v1 holds usage_event v1 records.
+        history: dict[str, Any] = {}
+        plain_history: dict[str, Any] = {}
         self.by_id: dict[int, SchemaVersion] = {}
         self.latest: dict[str, SchemaVersion] = {}
         # Input events are validated from the wire values: a timestamp-millis far outside the
@@ -80,12 +84,19 @@ class Registry:
             version = int(filename.rsplit(".v", 1)[1].split(".")[0])
             # Older versions are parsed apart from the named types of the current ones.
             newest = self._is_newest(index, short, version)
-            parsed = parse_schema(raw, named_schemas=named if newest else {})
-            self.plain_by_id[schema_id] = parse_schema(_without_logical_types(raw), named_schemas=plain_named if newest else {})
+            parsed = self._parse(raw, named, history, newest)
+            self.plain_by_id[schema_id] = self._parse(_without_logical_types(raw), plain_named, plain_history, newest)
             sv = SchemaVersion(schema_id, short, version, parsed)
             self.by_id[schema_id] = sv
             if short not in self.latest or self.latest[short].version < version:
                 self.latest[short] = sv
+
+    @staticmethod
+    def _parse(raw: Any, named: dict[str, Any], history: dict[str, Any], newest: bool) -> Any:
+        scratch = dict(history)
+        parsed = parse_schema(raw, named_schemas=scratch)
+        history.update(scratch)  # this file's definitions replace the older ones from here on
+        return parse_schema(raw, named_schemas=named) if newest else parsed
 
     @staticmethod
     def _is_newest(index: dict[str, str], short: str, version: int) -> bool:

@@ -50,6 +50,8 @@ USAGE_ITEMS = frozenset(
     }
 )
 TOKEN_ITEMS = frozenset({"tokens", "embedding", "rerank"})
+CREDIT_ITEMS = frozenset({"video", "3d"})  # items that may carry the credits a call consumed
+MAX_REQUESTED_IMAGES = 10_000  # images of one batch request; far above any platform's batch size
 ACCOUNT_EVENT_TYPES = frozenset(
     {
         "account_opened",
@@ -95,8 +97,14 @@ class UsageEvent:
     reasoning_tokens: int
     quantity: Decimal | None
     hours: Decimal | None
+    # usage_event v2 (defaults keep v1 events as they were)
+    fine_tuned: bool = False  # a call of the user's fine-tuned variant of ``model`` (the base model)
+    credits: Decimal | None = None  # credits one call consumed, for rows priced by a credit range
+    requested_images: int | None = None  # images asked for in a batch; ``quantity`` = images generated
 
     kind = "usage"
+    # (name, default) of the v2 fields, last in the slots; see dedupe.content_fingerprint
+    ADDED_FIELDS = (("fine_tuned", False), ("credits", None), ("requested_images", None))
 
     @property
     def total_tokens(self) -> int:
@@ -353,6 +361,9 @@ def parse_usage(raw: Mapping[str, Any]) -> UsageEvent:
         reasoning_tokens=_count(raw, "reasoning_tokens"),
         quantity=parse_decimal(raw.get("quantity"), "quantity"),
         hours=parse_decimal(raw.get("hours"), "hours"),
+        fine_tuned=bool(_bool(raw, "fine_tuned")),
+        credits=parse_decimal(raw.get("credits"), "credits"),
+        requested_images=_optional_count(raw, "requested_images"),
     )
     if event.cache_hit_tokens + event.cache_write_tokens > event.input_tokens:
         raise Rejected(
@@ -377,7 +388,32 @@ def parse_usage(raw: Mapping[str, Any]) -> UsageEvent:
             raise Rejected("missing_quantity", f"quantity is required for item {item!r}")
     if item == "kb_storage" and event.hours is None:
         raise Rejected("missing_quantity", "hours is required for kb_storage (GB stored for that many hours)")
+    _check_v2_fields(event)
     return event
+
+
+def _optional_count(raw: Mapping[str, Any], name: str) -> int | None:
+    return None if raw.get(name) is None else _count(raw, name)
+
+
+def _check_v2_fields(event: UsageEvent) -> None:
+    """The usage_event v2 fields belong to some items only: elsewhere they would be ignored
+    silently, so they are refused (billing-rules §2: fine-tuned models, credits, image batches)."""
+    if event.fine_tuned and event.item not in TOKEN_ITEMS:
+        raise Rejected("invalid_field", f"fine_tuned applies to token items ({', '.join(sorted(TOKEN_ITEMS))}), not {event.item!r}")
+    if event.credits is not None and event.item not in CREDIT_ITEMS:
+        raise Rejected("invalid_field", f"credits apply to credit-priced items ({', '.join(sorted(CREDIT_ITEMS))}), not {event.item!r}")
+    if event.requested_images is None:
+        return
+    if event.item != "image":
+        raise Rejected("invalid_field", f"requested_images applies to item 'image', not {event.item!r}")
+    if event.requested_images > MAX_REQUESTED_IMAGES:
+        raise Rejected("quantity_out_of_range", f"requested_images={event.requested_images} is above {MAX_REQUESTED_IMAGES} per request")
+    if event.quantity is not None and event.quantity > event.requested_images:
+        raise Rejected(
+            "quantities_do_not_add_up",
+            f"quantity ({event.quantity} images generated) exceeds requested_images ({event.requested_images})",
+        )
 
 
 def parse_account(raw: Mapping[str, Any]) -> AccountEvent:

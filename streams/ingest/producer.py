@@ -26,7 +26,7 @@ from streams.kafka_client import producer_kwargs
 _SCHEMA_FOR_KIND = {"usage": "usage_event", "account": "account_event"}
 _BRANCH = {"usage_event": "billing.v1.UsageEvent", "account_event": "billing.v1.AccountEvent"}
 _TIME_FIELDS = ("event_time", "expires_at", "effective_time")
-_DECIMAL_FIELDS = ("quantity", "hours", "amount", "balance_threshold")  # decimal strings in Avro
+_DECIMAL_FIELDS = ("quantity", "hours", "amount", "balance_threshold", "credits")  # decimal strings in Avro
 
 
 def avro_record(obj: Any, reg: Registry | None = None) -> tuple[str, dict[str, Any]] | None:

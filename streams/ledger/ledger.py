@@ -19,7 +19,7 @@ from streams.ingest.events import AccountEvent, Rejected, UsageEvent, millis_to_
 from streams.ledger.alerts import alert
 from streams.ledger.state import ZERO, AccountState, Bucket, InferenceLimit, Trial
 from streams.rating.profiles import Profile, Profiles
-from streams.rating.rate import Rating, rate
+from streams.rating.rate import Rating, kb_hours, rate
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -266,12 +266,16 @@ class Ledger:
         if e.account_id != s.main_account_id and e.account_id not in s.sub_accounts:
             raise Rejected("unknown_sub_account", f"account {e.account_id!r} is not linked to main account {s.main_account_id!r}")
         profile = self.profiles[s.profile]
-        rating = rate(profile, e)
+        kb_used = self._kb_used(s, e) if e.item == "kb_storage" else None
+        rating = rate(profile, e, kb_used)
+        self._kb_take(s, e, rating)
         now = e.event_time
         splits: list[Split] = []
         flags: list[str] = []
         unbilled = ZERO
         reason: str | None = None
+        if e.fine_tuned:
+            flags.append("fine_tuned")
         if rating.billed_elsewhere:
             flags.append("billed_elsewhere")
         else:
@@ -288,6 +292,34 @@ class Ledger:
         charged = any(sp.bucket_kind in ("cash", "voucher") for sp in splits)
         self._after_balance_change(s, profile, now, e.account_id, [e.event_id], e.trace_id, fx, charged=charged)
 
+    @staticmethod
+    def _kb_used(s: AccountState, e: UsageEvent) -> list[Decimal | None]:
+        """The free GB the main account's samples already took in each hour of this sample (None:
+        the hour has closed and its allowance is forgotten, so none is left)."""
+        return [None if hour < s.kb_closed_before else s.kb_free_used.get(str(hour), ZERO) for hour, _ in kb_hours(e)]
+
+    @staticmethod
+    def _kb_take(s: AccountState, e: UsageEvent, rating: Rating) -> None:
+        """Record the allowance this sample took: once per main account and clock hour, consumed in
+        processing order (README "Knowledge-base storage")."""
+        if not rating.kb_free_gb:
+            return
+        for (hour, _), take in zip(kb_hours(e), rating.kb_free_gb):
+            if take > 0:
+                key = str(hour)
+                s.kb_free_used[key] = s.kb_free_used.get(key, ZERO) + take
+
+    @staticmethod
+    def close_kb_hours(s: AccountState, clock: int, lateness_ms: int) -> None:
+        """Forget the allowance of every clock hour that has closed (its end plus the allowed
+        lateness reached, as settlement periods close): the state keeps open hours only."""
+        closed_before = max(0, (clock - lateness_ms) // HOUR_MS)
+        if closed_before <= s.kb_closed_before:
+            return
+        s.kb_closed_before = closed_before
+        if s.kb_free_used:
+            s.kb_free_used = {k: v for k, v in s.kb_free_used.items() if int(k) >= closed_before}
+
     def _pay(self, s: AccountState, profile: Profile, e: UsageEvent, rating: Rating, fx: Effects) -> tuple[Decimal, list[Split]]:
         """Allocate the rated amount to buckets in §3 order. Returns (uncovered amount, splits)."""
         splits: list[Split] = []
@@ -297,11 +329,12 @@ class Ledger:
         safe = s.safe_trial_mode and not s.activated_models and policy.safe_trial is not None
 
         # 1. daily free points
-        if policy.daily_free and remaining > 0 and profile.in_scope(policy.daily_free.scope, e.item, e.model):
+        if policy.daily_free and remaining > 0 and profile.in_scope(policy.daily_free.scope, e.item, e.model, e.fine_tuned):
             remaining = self._pay_free(s, profile, e, remaining, splits, fx)
 
-        # 2. the model's free trial quota
-        quota = profile.trial_by_model.get(e.model) if e.model else None
+        # 2. the model's free trial quota (a trial is for the platform's model, not the account's
+        # fine-tuned variant of it: README "Fine-tuned models")
+        quota = profile.trial_by_model.get(e.model) if e.model and not e.fine_tuned else None
         if quota is not None and remaining > 0:
             trial = s.trials.get(quota.id)
             if trial is None:
@@ -331,7 +364,7 @@ class Ledger:
 
         # 3. packs in scope: earliest expiry, then purchase time, then id
         if remaining > 0 and s.packs:
-            live = [p for p in s.packs if p.remaining > 0 and p.expires_at > now and profile.in_scope(policy.packs[p.kind].scope, e.item, e.model)]
+            live = [p for p in s.packs if p.remaining > 0 and p.expires_at > now and profile.in_scope(policy.packs[p.kind].scope, e.item, e.model, e.fine_tuned)]
             for pack in sorted(live, key=lambda p: (p.expires_at, p.acquired_at, p.id)):
                 take = min(remaining, pack.remaining)
                 pack.remaining -= take

@@ -156,6 +156,10 @@ class AccountState:
     periods: dict[str, dict[str, Any]] = field(default_factory=dict)  # open settlement periods
     settled_until: int = 0  # the partition clock this account has been advanced to
     minutes: dict[str, dict[str, Any]] = field(default_factory=dict)  # open per-minute usage counts
+    # knowledge-base allowance: clock hour (index since the epoch, as a string) -> free GB already
+    # taken by the main account's samples that hour; only hours not yet closed are kept
+    kb_free_used: dict[str, Decimal] = field(default_factory=dict)
+    kb_closed_before: int = 0  # hours before this one are closed: their allowance is gone
 
     # ------------------------------------------------------------ dedupe (upgrades from version 1)
 
@@ -216,6 +220,8 @@ class AccountState:
             "periods": dict(sorted(self.periods.items())),
             "settled_until": self.settled_until,
             "minutes": dict(sorted(self.minutes.items())),
+            "kb_free_used": {k: str(v) for k, v in sorted(self.kb_free_used.items(), key=lambda kv: int(kv[0]))},
+            "kb_closed_before": self.kb_closed_before,
         }
 
     @classmethod
@@ -232,6 +238,7 @@ class AccountState:
             "vouchers": lambda v: [Bucket.from_dict(x) for x in v],
             "packs": lambda v: [Bucket.from_dict(x) for x in v],
             "free_used": lambda v: {k: Decimal(x) for k, x in v.items()},
+            "kb_free_used": lambda v: {k: Decimal(x) for k, x in v.items()},
             "trials": lambda v: {k: Trial.from_dict(x) for k, x in v.items()},
             "limits": lambda v: {k: InferenceLimit.from_dict(x) for k, x in v.items()},
             "activated_models": set, "sub_accounts": set, "stopped_models": set, "safe_paused_models": set,

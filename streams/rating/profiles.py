@@ -165,6 +165,9 @@ class PriceRow(_Strict):
     unit: str | None = None
     price: Dec | None = Field(default=None, ge=0)
     credits: Dec | None = Field(default=None, ge=0)
+    # credits carried by the event (seed 002: HY-3D "15~60积分/次"): the allowed range per call
+    credits_min: Dec | None = Field(default=None, ge=0)
+    credits_max: Dec | None = Field(default=None, ge=0)
     credit_kind: str | None = None
     free_gb: Dec | None = Field(default=None, ge=0)
     # labels
@@ -197,22 +200,32 @@ class PriceRow(_Strict):
                 finite = [b for b in bounds if b is not None]
                 if finite != sorted(set(finite)):
                     raise ValueError("tier bounds must increase strictly")
-            if self.price is not None or self.credits is not None:
+            if self.price is not None or self.credits is not None or self.credits_min is not None:
                 raise ValueError("token rows take per-token prices, not price/credits")
         else:
+            if self.fine_tuned:
+                raise ValueError("fine_tuned rows are token rows (a fine-tuned variant of a base model)")
             if self.unit is None:
                 raise ValueError(f"{self.item} rows need a unit (call, char, minute, GB-hour, image, second)")
-            if (self.price is None) == (self.credits is None):
-                raise ValueError("give exactly one of price or credits")
-            if self.credits is not None and self.credit_kind is None:
+            ranged = self.credits_min is not None or self.credits_max is not None
+            if [self.price is not None, self.credits is not None, ranged].count(True) != 1:
+                raise ValueError("give exactly one of price, credits, or credits_min and credits_max")
+            if ranged and (self.credits_min is None or self.credits_max is None or self.credits_min > self.credits_max):
+                raise ValueError("a credit range needs credits_min <= credits_max")
+            if (self.credits is not None or ranged) and self.credit_kind is None:
                 raise ValueError("credit-priced rows need credit_kind")
             if self.per_tokens is not None or self.tiers is not None:
                 raise ValueError("per-unit rows take price or credits, not token prices")
         return self
 
     @property
-    def key(self) -> tuple[str, str | None, str | None]:
-        return (self.item, self.model, self.variant)
+    def key(self) -> tuple[str, str | None, str | None, bool]:
+        return (self.item, self.model, self.variant, self.fine_tuned)
+
+    @property
+    def credits_from_event(self) -> bool:
+        """The event carries the credits of the call; the row gives their allowed range."""
+        return self.credits_min is not None
 
     def token_tiers(self) -> tuple[TokenPrices, ...]:
         if self.tiers is not None:
@@ -410,6 +423,8 @@ class ResolvedVersion:
     version: str
     effective_ms: int
     rows: dict[tuple[str, str | None], dict[str | None, PriceRow]]
+    # the fine-tuned variants of base models, keyed like ``rows`` by (item, base model)
+    fine_tuned_rows: dict[tuple[str, str | None], dict[str | None, PriceRow]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -420,7 +435,7 @@ class Profile:
     versions: tuple[ResolvedVersion, ...]
     models: frozenset[str]
     trial_by_model: dict[str, TrialQuota] = field(default_factory=dict)
-    fine_tuned_models: frozenset[str] = frozenset()
+    fine_tuned_models: frozenset[str] = frozenset()  # base models that have a fine-tuned price
 
     @property
     def currency(self) -> str:
@@ -464,11 +479,11 @@ class Profile:
     def billed_elsewhere(self, model: str | None) -> bool:
         return model is not None and any(model.startswith(p) for p in self.book.billed_elsewhere_model_prefixes)
 
-    def in_scope(self, scope_name: str, item: str, model: str | None) -> bool:
+    def in_scope(self, scope_name: str, item: str, model: str | None, fine_tuned: bool = False) -> bool:
         scope = self.policy.scopes[scope_name]
         if item not in scope.items:
             return False
-        if scope.exclude_fine_tuned and model in self.fine_tuned_models:
+        if scope.exclude_fine_tuned and fine_tuned:
             return False
         if scope.models or scope.model_prefixes:
             return model is not None and (model in scope.models or any(model.startswith(p) for p in scope.model_prefixes))
@@ -488,17 +503,18 @@ class PinnedProfile(Profile):
 
 
 def _resolve(book: PriceBookFile) -> tuple[ResolvedVersion, ...]:
-    merged: dict[tuple[str, str | None, str | None], PriceRow] = {}
+    merged: dict[tuple[str, str | None, str | None, bool], PriceRow] = {}
     out = []
     for v in book.versions:
         for row in v.rows:
             merged[row.key] = row
         index: dict[tuple[str, str | None], dict[str | None, PriceRow]] = {}
-        for (item, model, variant), row in merged.items():
-            index.setdefault((item, model), {})[variant] = row
+        tuned: dict[tuple[str, str | None], dict[str | None, PriceRow]] = {}
+        for (item, model, variant, fine_tuned), row in merged.items():
+            (tuned if fine_tuned else index).setdefault((item, model), {})[variant] = row
         from streams.ingest.events import to_millis
 
-        out.append(ResolvedVersion(v.version, to_millis(v.effective_from, "effective_from"), index))
+        out.append(ResolvedVersion(v.version, to_millis(v.effective_from, "effective_from"), index, tuned))
     return tuple(out)
 
 
@@ -518,7 +534,11 @@ def load_profile(folder: Path) -> Profile:
         raise ProfileError(f"{book_path}:{book_lines.get(('profile',), '?')} profile: {book.profile!r} must match its folder name {folder.name!r}")
     versions = _resolve(book)
     models = frozenset(m for v in versions for (_, m) in v.rows if m is not None)
-    fine_tuned = frozenset(r.model for v in versions for rows in v.rows.values() for r in rows.values() if r.fine_tuned)
+    fine_tuned = frozenset(m for v in versions for (_, m) in v.fine_tuned_rows if m is not None)
+    untuned = fine_tuned - models
+    if untuned:
+        raise ProfileError(f"{book_path}: fine-tuned rows price a variant of {sorted(untuned)[0]!r}, which has no base row; "
+                           "model names the base model")
     trial_by_model = {m: t for t in policy.trials for m in t.models}
     for i, t in enumerate(policy.trials):
         unknown = [m for m in t.models if m not in models]

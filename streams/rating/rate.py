@@ -8,13 +8,16 @@ other input, cache-write input, output, reasoning output.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
+from typing import Sequence
 
 from streams.deduction.record import quantize_amount
 from streams.ingest.events import TOKEN_ITEMS, Rejected, UsageEvent
 from streams.rating.profiles import PriceRow, Profile, TokenPrices
 
 ZERO = Decimal(0)
+ONE = Decimal(1)
+HOUR_MS = 3_600_000
 GENERATION_ITEMS = frozenset({"image", "video", "3d", "media_call"})  # failed ones are free
 WHOLE_UNITS = frozenset({"call", "image"})
 
@@ -36,6 +39,9 @@ class Rating:
     quantities: dict[str, str]
     billed_elsewhere: bool = False
     unit: str = "tokens"
+    # kb_storage: free GB taken from the main account's allowance in each clock hour of the sample
+    # (``kb_hours``), for the ledger to record
+    kb_free_gb: tuple[Decimal, ...] = ()
 
     @property
     def token_units(self) -> int:
@@ -43,7 +49,13 @@ class Rating:
 
 
 def find_row(profile: Profile, event: UsageEvent, version) -> PriceRow:
-    rows = version.rows.get((event.item, event.model))
+    if event.fine_tuned:
+        rows = version.fine_tuned_rows.get((event.item, event.model))
+        if rows is None and event.model in profile.models:
+            raise Rejected("no_fine_tuned_price", f"profile {profile.name!r} has no price for a fine-tuned {event.model} "
+                           "(fine_tuned: true names the base model; add a fine_tuned row to the price book)")
+    else:
+        rows = version.rows.get((event.item, event.model))
     if rows is None:
         if event.model is not None and event.model not in profile.models:
             raise Rejected("unknown_model", f"model {event.model!r} has no price in profile {profile.name!r}")
@@ -95,24 +107,78 @@ def _rate_tokens(profile: Profile, row: PriceRow, event: UsageEvent) -> tuple[tu
     return lines, quantities
 
 
-def _rate_units(profile: Profile, row: PriceRow, event: UsageEvent) -> tuple[tuple[RatingLine, ...], dict[str, str]]:
+def kb_hours(event: UsageEvent) -> list[tuple[int, Decimal]]:
+    """The clock hours a kb_storage sample covers, as (hour index since the epoch, hours of it):
+    from the hour of its event time, one per started hour of ``hours`` (1.5 h: 1 and 0.5)."""
+    first = event.event_time // HOUR_MS
+    count = int(event.hours.to_integral_value(ROUND_CEILING))
+    return [(first + k, min(ONE, event.hours - k)) for k in range(count)]
+
+
+def _rate_kb(row: PriceRow, event: UsageEvent, used_gb: Sequence[Decimal | None] | None) -> tuple[Decimal, dict[str, str], tuple[Decimal, ...]]:
+    """GB-hours billed for a sample: in each clock hour it covers, the GB above what is left of
+    the main account's free GB that hour. ``used_gb``: the allowance other samples already took in
+    each of those hours (None for an hour whose allowance is no longer known: none left; no list:
+    a sample alone)."""
+    free = row.free_gb or ZERO
+    slots = kb_hours(event)
+    if used_gb is None:
+        used_gb = [ZERO] * len(slots)
+    assert len(used_gb) == len(slots), "one allowance figure per hour of the sample"
+    takes = tuple(ZERO if used is None else min(event.quantity, max(ZERO, free - used)) for used in used_gb)
+    billed = sum(((event.quantity - take) * hours for take, (_, hours) in zip(takes, slots)), ZERO)
+    first_free = takes[0] if takes else ZERO
+    quantities = {"stored_gb": str(event.quantity), "hours": str(event.hours), "free_gb": str(first_free)}
+    return quantize_amount(billed), quantities, takes
+
+
+def _credits_per_call(profile: Profile, row: PriceRow, event: UsageEvent) -> Decimal | None:
+    """The credits one unit costs: the row's, or for a credit-range row the event's, checked."""
+    label = f"{event.model} {event.item}" if event.model else event.item
+    if row.credits is None and not row.credits_from_event:
+        if event.credits is not None:
+            raise Rejected("credits_not_applicable", f"{label} is priced in {profile.currency}, not credits; drop credits")
+        return None
+    if not row.credits_from_event:
+        if event.credits is not None and event.credits != row.credits:
+            raise Rejected("credits_out_of_range", f"{label} costs {row.credits} credits per {row.unit}, the event says {event.credits}")
+        return row.credits
+    if event.credits is None:
+        if event.status == "failed":
+            return row.credits_min  # free anyway: a failed generation consumes no credits
+        raise Rejected("credits_missing", f"{label} is priced by the credits each call consumed "
+                       f"({row.credits_min} to {row.credits_max} per {row.unit}): the event must carry credits")
+    if event.status != "failed" and not row.credits_min <= event.credits <= row.credits_max:
+        raise Rejected("credits_out_of_range", f"{label}: {event.credits} credits per {row.unit} is outside "
+                       f"{row.credits_min} to {row.credits_max} (profile {profile.name!r})")
+    return event.credits
+
+
+def _rate_units(profile: Profile, row: PriceRow, event: UsageEvent,
+                kb_used_gb: Sequence[Decimal | None] | None = None) -> tuple[tuple[RatingLine, ...], dict[str, str], tuple[Decimal, ...]]:
     quantity = event.quantity
     if row.unit in WHOLE_UNITS and quantity != quantity.to_integral_value():
         raise Rejected("invalid_quantity", f"{event.item} is counted in whole {row.unit}s, got quantity {quantity}")
+    credits = _credits_per_call(profile, row, event)
     if event.status == "failed" and event.item in GENERATION_ITEMS:
         quantity = ZERO
     quantities = {"quantity": str(event.quantity)}
+    takes: tuple[Decimal, ...] = ()
     if event.item == "kb_storage":
-        free = row.free_gb or ZERO
-        quantities = {"stored_gb": str(event.quantity), "hours": str(event.hours), "free_gb": str(free)}
-        quantity = quantize_amount(max(ZERO, event.quantity - free) * event.hours)
-    if row.credits is not None:
-        price = row.credits * profile.book.credit_values[row.credit_kind]
-        line = RatingLine("unit", quantity, price, quantize_amount(quantity * price), credits_per_unit=row.credits)
+        quantity, quantities, takes = _rate_kb(row, event, kb_used_gb)
+    elif event.item == "image" and event.requested_images is not None:
+        generated = quantity  # failed: none generated
+        quantities = {"quantity": str(event.quantity), "requested_images": str(event.requested_images),
+                      "generated_images": str(generated)}
+    if credits is not None:
+        if row.credits_from_event:
+            quantities["credits_per_call"] = str(credits)
+        price = credits * profile.book.credit_values[row.credit_kind]
+        line = RatingLine("unit", quantity, price, quantize_amount(quantity * price), credits_per_unit=credits)
     else:
         price = profile.to_currency(row.price)
         line = RatingLine("unit", quantity, price, quantize_amount(quantity * price))
-    return ((line,) if quantity else ()), quantities
+    return ((line,) if quantity else ()), quantities, takes
 
 
 def check_bounds(profile: Profile, event: UsageEvent) -> None:
@@ -140,8 +206,10 @@ def check_bounds(profile: Profile, event: UsageEvent) -> None:
         )
 
 
-def rate(profile: Profile, event: UsageEvent) -> Rating:
-    """Raises ``Rejected`` with a specific code for anything that cannot be priced."""
+def rate(profile: Profile, event: UsageEvent, kb_used_gb: Sequence[Decimal | None] | None = None) -> Rating:
+    """Raises ``Rejected`` with a specific code for anything that cannot be priced. ``kb_used_gb``:
+    for kb_storage, the free GB of the main account already taken in each hour of the sample
+    (``kb_hours``); without it the sample is rated alone, with the whole allowance."""
     check_bounds(profile, event)
     if profile.billed_elsewhere(event.model):
         return Rating(f"{profile.name}@elsewhere", (), ZERO, {}, billed_elsewhere=True, unit="none")
@@ -153,11 +221,12 @@ def rate(profile: Profile, event: UsageEvent) -> Rating:
             f"profile {profile.name!r} has no price version in force at the event time (first version {first.version} starts later)",
         )
     row = find_row(profile, event, version)
+    takes: tuple[Decimal, ...] = ()
     if event.item in TOKEN_ITEMS:
         lines, quantities = _rate_tokens(profile, row, event)
         unit = "tokens"
     else:
-        lines, quantities = _rate_units(profile, row, event)
+        lines, quantities, takes = _rate_units(profile, row, event, kb_used_gb)
         unit = row.unit
     amount = sum((line.amount for line in lines), ZERO)
-    return Rating(f"{profile.name}@{version.version}", lines, amount, quantities, unit=unit)
+    return Rating(f"{profile.name}@{version.version}", lines, amount, quantities, unit=unit, kb_free_gb=takes)

@@ -22,7 +22,7 @@ computed with ``zoneinfo``, the unified Coze pack's scope and the tier prices ar
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
@@ -71,7 +71,7 @@ LAST_MS = ms_of("2026-12-20T00:00:00+08:00")
 KIND_RANK = {"free": 0, "trial": 1, "pack": 2, "voucher": 3, "cash": 4}
 COVER_ORDER = ("cache_hit", "input", "cache_write", "output", "reasoning")  # §3 trial decision
 COZE_DAILY_GRANT = Decimal("0.5")  # 500 points a day, 1 CNY = 1000 points
-COZE_FINE_TUNED = {"Doubao-pro-32k-ft-example"}
+COZE_FINE_TUNED: set[str] = set()  # fine-tuned calls are a flag on the event now (none generated here)
 # §3: the unified Coze pack covers agent calls, knowledge base overage, models (except fine-tuned
 # and Ark models), voice and RTC; the daily free points have the same scope.
 COZE_PLATFORM_ITEMS = {"tokens", "agent_call", "kb_storage", "tts", "asr_streaming", "asr_file", "rtc_audio", "rtc_video"}
@@ -101,6 +101,7 @@ class Offer:
     unit: str | None  # None for token items
     max_input: int = 0
     credits: Decimal | None = None
+    credits_range: tuple[Decimal, Decimal] | None = None  # the event carries the credits of a call
 
 
 def _catalog(name: str) -> tuple[Offer, ...]:
@@ -114,7 +115,8 @@ def _catalog(name: str) -> tuple[Offer, ...]:
                 top = row.token_tiers()[-1].up_to
                 out.append(Offer(item, model, variant, None, max_input=top if top is not None else 200_000))
             else:
-                out.append(Offer(item, model, variant, row.unit, credits=row.credits))
+                ranged = (row.credits_min, row.credits_max) if row.credits_from_event else None
+                out.append(Offer(item, model, variant, row.unit, credits=row.credits, credits_range=ranged))
     if name == "coze-pro":  # Ark models are billed by Ark, not Coze (§2)
         out.append(Offer("tokens", "ark/doubao-seed-1.6", None, None, max_input=32_000))
     return tuple(out)
@@ -205,6 +207,9 @@ def usage_fields(draw, offer: Offer) -> dict[str, Any]:
             d["quantity"] = money_str(draw, 0, 400, (0, 1))
         else:
             d["quantity"] = money_str(draw, 0, 3_000, (0, 1, 2))
+        if offer.credits_range is not None:
+            lo, hi = offer.credits_range
+            d["credits"] = str(draw(st.integers(int(lo), int(hi))))
         if offer.item in ("image", "video", "3d", "media_call") and draw(st.integers(0, 5)) == 0:
             d["status"] = "failed"
     if draw(st.integers(0, 7)) == 0:
@@ -760,7 +765,9 @@ def check_order_of_deduction(sc: Scenario) -> None:
             expires = t0.expires_at if t0 is not None else now + quota.valid_days * DAY
             trial_live = ev.model not in s0.safe_paused_models and now < expires and rem0 > 0
             if trial_live:
-                per = price_row(p, ev.item, ev.model, ev.variant, now).credits if quota.unit == "credits" else None
+                row = price_row(p, ev.item, ev.model, ev.variant, now)
+                # a credit-range row: one call costs the credits the event carries
+                per = (ev.credits if row.credits_from_event else row.credits) if quota.unit == "credits" else None
                 used, amount = _expected_trial_cover(d, rem0, quota.unit, per)
                 if used > 0:
                     assert trial_split is not None and trial_split["bucket_id"] == quota.id, d
@@ -1010,12 +1017,17 @@ def unit_requests(draw):
     name, o = draw(st.sampled_from(UNIT_OFFERS))
     whole = o.unit in ("call", "image")
     q = [draw(st.integers(0, 50)) if whole else Decimal(draw(st.integers(0, 50_000))).scaleb(-2) for _ in range(2)]
+    if o.credits_range is not None:  # the credits of one call, anywhere in the model's range
+        o = replace(o, credits=Decimal(draw(st.integers(int(o.credits_range[0]), int(o.credits_range[1])))))
     return name, o, q
 
 
 def _unit_event(o: Offer, q) -> Any:
-    return parse_usage({"event_id": "r", "account_id": "a", "main_account_id": "a", "event_time": RATE_AT,
-                        "item": o.item, "model": o.model, "variant": o.variant, "quantity": str(q)})
+    raw = {"event_id": "r", "account_id": "a", "main_account_id": "a", "event_time": RATE_AT,
+           "item": o.item, "model": o.model, "variant": o.variant, "quantity": str(q)}
+    if o.credits_range is not None:
+        raw["credits"] = str(o.credits)
+    return parse_usage(raw)
 
 
 @SETTINGS

@@ -113,7 +113,7 @@ def test_unified_pack_excludes_fine_tuned_models():
         account("c", "account_opened", profile="coze-pro", amount="1", post_paid=True),
         account("c", "pack_purchased", pack_id="p", pack_kind="coze_unified", amount="100000", expires_at="2026-12-01T00:00:00+08:00"),
         usage("c", "agent_call", quantity="250"),  # uses up the free points
-        usage("c", "tokens", model="Doubao-pro-32k-ft-example", input_tokens=1000, output_tokens=1000),
+        usage("c", "tokens", model="Doubao-pro-32k", fine_tuned=True, input_tokens=1000, output_tokens=1000),
     )
     assert [s[0] for s in splits(r.deductions[1])] == ["cash"]
 

@@ -58,7 +58,7 @@ CASES = [
     ("tokenhub", dict(item="video", model="YT-Video-2.0", variant="480p", quantity="1"), "2.4"),
     ("tokenhub", dict(item="video", model="YT-Video-HumanActor", variant="720p", quantity="10"), "12"),
     ("tokenhub", dict(item="video", model="YT-Video-2.0", variant="1080p", quantity="1", status="failed"), "0"),
-    ("tokenhub", dict(item="3d", model="HY-3D-Express", variant="text_to_3d", quantity="1"), "1.8"),  # 15 x 0.12
+    ("tokenhub", dict(item="3d", model="HY-3D-Express", variant="text_to_3d", quantity="1", credits="15"), "1.8"),  # 15 x 0.12
     ("tokenhub", dict(item="tokens", model="Deepseek-v3.2", input_tokens=1000, cache_hit_tokens=400, output_tokens=10), "0.00203"),
     ("tokenhub", dict(item="tokens", model="GLM-5", input_tokens=200_000, cache_hit_tokens=100_000, output_tokens=1000), "0.772"),
     ("jiekou", dict(item="tokens", model="claude-opus-4.5", input_tokens=1000, cache_write_tokens=1000), "0.00625"),

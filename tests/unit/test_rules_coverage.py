@@ -5,9 +5,9 @@ the shipped price books.
 Prices used: jiekou (USD per 1M tokens) claude-sonnet-4.5 input 3 / cache hit 0.3, gemini-2.5-pro
 tier (0, 200000] input 1.25 output 10 cache hit 0.31, tier above input 2.5 output 15 cache hit
 0.625 (no cache-write, no reasoning price), claude-opus-4.5 input 5; tokenhub (CNY per 1M) kimi-k2.5
-input 4, 3D credits 0.12 CNY (HY-3D-3.0 text_to_3d 20 credits, HY-3D-Express text_to_3d 15);
+input 4, 3D credits 0.12 CNY (HY-3D calls carrying 20 credits, HY-3D-Express 15);
 coze-pro (points per 1k tokens, 1 CNY = 1000 points) Doubao-pro-32k 0.8 / 2,
-Doubao-pro-32k-ft-example (fine-tuned) 1.6 / 4, agent_call 2 points, kb_storage 1.5 points per
+Doubao-pro-32k fine-tuned (example row) 1.6 / 4, agent_call 2 points, kb_storage 1.5 points per
 GB-hour above 10 GB; ark doubao-embedding input 0.5 CNY per 1M.
 """
 
@@ -109,7 +109,7 @@ def test_3_1_free_points_do_not_cover_fine_tuned_models():
     # although the day's 500 free points are untouched; the base model's 2.8 points come from them
     a = Account()
     a.send(account("c", "account_opened", profile="coze-pro", amount="1"))
-    ft = a.send(usage("c", "tokens", model="Doubao-pro-32k-ft-example", input_tokens=1000, output_tokens=1000)).deduction
+    ft = a.send(usage("c", "tokens", model="Doubao-pro-32k", fine_tuned=True, input_tokens=1000, output_tokens=1000)).deduction
     assert splits(ft) == [("cash", "cash", D("0.0056"))]
     base = a.send(usage("c", "tokens", model="Doubao-pro-32k", input_tokens=1000, output_tokens=1000)).deduction
     assert splits(base) == [("free", "daily:2026-05-01", D("0.0028"))]
@@ -165,9 +165,9 @@ def test_3_2_the_3d_pack_is_one_allowance_for_three_models_covering_whole_calls(
     # then HY-3D-3.1 finds 5 credits, less than its 20 a call: all charged (2.4)
     a = Account()
     a.send(account("t", "account_opened", profile="tokenhub", post_paid=True, amount="100"))
-    d1 = a.send(usage("t", "3d", model="HY-3D-3.0", variant="text_to_3d", quantity="4")).deduction
-    d2 = a.send(usage("t", "3d", model="HY-3D-Express", variant="text_to_3d", quantity="2")).deduction
-    d3 = a.send(usage("t", "3d", model="HY-3D-3.1", variant="text_to_3d", quantity="1")).deduction
+    d1 = a.send(usage("t", "3d", model="HY-3D-3.0", variant="text_to_3d", credits="20", quantity="4")).deduction
+    d2 = a.send(usage("t", "3d", model="HY-3D-Express", variant="text_to_3d", credits="15", quantity="2")).deduction
+    d3 = a.send(usage("t", "3d", model="HY-3D-3.1", variant="text_to_3d", credits="20", quantity="1")).deduction
     assert splits(d1) == [("trial", "3d-pack", D("9.6"))]
     assert splits(d2) == [("trial", "3d-pack", D("1.8")), ("cash", "cash", D("1.8"))]
     assert d2["splits"][0]["units"] == "15" and d2["splits"][0]["unit"] == "credits"
@@ -278,8 +278,8 @@ def test_5_3d_generation_settles_daily_in_the_platform_time_zone():
     assert [settlement_period(i) for i in ("video", "3d", "image", "tokens", "media_call")] == ["day", "day", "hour", "hour", "hour"]
     a = Account()  # default allowed lateness: 5 minutes
     a.send(account("t", "account_opened", profile="tokenhub", post_paid=True, amount="100", t="2026-05-01T00:00:00+08:00"))
-    a.send(usage("t", "3d", model="HY-3D-3.0", variant="text_to_3d", quantity="4", t="2026-05-01T01:00:00+08:00"))  # 9.6 trial
-    a.send(usage("t", "3d", model="HY-3D-3.0", variant="text_to_3d", quantity="1", t="2026-05-01T23:00:00+08:00"))  # 2.4: 20 credits left
+    a.send(usage("t", "3d", model="HY-3D-3.0", variant="text_to_3d", credits="20", quantity="4", t="2026-05-01T01:00:00+08:00"))  # 9.6 trial
+    a.send(usage("t", "3d", model="HY-3D-3.0", variant="text_to_3d", credits="20", quantity="1", t="2026-05-01T23:00:00+08:00"))  # 2.4: 20 credits left
     a.advance("2026-05-02T00:04:59+08:00")
     assert a.settlements == []
     a.advance("2026-05-02T00:05:00+08:00")
@@ -309,7 +309,7 @@ def test_5_coze_suspends_in_arrears_once_the_free_points_are_used_up_despite_leg
                    expires_at="2026-12-01T00:00:00+08:00", t="2025-02-01T09:00:00+08:00"))
     # the fine-tuned model is outside the free points and the Doubao pack: 5.6 points = 0.0056 CNY
     # from cash, 0.001 - 0.0056 = -0.0046: arrears, but the day's free points are still there
-    out = a.send(usage("c", "tokens", model="Doubao-pro-32k-ft-example", input_tokens=1000, output_tokens=1000,
+    out = a.send(usage("c", "tokens", model="Doubao-pro-32k", fine_tuned=True, input_tokens=1000, output_tokens=1000,
                        t="2026-05-01T10:00:00+08:00"))
     assert [x["kind"] for x in out.alerts] == ["arrears_started"] and out.status is None
     # 250 calls = the day's 500 free points: used up, so suspended although the legacy pack remains

@@ -85,6 +85,14 @@ def test_records_written_with_an_older_version_read_with_the_current_one(name):
                 if field in removed:  # the current reader drops what a newer version removed
                     assert field not in decoded, field
                     continue
+                if name == "event_batch" and field == "events":
+                    # nested records: each event comes back as (record name, event) with the
+                    # fields the newer usage_event adds at their defaults
+                    for (_, got), sent in zip(decoded[field], record[field]):
+                        sent = sent[1] if isinstance(sent, tuple) else sent
+                        assert {k: plain(got[k]) for k in sent} == sent
+                        assert all(got[k] in (None, False) for k in set(got) - set(sent))
+                    continue
                 assert plain(decoded[field]) == record[field], field
 
 
