@@ -72,6 +72,13 @@ REASONS: dict[str, tuple[str, str, bool]] = {
     "unknown_item": ("the billing item is not in the profile's price book", "add it to the price book, then re-drive", True),
     "unknown_model": ("the model has no price in the profile", "add the model to the price book, then re-drive", True),
     "unknown_variant": ("the item has no price for that variant", "add the variant to the price book, then re-drive", True),
+    "no_fine_tuned_price": ("fine_tuned is true but the profile has no fine-tuned row for the base model",
+                            "add a fine_tuned row for the model to the price book, then re-drive", True),
+    "credits_missing": ("the model is priced by the credits each call consumed and the event carries none",
+                        "send the call's credits (usage_event v2 field credits); re-send", False),
+    "credits_out_of_range": ("the event's credits per call are outside the model's range in the profile (or differ "
+                             "from a fixed credit price)", "check the producer; if the price changed, fix the price book, then re-drive", True),
+    "credits_not_applicable": ("the event carries credits for a row priced in currency", "drop credits; re-send", False),
     "above_top_tier": ("the request is above the top price tier", "add the tier to the price book, then re-drive", True),
     "unknown_profile": ("the account names a profile that does not exist", "add the profile, then re-drive", True),
     "unknown_account": ("the main account was never opened", "send its open_account event, then re-drive", True),
