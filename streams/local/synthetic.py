@@ -75,6 +75,8 @@ def generate(seed: int, accounts: int, usage_events: int, prefix: str = "acct", 
         if units and rng.random() < 0.3:
             item, model, variant, qty = rng.choice(units)
             base.update(item=item, model=model, variant=variant, quantity=qty)
+            if item == "3d":  # a 3D call carries the credits it consumed (HY-3D-Express: 15 to 25)
+                base["credits"] = str(rng.randint(15, 25))
         else:
             inp = rng.randint(100, 30_000)
             out_tokens = rng.randint(10, 4_000)
