@@ -417,9 +417,7 @@ class Ledger:
             s.free_used[day] = used + take
             splits.append(Split("free", f"daily:{day}", take, profile.to_price_unit(take), profile.price_unit_name))
             remaining -= take
-        alerted = day in s.free_exhausted_days or s.free_exhausted_alerted == day
-        if s.free_used.get(day, ZERO) >= grant and not alerted:
-            s.free_exhausted_alerted = max(day, s.free_exhausted_alerted or day)
+        if s.free_used.get(day, ZERO) >= grant and day not in s.free_exhausted_days:
             s.free_exhausted_days = sorted({*s.free_exhausted_days, day})
             fx.alerts.append(alert("free_quota_exhausted", s.main_account_id, e.account_id, e.event_time, day,
                                    f"daily free {profile.price_unit_name} for {day} are used up",

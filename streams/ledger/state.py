@@ -122,7 +122,6 @@ class AccountState:
     vouchers: list[Bucket] = field(default_factory=list)
     packs: list[Bucket] = field(default_factory=list)
     free_used: dict[str, Decimal] = field(default_factory=dict)  # local day -> used (currency)
-    free_exhausted_alerted: str | None = None  # the latest local day the alert went out (version 2 record)
     # every kept local day whose free_quota_exhausted went out: a late event for an earlier day
     # does not fire it again; pruned with free_used at free_horizon
     free_exhausted_days: list[str] = field(default_factory=list)
@@ -194,7 +193,6 @@ class AccountState:
             "vouchers": [v.to_dict() for v in self.vouchers],
             "packs": [p.to_dict() for p in self.packs],
             "free_used": {k: str(v) for k, v in sorted(self.free_used.items())},
-            "free_exhausted_alerted": self.free_exhausted_alerted,
             "free_exhausted_days": list(self.free_exhausted_days),
             "free_horizon": self.free_horizon,
             "trials": {k: t.to_dict() for k, t in sorted(self.trials.items())},
@@ -249,6 +247,9 @@ class AccountState:
             if name in values:
                 values[name] = conv(values[name])
         state = cls(**values)
+        older_alerted = d.get("free_exhausted_alerted")  # the one day records before the list kept
+        if older_alerted and older_alerted not in state.free_exhausted_days:
+            state.free_exhausted_days = sorted({*state.free_exhausted_days, older_alerted})
         if d.get("version", 1) == 1 and d.get("recent_events"):
             state.legacy_event_ids = list(d["recent_events"])
             state.legacy_until = max(d.get("stream_time", 0), d.get("settled_until", 0)) + LEGACY_WINDOW_MS

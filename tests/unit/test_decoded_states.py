@@ -1,6 +1,8 @@
 """The worker's cache of decoded account states (streams/worker/app.py DecodedStates) returns a
 state only for the bytes it was decoded from, and stays bounded."""
 
+import orjson
+
 from streams.ledger.state import AccountState
 from streams.worker.app import DecodedStates
 
@@ -28,3 +30,10 @@ def test_the_cache_keeps_the_most_recently_written_accounts_only(monkeypatch):
         s = state(name)
         cache.keep(name.encode(), s.dumps(), s)
     assert list(cache.states) == [b"c", b"a", b"d"]
+
+
+def test_a_record_with_the_older_single_alerted_day_keeps_that_day_alerted():
+    record = orjson.loads(state("a").dumps())
+    record["free_exhausted_alerted"] = "2026-05-01"
+    assert AccountState.from_dict(record).free_exhausted_days == ["2026-05-01"]
+    assert "free_exhausted_alerted" not in AccountState.from_dict(record).to_dict()
