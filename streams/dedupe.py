@@ -22,11 +22,12 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
-from operator import attrgetter
 from decimal import Decimal
-from typing import Any, Callable, Protocol
+from functools import cache
+from operator import attrgetter
+from typing import Any, Protocol
 
 DAY_MS = 86_400_000
 DEFAULT_HORIZON_MS = 35 * DAY_MS
@@ -35,7 +36,7 @@ _ENTRY = struct.Struct(">qq8s")  # event_time_ms, account sequence, content fing
 ENTRY_BYTES = _ENTRY.size
 
 
-@lru_cache(maxsize=None)
+@cache
 def _fields_of(cls: type) -> Callable[[Any], tuple]:
     return attrgetter(*cls.__slots__)  # type: ignore[attr-defined]
 
@@ -44,7 +45,9 @@ def content_fingerprint(event: object) -> bytes:
     """What an event says, in 8 bytes: a retry has the same, a reused id with other content not.
     Decimals are normalized so that ``"1.50"`` and ``"1.5"`` say the same; ``repr`` of the tuple
     quotes every string, so no two different events print the same."""
-    values = tuple(v.normalize() if isinstance(v, Decimal) else v for v in _fields_of(type(event))(event))
+    values = tuple(
+        v.normalize() if isinstance(v, Decimal) else v for v in _fields_of(type(event))(event)
+    )
     # Fields added by a later schema version count only when set: an event written before they
     # existed keeps its fingerprint, so its retry after an upgrade is a duplicate, not a conflict.
     added = getattr(type(event), "ADDED_FIELDS", ())
@@ -74,7 +77,7 @@ class Entry:
         return _ENTRY.pack(self.event_time_ms, self.sequence, self.content)
 
     @classmethod
-    def decode(cls, data: bytes) -> "Entry":
+    def decode(cls, data: bytes) -> Entry:
         t, seq, content = _ENTRY.unpack(data)
         return cls(t, seq, content)
 

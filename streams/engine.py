@@ -8,13 +8,21 @@ import may appear under this module or the packages it uses (a test checks).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import localcontext
 from functools import wraps
-from typing import Any, Callable
+from typing import Any
 
 from streams.deduction.record import MONEY_CONTEXT
-from streams.dedupe import DEFAULT_HORIZON_MS, Entry, EntryStore, MemoryEntries, content_fingerprint, id_key
+from streams.dedupe import (
+    DEFAULT_HORIZON_MS,
+    Entry,
+    EntryStore,
+    MemoryEntries,
+    content_fingerprint,
+    id_key,
+)
 from streams.ingest.events import AccountEvent, Event, Rejected, UsageEvent, millis_to_iso
 from streams.ledger.alerts import number_records
 from streams.ledger.invariants import check_buckets, check_charge
@@ -38,10 +46,12 @@ def clock_source(clock_ms: int) -> str:
 
 def in_money_context(method: Callable) -> Callable:
     """Every Decimal operation of the core runs in MONEY_CONTEXT (60 digits): no implicit rounding."""
+
     @wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         with localcontext(MONEY_CONTEXT):
             return method(*args, **kwargs)
+
     return wrapper
 
 
@@ -66,8 +76,13 @@ class Outcome:
 
 
 class BillingEngine:
-    def __init__(self, profiles: Profiles, allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS,
-                 horizon_ms: int = DEFAULT_HORIZON_MS, max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS):
+    def __init__(
+        self,
+        profiles: Profiles,
+        allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS,
+        horizon_ms: int = DEFAULT_HORIZON_MS,
+        max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS,
+    ):
         self.profiles = profiles
         self.ledger = Ledger(profiles, horizon_ms)
         self.lateness = allowed_lateness_ms
@@ -84,7 +99,9 @@ class BillingEngine:
         fx = Effects()
         self.ledger.advance_time(state, self.profiles[state.profile], clock, fx)
         settlements = close_due(state.periods, clock, state.main_account_id, self.lateness)
-        minutes = usage_minutes.close_due(state.minutes, clock, state.main_account_id, self.lateness)
+        minutes = usage_minutes.close_due(
+            state.minutes, clock, state.main_account_id, self.lateness
+        )
         self.ledger.close_kb_hours(state, clock, self.lateness)
         state.settled_until = clock
         status = None
@@ -92,7 +109,9 @@ class BillingEngine:
             when = fx.status_time if fx.status_time is not None else clock
             status = self._status_record(state, when, clock_source(fx.status_time or clock))
         number_records(state, fx.alerts, status)
-        return Outcome(state, alerts=fx.alerts, status=status, settlements=settlements, usage_minutes=minutes)
+        return Outcome(
+            state, alerts=fx.alerts, status=status, settlements=settlements, usage_minutes=minutes
+        )
 
     def next_due(self, state: AccountState) -> int | None:
         """The earliest clock at which ``advance`` would do something for this account."""
@@ -112,8 +131,15 @@ class BillingEngine:
         self.ledger = Ledger(profiles, self.horizon_ms)
 
     @in_money_context
-    def step(self, state: AccountState | None, event: Event, *, clock_ms: int,
-             entries: EntryStore | None = None, wall_ms: int | None = None) -> tuple[list[Outcome], int]:
+    def step(
+        self,
+        state: AccountState | None,
+        event: Event,
+        *,
+        clock_ms: int,
+        entries: EntryStore | None = None,
+        wall_ms: int | None = None,
+    ) -> tuple[list[Outcome], int]:
         """One event of a partition whose stream time is ``clock_ms``: advance the account to
         ``max(clock_ms, event time)``, then apply the event. Returns the outcomes to publish (the
         advance's, then the event's) and the partition's stream time after the event.
@@ -124,9 +150,16 @@ class BillingEngine:
         periods. ``wall_ms`` is the wall clock, for the ``MAX_EVENT_AHEAD_S`` check (None: no check,
         as in tests that replay history)."""
         if wall_ms is not None and event.event_time > wall_ms + self.max_ahead_ms:
-            return [Outcome(state, rejected=Rejected(
-                "event_time_in_future", f"event time {millis_to_iso(event.event_time)} is more than "
-                f"{self.max_ahead_ms // 1000} s past the wall clock {millis_to_iso(wall_ms)}"))], clock_ms
+            return [
+                Outcome(
+                    state,
+                    rejected=Rejected(
+                        "event_time_in_future",
+                        f"event time {millis_to_iso(event.event_time)} is more than "
+                        f"{self.max_ahead_ms // 1000} s past the wall clock {millis_to_iso(wall_ms)}",
+                    ),
+                )
+            ], clock_ms
         clock = max(clock_ms, event.event_time)
         store = self.entries if entries is None else entries
         checked = self._check(state, event, clock, store)
@@ -145,15 +178,25 @@ class BillingEngine:
         return [advanced, outcome], clock
 
     @in_money_context
-    def apply(self, state: AccountState | None, event: Event, *, clock_ms: int | None = None,
-              entries: EntryStore | None = None) -> Outcome:
+    def apply(
+        self,
+        state: AccountState | None,
+        event: Event,
+        *,
+        clock_ms: int | None = None,
+        entries: EntryStore | None = None,
+    ) -> Outcome:
         """Apply one event at partition stream time ``clock_ms`` (default: the account's), without
         advancing the account first (``step`` does both).
 
         ``entries`` is the dedupe store (see streams/dedupe.py); without one the engine keeps its
         own in memory, which is what a single offline run needs."""
         store = self.entries if entries is None else entries
-        clock = clock_ms if clock_ms is not None else (state.settled_until if state is not None else event.event_time)
+        clock = (
+            clock_ms
+            if clock_ms is not None
+            else (state.settled_until if state is not None else event.event_time)
+        )
         checked = self._check(state, event, clock, store)
         if isinstance(checked, Outcome):
             return checked
@@ -161,34 +204,49 @@ class BillingEngine:
         self._record(outcome, event, store, checked)
         return outcome
 
-    def _check(self, state: AccountState | None, event: Event, clock: int,
-               store: EntryStore) -> Outcome | tuple[bytes, bytes]:
+    def _check(
+        self, state: AccountState | None, event: Event, clock: int, store: EntryStore
+    ) -> Outcome | tuple[bytes, bytes]:
         """What needs no ledger: the horizon, duplicates and id conflicts. Returns the outcome when
         the event goes no further, else its dedupe key and content fingerprint."""
         if event.event_time < clock - self.horizon_ms:
-            return Outcome(state, rejected=Rejected(
-                "event_too_old", f"event time {millis_to_iso(event.event_time)} is more than the dedupe horizon "
-                f"({self.horizon_ms // 3_600_000} h) before stream time {millis_to_iso(clock)}"))
+            return Outcome(
+                state,
+                rejected=Rejected(
+                    "event_too_old",
+                    f"event time {millis_to_iso(event.event_time)} is more than the dedupe horizon "
+                    f"({self.horizon_ms // 3_600_000} h) before stream time {millis_to_iso(clock)}",
+                ),
+            )
         content = content_fingerprint(event)
         key = id_key(event.main_account_id, event.event_id)
         known = store.get(key)
         if known is not None and state is not None and known.sequence <= state.applied_events:
             if known.content != content:
-                return Outcome(state, rejected=Rejected(
-                    "event_id_conflict", f"event id {event.event_id!r} was already applied with different content"))
+                return Outcome(
+                    state,
+                    rejected=Rejected(
+                        "event_id_conflict",
+                        f"event id {event.event_id!r} was already applied with different content",
+                    ),
+                )
             return Outcome(state, duplicate=True)
         if state is not None and state.seen_before_upgrade(event.event_id, clock):
             return Outcome(state, duplicate=True)
         return key, content
 
     @staticmethod
-    def _record(outcome: Outcome, event: Event, store: EntryStore, checked: tuple[bytes, bytes]) -> None:
+    def _record(
+        outcome: Outcome, event: Event, store: EntryStore, checked: tuple[bytes, bytes]
+    ) -> None:
         if outcome.rejected is None and outcome.state is not None:
             outcome.state.applied_events += 1
             key, content = checked
             store.put(key, Entry(event.event_time, outcome.state.applied_events, content))
 
-    def _apply_new(self, state: AccountState | None, event: Event, before: bytes | None = None) -> Outcome:
+    def _apply_new(
+        self, state: AccountState | None, event: Event, before: bytes | None = None
+    ) -> Outcome:
         """The ledger's part. ``before`` is the state to roll back to on rejection (default: as
         the state is now)."""
         if state is None:
@@ -200,13 +258,29 @@ class BillingEngine:
                 status = self._status(new, event)
                 number_records(new, [], status)
                 return Outcome(new, status=status)
-            return Outcome(None, rejected=Rejected("unknown_account", f"main account {event.main_account_id!r} has not been opened"))
+            return Outcome(
+                None,
+                rejected=Rejected(
+                    "unknown_account", f"main account {event.main_account_id!r} has not been opened"
+                ),
+            )
         if state.main_account_id != event.main_account_id:
-            return Outcome(AccountState.loads(before) if before is not None else state, rejected=Rejected("wrong_account", "event main_account_id does not match the state it was routed to"))
+            return Outcome(
+                AccountState.loads(before) if before is not None else state,
+                rejected=Rejected(
+                    "wrong_account",
+                    "event main_account_id does not match the state it was routed to",
+                ),
+            )
         if event.event_time < state.opened_at:
-            return Outcome(AccountState.loads(before) if before is not None else state, rejected=Rejected(
-                "before_account_opened", f"event time {millis_to_iso(event.event_time)} is before the account was "
-                f"opened ({millis_to_iso(state.opened_at)})"))
+            return Outcome(
+                AccountState.loads(before) if before is not None else state,
+                rejected=Rejected(
+                    "before_account_opened",
+                    f"event time {millis_to_iso(event.event_time)} is before the account was "
+                    f"opened ({millis_to_iso(state.opened_at)})",
+                ),
+            )
         if before is None:
             before = state.dumps()
         fx = Effects()
@@ -222,9 +296,15 @@ class BillingEngine:
         except Rejected as exc:
             return Outcome(AccountState.loads(before), rejected=exc)
         except Exception as exc:  # a bug must not take the account's money with it: roll back
-            log.exception("internal error applying event %s", event.event_id,
-                          extra={"event_id": event.event_id, "trace_id": getattr(event, "trace_id", ""),
-                                 "main_account_id": event.main_account_id})
+            log.exception(
+                "internal error applying event %s",
+                event.event_id,
+                extra={
+                    "event_id": event.event_id,
+                    "trace_id": getattr(event, "trace_id", ""),
+                    "main_account_id": event.main_account_id,
+                },
+            )
             return Outcome(
                 AccountState.loads(before),
                 rejected=Rejected("internal_error", f"{type(exc).__name__}: {exc}"[:500]),
@@ -234,12 +314,30 @@ class BillingEngine:
         settlements, minutes = [], []
         if fx.deduction is not None:
             tz = self.profiles[state.profile].timezone
-            line, settlements = settle(state.periods, state.settled_until, state.main_account_id, fx.deduction, tz,
-                                       self.lateness)
+            line, settlements = settle(
+                state.periods,
+                state.settled_until,
+                state.main_account_id,
+                fx.deduction,
+                tz,
+                self.lateness,
+            )
             fx.deduction["settlement_id"] = line
-            minutes = usage_minutes.count(state.minutes, state.settled_until, state.main_account_id, fx.deduction, self.lateness)
-        return Outcome(state, deduction=fx.deduction, alerts=fx.alerts, status=status, settlements=settlements,
-                       usage_minutes=minutes)
+            minutes = usage_minutes.count(
+                state.minutes,
+                state.settled_until,
+                state.main_account_id,
+                fx.deduction,
+                self.lateness,
+            )
+        return Outcome(
+            state,
+            deduction=fx.deduction,
+            alerts=fx.alerts,
+            status=status,
+            settlements=settlements,
+            usage_minutes=minutes,
+        )
 
     @classmethod
     def _status(cls, state: AccountState, event: Event) -> dict[str, Any]:

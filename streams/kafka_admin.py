@@ -34,33 +34,73 @@ COMPACT_MIN_LAG_MS = 600_000
 
 
 def compacted() -> dict[str, str]:
-    return {"cleanup.policy": "compact", "segment.ms": str(COMPACT_SEGMENT_MS),
-            "min.compaction.lag.ms": str(COMPACT_MIN_LAG_MS)}
+    return {
+        "cleanup.policy": "compact",
+        "segment.ms": str(COMPACT_SEGMENT_MS),
+        "min.compaction.lag.ms": str(COMPACT_MIN_LAG_MS),
+    }
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     t, n = settings.topics, settings.kafka_partitions
     week, year = str(INPUT_RETENTION_MS), str(OUTPUT_RETENTION_MS)
     specs = [
-        TopicSpec(t.events, n, {"retention.ms": week}, "usage and account events, Avro, key = main account id"),
+        TopicSpec(
+            t.events,
+            n,
+            {"retention.ms": week},
+            "usage and account events, Avro, key = main account id",
+        ),
         TopicSpec(t.deductions, n, {"retention.ms": year}, "one deduction per rated usage event"),
         TopicSpec(t.settlements, n, {"retention.ms": year}, "hourly / daily settlement lines"),
         TopicSpec(t.alerts, n, {"retention.ms": year}, "all alerts"),
         TopicSpec(t.arrears_alerts, n, {"retention.ms": year}, "arrears alerts only"),
         TopicSpec(t.account_status, n, compacted(), "latest status per main account (compacted)"),
-        TopicSpec(t.dead_letters, n, {"retention.ms": year}, "inputs that could not be applied, with the reason"),
-        TopicSpec(t.dead_letters_redriven, n, compacted(), "dead letters re-driven by `rating dlq redrive` (compacted)"),
-        TopicSpec(t.usage_per_minute, n, {"retention.ms": week}, "requests and tokens per account, model and minute"),
+        TopicSpec(
+            t.dead_letters,
+            n,
+            {"retention.ms": year},
+            "inputs that could not be applied, with the reason",
+        ),
+        TopicSpec(
+            t.dead_letters_redriven,
+            n,
+            compacted(),
+            "dead letters re-driven by `rating dlq redrive` (compacted)",
+        ),
+        TopicSpec(
+            t.usage_per_minute,
+            n,
+            {"retention.ms": week},
+            "requests and tokens per account, model and minute",
+        ),
         # faust table changelogs, created here so they are compacted and co-partitioned with the
         # input topic whatever the broker's auto-create defaults are
-        TopicSpec(f"{settings.worker_app_id}-accounts-changelog", n, compacted(),
-                  "worker table: one AccountState per main account"),
-        TopicSpec(f"{settings.worker_app_id}-partition-clocks-changelog", n, compacted(),
-                  "worker table: stream time per input partition"),
-        TopicSpec(f"{settings.worker_app_id}-event-ids-changelog", n, compacted(),
-                  "worker table: one dedupe entry per applied event id, within the horizon"),
+        TopicSpec(
+            f"{settings.worker_app_id}-accounts-changelog",
+            n,
+            compacted(),
+            "worker table: one AccountState per main account",
+        ),
+        TopicSpec(
+            f"{settings.worker_app_id}-partition-clocks-changelog",
+            n,
+            compacted(),
+            "worker table: stream time per input partition",
+        ),
+        TopicSpec(
+            f"{settings.worker_app_id}-event-ids-changelog",
+            n,
+            compacted(),
+            "worker table: one dedupe entry per applied event id, within the horizon",
+        ),
         # faust's leader election topic: declared here because the workers never create topics
-        TopicSpec(f"{settings.worker_app_id}-__assignor-__leader", 1, {}, "faust internal: leader election"),
+        TopicSpec(
+            f"{settings.worker_app_id}-__assignor-__leader",
+            1,
+            {},
+            "faust internal: leader election",
+        ),
     ]
     # every write is acks=all: without this, the broker's default of 1 acknowledges a changelog
     # record (a balance) that only the leader holds
@@ -78,7 +118,15 @@ async def create_topics(settings: Settings) -> list[str]:
         if missing:
             try:
                 await admin.create_topics(
-                    [NewTopic(s.name, s.partitions, settings.kafka_replication_factor, topic_configs=s.config) for s in missing]
+                    [
+                        NewTopic(
+                            s.name,
+                            s.partitions,
+                            settings.kafka_replication_factor,
+                            topic_configs=s.config,
+                        )
+                        for s in missing
+                    ]
                 )
             except TopicAlreadyExistsError:
                 pass  # another process created them first
@@ -95,7 +143,9 @@ def ensure_topics(settings: Settings) -> list[str]:
 class TopicState:
     partitions: int
     config: dict[str, str]
-    replication_factor: int | None = None  # the smallest replica count of its partitions; None if unknown
+    replication_factor: int | None = (
+        None  # the smallest replica count of its partitions; None if unknown
+    )
 
 
 async def describe(settings: Settings, names: list[str]) -> dict[str, TopicState]:
@@ -108,7 +158,9 @@ async def describe(settings: Settings, names: list[str]) -> dict[str, TopicState
     try:
         await consumer._client.force_metadata_update()
         existing = await consumer.topics()
-        partitions = {t: len(consumer.partitions_for_topic(t) or ()) for t in names if t in existing}
+        partitions = {
+            t: len(consumer.partitions_for_topic(t) or ()) for t in names if t in existing
+        }
         replicas = {t: _replication_factor(consumer._client.cluster, t) for t in partitions}
     finally:
         await consumer.stop()
@@ -117,7 +169,9 @@ async def describe(settings: Settings, names: list[str]) -> dict[str, TopicState
         admin = AIOKafkaAdminClient(**client_kwargs(settings), request_timeout_ms=15000)
         await admin.start()
         try:
-            responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in partitions])
+            responses = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, t) for t in partitions]
+            )
             for response in responses:
                 for resource in response.resources:
                     name, entries = resource[3], resource[4]
@@ -129,8 +183,11 @@ async def describe(settings: Settings, names: list[str]) -> dict[str, TopicState
 
 def _replication_factor(cluster, topic: str) -> int | None:
     """The replica count of the topic's least replicated partition, from the cluster metadata."""
-    counts = [len(meta.replicas) for meta in getattr(cluster, "_partitions", {}).get(topic, {}).values()
-              if getattr(meta, "replicas", None)]
+    counts = [
+        len(meta.replicas)
+        for meta in getattr(cluster, "_partitions", {}).get(topic, {}).values()
+        if getattr(meta, "replicas", None)
+    ]
     return min(counts) if counts else None
 
 
@@ -142,7 +199,9 @@ def differences(spec: TopicSpec, have: TopicState, replication_factor: int) -> l
         out.append(f"{have.partitions} partitions, expected {spec.partitions}")
     if have.replication_factor is not None and have.replication_factor != replication_factor:
         out.append(f"replication factor {have.replication_factor}, expected {replication_factor}")
-    differ = [f"{k}={have.config.get(k)!r}" for k, v in spec.config.items() if have.config.get(k) != v]
+    differ = [
+        f"{k}={have.config.get(k)!r}" for k, v in spec.config.items() if have.config.get(k) != v
+    ]
     if differ:
         out.append(f"broker has {', '.join(differ)}")
     return out

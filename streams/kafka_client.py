@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ssl
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from streams.config import Settings
 
@@ -43,8 +44,12 @@ SNAPSHOT_SLACK_MS = 5_000  # producer clocks may run a little ahead of ours
 STALL_SECONDS = 60.0
 
 
-async def read_topic(settings: Settings, topic: str, partitions: list[int] | None = None,
-                     on_progress: Callable[[int, int], None] | None = None) -> AsyncIterator[Any]:
+async def read_topic(
+    settings: Settings,
+    topic: str,
+    partitions: list[int] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> AsyncIterator[Any]:
     """Every message of ``topic`` (or of some of its partitions) from the start to its end as of
     the moment the read begins, without a consumer group (nothing is committed, nobody rebalances).
     ``on_progress(done, total)`` is called as messages arrive.
@@ -59,9 +64,13 @@ async def read_topic(settings: Settings, topic: str, partitions: list[int] | Non
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     started_ms = int(time.time() * 1000)
-    consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False, group_id=None,
-                                auto_offset_reset="none",  # retention deleting what we read: fail, never skip
-                                max_partition_fetch_bytes=8 * 1024 * 1024)
+    consumer = AIOKafkaConsumer(
+        **client_kwargs(settings),
+        enable_auto_commit=False,
+        group_id=None,
+        auto_offset_reset="none",  # retention deleting what we read: fail, never skip
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
     await consumer.start()
     try:
         available = consumer.partitions_for_topic(topic)
@@ -69,8 +78,14 @@ async def read_topic(settings: Settings, topic: str, partitions: list[int] | Non
             await consumer._client.force_metadata_update()
             available = consumer.partitions_for_topic(topic)
         if not available:
-            raise TopicNotFound(f"topic {topic!r} does not exist on {settings.kafka_bootstrap_servers}")
-        tps = [TopicPartition(topic, p) for p in sorted(available) if partitions is None or p in partitions]
+            raise TopicNotFound(
+                f"topic {topic!r} does not exist on {settings.kafka_bootstrap_servers}"
+            )
+        tps = [
+            TopicPartition(topic, p)
+            for p in sorted(available)
+            if partitions is None or p in partitions
+        ]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         start = {tp: await consumer.position(tp) for tp in tps}
@@ -85,14 +100,18 @@ async def read_topic(settings: Settings, topic: str, partitions: list[int] | Non
             batch = await consumer.getmany(*pending, timeout_ms=500, max_records=5000)
             for tp in list(pending):
                 if tp not in batch and await consumer.position(tp) >= end[tp]:
-                    batch.update(await consumer.getmany(tp, timeout_ms=300))  # one more look, for this partition alone
+                    batch.update(
+                        await consumer.getmany(tp, timeout_ms=300)
+                    )  # one more look, for this partition alone
                     if tp not in batch:
                         pending.discard(tp)
             for tp, messages in batch.items():
                 for m in messages:
                     if m.offset >= end[tp]:
                         if m.timestamp > started_ms + SNAPSHOT_SLACK_MS:
-                            pending.discard(tp)  # written after the read began: the snapshot ends here
+                            pending.discard(
+                                tp
+                            )  # written after the read began: the snapshot ends here
                             break
                         end[tp] = m.offset + 1
                         total += 1
@@ -100,16 +119,25 @@ async def read_topic(settings: Settings, topic: str, partitions: list[int] | Non
                     yield m
                 last_progress = time.monotonic()
             if pending and time.monotonic() - last_progress > STALL_SECONDS:
-                stuck = ", ".join(f"{tp.partition}@{await consumer.position(tp)}/{end[tp]}" for tp in sorted(pending))
-                raise ReadStalled(f"reading {topic} stalled for {STALL_SECONDS:.0f}s at partition@position/end {stuck}")
+                stuck = ", ".join(
+                    f"{tp.partition}@{await consumer.position(tp)}/{end[tp]}"
+                    for tp in sorted(pending)
+                )
+                raise ReadStalled(
+                    f"reading {topic} stalled for {STALL_SECONDS:.0f}s at partition@position/end {stuck}"
+                )
             if on_progress is not None:
                 on_progress(done, total)
     finally:
         await consumer.stop()
 
 
-async def read_records(settings: Settings, topic: str, schema: str,
-                       on_progress: Callable[[int, int], None] | None = None) -> AsyncIterator[tuple[Any, dict[str, Any]]]:
+async def read_records(
+    settings: Settings,
+    topic: str,
+    schema: str,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> AsyncIterator[tuple[Any, dict[str, Any]]]:
     """(message, decoded record) of every ``schema`` record of ``topic``. Records that do not
     decode are passed over: these readers report, the sink is the one that stops on them."""
     from streams.ingest.codec import DecodeError, registry

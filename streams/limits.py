@@ -19,12 +19,16 @@ MAX_STATE_BYTES = 512 * 1024
 
 class RecordTooLarge(RuntimeError):
     def __init__(self, kind: str, key: str, size_bytes: int, limit_bytes: int):
-        super().__init__(f"{kind} record for {key!r} is {size_bytes:,} bytes, over the limit of "
-                         f"{limit_bytes:,} (streams/limits.py): a bug, not bad input")
+        super().__init__(
+            f"{kind} record for {key!r} is {size_bytes:,} bytes, over the limit of "
+            f"{limit_bytes:,} (streams/limits.py): a bug, not bad input"
+        )
         self.kind, self.key, self.size_bytes = kind, key, size_bytes
 
 
-def check_record_size(kind: str, key: str, data: bytes, limit_bytes: int = MAX_RECORD_BYTES) -> bytes:
+def check_record_size(
+    kind: str, key: str, data: bytes, limit_bytes: int = MAX_RECORD_BYTES
+) -> bytes:
     if len(data) > limit_bytes:
         raise RecordTooLarge(kind, key, len(data), limit_bytes)
     return data

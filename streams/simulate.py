@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import base64
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import orjson
 
 from streams.dedupe import MemoryEntries
-from streams.limits import MAX_STATE_BYTES, check_record_size
 from streams.engine import BillingEngine, Outcome
-from streams.ingest.partitioner import partition_for
 from streams.ingest.events import Rejected, millis_to_iso, parse_json_event
 from streams.ingest.messages import Decoded, dead_letter_record
+from streams.ingest.partitioner import partition_for
 from streams.ledger.state import AccountState
+from streams.limits import MAX_STATE_BYTES, check_record_size
 from streams.rating.profiles import Profiles
 
 TIME_FIELDS = ("event_time", "since", "period_start", "period_end", "closed_at", "minute_start")
@@ -47,8 +48,15 @@ def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 yield number, line.rstrip(b"\r\n")
 
 
-def simulate(lines: Iterable[tuple[int, bytes]], engine: BillingEngine, source: str = "input", partitions: int = 4,
-             *, wall_ms: int | None = None, until_ms: int | None = None) -> SimulationResult:
+def simulate(
+    lines: Iterable[tuple[int, bytes]],
+    engine: BillingEngine,
+    source: str = "input",
+    partitions: int = 4,
+    *,
+    wall_ms: int | None = None,
+    until_ms: int | None = None,
+) -> SimulationResult:
     """Apply every line in order. Stream time is per Kafka partition, as live: each account is
     advanced to its partition's clock before its event, and at the end of the input every account
     is advanced to its partition's final clock, or to ``until_ms`` if later (what the live
@@ -62,10 +70,20 @@ def simulate(lines: Iterable[tuple[int, bytes]], engine: BillingEngine, source: 
             obj = orjson.loads(raw)
             event = parse_json_event(obj)
         except orjson.JSONDecodeError as exc:
-            _reject(run.result, Decoded(None, Rejected("invalid_json", f"line {number} is not JSON: {exc}"), raw), source, number)
+            _reject(
+                run.result,
+                Decoded(None, Rejected("invalid_json", f"line {number} is not JSON: {exc}"), raw),
+                source,
+                number,
+            )
             continue
         except Rejected as exc:
-            _reject(run.result, Decoded(None, exc, raw, obj if isinstance(obj, dict) else None), source, number)
+            _reject(
+                run.result,
+                Decoded(None, exc, raw, obj if isinstance(obj, dict) else None),
+                source,
+                number,
+            )
             continue
         run.apply(event, Decoded(event, None, raw), source, number)
     return run.finish(until_ms)
@@ -90,8 +108,13 @@ class Simulation:
         entries = self.entries.get(part)
         if entries is None:
             entries = self.entries[part] = MemoryEntries(engine.horizon_ms)
-        outcomes, clock = engine.step(states.get(key), event, clock_ms=self.clocks.get(part, 0), entries=entries,
-                                      wall_ms=self.wall_ms)
+        outcomes, clock = engine.step(
+            states.get(key),
+            event,
+            clock_ms=self.clocks.get(part, 0),
+            entries=entries,
+            wall_ms=self.wall_ms,
+        )
         self.clocks[part] = clock
         entries.prune(clock)  # amortized O(1): it looks at the oldest entry only
         outcome = outcomes[-1]
@@ -129,7 +152,14 @@ def _reject(result: SimulationResult, decoded: Decoded, source: str, number: int
     result.counts["rejected"] += 1
     result.counts[f"rejected:{decoded.rejected.code}"] += 1
     result.dead_letters.append(
-        dead_letter_record(decoded, topic=source, partition=0, offset=number, key=None, fallback_id=f"{source}:{number}")
+        dead_letter_record(
+            decoded,
+            topic=source,
+            partition=0,
+            offset=number,
+            key=None,
+            fallback_id=f"{source}:{number}",
+        )
     )
 
 
@@ -172,10 +202,32 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
     return {name: path for name, (path, _) in files.items()}
 
 
-def run_file(path: Path, profiles: Profiles | None = None, *, partitions: int = 4,
-             allowed_lateness_ms: int | None = None, horizon_ms: int | None = None, max_ahead_ms: int | None = None,
-             wall_ms: int | None = None, until_ms: int | None = None) -> SimulationResult:
-    options = {k: v for k, v in (("allowed_lateness_ms", allowed_lateness_ms), ("horizon_ms", horizon_ms),
-                                 ("max_ahead_ms", max_ahead_ms)) if v is not None}
+def run_file(
+    path: Path,
+    profiles: Profiles | None = None,
+    *,
+    partitions: int = 4,
+    allowed_lateness_ms: int | None = None,
+    horizon_ms: int | None = None,
+    max_ahead_ms: int | None = None,
+    wall_ms: int | None = None,
+    until_ms: int | None = None,
+) -> SimulationResult:
+    options = {
+        k: v
+        for k, v in (
+            ("allowed_lateness_ms", allowed_lateness_ms),
+            ("horizon_ms", horizon_ms),
+            ("max_ahead_ms", max_ahead_ms),
+        )
+        if v is not None
+    }
     engine = BillingEngine(profiles or Profiles(), **options)
-    return simulate(read_lines(path), engine, source=path.name, partitions=partitions, wall_ms=wall_ms, until_ms=until_ms)
+    return simulate(
+        read_lines(path),
+        engine,
+        source=path.name,
+        partitions=partitions,
+        wall_ms=wall_ms,
+        until_ms=until_ms,
+    )

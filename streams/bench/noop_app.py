@@ -14,18 +14,36 @@ from streams.worker.faust_internals import set_fetch_max_wait
 
 
 def main() -> None:
-    s = Settings.from_env({k: v for k, v in os.environ.items() if k in __import__("streams.config").config.SETTINGS})
+    s = Settings.from_env(
+        {k: v for k, v in os.environ.items() if k in __import__("streams.config").config.SETTINGS}
+    )
     expect = int(os.environ["BENCH_EXPECT"])
     out = Path(os.environ["BENCH_OUT"])
     set_fetch_max_wait(s.kafka_fetch_max_wait_ms)  # the same consumer as the rating worker's
     kafka_url = ";".join(f"kafka://{h.strip()}" for h in s.kafka_bootstrap_servers.split(","))
     app = faust.App(
-        s.worker_app_id, broker=kafka_url, store="memory://", topic_partitions=s.kafka_partitions, web_enabled=False,
-        topic_allow_declare=False, broker_rebalance_timeout=5.0, broker_session_timeout=6.0, broker_heartbeat_interval=1.0,
-        broker_commit_every=1000, broker_commit_interval=1.0, key_serializer="raw", value_serializer="raw",
-        **({"producer_max_batch_size": s.kafka_producer_max_batch_size} if s.kafka_producer_max_batch_size else {}),
+        s.worker_app_id,
+        broker=kafka_url,
+        store="memory://",
+        topic_partitions=s.kafka_partitions,
+        web_enabled=False,
+        topic_allow_declare=False,
+        broker_rebalance_timeout=5.0,
+        broker_session_timeout=6.0,
+        broker_heartbeat_interval=1.0,
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+        key_serializer="raw",
+        value_serializer="raw",
+        **(
+            {"producer_max_batch_size": s.kafka_producer_max_batch_size}
+            if s.kafka_producer_max_batch_size
+            else {}
+        ),
     )
-    topic = app.topic(s.topics.events, key_type=bytes, value_type=bytes, partitions=s.kafka_partitions)
+    topic = app.topic(
+        s.topics.events, key_type=bytes, value_type=bytes, partitions=s.kafka_partitions
+    )
     seen = {"n": 0, "first": None}
 
     @app.agent(topic, name="noop")

@@ -4,6 +4,7 @@ new pod or a lost volume does) timed to /readyz, against a worker with an empty 
 
     .venv/bin/python -m streams.bench.restore_rate 60000
 """
+
 import asyncio
 import shutil
 import sys
@@ -29,11 +30,38 @@ def records(n):
     out = []
     for i in range(n):
         key = f"s-{i:07d}"
-        s = engine.apply(None, ev(dict(kind="account", event_id=f"o{i}", account_id=key, main_account_id=key,
-                                       event_time="2026-05-01T00:00:00Z", type="account_opened", profile="tokenhub", post_paid=True))).state
+        s = engine.apply(
+            None,
+            ev(
+                dict(
+                    kind="account",
+                    event_id=f"o{i}",
+                    account_id=key,
+                    main_account_id=key,
+                    event_time="2026-05-01T00:00:00Z",
+                    type="account_opened",
+                    profile="tokenhub",
+                    post_paid=True,
+                )
+            ),
+        ).state
         for j in range(5):
-            s = engine.apply(s, ev(dict(kind="usage", event_id=f"u{i}-{j}", account_id=key, main_account_id=key, event_time=f"2026-05-01T01:0{j}:00Z",
-                                        item="tokens", model="kimi-k2.5", input_tokens=1000, output_tokens=100))).state
+            s = engine.apply(
+                s,
+                ev(
+                    dict(
+                        kind="usage",
+                        event_id=f"u{i}-{j}",
+                        account_id=key,
+                        main_account_id=key,
+                        event_time=f"2026-05-01T01:0{j}:00Z",
+                        item="tokens",
+                        model="kimi-k2.5",
+                        input_tokens=1000,
+                        output_tokens=100,
+                    )
+                ),
+            ).state
         out.append((key.encode(), s.dumps()))
     return out
 
@@ -49,6 +77,7 @@ def wait_log(path, needle, timeout):
 
 def wait_ready(port, timeout):
     import urllib.request
+
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         try:
@@ -61,11 +90,16 @@ def wait_ready(port, timeout):
 
 
 def main():
-    run = Path(".run/restore-rate"); shutil.rmtree(run, ignore_errors=True); run.mkdir(parents=True)
+    run = Path(".run/restore-rate")
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir(parents=True)
     with start_broker(log_path=run / "broker.log") as broker:
         times = {}
         for tag, n in (("empty", 0), ("full", N)):
-            p = LocalPipeline(run / tag, env_overrides={"KAFKA_TOPIC_PREFIX": f"{tag}.", "WORKER_APP_ID": f"{tag}-rating"})
+            p = LocalPipeline(
+                run / tag,
+                env_overrides={"KAFKA_TOPIC_PREFIX": f"{tag}.", "WORKER_APP_ID": f"{tag}-rating"},
+            )
             s = p.start_broker(broker.bootstrap)
             asyncio.run(create_topics(s))
             size = 0
@@ -77,11 +111,17 @@ def main():
                     prod = AIOKafkaProducer(**client_kwargs(s), acks="all", max_batch_size=16)
                     await prod.start()
                     try:
-                        futs = [await prod.send(f"{tag}-rating-accounts-changelog", key=k, value=v) for k, v in recs]
+                        futs = [
+                            await prod.send(f"{tag}-rating-accounts-changelog", key=k, value=v)
+                            for k, v in recs
+                        ]
                         await asyncio.gather(*futs)
                     finally:
                         await prod.stop()
-                t0 = time.monotonic(); asyncio.run(fill()); print(f"filled {n} records, {size/1e6:.1f} MB in {time.monotonic()-t0:.1f}s")
+
+                t0 = time.monotonic()
+                asyncio.run(fill())
+                print(f"filled {n} records, {size / 1e6:.1f} MB in {time.monotonic() - t0:.1f}s")
             w = p.start_worker()
             t = wait_ready(w.metrics_port, 900)
             times[tag] = (t, size)
@@ -89,8 +129,10 @@ def main():
             w.terminate()
         base = times["empty"][0]
         t, size = times["full"]
-        print(f"RESULT: {N} accounts, {size/1e6:.1f} MB changelog, start {base:.1f}s empty vs {t:.1f}s full: "
-              f"restore {t-base:.1f}s = {N/max(t-base,1e-9):,.0f} records/s, {size/1e6/max(t-base,1e-9):.2f} MB/s")
+        print(
+            f"RESULT: {N} accounts, {size / 1e6:.1f} MB changelog, start {base:.1f}s empty vs {t:.1f}s full: "
+            f"restore {t - base:.1f}s = {N / max(t - base, 1e-9):,.0f} records/s, {size / 1e6 / max(t - base, 1e-9):.2f} MB/s"
+        )
 
 
 if __name__ == "__main__":

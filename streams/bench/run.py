@@ -33,7 +33,6 @@ from streams.rating.profiles import Profiles
 from streams.simulate import read_lines, simulate
 from streams.sink.clickhouse import ClickHouseSink, connect, migrate
 
-
 EXTRA_ENV: dict[str, str] = {}
 
 
@@ -70,9 +69,18 @@ class Bench:
     def slice(self, broker, **env) -> LocalPipeline:
         self.n += 1
         tag = f"b{self.n}"
-        p = LocalPipeline(self.run_dir / tag, env_overrides={**EXTRA_ENV,
-            "KAFKA_TOPIC_PREFIX": f"{tag}.", "WORKER_APP_ID": f"{tag}-rating", "SINK_GROUP_ID": f"{tag}-sink",
-            "CHDB_PATH": str(self.run_dir / "chdb"), "WORKER_TICK_INTERVAL_MS": "1000", **env})
+        p = LocalPipeline(
+            self.run_dir / tag,
+            env_overrides={
+                **EXTRA_ENV,
+                "KAFKA_TOPIC_PREFIX": f"{tag}.",
+                "WORKER_APP_ID": f"{tag}-rating",
+                "SINK_GROUP_ID": f"{tag}-sink",
+                "CHDB_PATH": str(self.run_dir / "chdb"),
+                "WORKER_TICK_INTERVAL_MS": "1000",
+                **env,
+            },
+        )
         p.start_broker(broker.bootstrap)
         p.tag = tag  # type: ignore[attr-defined]
         asyncio.run(create_topics(p.settings))
@@ -106,8 +114,13 @@ def measure_baseline(b: Bench, broker, lines: list[bytes]) -> float:
     out = p.run_dir / "noop.out"
     env = p.worker_env() | {"BENCH_EXPECT": str(len(lines)), "BENCH_OUT": str(out)}
     log = p.run_dir / "noop.log"
-    proc = subprocess.Popen([sys.executable, "-m", "streams.bench.noop_app"], env=env,
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streams.bench.noop_app"],
+        env=env,
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_ready(log)
         t0 = asyncio.run(produce_timed(p.settings, lines, 1))
@@ -164,7 +177,9 @@ def measure_pipeline(b: Bench, broker, ch, batch: int, workers: int = 1) -> Pipe
                 await producer.send_lines(lines, batch_size=batch)
             while True:
                 await sink.step()
-                got = ch.query(f"SELECT count() FROM deductions FINAL WHERE main_account_id LIKE '{p.tag}-%'").result_rows[0][0]
+                got = ch.query(
+                    f"SELECT count() FROM deductions FINAL WHERE main_account_id LIKE '{p.tag}-%'"
+                ).result_rows[0][0]
                 if got >= want:
                     return time.time() - t0
         finally:
@@ -182,7 +197,9 @@ def measure_pipeline(b: Bench, broker, ch, batch: int, workers: int = 1) -> Pipe
     for log_path in logs:
         for table, n in changelog_bytes(log_path).items():
             written[table] = written.get(table, 0) + n / len(lines)
-    return PipelineRun(len(lines) / seconds, cpu_s / len(lines) * 1e6 if cpu_s is not None else None, written)
+    return PipelineRun(
+        len(lines) / seconds, cpu_s / len(lines) * 1e6 if cpu_s is not None else None, written
+    )
 
 
 def measure_aiokafka_loop(b: Bench, broker, lines: list[bytes]) -> float:
@@ -195,9 +212,14 @@ def measure_aiokafka_loop(b: Bench, broker, lines: list[bytes]) -> float:
 
         from streams.kafka_client import client_kwargs, producer_kwargs
 
-        consumer = AIOKafkaConsumer(p.settings.topics.events, **client_kwargs(p.settings), group_id=f"{p.tag}-loop",
-                                    auto_offset_reset="earliest", enable_auto_commit=False,
-                                    fetch_max_wait_ms=p.settings.kafka_fetch_max_wait_ms)
+        consumer = AIOKafkaConsumer(
+            p.settings.topics.events,
+            **client_kwargs(p.settings),
+            group_id=f"{p.tag}-loop",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            fetch_max_wait_ms=p.settings.kafka_fetch_max_wait_ms,
+        )
         producer = AIOKafkaProducer(**producer_kwargs(p.settings))
         await consumer.start()
         await producer.start()
@@ -206,8 +228,11 @@ def measure_aiokafka_loop(b: Bench, broker, lines: list[bytes]) -> float:
             seen = 0
             while seen < len(lines):
                 batches = await consumer.getmany(timeout_ms=100, max_records=500)
-                futures = [await producer.send(p.settings.topics.deductions, key=m.key, value=m.value)
-                           for msgs in batches.values() for m in msgs]
+                futures = [
+                    await producer.send(p.settings.topics.deductions, key=m.key, value=m.value)
+                    for msgs in batches.values()
+                    for m in msgs
+                ]
                 await asyncio.gather(*futures)
                 seen += len(futures)
                 if futures:
@@ -251,8 +276,9 @@ def changelog_bytes(log_path: Path) -> dict[str, int]:
     return last
 
 
-def measure_latency(b: Bench, broker, ch, lines: list[bytes],
-                    rate: float) -> tuple[list[float], list[float], dict[str, float]]:
+def measure_latency(
+    b: Bench, broker, ch, lines: list[bytes], rate: float
+) -> tuple[list[float], list[float], dict[str, float]]:
     p = b.slice(broker)
     w = p.start_worker()
     wait_ready(w.log_path)
@@ -267,8 +293,13 @@ def measure_latency(b: Bench, broker, ch, lines: list[bytes],
         from streams.kafka_client import client_kwargs
 
         await sink.start()
-        consumer = AIOKafkaConsumer(p.settings.topics.deductions, **client_kwargs(p.settings), group_id=None,
-                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            p.settings.topics.deductions,
+            **client_kwargs(p.settings),
+            group_id=None,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
         await consumer.start()
         deduction_at: dict[str, float] = {}
         stop = asyncio.Event()
@@ -313,8 +344,10 @@ def measure_latency(b: Bench, broker, ch, lines: list[bytes],
 
     try:
         deduction_at = asyncio.run(go())
-        rows = ch.query("SELECT event_id, toUnixTimestamp64Milli(ingested_at) FROM deductions WHERE event_id IN {ids:Array(String)}",
-                        parameters={"ids": [i for i in ids if "-u-" in i]}).result_rows
+        rows = ch.query(
+            "SELECT event_id, toUnixTimestamp64Milli(ingested_at) FROM deductions WHERE event_id IN {ids:Array(String)}",
+            parameters={"ids": [i for i in ids if "-u-" in i]},
+        ).result_rows
         to_deduction = [(deduction_at[e] - sent_at[e]) * 1000 for e in deduction_at if e in sent_at]
         to_clickhouse = [ms - sent_at[e] * 1000 for e, ms in rows if e in sent_at]
         return to_deduction, to_clickhouse, worker_round_timing(w.log_path)
@@ -339,8 +372,14 @@ def measure_sink(b: Bench, broker, ch, deductions: list[dict], rows: int) -> tup
 
         prod = AIOKafkaProducer(**{**producer_kwargs(p.settings), "max_batch_size": 1 << 20})
         await prod.start()
-        futures = [await prod.send(p.settings.topics.deductions, key=r["main_account_id"].encode(), value=reg.encode("deduction", r))
-                   for r in records]
+        futures = [
+            await prod.send(
+                p.settings.topics.deductions,
+                key=r["main_account_id"].encode(),
+                value=reg.encode("deduction", r),
+            )
+            for r in records
+        ]
         for f in futures:
             await f
         await prod.stop()
@@ -364,9 +403,13 @@ def measure_sink(b: Bench, broker, ch, deductions: list[dict], rows: int) -> tup
         # baseline: the same rows inserted straight into the same table in one call, no Kafka
         from streams.sink.clickhouse import DEDUCTION_COLUMNS, INSERT_SETTINGS, deduction_row
 
-        table_rows = [deduction_row(dict(r, deduction_id=r["deduction_id"] + "-direct")) for r in records]
+        table_rows = [
+            deduction_row(dict(r, deduction_id=r["deduction_id"] + "-direct")) for r in records
+        ]
         t0 = time.perf_counter()
-        ch.insert("deductions", table_rows, column_names=DEDUCTION_COLUMNS, settings=INSERT_SETTINGS)
+        ch.insert(
+            "deductions", table_rows, column_names=DEDUCTION_COLUMNS, settings=INSERT_SETTINGS
+        )
         direct_seconds = time.perf_counter() - t0
         return rows / sink_seconds, rows / direct_seconds
     finally:
@@ -384,17 +427,74 @@ def measure_state(accounts: int) -> tuple[float, float]:
     for i in range(accounts):
         key = f"s-{i:07d}"
         if i % 2:
-            s = engine.apply(None, ev(kind="account", event_id=f"o{i}", account_id=key, main_account_id=key,
-                                      event_time="2026-05-01T00:00:00Z", type="account_opened", profile="coze-pro", amount="10")).state
-            engine.apply(s, ev(kind="account", event_id=f"p{i}", account_id=key, main_account_id=key, event_time="2026-05-01T00:00:00Z",
-                               type="pack_purchased", pack_kind="coze_unified", pack_id=f"pk{i}", amount="1000", expires_at="2026-08-01T00:00:00Z"))
-            engine.apply(s, ev(kind="usage", event_id=f"u{i}", account_id=key, main_account_id=key, event_time="2026-05-01T01:00:00Z",
-                               item="agent_call", quantity="300"))
+            s = engine.apply(
+                None,
+                ev(
+                    kind="account",
+                    event_id=f"o{i}",
+                    account_id=key,
+                    main_account_id=key,
+                    event_time="2026-05-01T00:00:00Z",
+                    type="account_opened",
+                    profile="coze-pro",
+                    amount="10",
+                ),
+            ).state
+            engine.apply(
+                s,
+                ev(
+                    kind="account",
+                    event_id=f"p{i}",
+                    account_id=key,
+                    main_account_id=key,
+                    event_time="2026-05-01T00:00:00Z",
+                    type="pack_purchased",
+                    pack_kind="coze_unified",
+                    pack_id=f"pk{i}",
+                    amount="1000",
+                    expires_at="2026-08-01T00:00:00Z",
+                ),
+            )
+            engine.apply(
+                s,
+                ev(
+                    kind="usage",
+                    event_id=f"u{i}",
+                    account_id=key,
+                    main_account_id=key,
+                    event_time="2026-05-01T01:00:00Z",
+                    item="agent_call",
+                    quantity="300",
+                ),
+            )
         else:
-            s = engine.apply(None, ev(kind="account", event_id=f"o{i}", account_id=key, main_account_id=key,
-                                      event_time="2026-05-01T00:00:00Z", type="account_opened", profile="tokenhub", post_paid=True)).state
-            engine.apply(s, ev(kind="usage", event_id=f"u{i}", account_id=key, main_account_id=key, event_time="2026-05-01T01:00:00Z",
-                               item="tokens", model="kimi-k2.5", input_tokens=1000, output_tokens=100))
+            s = engine.apply(
+                None,
+                ev(
+                    kind="account",
+                    event_id=f"o{i}",
+                    account_id=key,
+                    main_account_id=key,
+                    event_time="2026-05-01T00:00:00Z",
+                    type="account_opened",
+                    profile="tokenhub",
+                    post_paid=True,
+                ),
+            ).state
+            engine.apply(
+                s,
+                ev(
+                    kind="usage",
+                    event_id=f"u{i}",
+                    account_id=key,
+                    main_account_id=key,
+                    event_time="2026-05-01T01:00:00Z",
+                    item="tokens",
+                    model="kimi-k2.5",
+                    input_tokens=1000,
+                    output_tokens=100,
+                ),
+            )
         states[key] = s
     # The worker's table holds each account as its serialized value (bytes) keyed by the main
     # account id: that dict is what a worker keeps in memory (memory:// store), and each value is
@@ -405,7 +505,9 @@ def measure_state(accounts: int) -> tuple[float, float]:
     del states
     gc.collect()
     tracemalloc.start()
-    table = {bytes(bytearray(k)): bytes(bytearray(v)) for k, v in blobs.items()}  # fresh copies, traced
+    table = {
+        bytes(bytearray(k)): bytes(bytearray(v)) for k, v in blobs.items()
+    }  # fresh copies, traced
     memory = tracemalloc.get_traced_memory()[0] / accounts * 100_000
     tracemalloc.stop()
     changelog = sum(len(k) + len(v) for k, v in table.items()) / accounts * 100_000
@@ -437,7 +539,9 @@ def measure_heavy_account(requests: int, window: int = 100_000) -> tuple[float, 
     from streams.simulate import Simulation
 
     lines = heavy_account("bench-heavy", requests, span_s=86_400, seed=11)
-    events = [parse_json_event(_orjson.loads(raw)) for raw in lines]  # parsing is not what is measured
+    events = [
+        parse_json_event(_orjson.loads(raw)) for raw in lines
+    ]  # parsing is not what is measured
     sim = Simulation(BillingEngine(Profiles()), partitions=4)
     marks = {}
     for n, (event, raw) in enumerate(zip(events, lines)):
@@ -447,109 +551,248 @@ def measure_heavy_account(requests: int, window: int = 100_000) -> tuple[float, 
     first = window / (marks[1 + window] - marks[1])
     last = (window - 1) / (marks[len(events) - 1] - marks[len(events) - window])
     result = sim.finish()
-    largest = max(len(_orjson.dumps(r)) for r in (*result.deductions[-1000:], *result.settlements, *result.alerts))
+    largest = max(
+        len(_orjson.dumps(r))
+        for r in (*result.deductions[-1000:], *result.settlements, *result.alerts)
+    )
     return first, last, largest, len(result.states["bench-heavy"].dumps())
 
 
-def run_bench(out: Path, *, events: int, accounts: int, simulate_events: int, state_accounts: int, console: Console,
-              heavy_requests: int = 1_000_000) -> list[Figure]:
+def run_bench(
+    out: Path,
+    *,
+    events: int,
+    accounts: int,
+    simulate_events: int,
+    state_accounts: int,
+    console: Console,
+    heavy_requests: int = 1_000_000,
+) -> list[Figure]:
     run_dir = Path(".run") / "bench"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     b = Bench(run_dir, console, events, accounts)
-    console.print(f"[bold]rating bench[/]: {events} events over {accounts} accounts; machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}")
+    console.print(
+        f"[bold]rating bench[/]: {events} events over {accounts} accounts; machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}"
+    )
     lines = generate(seed=3, accounts=accounts, usage_events=events, prefix="base")
     sim = simulate(list(enumerate(lines, 1)), BillingEngine(Profiles()))
     with start_broker(log_path=run_dir / "broker.log") as broker:
         ch = connect(__import__("streams.config").config.Settings(chdb_path=run_dir / "chdb"))
         migrate(ch)
         console.print("[bold]baseline[/]: no-op faust agent, single-event messages")
-        baseline = b.add(Figure("no-op faust agent", measure_baseline(b, broker, lines), "events/s", note="(baseline)")).value
+        baseline = b.add(
+            Figure(
+                "no-op faust agent",
+                measure_baseline(b, broker, lines),
+                "events/s",
+                note="(baseline)",
+            )
+        ).value
 
         console.print("[bold]baseline[/]: plain aiokafka consume-and-produce loop")
-        loop = b.add(Figure("plain aiokafka loop", measure_aiokafka_loop(b, broker, lines), "events/s", baseline,
-                            note="(second baseline; ratio: vs the no-op faust agent)"))
+        loop = b.add(
+            Figure(
+                "plain aiokafka loop",
+                measure_aiokafka_loop(b, broker, lines),
+                "events/s",
+                baseline,
+                note="(second baseline; ratio: vs the no-op faust agent)",
+            )
+        )
 
         console.print("[bold]pipeline[/]: produce -> worker -> ClickHouse")
         run1 = measure_pipeline(b, broker, ch, 1)
-        single = b.add(Figure("end-to-end, single-event messages", run1.events_per_s, "events/s", baseline,
-                              ">= 0.8x baseline"))
+        single = b.add(
+            Figure(
+                "end-to-end, single-event messages",
+                run1.events_per_s,
+                "events/s",
+                baseline,
+                ">= 0.8x baseline",
+            )
+        )
         single.met = single.ratio >= 0.8
-        b.add(Figure("end-to-end, single-event, vs the aiokafka loop", run1.events_per_s, "events/s", loop.value))
+        b.add(
+            Figure(
+                "end-to-end, single-event, vs the aiokafka loop",
+                run1.events_per_s,
+                "events/s",
+                loop.value,
+            )
+        )
         if run1.worker_cpu_us_per_event is not None:
             b.add(Figure("worker CPU per event, single-event", run1.worker_cpu_us_per_event, "us"))
         for table, per_event in sorted(run1.changelog_bytes_per_event.items()):
             b.add(Figure(f"changelog bytes per event, {table}", per_event, "bytes"))
         run100 = measure_pipeline(b, broker, ch, 100)
-        batched = b.add(Figure("end-to-end, 100 events per message", run100.events_per_s, "events/s", baseline,
-                               ">= 3x baseline"))
+        batched = b.add(
+            Figure(
+                "end-to-end, 100 events per message",
+                run100.events_per_s,
+                "events/s",
+                baseline,
+                ">= 3x baseline",
+            )
+        )
         batched.met = batched.ratio >= 3
         if run100.worker_cpu_us_per_event is not None:
-            b.add(Figure("worker CPU per event, 100 per message", run100.worker_cpu_us_per_event, "us"))
+            b.add(
+                Figure(
+                    "worker CPU per event, 100 per message", run100.worker_cpu_us_per_event, "us"
+                )
+            )
 
         console.print("[bold]latency[/] at half the measured single-event rate")
-        lat_lines = generate(seed=4, accounts=accounts, usage_events=max(2000, int(single.value * 10 / 2)), prefix="lat")
+        lat_lines = generate(
+            seed=4,
+            accounts=accounts,
+            usage_events=max(2000, int(single.value * 10 / 2)),
+            prefix="lat",
+        )
         to_deduction, to_ch, hops = measure_latency(b, broker, ch, lat_lines, single.value / 2)
-        for name, values, goal_ms in (("event -> deduction", to_deduction, 250), ("event -> ClickHouse row", to_ch, 1000)):
+        for name, values, goal_ms in (
+            ("event -> deduction", to_deduction, 250),
+            ("event -> ClickHouse row", to_ch, 1000),
+        ):
             if values:
                 b.add(Figure(f"{name} p50", percentile(values, 50), "ms"))
-                f = b.add(Figure(f"{name} p99", percentile(values, 99), "ms", target=f"p99 < {goal_ms:,} ms"))
+                f = b.add(
+                    Figure(
+                        f"{name} p99", percentile(values, 99), "ms", target=f"p99 < {goal_ms:,} ms"
+                    )
+                )
                 f.met = f.value < goal_ms
-        for hop, label in (("age_at_start_ms", "fetch + queue before a round"), ("process_ms", "rating a round"),
-                           ("output_ack_ms", "outputs, entries, states acknowledged")):
+        for hop, label in (
+            ("age_at_start_ms", "fetch + queue before a round"),
+            ("process_ms", "rating a round"),
+            ("output_ack_ms", "outputs, entries, states acknowledged"),
+        ):
             if hop in hops:
                 b.add(Figure(f"hop: {label}, p50", hops[hop], "ms"))
 
         console.print("[bold]sink[/]: 100,000 deductions from Kafka into chDB")
         sink_rate, direct_rate = measure_sink(b, broker, ch, sim.deductions, 100_000)
-        f = b.add(Figure("sink rows/s into chDB", sink_rate, "rows/s", direct_rate, ">= 100,000 rows/s", note="(baseline: one direct insert)"))
+        f = b.add(
+            Figure(
+                "sink rows/s into chDB",
+                sink_rate,
+                "rows/s",
+                direct_rate,
+                ">= 100,000 rows/s",
+                note="(baseline: one direct insert)",
+            )
+        )
         f.met = sink_rate >= 100_000
 
         console.print("[bold]scaling[/]: 2 workers vs 1 on the same partitions")
         run2 = measure_pipeline(b, broker, ch, 1, workers=2)
-        two = b.add(Figure("end-to-end, 2 workers, single-event", run2.events_per_s,
-                           "events/s", single.value, ">= 1.4x one worker", note="(baseline: 1 worker)"))
+        two = b.add(
+            Figure(
+                "end-to-end, 2 workers, single-event",
+                run2.events_per_s,
+                "events/s",
+                single.value,
+                ">= 1.4x one worker",
+                note="(baseline: 1 worker)",
+            )
+        )
         two.met = two.ratio >= 1.4
         if run2.worker_cpu_us_per_event is not None and run1.worker_cpu_us_per_event:
-            f = b.add(Figure("worker CPU per event, 2 workers", run2.worker_cpu_us_per_event, "us",
-                             run1.worker_cpu_us_per_event, "<= 1.15x one worker", note="(baseline: 1 worker)"))
+            f = b.add(
+                Figure(
+                    "worker CPU per event, 2 workers",
+                    run2.worker_cpu_us_per_event,
+                    "us",
+                    run1.worker_cpu_us_per_event,
+                    "<= 1.15x one worker",
+                    note="(baseline: 1 worker)",
+                )
+            )
             f.met = f.ratio <= 1.15
 
-    console.print(f"[bold]state[/]: {state_accounts} accounts with live packs and trials, scaled to 100,000")
+    console.print(
+        f"[bold]state[/]: {state_accounts} accounts with live packs and trials, scaled to 100,000"
+    )
     memory, changelog = measure_state(state_accounts)
     b.add(Figure("memory per 100,000 accounts", memory / 1e6, "MB"))
     b.add(Figure("changelog bytes per 100,000 accounts", changelog / 1e6, "MB"))
 
     console.print(f"[bold]simulate[/]: {simulate_events:,} events")
     sim_rate, cpu_us = measure_simulate(run_dir, simulate_events)
-    rate = b.add(Figure(f"rating simulate, {simulate_events:,}-event file", sim_rate, "events/s", baseline,
-                        ">= 8x baseline", note="(ratio: vs the no-op faust agent)"))
+    rate = b.add(
+        Figure(
+            f"rating simulate, {simulate_events:,}-event file",
+            sim_rate,
+            "events/s",
+            baseline,
+            ">= 8x baseline",
+            note="(ratio: vs the no-op faust agent)",
+        )
+    )
     rate.met = rate.ratio >= 8
     b.add(Figure("core CPU per event (simulate)", cpu_us, "us"))
 
     console.print(f"[bold]heavy account[/]: one account, {heavy_requests:,} requests in one day")
     first, last, largest, state_bytes = measure_heavy_account(heavy_requests)
-    f = b.add(Figure("heavy account, last 100,000 events", last, "events/s", first, ">= 0.9x its first 100,000",
-                     note="(baseline: its first 100,000)"))
+    f = b.add(
+        Figure(
+            "heavy account, last 100,000 events",
+            last,
+            "events/s",
+            first,
+            ">= 0.9x its first 100,000",
+            note="(baseline: its first 100,000)",
+        )
+    )
     f.met = f.ratio >= 0.9
-    f = b.add(Figure("heavy account, largest output record", largest, "bytes", target="<= 65,536 bytes"))
+    f = b.add(
+        Figure("heavy account, largest output record", largest, "bytes", target="<= 65,536 bytes")
+    )
     f.met = largest <= 65_536
     b.add(Figure("heavy account, state after all its events", state_bytes, "bytes"))
 
-    table = Table(title=f"rating bench ({os.cpu_count()} cores; ratios against a baseline measured in this run)")
+    table = Table(
+        title=f"rating bench ({os.cpu_count()} cores; ratios against a baseline measured in this run)"
+    )
     for col in ("measure", "value", "baseline", "ratio", "target", "met"):
         table.add_column(col, justify="right" if col in ("value", "baseline", "ratio") else "left")
     for f in b.figures:
-        table.add_row(f.name, f"{f.value:,.1f} {f.unit}", "" if f.baseline is None else f"{f.baseline:,.1f}",
-                      "" if f.ratio is None else f"{f.ratio:.2f}x", f.target,
-                      "" if f.met is None else ("[green]yes[/]" if f.met else "[red]no[/]"))
+        table.add_row(
+            f.name,
+            f"{f.value:,.1f} {f.unit}",
+            "" if f.baseline is None else f"{f.baseline:,.1f}",
+            "" if f.ratio is None else f"{f.ratio:.2f}x",
+            f.target,
+            "" if f.met is None else ("[green]yes[/]" if f.met else "[red]no[/]"),
+        )
     console.print(table)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "events": events, "accounts": accounts,
-        "figures": [{"name": f.name, "value": f.value, "unit": f.unit, "baseline": f.baseline, "ratio": f.ratio,
-                     "target": f.target, "met": f.met} for f in b.figures],
-    }, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "machine": {
+                    "cores": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "platform": platform.platform(),
+                },
+                "events": events,
+                "accounts": accounts,
+                "figures": [
+                    {
+                        "name": f.name,
+                        "value": f.value,
+                        "unit": f.unit,
+                        "baseline": f.baseline,
+                        "ratio": f.ratio,
+                        "target": f.target,
+                        "met": f.met,
+                    }
+                    for f in b.figures
+                ],
+            },
+            indent=2,
+        )
+    )
     console.print(f"written {out}")
     return b.figures

@@ -24,13 +24,18 @@ def main(rows: int = 100_000) -> tuple[float, float]:
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     console = Console()
-    sim = simulate(list(enumerate(generate(seed=3, accounts=200, usage_events=5000, prefix="base"), 1)), BillingEngine(Profiles()))
+    sim = simulate(
+        list(enumerate(generate(seed=3, accounts=200, usage_events=5000, prefix="base"), 1)),
+        BillingEngine(Profiles()),
+    )
     with start_broker(log_path=run_dir / "broker.log") as broker:
         ch = connect(Settings(chdb_path=run_dir / "chdb"))
         migrate(ch)
         b = Bench(run_dir, console, rows, 200)
         sink_rate, direct_rate = measure_sink(b, broker, ch, sim.deductions, rows)
-    console.print(f"sink {sink_rate:,.0f} rows/s, direct row insert {direct_rate:,.0f} rows/s = {sink_rate / direct_rate:.2f}x")
+    console.print(
+        f"sink {sink_rate:,.0f} rows/s, direct row insert {direct_rate:,.0f} rows/s = {sink_rate / direct_rate:.2f}x"
+    )
     return sink_rate, direct_rate
 
 

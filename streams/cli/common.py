@@ -11,7 +11,6 @@ from rich.console import Console
 from streams.config import ConfigError, Settings
 
 
-
 def console_width(environ, isatty: bool) -> int | None:
     """A terminal sizes itself (None); a pipe or file takes ``COLUMNS`` when it is a positive
     integer, else 160 columns, so that ``COLUMNS=300 rating dlq list > file`` keeps long ids whole."""
@@ -97,13 +96,20 @@ def input_file(path, what: str = "input"):
 
         fd, name = tempfile.mkstemp(prefix="rating-stdin-", suffix=".jsonl")
         with os.fdopen(fd, "wb") as fh:
-            fh.write(sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode())
+            fh.write(
+                sys.stdin.buffer.read()
+                if hasattr(sys.stdin, "buffer")
+                else sys.stdin.read().encode()
+            )
         atexit.register(lambda: os.path.exists(name) and os.unlink(name))
         return Path(name)
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path} is not a file; pass a JSON Lines file of events (see examples/), or - for standard input")
+        raise UserError(
+            f"{path} is not a file; pass a JSON Lines file of events (see examples/), or - for standard input"
+        )
     return path
+
 
 # Characters that must not reach a terminal raw: controls (ESC sequences, carriage returns, NUL),
 # format characters (zero-width, bidirectional overrides), line and paragraph separators,
@@ -147,12 +153,11 @@ def friendly(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from streams.rating.profiles import ProfileError
-
         from aiokafka.errors import KafkaError
         from clickhouse_connect.driver.exceptions import Error as ClickHouseError
 
         from streams.kafka_client import ReadStalled, TopicNotFound
+        from streams.rating.profiles import ProfileError
         from streams.sink.clickhouse import SinkHalted
 
         try:
@@ -172,22 +177,33 @@ def friendly(fn):
 
             if exc.errno != errno.EADDRINUSE:
                 raise
-            fail(f"address already in use ({exc}); if it is METRICS_PORT, set it to a free port, or 0 for no endpoint")
+            fail(
+                f"address already in use ({exc}); if it is METRICS_PORT, set it to a free port, or 0 for no endpoint"
+            )
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(130) from None
         except (KafkaError, ConnectionError) as exc:
-            fail(f"cannot reach Kafka at {_bootstrap()}: {exc or type(exc).__name__}; check KAFKA_BOOTSTRAP_SERVERS "
-                 "and the KAFKA_SECURITY_* settings", code=3)
+            fail(
+                f"cannot reach Kafka at {_bootstrap()}: {exc or type(exc).__name__}; check KAFKA_BOOTSTRAP_SERVERS "
+                "and the KAFKA_SECURITY_* settings",
+                code=3,
+            )
         except ClickHouseError as exc:
             if chdb_locked(exc):
                 fail(chdb_locked_message(settings()), code=3)
-            fail(f"ClickHouse failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
-                 "check CLICKHOUSE_URL and CLICKHOUSE_PASSWORD", code=3)
+            fail(
+                f"ClickHouse failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+                "check CLICKHOUSE_URL and CLICKHOUSE_PASSWORD",
+                code=3,
+            )
         except Exception as exc:  # a bug: still one line, and the way to get the details
             if _debug():
                 raise
-            fail(f"internal error ({type(exc).__name__}: {exc}); run again with LOG_LEVEL=DEBUG for the traceback", code=1)
+            fail(
+                f"internal error ({type(exc).__name__}: {exc}); run again with LOG_LEVEL=DEBUG for the traceback",
+                code=1,
+            )
 
     return wrapper
 
@@ -227,13 +243,17 @@ def _debug() -> bool:
 
 def require_cluster(s: Settings, what: str) -> None:
     if s.embedded_broker:
-        raise UserError(f"KAFKA_BOOTSTRAP_SERVERS is not set; {what} needs a running Kafka cluster "
-                        "(`rating run` starts an embedded one)")
+        raise UserError(
+            f"KAFKA_BOOTSTRAP_SERVERS is not set; {what} needs a running Kafka cluster "
+            "(`rating run` starts an embedded one)"
+        )
 
 
 def port_in_use_message(host: str, port: int) -> str:
-    return (f"METRICS_PORT {port} on {host} is already in use (another worker or sink on this host?); "
-            "set METRICS_PORT to a free port, or 0 for no endpoint")
+    return (
+        f"METRICS_PORT {port} on {host} is already in use (another worker or sink on this host?); "
+        "set METRICS_PORT to a free port, or 0 for no endpoint"
+    )
 
 
 def require_free_port(s: Settings) -> None:
@@ -244,14 +264,18 @@ def require_free_port(s: Settings) -> None:
     if not s.metrics_port:
         return
     with socket.socket(socket.AF_INET6 if ":" in s.metrics_host else socket.AF_INET) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no clash
+        sock.setsockopt(
+            socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
+        )  # as the server binds: TIME_WAIT is no clash
         try:
             sock.bind((s.metrics_host, s.metrics_port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise UserError(port_in_use_message(s.metrics_host, s.metrics_port)) from None
-            raise UserError(f"METRICS_HOST {s.metrics_host!r}:{s.metrics_port} cannot be bound: {exc.strerror}; "
-                            "check METRICS_HOST and METRICS_PORT") from None
+            raise UserError(
+                f"METRICS_HOST {s.metrics_host!r}:{s.metrics_port} cannot be bound: {exc.strerror}; "
+                "check METRICS_HOST and METRICS_PORT"
+            ) from None
 
 
 def settings() -> Settings:
@@ -265,8 +289,11 @@ def client_settings() -> Settings:
 
     s, record = attached_settings()
     if record is not None:
-        err.print(f"[dim]using the embedded `rating run` (pid {record['pid']}) of {RUN_FILE}: "
-                  f"broker {visible(s.kafka_bootstrap_servers)}[/]", highlight=False)
+        err.print(
+            f"[dim]using the embedded `rating run` (pid {record['pid']}) of {RUN_FILE}: "
+            f"broker {visible(s.kafka_bootstrap_servers)}[/]",
+            highlight=False,
+        )
     return s
 
 
@@ -280,8 +307,6 @@ def _profiles(s: Settings):
     from streams.rating.profiles import Profiles
 
     return Profiles(s.profiles_dir)
-
-
 
 
 def hide_flag_types() -> None:
@@ -323,6 +348,12 @@ def chdb_locked_message(s: Settings) -> str:
     from streams.cli.runfile import read_run_file
 
     running = read_run_file()
-    owner = f"`rating run` (pid {running['pid']})" if running else "another process (a `rating run`, `demo` or sink)"
-    return (f"the embedded chDB at {s.chdb_path} is open in {owner}; chDB admits one process. Stop it first, "
-            "or run the pipeline with CLICKHOUSE_URL set to a ClickHouse server, which any number of clients can query")
+    owner = (
+        f"`rating run` (pid {running['pid']})"
+        if running
+        else "another process (a `rating run`, `demo` or sink)"
+    )
+    return (
+        f"the embedded chDB at {s.chdb_path} is open in {owner}; chDB admits one process. Stop it first, "
+        "or run the pipeline with CLICKHOUSE_URL set to a ClickHouse server, which any number of clients can query"
+    )

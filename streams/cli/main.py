@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from datetime import UTC
 from decimal import Decimal
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
 
-from streams.cli.common import UserError, _profiles, amount, console, emit_json_lines, err, exact, friendly, hide_flag_types
-from streams.cli.common import client_settings, input_file, settings, setup_logging
+from streams.cli.common import (
+    UserError,
+    _profiles,
+    amount,
+    client_settings,
+    console,
+    emit_json_lines,
+    err,
+    exact,
+    friendly,
+    hide_flag_types,
+    input_file,
+    settings,
+    setup_logging,
+)
 from streams.cli.common import shown as _s
 
 hide_flag_types()
@@ -31,11 +44,23 @@ app = typer.Typer(
 @app.command()
 @friendly
 def simulate(
-    events: Path = typer.Argument(..., help="JSON Lines file of usage and account events (- = standard input)", exists=False),
-    out: Path = typer.Option(Path("simulate-out"), "--out", help="folder for the output .jsonl files"),
-    until: str = typer.Option("", "--until", help="ISO-8601 time with offset: at the end of the input, advance stream "
-                              "time to it (as a live partition that stays quiet until then), closing what is due"),
-    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON Lines: one object per account, then the counts"),
+    events: Path = typer.Argument(
+        ..., help="JSON Lines file of usage and account events (- = standard input)", exists=False
+    ),
+    out: Path = typer.Option(
+        Path("simulate-out"), "--out", help="folder for the output .jsonl files"
+    ),
+    until: str = typer.Option(
+        "",
+        "--until",
+        help="ISO-8601 time with offset: at the end of the input, advance stream "
+        "time to it (as a live partition that stays quiet until then), closing what is due",
+    ),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="print the summary as JSON Lines: one object per account, then the counts",
+    ),
 ):
     """Run the pure core over a JSON Lines file: the offline twin of the pipeline.
 
@@ -51,9 +76,16 @@ def simulate(
     except Rejected as exc:
         raise UserError(f"--until: {exc.message}") from None
     s = settings()
-    result = run_file(events, _profiles(s), partitions=s.kafka_partitions,
-                      allowed_lateness_ms=s.settlement_allowed_lateness_s * 1000, horizon_ms=s.dedupe_horizon_s * 1000,
-                      max_ahead_ms=s.max_event_ahead_s * 1000, wall_ms=int(time.time() * 1000), until_ms=until_ms)
+    result = run_file(
+        events,
+        _profiles(s),
+        partitions=s.kafka_partitions,
+        allowed_lateness_ms=s.settlement_allowed_lateness_s * 1000,
+        horizon_ms=s.dedupe_horizon_s * 1000,
+        max_ahead_ms=s.max_event_ahead_s * 1000,
+        wall_ms=int(time.time() * 1000),
+        until_ms=until_ms,
+    )
     files = write_outputs(result, out)
     summary = Table(title=f"rating simulate {_s(events)}")
     summary.add_column("account")
@@ -66,7 +98,13 @@ def simulate(
     currency: dict[str, str] = {}
     for d in result.deductions:
         acc = d["main_account_id"]
-        t = totals.setdefault(acc, {k: Decimal(0) for k in ("rated", "free", "trial", "pack", "voucher", "cash", "unbilled")})
+        t = totals.setdefault(
+            acc,
+            {
+                k: Decimal(0)
+                for k in ("rated", "free", "trial", "pack", "voucher", "cash", "unbilled")
+            },
+        )
         counts[acc] = counts.get(acc, 0) + 1
         currency[acc] = d["currency"]
         t["rated"] += Decimal(d["rated_amount"])
@@ -75,14 +113,39 @@ def simulate(
             t[sp["bucket_kind"]] += Decimal(sp["amount"])
     c = result.counts
     if as_json:
-        emit_json_lines([*({"kind": "account", "main_account_id": acc, "currency": currency[acc], "events": counts[acc],
-                            **{k: exact(v) for k, v in totals[acc].items()}} for acc in sorted(totals)),
-                         {"kind": "counts", **c, "alerts": len(result.alerts), "settlement_lines": len(result.settlements),
-                          "files": {name: str(path) for name, path in files.items()}}])
+        emit_json_lines(
+            [
+                *(
+                    {
+                        "kind": "account",
+                        "main_account_id": acc,
+                        "currency": currency[acc],
+                        "events": counts[acc],
+                        **{k: exact(v) for k, v in totals[acc].items()},
+                    }
+                    for acc in sorted(totals)
+                ),
+                {
+                    "kind": "counts",
+                    **c,
+                    "alerts": len(result.alerts),
+                    "settlement_lines": len(result.settlements),
+                    "files": {name: str(path) for name, path in files.items()},
+                },
+            ]
+        )
         return
     for acc in sorted(totals):
         t = totals[acc]
-        summary.add_row(_s(acc), _s(currency[acc]), str(counts[acc]), *(amount(t[k]) for k in ("rated", "free", "trial", "pack", "voucher", "cash", "unbilled")))
+        summary.add_row(
+            _s(acc),
+            _s(currency[acc]),
+            str(counts[acc]),
+            *(
+                amount(t[k])
+                for k in ("rated", "free", "trial", "pack", "voucher", "cash", "unbilled")
+            ),
+        )
     console.print(summary)
     console.print(
         f"consumed {c['consumed']} = rated {c['rated']} + applied {c['applied']} + rejected {c['rejected']} "
@@ -96,33 +159,48 @@ def simulate(
 @friendly
 def quote(
     profile: str = typer.Option(..., "--profile", "-p", help="coze-pro, tokenhub, ark, jiekou"),
-    model: Optional[str] = typer.Option(None, "--model", "-m"),
-    item: str = typer.Option("tokens", "--item", help="billing item (tokens, tts, rtc_video, image, video, 3d, ...)"),
+    model: str | None = typer.Option(None, "--model", "-m"),
+    item: str = typer.Option(
+        "tokens", "--item", help="billing item (tokens, tts, rtc_video, image, video, 3d, ...)"
+    ),
     input_tokens: int = typer.Option(0, "--input", help="total input tokens, cache hits included"),
     cache_hit: int = typer.Option(0, "--cache-hit"),
     cache_write: int = typer.Option(0, "--cache-write"),
-    output_tokens: int = typer.Option(0, "--output", help="total output tokens, reasoning included"),
+    output_tokens: int = typer.Option(
+        0, "--output", help="total output tokens, reasoning included"
+    ),
     reasoning: int = typer.Option(0, "--reasoning"),
-    quantity: Optional[str] = typer.Option(None, "--quantity", "-q", help="units for per-unit items"),
-    hours: Optional[str] = typer.Option(None, "--hours", help="hours, for kb_storage"),
-    variant: Optional[str] = typer.Option(None, "--variant"),
-    at: Optional[str] = typer.Option(None, "--at", help="event time (ISO-8601); default: now"),
+    quantity: str | None = typer.Option(
+        None, "--quantity", "-q", help="units for per-unit items"
+    ),
+    hours: str | None = typer.Option(None, "--hours", help="hours, for kb_storage"),
+    variant: str | None = typer.Option(None, "--variant"),
+    at: str | None = typer.Option(None, "--at", help="event time (ISO-8601); default: now"),
 ):
     """Price one request and show the breakdown line by line (no account, no buckets)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    from streams.deduction.record import money, present
+    from streams.cli.profiles import check_names, profile_or_error
+    from streams.deduction.record import money
     from streams.ingest.events import Rejected, parse_usage
     from streams.rating.rate import rate
 
-    from streams.cli.profiles import check_names, profile_or_error
-
     p = profile_or_error(_profiles(settings()), profile)
     raw = {
-        "event_id": "quote", "account_id": "quote", "main_account_id": "quote",
-        "event_time": at or datetime.now(timezone.utc).isoformat(), "item": item, "model": model, "variant": variant,
-        "input_tokens": input_tokens, "cache_hit_tokens": cache_hit, "cache_write_tokens": cache_write,
-        "output_tokens": output_tokens, "reasoning_tokens": reasoning, "quantity": quantity, "hours": hours,
+        "event_id": "quote",
+        "account_id": "quote",
+        "main_account_id": "quote",
+        "event_time": at or datetime.now(UTC).isoformat(),
+        "item": item,
+        "model": model,
+        "variant": variant,
+        "input_tokens": input_tokens,
+        "cache_hit_tokens": cache_hit,
+        "cache_write_tokens": cache_write,
+        "output_tokens": output_tokens,
+        "reasoning_tokens": reasoning,
+        "quantity": quantity,
+        "hours": hours,
     }
     try:
         event = parse_usage(raw)
@@ -131,7 +209,9 @@ def quote(
         if exc.code in ("unknown_item", "unknown_model", "unknown_variant"):
             from streams.ingest.events import to_millis
 
-            check_names(p, item, model, variant, to_millis(raw["event_time"], "--at"))  # names the nearest ones
+            check_names(
+                p, item, model, variant, to_millis(raw["event_time"], "--at")
+            )  # names the nearest ones
         raise UserError(f"{exc.code}: {exc.message}") from None
     table = Table(title=f"{_s(profile)} {_s(model or '')} {_s(item)} ({_s(rating.price_version)})")
     table.add_column("component")
@@ -139,13 +219,23 @@ def quote(
     table.add_column(f"unit price ({p.currency})", justify="right")
     table.add_column(f"amount ({p.currency})", justify="right")
     for line in rating.lines:
-        table.add_row(line.component, money(line.units), money(line.unit_price), amount(line.amount))
+        table.add_row(
+            line.component, money(line.units), money(line.unit_price), amount(line.amount)
+        )
     table.add_row("[bold]total", "", "", f"[bold]{amount(rating.amount)}")
     console.print(table)
-    extra = f" = {money(p.to_price_unit(rating.amount))} points" if p.book.price_unit == "points" else ""
-    console.print(f"total {amount(rating.amount)} {p.currency} (rounded half-even to 6 places){extra}")
+    extra = (
+        f" = {money(p.to_price_unit(rating.amount))} points"
+        if p.book.price_unit == "points"
+        else ""
+    )
+    console.print(
+        f"total {amount(rating.amount)} {p.currency} (rounded half-even to 6 places){extra}"
+    )
     if rating.billed_elsewhere:
-        console.print("billed elsewhere: this model is charged by its own platform, not by this profile")
+        console.print(
+            "billed elsewhere: this model is charged by its own platform, not by this profile"
+        )
 
 
 # ---------------------------------------------------------------- live pipeline
@@ -157,7 +247,9 @@ def worker():
     """Run a stream-processing worker (faust) against the configured Kafka cluster."""
     s = settings()
     if s.embedded_broker:
-        raise UserError("KAFKA_BOOTSTRAP_SERVERS is not set; `rating run` starts an embedded broker, `rating worker` needs a cluster")
+        raise UserError(
+            "KAFKA_BOOTSTRAP_SERVERS is not set; `rating run` starts an embedded broker, `rating worker` needs a cluster"
+        )
     from streams.cli.common import require_free_port
 
     require_free_port(s)
@@ -196,9 +288,15 @@ def sink():
 @app.command()
 @friendly
 def demo(
-    events: Path = typer.Argument(Path("examples/demo.jsonl"), help="JSON Lines stream to replay (- = standard input)"),
-    batch: int = typer.Option(1, "--batch", min=1, help="events per Kafka message (EventBatch) for the replay"),
-    timeout: float = typer.Option(90.0, "--timeout", min=1, help="seconds to wait for everything to land"),
+    events: Path = typer.Argument(
+        Path("examples/demo.jsonl"), help="JSON Lines stream to replay (- = standard input)"
+    ),
+    batch: int = typer.Option(
+        1, "--batch", min=1, help="events per Kafka message (EventBatch) for the replay"
+    ),
+    timeout: float = typer.Option(
+        90.0, "--timeout", min=1, help="seconds to wait for everything to land"
+    ),
 ):
     """Start a local broker, a worker and the sink, replay EVENTS, print what landed, stop."""
     from streams.cli.demo import run_demo
@@ -211,12 +309,20 @@ def demo(
 
 @app.command()
 @friendly
-def topics(check: bool = typer.Option(False, "--check", help="only describe; exit 1 if a topic is missing or differs (partitions, replication factor, min ISR, retention, compaction)"),
-           as_json: bool = typer.Option(False, "--json", help="one JSON object per topic (JSON Lines)")):
+def topics(
+    check: bool = typer.Option(
+        False,
+        "--check",
+        help="only describe; exit 1 if a topic is missing or differs (partitions, replication factor, min ISR, retention, compaction)",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per topic (JSON Lines)"),
+):
     """Create the pipeline's topics (idempotent) and describe them: partitions, replication, min ISR, retention, compaction."""
     s = client_settings()
     if s.embedded_broker:
-        raise UserError("KAFKA_BOOTSTRAP_SERVERS is not set; `rating topics` manages a cluster's topics")
+        raise UserError(
+            "KAFKA_BOOTSTRAP_SERVERS is not set; `rating topics` manages a cluster's topics"
+        )
     from streams.kafka_admin import create_topics, describe, differences, topic_specs
 
     created = [] if check else asyncio.run(create_topics(s))
@@ -237,20 +343,37 @@ def topics(check: bool = typer.Option(False, "--check", help="only describe; exi
         else:
             state = "created" if spec.name in created else "ok"
         table.add_row(spec.name, str(spec.partitions), cfg, spec.doc, state)
-        records.append({"topic": spec.name, "partitions": spec.partitions, "config": dict(spec.config), "content": spec.doc,
-                        "state": "missing" if have is None else ("different" if differ else state), "differences": differ})
+        records.append(
+            {
+                "topic": spec.name,
+                "partitions": spec.partitions,
+                "config": dict(spec.config),
+                "content": spec.doc,
+                "state": "missing" if have is None else ("different" if differ else state),
+                "differences": differ,
+            }
+        )
     if as_json:
         emit_json_lines(records)
     else:
         console.print(table)
     if problems:
-        err.print(f"{problems} topic(s) missing or different; run `rating topics` (without --check) to create missing ones")
+        err.print(
+            f"{problems} topic(s) missing or different; run `rating topics` (without --check) to create missing ones"
+        )
         raise typer.Exit(1)
 
 
 @app.command()
 @friendly
-def migrate(wait: float = typer.Option(0.0, "--wait", min=0, help="seconds to keep retrying while ClickHouse cannot be reached (a server still starting); 0 = try once")):
+def migrate(
+    wait: float = typer.Option(
+        0.0,
+        "--wait",
+        min=0,
+        help="seconds to keep retrying while ClickHouse cannot be reached (a server still starting); 0 = try once",
+    ),
+):
     """Apply the ClickHouse DDL in infra/clickhouse (idempotent)."""
     import time
 
@@ -271,7 +394,10 @@ def migrate(wait: float = typer.Option(0.0, "--wait", min=0, help="seconds to ke
             if time.monotonic() + pause > deadline:
                 raise
             reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-            err.print(redact(f"ClickHouse not reachable yet ({reason}); retrying in {pause:.0f}s"), markup=False)
+            err.print(
+                redact(f"ClickHouse not reachable yet ({reason}); retrying in {pause:.0f}s"),
+                markup=False,
+            )
             time.sleep(pause)
             pause = min(pause * 2, 10.0)
     console.print(f"{s.clickhouse_dsn_for_display()}: applied {applied or 'nothing (up to date)'}")
@@ -280,7 +406,9 @@ def migrate(wait: float = typer.Option(0.0, "--wait", min=0, help="seconds to ke
 @app.command()
 @friendly
 def replay(
-    events: Path = typer.Argument(..., help="JSON Lines file to send to the events topic (- = standard input)"),
+    events: Path = typer.Argument(
+        ..., help="JSON Lines file to send to the events topic (- = standard input)"
+    ),
     batch: int = typer.Option(1, "--batch", min=1, help="events per Kafka message"),
 ):
     """Send a JSON Lines file to Kafka as Avro, keyed by main account id, with a progress bar."""
@@ -299,7 +427,9 @@ def replay(
         with Progress(console=err) as progress:
             task = progress.add_task(f"replay {events.name}", total=len(lines))
             async with EventProducer(s) as producer:
-                return await producer.send_lines(lines, batch_size=batch, on_sent=lambda n: progress.advance(task, n))
+                return await producer.send_lines(
+                    lines, batch_size=batch, on_sent=lambda n: progress.advance(task, n)
+                )
 
     sent = asyncio.run(main())
     console.print(f"sent {sent} events to {s.topics.events}")
@@ -308,29 +438,55 @@ def replay(
 @app.command()
 @friendly
 def bench(
-    out: Path = typer.Option(Path("bench-results/bench.json"), "--out", help="JSON file for the figures"),
+    out: Path = typer.Option(
+        Path("bench-results/bench.json"), "--out", help="JSON file for the figures"
+    ),
     events: int = typer.Option(20_000, "--events", min=1, help="events per throughput measurement"),
     accounts: int = typer.Option(200, "--accounts", min=1),
-    simulate_events: int = typer.Option(1_000_000, "--simulate-events", min=1, help="size of the file for the simulate figure"),
-    state_accounts: int = typer.Option(20_000, "--state-accounts", min=1, help="accounts built for the state figure (scaled to 100k)"),
-    heavy_requests: int = typer.Option(1_000_000, "--heavy-requests", min=200_001,
-                                       help="requests of the one heavy account (one day) for its first/last 100k figure"),
+    simulate_events: int = typer.Option(
+        1_000_000, "--simulate-events", min=1, help="size of the file for the simulate figure"
+    ),
+    state_accounts: int = typer.Option(
+        20_000,
+        "--state-accounts",
+        min=1,
+        help="accounts built for the state figure (scaled to 100k)",
+    ),
+    heavy_requests: int = typer.Option(
+        1_000_000,
+        "--heavy-requests",
+        min=200_001,
+        help="requests of the one heavy account (one day) for its first/last 100k figure",
+    ),
 ):
     """Measure throughput, latency, sink rate, scaling and state size, each against a same-run baseline."""
     from streams.bench.run import run_bench
     from streams.local.lifecycle import stop_on_signals
 
     stop_on_signals()
-    run_bench(out, events=events, accounts=accounts, simulate_events=simulate_events, state_accounts=state_accounts,
-              console=console, heavy_requests=heavy_requests)
+    run_bench(
+        out,
+        events=events,
+        accounts=accounts,
+        simulate_events=simulate_events,
+        state_accounts=state_accounts,
+        console=console,
+        heavy_requests=heavy_requests,
+    )
 
 
 @app.command()
 @friendly
 def run(
-    workers: int = typer.Option(1, "--workers", "-w", min=1, help="worker processes (at most KAFKA_PARTITIONS do work)"),
-    duration: Optional[float] = typer.Option(None, "--duration", min=0.1, help="stop after this many seconds (default: until Ctrl-C)"),
-    replay_file: Optional[Path] = typer.Option(None, "--replay", help="JSON Lines file to send once everything runs (- = standard input)"),
+    workers: int = typer.Option(
+        1, "--workers", "-w", min=1, help="worker processes (at most KAFKA_PARTITIONS do work)"
+    ),
+    duration: float | None = typer.Option(
+        None, "--duration", min=0.1, help="stop after this many seconds (default: until Ctrl-C)"
+    ),
+    replay_file: Path | None = typer.Option(
+        None, "--replay", help="JSON Lines file to send once everything runs (- = standard input)"
+    ),
 ):
     """Run workers and the ClickHouse sink: embedded broker + chDB by default, or the configured cluster."""
     from streams.cli.common import require_free_port
@@ -348,10 +504,9 @@ def run(
 
 from streams.cli.account import account_app  # noqa: E402  (sub-commands register after the shared helpers)
 from streams.cli.dlq import dlq_app  # noqa: E402
-
+from streams.cli.profiles import profiles_command  # noqa: E402
 from streams.cli.rerate import rerate_command  # noqa: E402
 from streams.cli.trace import trace_command  # noqa: E402
-from streams.cli.profiles import profiles_command  # noqa: E402
 
 app.add_typer(account_app, name="account")
 app.add_typer(dlq_app, name="dlq")
@@ -372,7 +527,7 @@ EXAMPLES = {
     "bench": "rating bench --events 5000",
     "run": "rating run --workers 2 --replay examples/demo.jsonl  (then, in another shell: rating dlq list)",
     "rerate": "rating rerate -p jiekou --prices 2026-06-cut --from 2026-05-01T00:00:00+08:00 "
-              "--to 2026-05-02T00:00:00+08:00 --input examples/demo.jsonl --out diff.csv",
+    "--to 2026-05-02T00:00:00+08:00 --input examples/demo.jsonl --out diff.csv",
     "trace": "rating trace tr-coze-alice-009 --json | jq .deductions",
     "profiles": "rating profiles tokenhub --json | jq .versions",
     "account show": "rating account show alice --json | jq .cash",

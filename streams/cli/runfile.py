@@ -22,14 +22,23 @@ RUN_FILE = Path(".run") / "pipeline" / "run.json"
 
 # the settings a client needs to find the run's data: broker, chDB, topic names, partitions, changelog
 # (never a secret: a CLICKHOUSE_URL or password stays in the environment, not on disk)
-ATTACHED_FIELDS = ("kafka_bootstrap_servers", "kafka_producer_max_batch_size", "chdb_path",
-                   "kafka_topic_prefix", "kafka_partitions", "worker_app_id")
+ATTACHED_FIELDS = (
+    "kafka_bootstrap_servers",
+    "kafka_producer_max_batch_size",
+    "chdb_path",
+    "kafka_topic_prefix",
+    "kafka_partitions",
+    "worker_app_id",
+)
 
 
 def write_run_file(s: Settings, path: Path = RUN_FILE) -> Path:
     env = s.to_env()
-    record = {"pid": os.getpid(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "settings": {name.upper(): env[name.upper()] for name in ATTACHED_FIELDS}}
+    record = {
+        "pid": os.getpid(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "settings": {name.upper(): env[name.upper()] for name in ATTACHED_FIELDS},
+    }
     record["settings"]["chdb_path".upper()] = str(s.chdb_path.resolve())  # valid from any folder
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -62,14 +71,20 @@ def read_run_file(path: Path = RUN_FILE, *, check_alive: bool = True) -> dict[st
         record = orjson.loads(path.read_bytes())
     except (OSError, orjson.JSONDecodeError):
         return None
-    if not isinstance(record, dict) or not isinstance(record.get("pid"), int) or not isinstance(record.get("settings"), dict):
+    if (
+        not isinstance(record, dict)
+        or not isinstance(record.get("pid"), int)
+        or not isinstance(record.get("settings"), dict)
+    ):
         return None
     if check_alive and not _alive(record["pid"]):
         return None
     return record
 
 
-def attached_settings(environ: dict[str, str] | None = None, path: Path = RUN_FILE) -> tuple[Settings, dict[str, Any] | None]:
+def attached_settings(
+    environ: dict[str, str] | None = None, path: Path = RUN_FILE
+) -> tuple[Settings, dict[str, Any] | None]:
     """The settings of a client command: the environment's, and when it names no Kafka cluster and
     an embedded run is alive here, that run's broker and chDB (the environment still wins for
     every variable it sets). Returns the settings and the run-file record it used, if any."""
@@ -80,5 +95,8 @@ def attached_settings(environ: dict[str, str] | None = None, path: Path = RUN_FI
     record = read_run_file(path)
     if not record:
         return own, None
-    merged = {**{k: str(v) for k, v in record["settings"].items()}, **{k: v for k, v in source.items() if v}}
+    merged = {
+        **{k: str(v) for k, v in record["settings"].items()},
+        **{k: v for k, v in source.items() if v},
+    }
     return Settings.from_env(merged), record

@@ -11,17 +11,60 @@ import orjson
 import typer
 from rich.tree import Tree
 
-from streams.cli.common import UserError, _profiles, amount, console, client_settings, settings
+from streams.cli.common import UserError, _profiles, amount, client_settings, console
 from streams.cli.common import shown as _s
-from streams.deduction.record import money
 
-DEDUCTION_FIELDS = ("deduction_id", "kind", "event_id", "trace_id", "account_id", "main_account_id", "event_time", "profile",
-                    "currency", "price_version", "item", "model", "variant", "quantities", "lines_json", "rated_amount",
-                    "split_bucket_kind", "split_bucket_id", "split_amount", "split_units", "split_unit", "unbilled_amount",
-                    "unbilled_reason", "adjusts_deduction_id", "rerate_id", "settlement_period", "settlement_id")
-SETTLEMENT_FIELDS = ("settlement_id", "main_account_id", "period_start", "period_end", "granularity", "line_type", "item",
-                     "model", "variant", "currency", "gross_amount", "free_amount", "trial_amount", "pack_amount",
-                     "voucher_amount", "cash_amount", "unbilled_amount", "event_count", "deduction_ids", "event_ids")
+DEDUCTION_FIELDS = (
+    "deduction_id",
+    "kind",
+    "event_id",
+    "trace_id",
+    "account_id",
+    "main_account_id",
+    "event_time",
+    "profile",
+    "currency",
+    "price_version",
+    "item",
+    "model",
+    "variant",
+    "quantities",
+    "lines_json",
+    "rated_amount",
+    "split_bucket_kind",
+    "split_bucket_id",
+    "split_amount",
+    "split_units",
+    "split_unit",
+    "unbilled_amount",
+    "unbilled_reason",
+    "adjusts_deduction_id",
+    "rerate_id",
+    "settlement_period",
+    "settlement_id",
+)
+SETTLEMENT_FIELDS = (
+    "settlement_id",
+    "main_account_id",
+    "period_start",
+    "period_end",
+    "granularity",
+    "line_type",
+    "item",
+    "model",
+    "variant",
+    "currency",
+    "gross_amount",
+    "free_amount",
+    "trial_amount",
+    "pack_amount",
+    "voucher_amount",
+    "cash_amount",
+    "unbilled_amount",
+    "event_count",
+    "deduction_ids",
+    "event_ids",
+)
 
 
 def _rows(client, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -31,33 +74,76 @@ def _rows(client, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
 def find_chain(client, ident: str) -> dict[str, Any]:
     """The settlement lines and deductions an id reaches: a settlement line reaches exactly its
     deductions; a deduction, event or trace id reaches its deductions and the lines that hold them."""
-    lines = _rows(client, f"SELECT {', '.join(SETTLEMENT_FIELDS)} FROM settlements FINAL WHERE settlement_id = {{id:String}}", {"id": ident})
+    lines = _rows(
+        client,
+        f"SELECT {', '.join(SETTLEMENT_FIELDS)} FROM settlements FINAL WHERE settlement_id = {{id:String}}",
+        {"id": ident},
+    )
     if lines:
-        legacy = [d for line in lines for d in line["deduction_ids"]]  # lines before settlement v2 list them
+        legacy = [
+            d for line in lines for d in line["deduction_ids"]
+        ]  # lines before settlement v2 list them
         # the account is the first key of the deductions table: only its rows are read
-        deductions = _rows(client, f"SELECT {', '.join(DEDUCTION_FIELDS)} FROM deductions FINAL "
-                                   "WHERE main_account_id = {account:String} AND (settlement_id = {id:String} "
-                                   "OR has({ids:Array(String)}, deduction_id)) ORDER BY event_time, deduction_id",
-                           {"id": ident, "ids": legacy, "account": lines[0]["main_account_id"]})
-        return {"query": ident, "found_as": "settlement line", "settlement_lines": lines, "deductions": deductions}
-    deductions = _rows(client, f"SELECT {', '.join(DEDUCTION_FIELDS)} FROM deductions FINAL WHERE deduction_id = {{id:String}} "
-                               "OR event_id = {id:String} OR trace_id = {id:String} OR adjusts_deduction_id = {id:String} "
-                               "ORDER BY event_time, kind DESC, deduction_id", {"id": ident})
+        deductions = _rows(
+            client,
+            f"SELECT {', '.join(DEDUCTION_FIELDS)} FROM deductions FINAL "
+            "WHERE main_account_id = {account:String} AND (settlement_id = {id:String} "
+            "OR has({ids:Array(String)}, deduction_id)) ORDER BY event_time, deduction_id",
+            {"id": ident, "ids": legacy, "account": lines[0]["main_account_id"]},
+        )
+        return {
+            "query": ident,
+            "found_as": "settlement line",
+            "settlement_lines": lines,
+            "deductions": deductions,
+        }
+    deductions = _rows(
+        client,
+        f"SELECT {', '.join(DEDUCTION_FIELDS)} FROM deductions FINAL WHERE deduction_id = {{id:String}} "
+        "OR event_id = {id:String} OR trace_id = {id:String} OR adjusts_deduction_id = {id:String} "
+        "ORDER BY event_time, kind DESC, deduction_id",
+        {"id": ident},
+    )
     if not deductions:
-        dead = _rows(client, "SELECT dead_letter_id, reason_code, reason, event_id FROM dead_letters FINAL "
-                             "WHERE event_id = {id:String} OR trace_id = {id:String} OR dead_letter_id = {id:String}", {"id": ident})
+        dead = _rows(
+            client,
+            "SELECT dead_letter_id, reason_code, reason, event_id FROM dead_letters FINAL "
+            "WHERE event_id = {id:String} OR trace_id = {id:String} OR dead_letter_id = {id:String}",
+            {"id": ident},
+        )
         if dead:
-            return {"query": ident, "found_as": "dead letter", "settlement_lines": [], "deductions": [], "dead_letters": dead}
-        raise UserError(f"{ident!r} is not a settlement line, deduction, event or trace id in ClickHouse")
-    lines = _rows(client, f"SELECT {', '.join(SETTLEMENT_FIELDS)} FROM settlements FINAL "
-                          "WHERE main_account_id IN {accounts:Array(String)} AND (settlement_id IN {lines:Array(String)} "
-                          "OR hasAny(deduction_ids, {ids:Array(String)})) ORDER BY period_start, line_type",
-                  {"ids": [d["deduction_id"] for d in deductions], "accounts": sorted({d["main_account_id"] for d in deductions}),
-                   "lines": sorted({d["settlement_id"] for d in deductions if d["settlement_id"]})})
-    return {"query": ident, "found_as": "deduction / event / trace", "settlement_lines": lines, "deductions": deductions}
+            return {
+                "query": ident,
+                "found_as": "dead letter",
+                "settlement_lines": [],
+                "deductions": [],
+                "dead_letters": dead,
+            }
+        raise UserError(
+            f"{ident!r} is not a settlement line, deduction, event or trace id in ClickHouse"
+        )
+    lines = _rows(
+        client,
+        f"SELECT {', '.join(SETTLEMENT_FIELDS)} FROM settlements FINAL "
+        "WHERE main_account_id IN {accounts:Array(String)} AND (settlement_id IN {lines:Array(String)} "
+        "OR hasAny(deduction_ids, {ids:Array(String)})) ORDER BY period_start, line_type",
+        {
+            "ids": [d["deduction_id"] for d in deductions],
+            "accounts": sorted({d["main_account_id"] for d in deductions}),
+            "lines": sorted({d["settlement_id"] for d in deductions if d["settlement_id"]}),
+        },
+    )
+    return {
+        "query": ident,
+        "found_as": "deduction / event / trace",
+        "settlement_lines": lines,
+        "deductions": deductions,
+    }
 
 
-def price_row(profiles, price_version: str, item: str, model: str, variant: str) -> dict[str, Any] | None:
+def price_row(
+    profiles, price_version: str, item: str, model: str, variant: str
+) -> dict[str, Any] | None:
     name, _, version = price_version.partition("@")
     profile = profiles.get(name)
     resolved = profile.version_named(version) if profile is not None else None
@@ -80,7 +166,9 @@ def trace_command(
     chain = find_chain(client, ident)
     profiles = _profiles(s)
     for d in chain["deductions"]:
-        d["price_row"] = price_row(profiles, d["price_version"], d["item"], d["model"], d["variant"])
+        d["price_row"] = price_row(
+            profiles, d["price_version"], d["item"], d["model"], d["variant"]
+        )
     if as_json:  # one line: the whole chain (decimals as exact strings, times ISO-8601)
         from streams.cli.common import emit_json_lines
 
@@ -92,7 +180,9 @@ def trace_command(
 def render(chain: dict[str, Any]) -> None:
     tree = Tree(f"[bold]{_s(chain['query'])}[/] ({chain['found_as']})")
     for dl in chain.get("dead_letters", []):
-        tree.add(f"dead letter {_s(dl['dead_letter_id'])}: {_s(dl['reason_code'])}: {_s(dl['reason'])} (never charged)")
+        tree.add(
+            f"dead letter {_s(dl['dead_letter_id'])}: {_s(dl['reason_code'])}: {_s(dl['reason'])} (never charged)"
+        )
     by_id = {d["deduction_id"]: d for d in chain["deductions"]}
     shown: set[str] = set()
     for line in chain["settlement_lines"]:
@@ -100,7 +190,8 @@ def render(chain: dict[str, Any]) -> None:
             f"settlement line {_s(line['settlement_id'])} \\[{_s(line['line_type'])}] {_s(line['main_account_id'])} "
             f"{line['period_start']:%Y-%m-%d %H:%M} UTC per {_s(line['granularity'])}: {_s(line['item'])} {_s(line['model'])} "
             f"gross {amount(line['gross_amount'])} {_s(line['currency'])} (cash {amount(line['cash_amount'])}), "
-            f"{line['event_count']} events   [dim]ClickHouse settlements[/]")
+            f"{line['event_count']} events   [dim]ClickHouse settlements[/]"
+        )
         legacy = set(line["deduction_ids"])
         for did, d in by_id.items():
             if d["settlement_id"] == line["settlement_id"] or did in legacy:
@@ -108,7 +199,11 @@ def render(chain: dict[str, Any]) -> None:
                 shown.add(did)
     rest = [d for d in chain["deductions"] if d["deduction_id"] not in shown]
     if rest:
-        node = tree.add("not yet in a settlement line (the period is open)") if chain["settlement_lines"] else tree
+        node = (
+            tree.add("not yet in a settlement line (the period is open)")
+            if chain["settlement_lines"]
+            else tree
+        )
         for d in rest:
             _deduction(node, d)
     console.print(tree)
@@ -116,19 +211,39 @@ def render(chain: dict[str, Any]) -> None:
 
 def _deduction(parent: Tree, d: dict[str, Any]) -> None:
     label = "adjustment" if d["kind"] == "rerate_adjustment" else "deduction"
-    node = parent.add(f"{label} {_s(d['deduction_id'])}: {amount(d['rated_amount'])} {_s(d['currency'])} "
-                      f"at {_s(d['price_version'])}   [dim]ClickHouse deductions[/]")
+    node = parent.add(
+        f"{label} {_s(d['deduction_id'])}: {amount(d['rated_amount'])} {_s(d['currency'])} "
+        f"at {_s(d['price_version'])}   [dim]ClickHouse deductions[/]"
+    )
     if d["kind"] == "rerate_adjustment":
-        node.add(f"corrects deduction {_s(d['adjusts_deduction_id'])} (re-rating {_s(d['rerate_id'])})")
-    node.add(f"usage event {_s(d['event_id'])} (trace {_s(d['trace_id'])}), account {_s(d['account_id'])}, "
-             f"{d['event_time']:%Y-%m-%d %H:%M:%S} UTC, "
-             + f"{_s(d['item'])} {_s(d['model'])} {_s(d['variant'])}".rstrip() + f", quantities {_s(dict(d['quantities']))}")
+        node.add(
+            f"corrects deduction {_s(d['adjusts_deduction_id'])} (re-rating {_s(d['rerate_id'])})"
+        )
+    node.add(
+        f"usage event {_s(d['event_id'])} (trace {_s(d['trace_id'])}), account {_s(d['account_id'])}, "
+        f"{d['event_time']:%Y-%m-%d %H:%M:%S} UTC, "
+        + f"{_s(d['item'])} {_s(d['model'])} {_s(d['variant'])}".rstrip()
+        + f", quantities {_s(dict(d['quantities']))}"
+    )
     if d.get("price_row"):
         node.add(f"price row: {_s(orjson.dumps(d['price_row']).decode())}")
     elif d["price_version"].endswith("@elsewhere"):
-        node.add("billed elsewhere: the model's own platform charges it; this profile records it at 0")
+        node.add(
+            "billed elsewhere: the model's own platform charges it; this profile records it at 0"
+        )
     for line in orjson.loads(d["lines_json"] or "[]"):
-        node.add(f"rating line {_s(line['component'])}: {_s(line['units'])} x {_s(line['unit_price'])} = {_s(line['amount'])}")
-    split = ", ".join(f"{_s(k)} {_s(i)} {amount(a)}" for k, i, a in zip(d["split_bucket_kind"], d["split_bucket_id"], d["split_amount"]))
-    node.add(f"paid by: {split or 'nothing'}" + (f"; unbilled {amount(d['unbilled_amount'])} ({_s(d['unbilled_reason'])})"
-                                               if d["unbilled_amount"] else ""))
+        node.add(
+            f"rating line {_s(line['component'])}: {_s(line['units'])} x {_s(line['unit_price'])} = {_s(line['amount'])}"
+        )
+    split = ", ".join(
+        f"{_s(k)} {_s(i)} {amount(a)}"
+        for k, i, a in zip(d["split_bucket_kind"], d["split_bucket_id"], d["split_amount"])
+    )
+    node.add(
+        f"paid by: {split or 'nothing'}"
+        + (
+            f"; unbilled {amount(d['unbilled_amount'])} ({_s(d['unbilled_reason'])})"
+            if d["unbilled_amount"]
+            else ""
+        )
+    )

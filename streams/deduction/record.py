@@ -16,7 +16,9 @@ AMOUNT_SCALE = Decimal("1E-12")  # the scale of every Decimal128(12) column in C
 # Decimal arithmetic of the core runs in this context: with the bounded inputs (at most 10^9 and
 # 12 decimals per quantity, 744 hours, prices of a few decimals) no product needs more than 40
 # significant digits, so nothing is rounded implicitly; the one rounding is ``quantize_amount``.
-MONEY_CONTEXT = Context(prec=60, rounding=ROUND_HALF_EVEN, traps=[InvalidOperation, DivisionByZero, Overflow])
+MONEY_CONTEXT = Context(
+    prec=60, rounding=ROUND_HALF_EVEN, traps=[InvalidOperation, DivisionByZero, Overflow]
+)
 
 
 def quantize_amount(value: Decimal) -> Decimal:
@@ -31,7 +33,9 @@ def deduction_id(main_account_id: str, event_id: str) -> str:
     return derived_id(DEDUCTION_NAMESPACE, main_account_id, event_id)
 
 
-def dead_letter_id(reason_code: str, event_id: str | None, fallback: str, main_account_id: str | None = None) -> str:
+def dead_letter_id(
+    reason_code: str, event_id: str | None, fallback: str, main_account_id: str | None = None
+) -> str:
     """Same input, same reason -> same id, so a redelivered bad message is one dead letter; the
     main account is a part, so two tenants' letters for one event id stay two rows."""
     if event_id:

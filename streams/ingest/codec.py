@@ -85,7 +85,9 @@ class Registry:
             # Older versions are parsed apart from the named types of the current ones.
             newest = self._is_newest(index, short, version)
             parsed = self._parse(raw, named, history, newest)
-            self.plain_by_id[schema_id] = self._parse(_without_logical_types(raw), plain_named, plain_history, newest)
+            self.plain_by_id[schema_id] = self._parse(
+                _without_logical_types(raw), plain_named, plain_history, newest
+            )
             sv = SchemaVersion(schema_id, short, version, parsed)
             self.by_id[schema_id] = sv
             if short not in self.latest or self.latest[short].version < version:
@@ -100,7 +102,11 @@ class Registry:
 
     @staticmethod
     def _is_newest(index: dict[str, str], short: str, version: int) -> bool:
-        versions = [int(f.rsplit(".v", 1)[1].split(".")[0]) for f in index.values() if f.startswith(short + ".v")]
+        versions = [
+            int(f.rsplit(".v", 1)[1].split(".")[0])
+            for f in index.values()
+            if f.startswith(short + ".v")
+        ]
         return version == max(versions)
 
     def is_clock_tick(self, data: bytes | None) -> bool:
@@ -132,7 +138,9 @@ class Registry:
         _, schema_id = _HEADER.unpack_from(data)
         writer = self.by_id.get(schema_id)
         if writer is None:
-            raise DecodeError("unknown_schema", f"schema id {schema_id} is not in schemas/registry.json")
+            raise DecodeError(
+                "unknown_schema", f"schema id {schema_id} is not in schemas/registry.json"
+            )
         reader = self.latest[writer.name]
         buf = io.BytesIO(data)
         buf.seek(5)
@@ -142,10 +150,13 @@ class Registry:
             if reader is writer:
                 record = schemaless_reader(buf, writer_schema, None, return_record_name=True)
             else:
-                record = schemaless_reader(buf, writer_schema, reader_schema, return_record_name=True)
+                record = schemaless_reader(
+                    buf, writer_schema, reader_schema, return_record_name=True
+                )
         except Exception as exc:  # fastavro raises many types for truncated or corrupt input
             raise DecodeError(
-                "corrupt_avro", f"cannot decode {writer.name} v{writer.version} body: {type(exc).__name__}: {exc}"
+                "corrupt_avro",
+                f"cannot decode {writer.name} v{writer.version} body: {type(exc).__name__}: {exc}",
             ) from None
         if buf.tell() != len(data):
             raise DecodeError(

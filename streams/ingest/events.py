@@ -6,14 +6,15 @@ names the field; the stream processor turns it into a dead letter and carries on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 import math
 import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any, Mapping
+from typing import Any
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 MAX_ID_LENGTH = 256  # characters of an id (README "Input format": the id grammar)
 MAX_NAME_LENGTH = 256  # characters of any other string field (model, variant, profile, ...)
@@ -29,7 +30,15 @@ MAX_EVENT_MS = 4_102_444_800_000  # 2100-01-01
 # characters (zero-width space and joiners, BOM, bidirectional overrides), surrogates, private
 # use, unassigned code points, and every separator (spaces, line and paragraph separators).
 _ID_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
-ID_FIELDS = ("event_id", "trace_id", "account_id", "main_account_id", "sub_account_id", "voucher_id", "pack_id")
+ID_FIELDS = (
+    "event_id",
+    "trace_id",
+    "account_id",
+    "main_account_id",
+    "sub_account_id",
+    "voucher_id",
+    "pack_id",
+)
 
 USAGE_ITEMS = frozenset(
     {
@@ -98,9 +107,13 @@ class UsageEvent:
     quantity: Decimal | None
     hours: Decimal | None
     # usage_event v2 (defaults keep v1 events as they were)
-    fine_tuned: bool = False  # a call of the user's fine-tuned variant of ``model`` (the base model)
+    fine_tuned: bool = (
+        False  # a call of the user's fine-tuned variant of ``model`` (the base model)
+    )
     credits: Decimal | None = None  # credits one call consumed, for rows priced by a credit range
-    requested_images: int | None = None  # images asked for in a batch; ``quantity`` = images generated
+    requested_images: int | None = (
+        None  # images asked for in a batch; ``quantity`` = images generated
+    )
 
     kind = "usage"
     # (name, default) of the v2 fields, last in the slots; see dedupe.content_fingerprint
@@ -160,7 +173,9 @@ def to_millis(value: Any, field: str) -> int:
         try:
             dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
-            raise Rejected("invalid_field", f"{field}={value[:64]!r} is not an ISO-8601 timestamp") from None
+            raise Rejected(
+                "invalid_field", f"{field}={value[:64]!r} is not an ISO-8601 timestamp"
+            ) from None
         if dt.tzinfo is None:
             raise Rejected("invalid_field", f"{field}={value[:64]!r} has no UTC offset")
         ms = (dt - EPOCH) // _MS
@@ -169,7 +184,6 @@ def to_millis(value: Any, field: str) -> int:
     if not MIN_EVENT_MS <= ms <= MAX_EVENT_MS:
         raise Rejected("invalid_field", f"{field} is outside 2000-01-01..2100-01-01")
     return ms
-
 
 
 def millis_to_iso(ms: int) -> str:
@@ -188,7 +202,9 @@ def _string(raw: Mapping[str, Any], name: str, required: bool = True) -> str | N
     if name in ID_FIELDS:
         check_id(value, name)
     elif len(value) > MAX_NAME_LENGTH:
-        raise Rejected("invalid_field", f"{name} is {len(value)} characters long (at most {MAX_NAME_LENGTH})")
+        raise Rejected(
+            "invalid_field", f"{name} is {len(value)} characters long (at most {MAX_NAME_LENGTH})"
+        )
     return value
 
 
@@ -203,8 +219,17 @@ def id_problem(value: str) -> str | None:
     for i, ch in enumerate(value):
         category = unicodedata.category(ch)
         if category in _ID_FORBIDDEN_CATEGORIES:
-            label = {"Cc": "a control character", "Cn": "unassigned", "Co": "private use", "Cs": "a surrogate"}.get(category)
-            what = "a space" if category == "Zs" else f"U+{ord(ch):04X} ({unicodedata.name(ch, '') or label or category})"
+            label = {
+                "Cc": "a control character",
+                "Cn": "unassigned",
+                "Co": "private use",
+                "Cs": "a surrogate",
+            }.get(category)
+            what = (
+                "a space"
+                if category == "Zs"
+                else f"U+{ord(ch):04X} ({unicodedata.name(ch, '') or label or category})"
+            )
             return f"contains {what} at position {i}; ids are printable, without spaces or invisible characters"
     if not unicodedata.is_normalized("NFC", value):
         return "is not in Unicode normalization form NFC (send the NFC spelling)"
@@ -223,22 +248,34 @@ def _count(raw: Mapping[str, Any], name: str) -> int:
     if value is None:
         return 0
     if isinstance(value, bool):
-        raise Rejected("invalid_field", f"{name} must be an integer, got a boolean ({str(value).lower()})")
+        raise Rejected(
+            "invalid_field", f"{name} must be an integer, got a boolean ({str(value).lower()})"
+        )
     if isinstance(value, float):
         # JSON numbers with a fraction or an exponent, and integers too large for 64 bits, arrive
         # as floats: say which of the two it is rather than only "got float".
         if not math.isfinite(value):
             raise Rejected("invalid_field", f"{name} must be an integer, got {value!r}")
         if value.is_integer() and abs(value) > MAX_TOKENS:
-            raise Rejected("quantity_out_of_range", f"{name}={value:.6g} is out of range: at most {MAX_TOKENS} tokens per field")
+            raise Rejected(
+                "quantity_out_of_range",
+                f"{name}={value:.6g} is out of range: at most {MAX_TOKENS} tokens per field",
+            )
         raise Rejected("invalid_field", f"{name} must be a whole number of tokens, got {value!r}")
     if not isinstance(value, int):
-        what = f"a string ({value[:32]!r}); send numbers as JSON numbers" if isinstance(value, str) else type(value).__name__
+        what = (
+            f"a string ({value[:32]!r}); send numbers as JSON numbers"
+            if isinstance(value, str)
+            else type(value).__name__
+        )
         raise Rejected("invalid_field", f"{name} must be an integer, got {what}")
     if value < 0:
         raise Rejected("negative_quantity", f"{name}={value} is negative")
     if value > MAX_TOKENS:
-        raise Rejected("quantity_out_of_range", f"{name}={value} is out of range: at most {MAX_TOKENS} tokens per field")
+        raise Rejected(
+            "quantity_out_of_range",
+            f"{name}={value} is out of range: at most {MAX_TOKENS} tokens per field",
+        )
     return value
 
 
@@ -250,21 +287,35 @@ def parse_decimal(value: Any, name: str, *, allow_negative: bool = False) -> Dec
     if value is None or value == "":
         return None
     if isinstance(value, bool):
-        raise Rejected("invalid_field", f"{name} must be a decimal string or integer, not a boolean")
+        raise Rejected(
+            "invalid_field", f"{name} must be a decimal string or integer, not a boolean"
+        )
     if isinstance(value, float):
         # A float has already lost exactness. An integer too large for 64 bits also arrives as one
         # from a JSON parser: say that it is out of range rather than only "not float".
         if math.isfinite(value) and value.is_integer() and abs(value) > MAX_QUANTITY:
-            raise Rejected("quantity_out_of_range", f"{name}={value:.6g} is out of range: at most {MAX_QUANTITY} in absolute value")
-        raise Rejected("invalid_field", f"{name} must be a decimal string or integer, got the JSON number {value!r} "
-                                        "(send decimals as strings, e.g. \"12.5\")")
+            raise Rejected(
+                "quantity_out_of_range",
+                f"{name}={value:.6g} is out of range: at most {MAX_QUANTITY} in absolute value",
+            )
+        raise Rejected(
+            "invalid_field",
+            f"{name} must be a decimal string or integer, got the JSON number {value!r} "
+            '(send decimals as strings, e.g. "12.5")',
+        )
     if isinstance(value, int):
         if abs(value) > MAX_QUANTITY:
-            raise Rejected("quantity_out_of_range", f"{name}={value} is out of range: at most {MAX_QUANTITY} in absolute value")
+            raise Rejected(
+                "quantity_out_of_range",
+                f"{name}={value} is out of range: at most {MAX_QUANTITY} in absolute value",
+            )
         dec = Decimal(value)
     elif isinstance(value, str):
         if len(value) > MAX_DECIMAL_LENGTH:
-            raise Rejected("invalid_field", f"{name} is not a decimal ({len(value)} characters, at most {MAX_DECIMAL_LENGTH})")
+            raise Rejected(
+                "invalid_field",
+                f"{name} is not a decimal ({len(value)} characters, at most {MAX_DECIMAL_LENGTH})",
+            )
         try:
             dec = Decimal(value)
         except InvalidOperation:
@@ -272,7 +323,9 @@ def parse_decimal(value: Any, name: str, *, allow_negative: bool = False) -> Dec
     elif isinstance(value, Decimal):
         dec = value
     else:
-        raise Rejected("invalid_field", f"{name} must be a decimal string, got {type(value).__name__}")
+        raise Rejected(
+            "invalid_field", f"{name} must be a decimal string, got {type(value).__name__}"
+        )
     if not dec.is_finite():
         raise Rejected("invalid_field", f"{name}={value!r} is not a finite decimal")
     if dec.is_signed() and not dec.is_zero() and not allow_negative:
@@ -280,9 +333,15 @@ def parse_decimal(value: Any, name: str, *, allow_negative: bool = False) -> Dec
     shown = value if isinstance(value, str) else str(dec)
     # adjusted() is the exponent of the most significant digit: no arithmetic on the value yet
     if not dec.is_zero() and dec.adjusted() > MAX_QUANTITY.adjusted():
-        raise Rejected("quantity_out_of_range", f"{name}={shown} is out of range: at most {MAX_QUANTITY} in absolute value")
+        raise Rejected(
+            "quantity_out_of_range",
+            f"{name}={shown} is out of range: at most {MAX_QUANTITY} in absolute value",
+        )
     if abs(dec) > MAX_QUANTITY:
-        raise Rejected("quantity_out_of_range", f"{name}={shown} is out of range: at most {MAX_QUANTITY} in absolute value")
+        raise Rejected(
+            "quantity_out_of_range",
+            f"{name}={shown} is out of range: at most {MAX_QUANTITY} in absolute value",
+        )
     sign, digits, exponent = dec.as_tuple()
     trailing = _trailing_zeros(digits)
     scale = 0 if dec.is_zero() else max(0, -(exponent + trailing))
@@ -312,10 +371,16 @@ def parse_currency(value: Any) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise Rejected("invalid_currency", f"currency must be a string (an ISO 4217 code), got {type(value).__name__}")
+        raise Rejected(
+            "invalid_currency",
+            f"currency must be a string (an ISO 4217 code), got {type(value).__name__}",
+        )
     code = value.strip().upper()
     if len(code) != 3 or not code.isascii() or not code.isalpha():
-        raise Rejected("invalid_currency", f"currency {value[:16]!r} is not an ISO 4217 code (three letters, e.g. CNY, USD)")
+        raise Rejected(
+            "invalid_currency",
+            f"currency {value[:16]!r} is not an ISO 4217 code (three letters, e.g. CNY, USD)",
+        )
     return code
 
 
@@ -336,10 +401,15 @@ def parse_usage(raw: Mapping[str, Any]) -> UsageEvent:
         raise Rejected("wrong_schema", "a usage event must be an object")
     item = _string(raw, "item")
     if item not in USAGE_ITEMS:
-        raise Rejected("unknown_item", f"item {item!r} is not a billing item ({', '.join(sorted(USAGE_ITEMS))})")
+        raise Rejected(
+            "unknown_item",
+            f"item {item!r} is not a billing item ({', '.join(sorted(USAGE_ITEMS))})",
+        )
     status = raw.get("status") or "succeeded"
     if status not in ("succeeded", "failed"):
-        raise Rejected("invalid_field", f"status must be 'succeeded' or 'failed', got {str(status)[:32]!r}")
+        raise Rejected(
+            "invalid_field", f"status must be 'succeeded' or 'failed', got {str(status)[:32]!r}"
+        )
     mode = raw.get("mode") or "online"
     if mode not in ("online", "batch"):
         raise Rejected("invalid_field", f"mode must be 'online' or 'batch', got {str(mode)[:32]!r}")
@@ -380,14 +450,18 @@ def parse_usage(raw: Mapping[str, Any]) -> UsageEvent:
         if event.model is None:
             raise Rejected("missing_field", f"model is required for item {item!r}")
         if event.quantity is not None:
-            raise Rejected("invalid_field", f"item {item!r} is metered in token fields, not quantity")
+            raise Rejected(
+                "invalid_field", f"item {item!r} is metered in token fields, not quantity"
+            )
     else:
         if event.total_tokens:
             raise Rejected("invalid_field", f"item {item!r} takes a quantity, not token counts")
         if event.quantity is None:
             raise Rejected("missing_quantity", f"quantity is required for item {item!r}")
     if item == "kb_storage" and event.hours is None:
-        raise Rejected("missing_quantity", "hours is required for kb_storage (GB stored for that many hours)")
+        raise Rejected(
+            "missing_quantity", "hours is required for kb_storage (GB stored for that many hours)"
+        )
     _check_v2_fields(event)
     return event
 
@@ -400,15 +474,26 @@ def _check_v2_fields(event: UsageEvent) -> None:
     """The usage_event v2 fields belong to some items only: elsewhere they would be ignored
     silently, so they are refused (billing-rules §2: fine-tuned models, credits, image batches)."""
     if event.fine_tuned and event.item not in TOKEN_ITEMS:
-        raise Rejected("invalid_field", f"fine_tuned applies to token items ({', '.join(sorted(TOKEN_ITEMS))}), not {event.item!r}")
+        raise Rejected(
+            "invalid_field",
+            f"fine_tuned applies to token items ({', '.join(sorted(TOKEN_ITEMS))}), not {event.item!r}",
+        )
     if event.credits is not None and event.item not in CREDIT_ITEMS:
-        raise Rejected("invalid_field", f"credits apply to credit-priced items ({', '.join(sorted(CREDIT_ITEMS))}), not {event.item!r}")
+        raise Rejected(
+            "invalid_field",
+            f"credits apply to credit-priced items ({', '.join(sorted(CREDIT_ITEMS))}), not {event.item!r}",
+        )
     if event.requested_images is None:
         return
     if event.item != "image":
-        raise Rejected("invalid_field", f"requested_images applies to item 'image', not {event.item!r}")
+        raise Rejected(
+            "invalid_field", f"requested_images applies to item 'image', not {event.item!r}"
+        )
     if event.requested_images > MAX_REQUESTED_IMAGES:
-        raise Rejected("quantity_out_of_range", f"requested_images={event.requested_images} is above {MAX_REQUESTED_IMAGES} per request")
+        raise Rejected(
+            "quantity_out_of_range",
+            f"requested_images={event.requested_images} is above {MAX_REQUESTED_IMAGES} per request",
+        )
     if event.quantity is not None and event.quantity > event.requested_images:
         raise Rejected(
             "quantities_do_not_add_up",
@@ -421,13 +506,19 @@ def parse_account(raw: Mapping[str, Any]) -> AccountEvent:
         raise Rejected("wrong_schema", "an account event must be an object")
     kind = _string(raw, "type")
     if kind not in ACCOUNT_EVENT_TYPES:
-        raise Rejected("unknown_event_type", f"account event type {kind!r} is not one of {', '.join(sorted(ACCOUNT_EVENT_TYPES))}")
+        raise Rejected(
+            "unknown_event_type",
+            f"account event type {kind!r} is not one of {', '.join(sorted(ACCOUNT_EVENT_TYPES))}",
+        )
     limit = raw.get("limit_tokens")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
         raise Rejected("invalid_field", "limit_tokens must be an integer")
     inference_mode = raw.get("inference_mode")
     if inference_mode not in (None, "online", "batch"):
-        raise Rejected("invalid_field", f"inference_mode must be 'online' or 'batch', got {str(inference_mode)[:32]!r}")
+        raise Rejected(
+            "invalid_field",
+            f"inference_mode must be 'online' or 'batch', got {str(inference_mode)[:32]!r}",
+        )
     return AccountEvent(
         event_id=_string(raw, "event_id"),
         account_id=_string(raw, "account_id"),

@@ -15,8 +15,15 @@ import orjson
 
 from streams.deduction.record import dead_letter_id
 from streams.ingest.codec import DecodeError, Registry
+from streams.ingest.events import (
+    MAX_ID_LENGTH,
+    Event,
+    Rejected,
+    parse_account,
+    parse_json_event,
+    parse_usage,
+)
 from streams.ingest.partitioner import partition_for
-from streams.ingest.events import MAX_ID_LENGTH, Event, Rejected, parse_account, parse_json_event, parse_usage
 
 INPUT_SCHEMAS = ("usage_event", "account_event", "event_batch")
 _PARSERS = {"usage_event": parse_usage, "account_event": parse_account}
@@ -38,8 +45,14 @@ class Decoded:
         return registry.encode(self.schema, self.record)
 
 
-def decode_message(registry: Registry, key: bytes | None, value: bytes | None, *,
-                   partition: int | None = None, partitions: int | None = None) -> list[Decoded]:
+def decode_message(
+    registry: Registry,
+    key: bytes | None,
+    value: bytes | None,
+    *,
+    partition: int | None = None,
+    partitions: int | None = None,
+) -> list[Decoded]:
     """``partition`` and ``partitions``: where the message was read and how many partitions the
     topic has; when given, a message on another partition than its key hashes to is refused
     (``wrong_partition``), since its account's state lives in the key's partition."""
@@ -54,11 +67,22 @@ def decode_message(registry: Registry, key: bytes | None, value: bytes | None, *
     if name == "event_batch":
         parts = [(_BRANCH[branch], rec, None) for branch, rec in record["events"]]
         if not parts:
-            return [Decoded(None, Rejected("empty_batch", "the event batch holds no events"), value)]
+            return [
+                Decoded(None, Rejected("empty_batch", "the event batch holds no events"), value)
+            ]
     elif name in _PARSERS:
         parts = [(name, record, value)]
     else:
-        return [Decoded(None, Rejected("wrong_schema", f"a {name} record is not an input event (expected {', '.join(INPUT_SCHEMAS)})"), value)]
+        return [
+            Decoded(
+                None,
+                Rejected(
+                    "wrong_schema",
+                    f"a {name} record is not an input event (expected {', '.join(INPUT_SCHEMAS)})",
+                ),
+                value,
+            )
+        ]
     out = []
     for schema, rec, payload in parts:
         try:
@@ -66,30 +90,52 @@ def decode_message(registry: Registry, key: bytes | None, value: bytes | None, *
             check_key(event.main_account_id, key, partition, partitions)
             out.append(Decoded(event, None, payload or b"", rec, schema))
         except Rejected as exc:
-            out.append(Decoded(None, exc, payload if payload is not None else registry.encode(schema, rec), rec, schema))
+            out.append(
+                Decoded(
+                    None,
+                    exc,
+                    payload if payload is not None else registry.encode(schema, rec),
+                    rec,
+                    schema,
+                )
+            )
     return out
 
 
-def check_key(main_account_id: str, key: bytes | None, partition: int | None, partitions: int | None) -> None:
+def check_key(
+    main_account_id: str, key: bytes | None, partition: int | None, partitions: int | None
+) -> None:
     """The key must be valid UTF-8 and equal main_account_id byte for byte (a lenient decode
     would map several keys, and so several table states, to one account), and the message must
     sit on the partition its key hashes to."""
     if key is None:
-        raise Rejected("missing_key", "the message has no key; input messages are keyed by main_account_id")
+        raise Rejected(
+            "missing_key", "the message has no key; input messages are keyed by main_account_id"
+        )
     try:
         key.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise Rejected("invalid_key", f"the message key is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
-                       "keys are the main account id in UTF-8") from None
+        raise Rejected(
+            "invalid_key",
+            f"the message key is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
+            "keys are the main account id in UTF-8",
+        ) from None
     if key != main_account_id.encode():
         raise Rejected(
             "key_mismatch",
             f"main_account_id {main_account_id!r} differs from the message key {key.decode()!r}; "
             "events of one main account must share its key (and so its partition)",
         )
-    if partition is not None and partitions is not None and partition != (want := partition_for(key, partitions)):
-        raise Rejected("wrong_partition", f"the message is on partition {partition}, but its key hashes to partition "
-                       f"{want} of {partitions}; produce with the default (murmur2) partitioner")
+    if (
+        partition is not None
+        and partitions is not None
+        and partition != (want := partition_for(key, partitions))
+    ):
+        raise Rejected(
+            "wrong_partition",
+            f"the message is on partition {partition}, but its key hashes to partition "
+            f"{want} of {partitions}; produce with the default (murmur2) partitioner",
+        )
 
 
 def judge_json(value: bytes | None) -> Decoded | None:
@@ -107,12 +153,25 @@ def judge_json(value: bytes | None) -> Decoded | None:
         parse_json_event(obj)
     except Rejected as exc:
         return Decoded(None, exc, value, obj)
-    return Decoded(None, Rejected(
-        "not_avro", "message is a JSON event, not Avro in the Confluent wire format; `rating replay` encodes JSON Lines"), value, obj)
+    return Decoded(
+        None,
+        Rejected(
+            "not_avro",
+            "message is a JSON event, not Avro in the Confluent wire format; `rating replay` encodes JSON Lines",
+        ),
+        value,
+        obj,
+    )
 
 
 def dead_letter_record(
-    decoded: Decoded, *, topic: str, partition: int, offset: int, key: bytes | None, fallback_id: str
+    decoded: Decoded,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    fallback_id: str,
 ) -> dict[str, Any]:
     rec = decoded.record if isinstance(decoded.record, dict) else {}
     event = decoded.event
@@ -126,7 +185,9 @@ def dead_letter_record(
     assert decoded.rejected is not None
     payload = decoded.payload or b""
     return {
-        "dead_letter_id": dead_letter_id(decoded.rejected.code, event_id, fallback_id, pick("main_account_id")),
+        "dead_letter_id": dead_letter_id(
+            decoded.rejected.code, event_id, fallback_id, pick("main_account_id")
+        ),
         "reason_code": decoded.rejected.code,
         "reason": _cut(decoded.rejected.message, MAX_REASON_CHARS),
         "source_topic": topic,

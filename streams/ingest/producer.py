@@ -11,22 +11,28 @@ its raw JSON bytes, and the worker gives it the reason ``rating simulate`` gives
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from fastavro.validation import validate
 
 from streams.config import Settings
 from streams.ingest.codec import Registry, registry
-from fastavro.validation import validate
-
 from streams.ingest.events import Rejected, parse_json_event, to_millis
 from streams.kafka_client import producer_kwargs
 
 _SCHEMA_FOR_KIND = {"usage": "usage_event", "account": "account_event"}
 _BRANCH = {"usage_event": "billing.v1.UsageEvent", "account_event": "billing.v1.AccountEvent"}
 _TIME_FIELDS = ("event_time", "expires_at", "effective_time")
-_DECIMAL_FIELDS = ("quantity", "hours", "amount", "balance_threshold", "credits")  # decimal strings in Avro
+_DECIMAL_FIELDS = (
+    "quantity",
+    "hours",
+    "amount",
+    "balance_threshold",
+    "credits",
+)  # decimal strings in Avro
 
 
 def avro_record(obj: Any, reg: Registry | None = None) -> tuple[str, dict[str, Any]] | None:
@@ -71,7 +77,9 @@ def encode_line(reg: Registry, raw: bytes) -> tuple[bytes | None, bytes, str | N
         return key_bytes, raw, None
 
 
-def batched_messages(reg: Registry, lines: Iterable[bytes], batch_size: int) -> Iterator[tuple[bytes | None, bytes, list[bytes]]]:
+def batched_messages(
+    reg: Registry, lines: Iterable[bytes], batch_size: int
+) -> Iterator[tuple[bytes | None, bytes, list[bytes]]]:
     """Group consecutive events of one account into EventBatch messages of up to batch_size events.
 
     Yields (key, value, the lines it carries). Each account's order is kept; events of different
@@ -117,7 +125,9 @@ def delivery_order(lines: Iterable[bytes], batch_size: int) -> list[bytes]:
     """The lines in the order their events reach the events topic when sent with this batch size."""
     if batch_size <= 1:
         return list(lines)
-    return [raw for _, _, carried in batched_messages(registry(), lines, batch_size) for raw in carried]
+    return [
+        raw for _, _, carried in batched_messages(registry(), lines, batch_size) for raw in carried
+    ]
 
 
 class EventProducer:
@@ -126,7 +136,7 @@ class EventProducer:
         self.registry = registry()
         self.producer = AIOKafkaProducer(**producer_kwargs(settings))
 
-    async def __aenter__(self) -> "EventProducer":
+    async def __aenter__(self) -> EventProducer:
         await self.producer.start()
         return self
 

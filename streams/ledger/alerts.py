@@ -21,7 +21,9 @@ ALERT_KINDS = (
     "model_paused",
     "service_stopped",
 )
-ARREARS_KINDS = frozenset({"arrears_started", "arrears_cleared", "grace_ending", "resources_released"})
+ARREARS_KINDS = frozenset(
+    {"arrears_started", "arrears_cleared", "grace_ending", "resources_released"}
+)
 
 
 def alert(

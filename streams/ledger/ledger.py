@@ -8,7 +8,7 @@ the events' own time, so a replay gives the same result.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 from functools import lru_cache
 from typing import Any
@@ -23,9 +23,11 @@ from streams.rating.rate import Rating, kb_hours, rate
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_LIVE_BUCKETS = 100  # vouchers, and packs, per account that have not expired (plus one horizon)
-MAX_SUB_ACCOUNTS = 200  # with ids of at most 256 characters: the account record stays under its limit
+MAX_SUB_ACCOUNTS = (
+    200  # with ids of at most 256 characters: the account record stays under its limit
+)
 FREE_DAYS_KEPT = 3  # late events of the last days still see their own day's free points
 
 
@@ -58,7 +60,10 @@ class Effects:
 
 def _room_for(items: Any, what: str, limit: int) -> None:
     if len(items) >= limit:
-        raise Rejected("limit_exceeded", f"an account holds at most {limit} {what} (see README 'Dedupe horizon and limits')")
+        raise Rejected(
+            "limit_exceeded",
+            f"an account holds at most {limit} {what} (see README 'Dedupe horizon and limits')",
+        )
 
 
 class Ledger:
@@ -73,16 +78,28 @@ class Ledger:
             raise Rejected("missing_field", "account_opened requires profile")
         profile = self.profiles.get(e.profile)
         if profile is None:
-            raise Rejected("unknown_profile", f"profile {e.profile!r} is not one of {', '.join(self.profiles.names())}")
+            raise Rejected(
+                "unknown_profile",
+                f"profile {e.profile!r} is not one of {', '.join(self.profiles.names())}",
+            )
         if e.currency is not None and e.currency != profile.currency:
-            raise Rejected("currency_mismatch", f"profile {profile.name!r} bills in {profile.currency}, not {e.currency}; there is no implicit exchange")
+            raise Rejected(
+                "currency_mismatch",
+                f"profile {profile.name!r} bills in {profile.currency}, not {e.currency}; there is no implicit exchange",
+            )
         if e.account_id != e.main_account_id:
-            raise Rejected("not_a_main_account", "account_opened must name a main account (account_id == main_account_id)")
+            raise Rejected(
+                "not_a_main_account",
+                "account_opened must name a main account (account_id == main_account_id)",
+            )
         opening = e.amount or ZERO
         if opening < 0:
             raise Rejected("negative_amount", f"opening cash {opening} is negative")
         if e.safe_trial_mode and profile.policy.safe_trial is None:
-            raise Rejected("safe_trial_not_offered", f"profile {profile.name!r} has no safe trial mode (billing-rules §4)")
+            raise Rejected(
+                "safe_trial_not_offered",
+                f"profile {profile.name!r} has no safe trial mode (billing-rules §4)",
+            )
         return AccountState(
             main_account_id=e.main_account_id,
             profile=profile.name,
@@ -113,11 +130,16 @@ class Ledger:
         if e.account_id != s.main_account_id:
             # account events change the main account's money and settings: only it may send them
             # (a link names the sub-account in sub_account_id)
-            raise Rejected("not_a_main_account", f"{e.type} must come from the main account {s.main_account_id!r}, "
-                           f"not {e.account_id!r}")
+            raise Rejected(
+                "not_a_main_account",
+                f"{e.type} must come from the main account {s.main_account_id!r}, "
+                f"not {e.account_id!r}",
+            )
         handler = getattr(self, f"_on_{e.type}")
         handler(s, e, profile, fx)
-        self._after_balance_change(s, profile, e.event_time, e.account_id, [e.event_id], "", fx, charged=False)
+        self._after_balance_change(
+            s, profile, e.event_time, e.account_id, [e.event_id], "", fx, charged=False
+        )
 
     def _on_account_opened(self, s, e, profile, fx):
         raise Rejected("account_exists", f"main account {e.main_account_id!r} is already open")
@@ -134,7 +156,9 @@ class Ledger:
         if e.amount is None or e.amount <= 0:
             raise Rejected("invalid_amount", "voucher_granted requires a positive amount")
         if e.expires_at is None or e.expires_at <= e.event_time:
-            raise Rejected("invalid_expiry", "voucher_granted requires expires_at after the event time")
+            raise Rejected(
+                "invalid_expiry", "voucher_granted requires expires_at after the event time"
+            )
         vid = e.voucher_id or e.event_id
         if any(v.id == vid for v in s.vouchers):
             raise Rejected("duplicate_bucket", f"voucher {vid!r} was already granted")
@@ -148,7 +172,10 @@ class Ledger:
         kind = profile.policy.packs.get(e.pack_kind)
         if kind is None:
             offered = ", ".join(sorted(profile.policy.packs)) or "none"
-            raise Rejected("unknown_pack_kind", f"profile {profile.name!r} sells no pack {e.pack_kind!r} (offered: {offered})")
+            raise Rejected(
+                "unknown_pack_kind",
+                f"profile {profile.name!r} sells no pack {e.pack_kind!r} (offered: {offered})",
+            )
         if kind.purchasable_until is not None:
             from streams.ingest.events import to_millis
 
@@ -159,9 +186,14 @@ class Ledger:
                     f"{e.pack_kind} packs can no longer be bought or renewed since {millis_to_iso(until)} (billing-rules §3)",
                 )
         if e.amount is None or e.amount <= 0:
-            raise Rejected("invalid_amount", f"pack_purchased requires a positive amount (in {profile.price_unit_name})")
+            raise Rejected(
+                "invalid_amount",
+                f"pack_purchased requires a positive amount (in {profile.price_unit_name})",
+            )
         if e.expires_at is None or e.expires_at <= e.event_time:
-            raise Rejected("invalid_expiry", "pack_purchased requires expires_at after the purchase time")
+            raise Rejected(
+                "invalid_expiry", "pack_purchased requires expires_at after the purchase time"
+            )
         pid = e.pack_id or e.event_id
         if any(p.id == pid for p in s.packs):
             raise Rejected("duplicate_bucket", f"pack {pid!r} was already purchased")
@@ -192,7 +224,9 @@ class Ledger:
     def _limit_rules(self, s: AccountState, e: AccountEvent, profile: Profile) -> None:
         rules = profile.policy.inference_limits
         if not rules.allowed:
-            raise Rejected("inference_limit_not_offered", f"profile {profile.name!r} has no inference limits")
+            raise Rejected(
+                "inference_limit_not_offered", f"profile {profile.name!r} has no inference limits"
+            )
         self._known_model(profile, e)
         last = s.limit_changed_at.get(e.model)
         spacing = rules.min_spacing_hours * HOUR_MS
@@ -208,16 +242,31 @@ class Ledger:
         if e.limit_tokens is None or e.limit_tokens <= 0:
             raise Rejected("invalid_amount", "inference_limit_set requires a positive limit_tokens")
         if (e.inference_mode or "online") != "online":
-            raise Rejected("inference_limit_online_only", "inference limits apply to online inference only, not batch (billing-rules §4)")
+            raise Rejected(
+                "inference_limit_online_only",
+                "inference limits apply to online inference only, not batch (billing-rules §4)",
+            )
         if e.prefix_caching:
-            raise Rejected("inference_limit_with_prefix_caching", "an inference limit cannot be used together with prefix caching (billing-rules §4)")
+            raise Rejected(
+                "inference_limit_with_prefix_caching",
+                "an inference limit cannot be used together with prefix caching (billing-rules §4)",
+            )
         if e.tpm_guarantee:
-            raise Rejected("inference_limit_with_tpm_guarantee", "an inference limit cannot be set on an endpoint with a TPM guarantee pack or model units (billing-rules §4)")
+            raise Rejected(
+                "inference_limit_with_tpm_guarantee",
+                "an inference limit cannot be set on an endpoint with a TPM guarantee pack or model units (billing-rules §4)",
+            )
         if e.model not in s.activated_models:
-            raise Rejected("inference_limit_model_not_activated", f"{e.model} is not activated; inference limits need an activated, token post-paid model (billing-rules §4)")
+            raise Rejected(
+                "inference_limit_model_not_activated",
+                f"{e.model} is not activated; inference limits need an activated, token post-paid model (billing-rules §4)",
+            )
         version = profile.versions[-1]
         if ("tokens", e.model) not in version.rows:
-            raise Rejected("inference_limit_model_type", f"{e.model} is not billed by tokens; inference limits need a token post-paid model (billing-rules §4)")
+            raise Rejected(
+                "inference_limit_model_type",
+                f"{e.model} is not billed by tokens; inference limits need a token post-paid model (billing-rules §4)",
+            )
         effective = e.effective_time if e.effective_time is not None else e.event_time
         s.limits[e.model] = InferenceLimit(e.limit_tokens, effective)
         s.limit_changed_at[e.model] = e.event_time
@@ -233,9 +282,14 @@ class Ledger:
         self._known_model(profile, e)
         quota = profile.trial_by_model.get(e.model)
         if quota is None:
-            raise Rejected("no_trial_for_model", f"{e.model} offers no free trial in profile {profile.name!r}")
+            raise Rejected(
+                "no_trial_for_model", f"{e.model} offers no free trial in profile {profile.name!r}"
+            )
         if quota.id in s.trials:
-            raise Rejected("trial_already_claimed", f"trial {quota.id!r} was already claimed; one claim per main account per model, ever")
+            raise Rejected(
+                "trial_already_claimed",
+                f"trial {quota.id!r} was already claimed; one claim per main account per model, ever",
+            )
         self._claim(s, profile, quota, e.event_time)
 
     def _on_sub_account_linked(self, s, e, profile, fx):
@@ -252,11 +306,15 @@ class Ledger:
         if e.model is None:
             raise Rejected("missing_field", f"{e.type} requires model")
         if e.model not in profile.models:
-            raise Rejected("unknown_model", f"model {e.model!r} has no price in profile {profile.name!r}")
+            raise Rejected(
+                "unknown_model", f"model {e.model!r} has no price in profile {profile.name!r}"
+            )
 
     @staticmethod
     def _claim(s: AccountState, profile: Profile, quota, when: int) -> Trial:
-        trial = Trial(quota.id, quota.unit, quota.amount, quota.amount, when, when + quota.valid_days * DAY_MS)
+        trial = Trial(
+            quota.id, quota.unit, quota.amount, quota.amount, when, when + quota.valid_days * DAY_MS
+        )
         s.trials[quota.id] = trial
         return trial
 
@@ -264,7 +322,10 @@ class Ledger:
 
     def apply_usage(self, s: AccountState, e: UsageEvent, fx: Effects) -> None:
         if e.account_id != s.main_account_id and e.account_id not in s.sub_accounts:
-            raise Rejected("unknown_sub_account", f"account {e.account_id!r} is not linked to main account {s.main_account_id!r}")
+            raise Rejected(
+                "unknown_sub_account",
+                f"account {e.account_id!r} is not linked to main account {s.main_account_id!r}",
+            )
         profile = self.profiles[s.profile]
         kb_used = self._kb_used(s, e) if e.item == "kb_storage" else None
         rating = rate(profile, e, kb_used)
@@ -290,13 +351,18 @@ class Ledger:
             self._count_inference_limit(s, e, rating, fx, flags)
         fx.deduction = self._deduction(s, profile, e, rating, splits, unbilled, reason, flags)
         charged = any(sp.bucket_kind in ("cash", "voucher") for sp in splits)
-        self._after_balance_change(s, profile, now, e.account_id, [e.event_id], e.trace_id, fx, charged=charged)
+        self._after_balance_change(
+            s, profile, now, e.account_id, [e.event_id], e.trace_id, fx, charged=charged
+        )
 
     @staticmethod
     def _kb_used(s: AccountState, e: UsageEvent) -> list[Decimal | None]:
         """The free GB the main account's samples already took in each hour of this sample (None:
         the hour has closed and its allowance is forgotten, so none is left)."""
-        return [None if hour < s.kb_closed_before else s.kb_free_used.get(str(hour), ZERO) for hour, _ in kb_hours(e)]
+        return [
+            None if hour < s.kb_closed_before else s.kb_free_used.get(str(hour), ZERO)
+            for hour, _ in kb_hours(e)
+        ]
 
     @staticmethod
     def _kb_take(s: AccountState, e: UsageEvent, rating: Rating) -> None:
@@ -320,7 +386,9 @@ class Ledger:
         if s.kb_free_used:
             s.kb_free_used = {k: v for k, v in s.kb_free_used.items() if int(k) >= closed_before}
 
-    def _pay(self, s: AccountState, profile: Profile, e: UsageEvent, rating: Rating, fx: Effects) -> tuple[Decimal, list[Split]]:
+    def _pay(
+        self, s: AccountState, profile: Profile, e: UsageEvent, rating: Rating, fx: Effects
+    ) -> tuple[Decimal, list[Split]]:
         """Allocate the rated amount to buckets in §3 order. Returns (uncovered amount, splits)."""
         splits: list[Split] = []
         remaining = rating.amount
@@ -329,7 +397,11 @@ class Ledger:
         safe = s.safe_trial_mode and not s.activated_models and policy.safe_trial is not None
 
         # 1. daily free points
-        if policy.daily_free and remaining > 0 and profile.in_scope(policy.daily_free.scope, e.item, e.model, e.fine_tuned):
+        if (
+            policy.daily_free
+            and remaining > 0
+            and profile.in_scope(policy.daily_free.scope, e.item, e.model, e.fine_tuned)
+        ):
             remaining = self._pay_free(s, profile, e, remaining, splits, fx)
 
         # 2. the model's free trial quota (a trial is for the platform's model, not the account's
@@ -348,28 +420,61 @@ class Ledger:
                     remaining -= split.amount
                 if trial.remaining == 0 and not trial.exhausted_alerted:
                     trial.exhausted_alerted = True
-                    fx.alerts.append(alert("trial_exhausted", s.main_account_id, e.account_id, now, trial.id,
-                                           f"free trial {trial.id} is used up", model=e.model,
-                                           source_event_ids=[e.event_id], trace_id=e.trace_id))
+                    fx.alerts.append(
+                        alert(
+                            "trial_exhausted",
+                            s.main_account_id,
+                            e.account_id,
+                            now,
+                            trial.id,
+                            f"free trial {trial.id} is used up",
+                            model=e.model,
+                            source_event_ids=[e.event_id],
+                            trace_id=e.trace_id,
+                        )
+                    )
             if safe and policy.safe_trial is not None and e.model not in s.safe_paused_models:
                 margin = trial.granted * policy.safe_trial.margin_fraction
                 if trial.remaining < margin or now >= trial.expires_at:
                     s.safe_paused_models.add(e.model)
-                    fx.alerts.append(alert("model_paused", s.main_account_id, e.account_id, now, f"safe_trial:{e.model}",
-                                           f"{e.model} paused: safe trial mode and the free quota is nearly used up",
-                                           model=e.model, details={"reason": "safe_trial_mode", "trial_remaining": money(trial.remaining)},
-                                           source_event_ids=[e.event_id], trace_id=e.trace_id))
+                    fx.alerts.append(
+                        alert(
+                            "model_paused",
+                            s.main_account_id,
+                            e.account_id,
+                            now,
+                            f"safe_trial:{e.model}",
+                            f"{e.model} paused: safe trial mode and the free quota is nearly used up",
+                            model=e.model,
+                            details={
+                                "reason": "safe_trial_mode",
+                                "trial_remaining": money(trial.remaining),
+                            },
+                            source_event_ids=[e.event_id],
+                            trace_id=e.trace_id,
+                        )
+                    )
         if safe:
             return remaining, splits  # safe trial mode never charges
 
         # 3. packs in scope: earliest expiry, then purchase time, then id
         if remaining > 0 and s.packs:
-            live = [p for p in s.packs if p.remaining > 0 and p.expires_at > now and profile.in_scope(policy.packs[p.kind].scope, e.item, e.model, e.fine_tuned)]
+            live = [
+                p
+                for p in s.packs
+                if p.remaining > 0
+                and p.expires_at > now
+                and profile.in_scope(policy.packs[p.kind].scope, e.item, e.model, e.fine_tuned)
+            ]
             for pack in sorted(live, key=lambda p: (p.expires_at, p.acquired_at, p.id)):
                 take = min(remaining, pack.remaining)
                 pack.remaining -= take
                 remaining -= take
-                splits.append(Split("pack", pack.id, take, profile.to_price_unit(take), profile.price_unit_name))
+                splits.append(
+                    Split(
+                        "pack", pack.id, take, profile.to_price_unit(take), profile.price_unit_name
+                    )
+                )
                 if remaining == 0:
                     break
 
@@ -398,11 +503,20 @@ class Ledger:
                 remaining -= take
                 splits.append(Split("cash", "cash", take, take, s.currency))
                 if not post_paid and s.cash < 0:  # an invariant (not stripped by python -O)
-                    raise AssertionError(f"pre-paid account {s.main_account_id!r} would be charged below zero")
+                    raise AssertionError(
+                        f"pre-paid account {s.main_account_id!r} would be charged below zero"
+                    )
         return remaining, splits
 
-    def _pay_free(self, s: AccountState, profile: Profile, e: UsageEvent, remaining: Decimal,
-                  splits: list[Split], fx: Effects) -> Decimal:
+    def _pay_free(
+        self,
+        s: AccountState,
+        profile: Profile,
+        e: UsageEvent,
+        remaining: Decimal,
+        splits: list[Split],
+        fx: Effects,
+    ) -> Decimal:
         """The event's local day's free points, if that day is still within the window (README
         'Decisions'); the exhaustion alert once per account and day."""
         daily = profile.policy.daily_free
@@ -415,13 +529,31 @@ class Ledger:
         take = min(remaining, grant - used)
         if take > 0:
             s.free_used[day] = used + take
-            splits.append(Split("free", f"daily:{day}", take, profile.to_price_unit(take), profile.price_unit_name))
+            splits.append(
+                Split(
+                    "free",
+                    f"daily:{day}",
+                    take,
+                    profile.to_price_unit(take),
+                    profile.price_unit_name,
+                )
+            )
             remaining -= take
         if s.free_used.get(day, ZERO) >= grant and day not in s.free_exhausted_days:
             s.free_exhausted_days = sorted({*s.free_exhausted_days, day})
-            fx.alerts.append(alert("free_quota_exhausted", s.main_account_id, e.account_id, e.event_time, day,
-                                   f"daily free {profile.price_unit_name} for {day} are used up",
-                                   model=e.model, source_event_ids=[e.event_id], trace_id=e.trace_id))
+            fx.alerts.append(
+                alert(
+                    "free_quota_exhausted",
+                    s.main_account_id,
+                    e.account_id,
+                    e.event_time,
+                    day,
+                    f"daily free {profile.price_unit_name} for {day} are used up",
+                    model=e.model,
+                    source_event_ids=[e.event_id],
+                    trace_id=e.trace_id,
+                )
+            )
         return remaining
 
     @staticmethod
@@ -436,13 +568,19 @@ class Ledger:
                 n = min(trial.remaining, line.units)
                 cost = n
             elif trial.unit == "images":
-                n = min(trial.remaining.to_integral_value(ROUND_FLOOR), line.units.to_integral_value(ROUND_FLOOR))
+                n = min(
+                    trial.remaining.to_integral_value(ROUND_FLOOR),
+                    line.units.to_integral_value(ROUND_FLOOR),
+                )
                 cost = n
             else:  # credits: as many whole units (calls, seconds) as the credits left can pay for
                 per = line.credits_per_unit
                 if not per:
                     continue
-                n = min((trial.remaining / per).to_integral_value(ROUND_FLOOR), line.units.to_integral_value(ROUND_FLOOR))
+                n = min(
+                    (trial.remaining / per).to_integral_value(ROUND_FLOOR),
+                    line.units.to_integral_value(ROUND_FLOOR),
+                )
                 cost = n * per
             if n <= 0:
                 continue
@@ -463,12 +601,23 @@ class Ledger:
         key = e.model or e.item
         if reason == "service_stopped" and key not in s.stopped_models:
             s.stopped_models.add(key)
-            fx.alerts.append(alert("service_stopped", s.main_account_id, e.account_id, e.event_time,
-                                   f"{key}:{e.event_id}",
-                                   f"{key} stopped: the free quota is used up and post-paid is not enabled; usage is recorded unbilled",
-                                   model=e.model, source_event_ids=[e.event_id], trace_id=e.trace_id))
+            fx.alerts.append(
+                alert(
+                    "service_stopped",
+                    s.main_account_id,
+                    e.account_id,
+                    e.event_time,
+                    f"{key}:{e.event_id}",
+                    f"{key} stopped: the free quota is used up and post-paid is not enabled; usage is recorded unbilled",
+                    model=e.model,
+                    source_event_ids=[e.event_id],
+                    trace_id=e.trace_id,
+                )
+            )
 
-    def _count_inference_limit(self, s: AccountState, e: UsageEvent, rating: Rating, fx: Effects, flags: list[str]) -> None:
+    def _count_inference_limit(
+        self, s: AccountState, e: UsageEvent, rating: Rating, fx: Effects, flags: list[str]
+    ) -> None:
         limit = s.limits.get(e.model) if e.model else None
         if limit is None or e.mode != "online" or e.event_time < limit.effective_time:
             return
@@ -477,11 +626,20 @@ class Ledger:
         limit.used_tokens += e.total_tokens
         if not limit.reached and limit.used_tokens >= limit.limit_tokens:
             limit.reached = True
-            fx.alerts.append(alert("model_paused", s.main_account_id, e.account_id, e.event_time,
-                                   f"inference_limit:{e.model}:{limit.effective_time}",
-                                   f"{e.model} paused: inference limit of {limit.limit_tokens} tokens reached",
-                                   model=e.model, details={"reason": "inference_limit", "used_tokens": str(limit.used_tokens)},
-                                   source_event_ids=[e.event_id], trace_id=e.trace_id))
+            fx.alerts.append(
+                alert(
+                    "model_paused",
+                    s.main_account_id,
+                    e.account_id,
+                    e.event_time,
+                    f"inference_limit:{e.model}:{limit.effective_time}",
+                    f"{e.model} paused: inference limit of {limit.limit_tokens} tokens reached",
+                    model=e.model,
+                    details={"reason": "inference_limit", "used_tokens": str(limit.used_tokens)},
+                    source_event_ids=[e.event_id],
+                    trace_id=e.trace_id,
+                )
+            )
 
     @staticmethod
     def _prune_free_days(s: AccountState, tz: str, clock_ms: int) -> None:
@@ -489,7 +647,9 @@ class Ledger:
         zone) up to stream time; an event of an older day gets none: its day's allowance is no
         longer known, so it counts as used up, never as a fresh grant. Counted in calendar days,
         not days with usage, so sparse usage does not stretch the window."""
-        first_kept = (date.fromisoformat(local_day(tz, clock_ms)) - timedelta(days=FREE_DAYS_KEPT - 1)).isoformat()
+        first_kept = (
+            date.fromisoformat(local_day(tz, clock_ms)) - timedelta(days=FREE_DAYS_KEPT - 1)
+        ).isoformat()
         if s.free_horizon is not None and s.free_horizon >= first_kept:
             return
         s.free_horizon = first_kept
@@ -497,7 +657,9 @@ class Ledger:
             del s.free_used[old]
         s.free_exhausted_days = [d for d in s.free_exhausted_days if d >= first_kept]
 
-    def _deduction(self, s, profile, e: UsageEvent, rating: Rating, splits, unbilled, reason, flags) -> dict[str, Any]:
+    def _deduction(
+        self, s, profile, e: UsageEvent, rating: Rating, splits, unbilled, reason, flags
+    ) -> dict[str, Any]:
         return {
             "deduction_id": deduction_id(s.main_account_id, e.event_id),
             "event_id": e.event_id,
@@ -513,7 +675,12 @@ class Ledger:
             "variant": e.variant,
             "quantities": rating.quantities,
             "lines": [
-                {"component": l.component, "units": money(l.units), "unit_price": money(l.unit_price), "amount": money(l.amount)}
+                {
+                    "component": l.component,
+                    "units": money(l.units),
+                    "unit_price": money(l.unit_price),
+                    "amount": money(l.amount),
+                }
                 for l in rating.lines
             ],
             "rated_amount": money(rating.amount),
@@ -531,19 +698,40 @@ class Ledger:
 
     # ================================================================ balance-driven status and alerts
 
-    def _after_balance_change(self, s: AccountState, profile: Profile, now: int, account_id: str,
-                              source: list[str], trace_id: str, fx: Effects, *, charged: bool) -> None:
+    def _after_balance_change(
+        self,
+        s: AccountState,
+        profile: Profile,
+        now: int,
+        account_id: str,
+        source: list[str],
+        trace_id: str,
+        fx: Effects,
+        *,
+        charged: bool,
+    ) -> None:
         s.stream_time = max(s.stream_time, now)
         available = s.available_balance(now)
         # balance below the user's threshold, re-armed once it is above again
         if s.balance_threshold is not None:
             if available < s.balance_threshold and s.threshold_armed:
                 s.threshold_armed = False
-                fx.alerts.append(alert("balance_below_threshold", s.main_account_id, account_id, now,
-                                       f"below:{now}:{source[0]}",
-                                       f"available balance {money(available)} {s.currency} is below the threshold {money(s.balance_threshold)}",
-                                       details={"available": money(available), "threshold": money(s.balance_threshold)},
-                                       source_event_ids=source, trace_id=trace_id))
+                fx.alerts.append(
+                    alert(
+                        "balance_below_threshold",
+                        s.main_account_id,
+                        account_id,
+                        now,
+                        f"below:{now}:{source[0]}",
+                        f"available balance {money(available)} {s.currency} is below the threshold {money(s.balance_threshold)}",
+                        details={
+                            "available": money(available),
+                            "threshold": money(s.balance_threshold),
+                        },
+                        source_event_ids=source,
+                        trace_id=trace_id,
+                    )
+                )
             elif available >= s.balance_threshold and not s.threshold_armed:
                 s.threshold_armed = True
         # arrears (post-paid): at or below zero suspends at once; a top-up above zero resumes
@@ -551,15 +739,30 @@ class Ledger:
             return
         # Arrears start when a charge leaves the available balance at or below zero (an account
         # opened with an empty balance owes nothing yet).
-        if charged and (s.post_paid or s.activated_models) and available <= 0 and s.arrears_since is None:
+        if (
+            charged
+            and (s.post_paid or s.activated_models)
+            and available <= 0
+            and s.arrears_since is None
+        ):
             # never dated before the clearing it follows (a late charge of an earlier time)
             started = max(now, s.arrears_changed_at)
             s.arrears_since = s.arrears_changed_at = started
             s.arrears_episode += 1
             s.grace_reminded = False
-            fx.alerts.append(alert("arrears_started", s.main_account_id, account_id, started, f"arrears:{s.arrears_episode}",
-                                   f"account in arrears: available balance {money(available)} {s.currency}",
-                                   details={"available": money(available)}, source_event_ids=source, trace_id=trace_id))
+            fx.alerts.append(
+                alert(
+                    "arrears_started",
+                    s.main_account_id,
+                    account_id,
+                    started,
+                    f"arrears:{s.arrears_episode}",
+                    f"account in arrears: available balance {money(available)} {s.currency}",
+                    details={"available": money(available)},
+                    source_event_ids=source,
+                    trace_id=trace_id,
+                )
+            )
         if s.arrears_since is not None:
             if available > 0:
                 episode = s.arrears_episode
@@ -568,9 +771,19 @@ class Ledger:
                 cleared = max(now, s.arrears_since, s.arrears_changed_at)
                 s.arrears_since = None
                 s.arrears_changed_at = cleared
-                fx.alerts.append(alert("arrears_cleared", s.main_account_id, account_id, cleared, f"arrears:{episode}",
-                                       f"arrears cleared: available balance {money(available)} {s.currency}",
-                                       details={"available": money(available)}, source_event_ids=source, trace_id=trace_id))
+                fx.alerts.append(
+                    alert(
+                        "arrears_cleared",
+                        s.main_account_id,
+                        account_id,
+                        cleared,
+                        f"arrears:{episode}",
+                        f"arrears cleared: available balance {money(available)} {s.currency}",
+                        details={"available": money(available)},
+                        source_event_ids=source,
+                        trace_id=trace_id,
+                    )
+                )
                 if s.status == "suspended":
                     self._set_status(s, "active", None, fx)
             elif s.status == "active" and self._suspend_now(s, profile, now):
@@ -579,7 +792,10 @@ class Ledger:
     @staticmethod
     def _suspend_now(s: AccountState, profile: Profile, now: int) -> bool:
         daily = profile.policy.daily_free
-        if profile.policy.arrears.suspend_when_free_used_up_despite_legacy_packs and daily is not None:
+        if (
+            profile.policy.arrears.suspend_when_free_used_up_despite_legacy_packs
+            and daily is not None
+        ):
             # Coze: suspended once the day's free points are used up, whatever legacy packs remain
             day = local_day(profile.timezone, now)
             if s.free_horizon is not None and day < s.free_horizon:
@@ -606,15 +822,31 @@ class Ledger:
             episode = f"arrears:{s.arrears_episode}"
             if not s.grace_reminded and clock >= reminder:
                 s.grace_reminded = True
-                fx.alerts.append(alert("grace_ending", main, main, reminder, episode,
-                                       f"grace period ends at {millis_to_iso(grace_end)}; resources are released then",
-                                       details={"grace_end": millis_to_iso(grace_end)}))
+                fx.alerts.append(
+                    alert(
+                        "grace_ending",
+                        main,
+                        main,
+                        reminder,
+                        episode,
+                        f"grace period ends at {millis_to_iso(grace_end)}; resources are released then",
+                        details={"grace_end": millis_to_iso(grace_end)},
+                    )
+                )
             if clock >= grace_end:
                 self._set_status(s, "released", "arrears_grace_expired", fx)
                 fx.status_time = grace_end
-                fx.alerts.append(alert("resources_released", main, main, grace_end, episode,
-                                       f"resources released after {arrears.grace_days} days of arrears",
-                                       details={"arrears_since": millis_to_iso(s.arrears_since)}))
+                fx.alerts.append(
+                    alert(
+                        "resources_released",
+                        main,
+                        main,
+                        grace_end,
+                        episode,
+                        f"resources released after {arrears.grace_days} days of arrears",
+                        details={"arrears_since": millis_to_iso(s.arrears_since)},
+                    )
+                )
         self._forget_expired_buckets(s, clock)
         quotas = {q.id: q for q in profile.policy.trials}
         for _, trial in sorted(s.trials.items()):  # in key order: the order a restored state has
@@ -624,9 +856,20 @@ class Ledger:
             # duplicate or the next event): the same alert, stamped at the notice time
             if not trial.expiring_alerted and trial.remaining > 0 and notice_at <= clock:
                 trial.expiring_alerted = True
-                fx.alerts.append(alert("trial_expiring", main, main, notice_at, trial.id,
-                                       f"free trial {trial.id} expires at {millis_to_iso(trial.expires_at)} with {money(trial.remaining)} {trial.unit} left",
-                                       details={"expires_at": millis_to_iso(trial.expires_at), "remaining": money(trial.remaining)}))
+                fx.alerts.append(
+                    alert(
+                        "trial_expiring",
+                        main,
+                        main,
+                        notice_at,
+                        trial.id,
+                        f"free trial {trial.id} expires at {millis_to_iso(trial.expires_at)} with {money(trial.remaining)} {trial.unit} left",
+                        details={
+                            "expires_at": millis_to_iso(trial.expires_at),
+                            "remaining": money(trial.remaining),
+                        },
+                    )
+                )
 
     def _forget_expired_buckets(self, s: AccountState, clock: int) -> None:
         """Vouchers and packs expired more than the dedupe horizon ago can pay for nothing any more:
@@ -635,7 +878,9 @@ class Ledger:
         if not s.vouchers and not s.packs:
             return
         cutoff = clock - self.horizon_ms
-        if any(b.expires_at < cutoff for b in s.vouchers) or any(b.expires_at < cutoff for b in s.packs):
+        if any(b.expires_at < cutoff for b in s.vouchers) or any(
+            b.expires_at < cutoff for b in s.packs
+        ):
             s.vouchers = [b for b in s.vouchers if b.expires_at >= cutoff]
             s.packs = [b for b in s.packs if b.expires_at >= cutoff]
 
@@ -646,7 +891,11 @@ class Ledger:
         if s.arrears_since is not None and s.status != "released":
             arrears = profile.policy.arrears
             grace_end = s.arrears_since + arrears.grace_days * DAY_MS
-            times.append(grace_end if s.grace_reminded else grace_end - arrears.reminder_hours_before * HOUR_MS)
+            times.append(
+                grace_end
+                if s.grace_reminded
+                else grace_end - arrears.reminder_hours_before * HOUR_MS
+            )
         quotas = {q.id: q for q in profile.policy.trials}
         for t in s.trials.values():
             if not t.expiring_alerted and t.remaining > 0:

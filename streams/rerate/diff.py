@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Iterable
+from typing import Any
 
 from streams.deduction.record import money
-from streams.ids import derived_id
 from streams.engine import BillingEngine
+from streams.ids import derived_id
 from streams.ingest.messages import Decoded
 from streams.rating.profiles import Profiles
 from streams.settlement.periods import SETTLEMENT_NAMESPACE, period_of
@@ -49,7 +50,9 @@ class Rerating:
         return rerate_id(self.profile, self.version, self.from_ms, self.to_ms)
 
     def selects(self, d: dict[str, Any]) -> bool:
-        return d["profile"] == self.profile and (not self.accounts or d["main_account_id"] in self.accounts)
+        return d["profile"] == self.profile and (
+            not self.accounts or d["main_account_id"] in self.accounts
+        )
 
     def covers(self, d: dict[str, Any]) -> bool:
         return self.selects(d) and self.from_ms <= d["event_time"] < self.to_ms
@@ -60,9 +63,13 @@ class EventDiff:
     old: dict[str, Any]  # the deduction as billed
     new: dict[str, Any] | None  # as re-rated; None when the new price version cannot rate it
     new_rejection: str | None = None
-    booked: list[dict[str, Any]] = field(default_factory=list)  # adjustments already booked for it, by any re-rating
+    booked: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # adjustments already booked for it, by any re-rating
     rerate_id: str = ""
-    in_window: bool = True  # False: outside the period, same price, but the buckets it found changed (knock-on)
+    in_window: bool = (
+        True  # False: outside the period, same price, but the buckets it found changed (knock-on)
+    )
 
     @staticmethod
     def amounts(d: dict[str, Any] | None) -> dict[str, Decimal]:
@@ -85,7 +92,11 @@ class EventDiff:
         adjustment since (the new price supersedes earlier re-ratings of the event). Outside it:
         the deduction and this re-rating's own adjustments only, so that a re-rating never undoes
         what another one booked for events it does not re-price."""
-        own = self.booked if self.in_window else [b for b in self.booked if b.get("rerate_id") == self.rerate_id]
+        own = (
+            self.booked
+            if self.in_window
+            else [b for b in self.booked if b.get("rerate_id") == self.rerate_id]
+        )
         return [self.old, *own]
 
     def _sum(self, records: list[dict[str, Any]]) -> dict[str, Decimal]:
@@ -128,9 +139,18 @@ class RerateResult:
             g = groups.get(key)
             if g is None:
                 g = groups[key] = {
-                    "main_account_id": key[0], "item": key[1], "model": key[2], "currency": d["currency"], "events": 0,
-                    "quantities": {}, "old_amount": ZERO, "new_amount": ZERO, "delta": ZERO,
-                    "old_split": {}, "new_split": {}, "not_rated": 0,
+                    "main_account_id": key[0],
+                    "item": key[1],
+                    "model": key[2],
+                    "currency": d["currency"],
+                    "events": 0,
+                    "quantities": {},
+                    "old_amount": ZERO,
+                    "new_amount": ZERO,
+                    "delta": ZERO,
+                    "old_split": {},
+                    "new_split": {},
+                    "not_rated": 0,
                 }
             g["events"] += 1
             for comp, value in d["quantities"].items():
@@ -151,13 +171,23 @@ class RerateResult:
         return sum((d.delta["rated"] for d in self.diffs), ZERO)
 
 
-def rerun(events: Iterable[tuple[Any, Decoded]], profiles: Profiles, rerating: Rerating, *, partitions: int,
-          allowed_lateness_ms: int, booked: Iterable[dict[str, Any]] = ()) -> RerateResult:
+def rerun(
+    events: Iterable[tuple[Any, Decoded]],
+    profiles: Profiles,
+    rerating: Rerating,
+    *,
+    partitions: int,
+    allowed_lateness_ms: int,
+    booked: Iterable[dict[str, Any]] = (),
+) -> RerateResult:
     """``events``: every input event from the start of the stream, in partition order, as
     (event, decoded) pairs. ``booked``: adjustment deductions already booked (from the deductions topic)."""
     profile = profiles[rerating.profile].pinned(rerating.version, rerating.from_ms, rerating.to_ms)
     old = Simulation(BillingEngine(profiles, allowed_lateness_ms=allowed_lateness_ms), partitions)
-    new = Simulation(BillingEngine(profiles.replacing(profile), allowed_lateness_ms=allowed_lateness_ms), partitions)
+    new = Simulation(
+        BillingEngine(profiles.replacing(profile), allowed_lateness_ms=allowed_lateness_ms),
+        partitions,
+    )
     new_rejections: dict[str, str] = {}
     for number, (event, decoded) in enumerate(events, 1):
         old.apply(event, decoded, "events", number)
@@ -175,8 +205,14 @@ def rerun(events: Iterable[tuple[Any, Decoded]], profiles: Profiles, rerating: R
     for d in old_run.deductions:
         if not rerating.selects(d):
             continue
-        diff = EventDiff(d, new_by_event.get((d["main_account_id"], d["event_id"])), new_rejections.get(d["event_id"]),
-                         booked_by_id.get(d["deduction_id"], []), rerating.id, in_window=rerating.covers(d))
+        diff = EventDiff(
+            d,
+            new_by_event.get((d["main_account_id"], d["event_id"])),
+            new_rejections.get(d["event_id"]),
+            booked_by_id.get(d["deduction_id"], []),
+            rerating.id,
+            in_window=rerating.covers(d),
+        )
         # outside the period (a later event, or a late one processed after the period's events) an
         # event is part of the re-rating only if what paid for it changed
         if diff.in_window or diff.changed:
@@ -199,8 +235,11 @@ def split_delta(diff: EventDiff) -> list[dict[str, Any]]:
     add(diff.new, 1)
     for record in diff.base:
         add(record, -1)
-    return [{"bucket_kind": k, "bucket_id": i, "amount": money(a), "units": money(u), "unit": unit}
-            for (k, i, unit), (a, u) in sorted(acc.items()) if a or u]
+    return [
+        {"bucket_kind": k, "bucket_id": i, "amount": money(a), "units": money(u), "unit": unit}
+        for (k, i, unit), (a, u) in sorted(acc.items())
+        if a or u
+    ]
 
 
 def adjustments(result: RerateResult) -> list[dict[str, Any]]:
@@ -213,27 +252,49 @@ def adjustments(result: RerateResult) -> list[dict[str, Any]]:
         delta, new = diff.delta, diff.new
         # the id names what this adjustment comes after: the same re-rating applied again finds
         # nothing to book, and one applied after another (to undo it, say) gets ids of its own
-        after = hashlib.sha256("|".join(sorted(b["deduction_id"] for b in diff.booked)).encode()).hexdigest()[:16]
-        out.append({
-            **{k: new[k] for k in ("event_id", "trace_id", "account_id", "main_account_id", "event_time", "profile", "currency",
-                                   "item", "model", "variant", "billed_elsewhere", "settlement_period", "balance_after")},
-            "deduction_id": derived_id(RERATE_NAMESPACE, diff.old["deduction_id"], rid, after),
-            "price_version": new["price_version"],
-            "quantities": {},
-            "lines": [],
-            "rated_amount": money(delta["rated"]),
-            "splits": split_delta(diff),
-            "unbilled_amount": money(delta["unbilled"]),
-            "unbilled_reason": None,
-            "flags": ["rerate"],
-            "kind": "rerate_adjustment",
-            "adjusts_deduction_id": diff.old["deduction_id"],
-            "rerate_id": rid,
-        })
+        after = hashlib.sha256(
+            "|".join(sorted(b["deduction_id"] for b in diff.booked)).encode()
+        ).hexdigest()[:16]
+        out.append(
+            {
+                **{
+                    k: new[k]
+                    for k in (
+                        "event_id",
+                        "trace_id",
+                        "account_id",
+                        "main_account_id",
+                        "event_time",
+                        "profile",
+                        "currency",
+                        "item",
+                        "model",
+                        "variant",
+                        "billed_elsewhere",
+                        "settlement_period",
+                        "balance_after",
+                    )
+                },
+                "deduction_id": derived_id(RERATE_NAMESPACE, diff.old["deduction_id"], rid, after),
+                "price_version": new["price_version"],
+                "quantities": {},
+                "lines": [],
+                "rated_amount": money(delta["rated"]),
+                "splits": split_delta(diff),
+                "unbilled_amount": money(delta["unbilled"]),
+                "unbilled_reason": None,
+                "flags": ["rerate"],
+                "kind": "rerate_adjustment",
+                "adjusts_deduction_id": diff.old["deduction_id"],
+                "rerate_id": rid,
+            }
+        )
     return out
 
 
-def settlement_lines(adjusted: list[dict[str, Any]], timezones: dict[str, str], closed_at: int) -> list[dict[str, Any]]:
+def settlement_lines(
+    adjusted: list[dict[str, Any]], timezones: dict[str, str], closed_at: int
+) -> list[dict[str, Any]]:
     """Adjustment deductions -> settlement lines of type ``rerate``, one per account, period and
     item/model/variant. A line's id covers exactly its adjustments, so lines booked by an
     interrupted run and by the run that completes it never replace one another. Each adjustment
@@ -241,8 +302,18 @@ def settlement_lines(adjusted: list[dict[str, Any]], timezones: dict[str, str], 
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for a in adjusted:
         start, end = period_of(a["settlement_period"], a["event_time"], timezones[a["profile"]])
-        groups.setdefault((a["main_account_id"], a["settlement_period"], start, end, a["item"], a["model"] or "",
-                           a["variant"] or ""), []).append(a)
+        groups.setdefault(
+            (
+                a["main_account_id"],
+                a["settlement_period"],
+                start,
+                end,
+                a["item"],
+                a["model"] or "",
+                a["variant"] or "",
+            ),
+            [],
+        ).append(a)
     lines = []
     for (main, granularity, start, end, item, model, variant), adjs in sorted(groups.items()):
         ids = sorted(a["deduction_id"] for a in adjs)
@@ -252,17 +323,35 @@ def settlement_lines(adjusted: list[dict[str, Any]], timezones: dict[str, str], 
             sums["unbilled"] += Decimal(a["unbilled_amount"])
             for s in a["splits"]:
                 sums[s["bucket_kind"]] += Decimal(s["amount"])
-        line_id = derived_id(SETTLEMENT_NAMESPACE, main, granularity, start, item, model, variant, "rerate", *ids)
+        line_id = derived_id(
+            SETTLEMENT_NAMESPACE, main, granularity, start, item, model, variant, "rerate", *ids
+        )
         for a in adjs:
             a["settlement_id"] = line_id
-        lines.append({
-            "settlement_id": line_id,
-            "main_account_id": main, "period_start": start, "period_end": end, "granularity": granularity,
-            "line_type": "rerate", "profile": adjs[0]["profile"], "currency": adjs[0]["currency"], "item": item,
-            "model": adjs[0]["model"], "variant": adjs[0]["variant"], "quantities": {},
-            "gross_amount": money(sums["gross"]), "free_amount": money(sums["free"]), "trial_amount": money(sums["trial"]),
-            "pack_amount": money(sums["pack"]), "voucher_amount": money(sums["voucher"]), "cash_amount": money(sums["cash"]),
-            "unbilled_amount": money(sums["unbilled"]), "event_count": 0,
-            "price_versions": sorted({a["price_version"] for a in adjs}), "closed_at": closed_at,
-        })
+        lines.append(
+            {
+                "settlement_id": line_id,
+                "main_account_id": main,
+                "period_start": start,
+                "period_end": end,
+                "granularity": granularity,
+                "line_type": "rerate",
+                "profile": adjs[0]["profile"],
+                "currency": adjs[0]["currency"],
+                "item": item,
+                "model": adjs[0]["model"],
+                "variant": adjs[0]["variant"],
+                "quantities": {},
+                "gross_amount": money(sums["gross"]),
+                "free_amount": money(sums["free"]),
+                "trial_amount": money(sums["trial"]),
+                "pack_amount": money(sums["pack"]),
+                "voucher_amount": money(sums["voucher"]),
+                "cash_amount": money(sums["cash"]),
+                "unbilled_amount": money(sums["unbilled"]),
+                "event_count": 0,
+                "price_versions": sorted({a["price_version"] for a in adjs}),
+                "closed_at": closed_at,
+            }
+        )
     return lines

@@ -12,7 +12,7 @@ its line (``settlement_id``), and the line's events are found by joining on it.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -23,7 +23,7 @@ from streams.ids import derived_id
 
 SETTLEMENT_NAMESPACE = uuid.UUID("0c7d51a4-8f7e-4d0e-9f41-3c2b9a6d8e15")
 HOUR_MS = 3_600_000
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 BUCKETS = ("free", "trial", "pack", "voucher", "cash")
 
 
@@ -48,9 +48,20 @@ def _key(granularity: str, start: int, d: dict[str, Any]) -> str:
 
 def _new_period(granularity: str, start: int, end: int, d: dict[str, Any]) -> dict[str, Any]:
     return {
-        "granularity": granularity, "period_start": start, "period_end": end, "item": d["item"], "model": d["model"],
-        "variant": d["variant"], "profile": d["profile"], "currency": d["currency"], "quantities": {},
-        "gross": "0", "unbilled": "0", **{b: "0" for b in BUCKETS}, "event_count": 0, "price_versions": [],
+        "granularity": granularity,
+        "period_start": start,
+        "period_end": end,
+        "item": d["item"],
+        "model": d["model"],
+        "variant": d["variant"],
+        "profile": d["profile"],
+        "currency": d["currency"],
+        "quantities": {},
+        "gross": "0",
+        "unbilled": "0",
+        **{b: "0" for b in BUCKETS},
+        "event_count": 0,
+        "price_versions": [],
     }
 
 
@@ -71,11 +82,22 @@ def _add(acc: dict[str, Any], d: dict[str, Any]) -> None:
 
 def line_id(main: str, acc: dict[str, Any], line_type: str, suffix: str | None = None) -> str:
     """``suffix``: the event id of an adjustment line (None for a regular line)."""
-    return derived_id(SETTLEMENT_NAMESPACE, main, acc["granularity"], acc["period_start"], acc["item"], acc["model"],
-                      acc["variant"], line_type, suffix)
+    return derived_id(
+        SETTLEMENT_NAMESPACE,
+        main,
+        acc["granularity"],
+        acc["period_start"],
+        acc["item"],
+        acc["model"],
+        acc["variant"],
+        line_type,
+        suffix,
+    )
 
 
-def _line(main: str, acc: dict[str, Any], line_type: str, lateness_ms: int, suffix: str | None = None) -> dict[str, Any]:
+def _line(
+    main: str, acc: dict[str, Any], line_type: str, lateness_ms: int, suffix: str | None = None
+) -> dict[str, Any]:
     return {
         "settlement_id": line_id(main, acc, line_type, suffix),
         "main_account_id": main,
@@ -102,8 +124,14 @@ def _line(main: str, acc: dict[str, Any], line_type: str, lateness_ms: int, suff
     }
 
 
-def settle(periods: dict[str, dict], settled_until: int, main: str, d: dict[str, Any], tz: str,
-           lateness_ms: int) -> tuple[str, list[dict]]:
+def settle(
+    periods: dict[str, dict],
+    settled_until: int,
+    main: str,
+    d: dict[str, Any],
+    tz: str,
+    lateness_ms: int,
+) -> tuple[str, list[dict]]:
     """Add a deduction to its open period, or make it an adjustment line of its own if the period
     has closed. Returns the id of the line the deduction is summed into, and the lines to emit."""
     granularity = d["settlement_period"]
@@ -126,5 +154,9 @@ def settle(periods: dict[str, dict], settled_until: int, main: str, d: dict[str,
 
 def close_due(periods: dict[str, dict], clock: int, main: str, lateness_ms: int) -> list[dict]:
     """Close every period whose end plus lateness the clock has reached, oldest first."""
-    due = sorted((acc["period_end"], key) for key, acc in periods.items() if acc["period_end"] + lateness_ms <= clock)
+    due = sorted(
+        (acc["period_end"], key)
+        for key, acc in periods.items()
+        if acc["period_end"] + lateness_ms <= clock
+    )
     return [_line(main, periods.pop(key), "regular", lateness_ms) for _, key in due]

@@ -15,9 +15,13 @@ MINUTE_MS = 60_000
 TOKEN_ITEMS = ("tokens", "embedding", "rerank")
 
 
-def _record(main: str, acc: dict[str, Any], line_type: str, suffix: str | None = None) -> dict[str, Any]:
+def _record(
+    main: str, acc: dict[str, Any], line_type: str, suffix: str | None = None
+) -> dict[str, Any]:
     return {
-        "usage_minute_id": derived_id(USAGE_MINUTE_NAMESPACE, main, acc["model"], acc["minute_start"], line_type, suffix),
+        "usage_minute_id": derived_id(
+            USAGE_MINUTE_NAMESPACE, main, acc["model"], acc["minute_start"], line_type, suffix
+        ),
         "main_account_id": main,
         "model": acc["model"],
         "minute_start": acc["minute_start"],
@@ -27,23 +31,41 @@ def _record(main: str, acc: dict[str, Any], line_type: str, suffix: str | None =
     }
 
 
-def count(minutes: dict[str, dict], settled_until: int, main: str, d: dict[str, Any], lateness_ms: int) -> list[dict]:
+def count(
+    minutes: dict[str, dict], settled_until: int, main: str, d: dict[str, Any], lateness_ms: int
+) -> list[dict]:
     if d["item"] not in TOKEN_ITEMS or d["billed_elsewhere"]:
         return []
     start = d["event_time"] - d["event_time"] % MINUTE_MS
     tokens = sum(int(v) for v in d["quantities"].values())
     if start + MINUTE_MS + lateness_ms <= settled_until:
-        return [_record(main, {"model": d["model"], "minute_start": start, "requests": 1, "tokens": tokens}, "adjustment", d["event_id"])]
-    acc = minutes.setdefault(f"{d['model']}|{start}", {"model": d["model"], "minute_start": start, "requests": 0, "tokens": 0})
+        return [
+            _record(
+                main,
+                {"model": d["model"], "minute_start": start, "requests": 1, "tokens": tokens},
+                "adjustment",
+                d["event_id"],
+            )
+        ]
+    acc = minutes.setdefault(
+        f"{d['model']}|{start}",
+        {"model": d["model"], "minute_start": start, "requests": 0, "tokens": 0},
+    )
     acc["requests"] += 1
     acc["tokens"] += tokens
     return []
 
 
 def close_due(minutes: dict[str, dict], clock: int, main: str, lateness_ms: int) -> list[dict]:
-    due = sorted((acc["minute_start"], key) for key, acc in minutes.items() if acc["minute_start"] + MINUTE_MS + lateness_ms <= clock)
+    due = sorted(
+        (acc["minute_start"], key)
+        for key, acc in minutes.items()
+        if acc["minute_start"] + MINUTE_MS + lateness_ms <= clock
+    )
     return [_record(main, minutes.pop(key), "regular") for _, key in due]
 
 
 def next_due(minutes: dict[str, dict], lateness_ms: int) -> int | None:
-    return min((acc["minute_start"] + MINUTE_MS + lateness_ms for acc in minutes.values()), default=None)
+    return min(
+        (acc["minute_start"] + MINUTE_MS + lateness_ms for acc in minutes.values()), default=None
+    )

@@ -19,11 +19,12 @@ import hashlib
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import clickhouse_connect
 import orjson
@@ -38,14 +39,16 @@ log = logging.getLogger("streams.sink")
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "infra" / "clickhouse"
 INSERT_SETTINGS = {"async_insert": 0, "wait_for_async_insert": 1}
 ZERO = Decimal(0)
-UTC = timezone.utc
+UTC = UTC
 
 
 def connect(settings: Settings):
     if settings.embedded_clickhouse:
         settings.chdb_path.mkdir(parents=True, exist_ok=True)
         return clickhouse_connect.get_client(dsn=f"chdb://{settings.chdb_path.resolve()}")
-    return clickhouse_connect.get_client(dsn=settings.clickhouse_url, password=settings.clickhouse_password or None)
+    return clickhouse_connect.get_client(
+        dsn=settings.clickhouse_url, password=settings.clickhouse_password or None
+    )
 
 
 def migrate(client) -> list[str]:
@@ -54,14 +57,18 @@ def migrate(client) -> list[str]:
         "CREATE TABLE IF NOT EXISTS schema_migrations (version String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
         "ENGINE = ReplacingMergeTree ORDER BY version"
     )
-    done = {row[0] for row in client.query("SELECT version FROM schema_migrations FINAL").result_rows}
+    done = {
+        row[0] for row in client.query("SELECT version FROM schema_migrations FINAL").result_rows
+    }
     applied = []
     for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
         if path.name in done:
             continue
         for statement in _statements(path.read_text()):
             client.command(statement)
-        client.insert("schema_migrations", [(path.name,)], column_names=["version"], settings=INSERT_SETTINGS)
+        client.insert(
+            "schema_migrations", [(path.name,)], column_names=["version"], settings=INSERT_SETTINGS
+        )
         applied.append(path.name)
     return applied
 
@@ -86,27 +93,89 @@ def _ts(ms: int | datetime | None) -> datetime | None:
 # Python, for a direct insert (the bench's baseline) and to check the two agree (a test).
 
 DEDUCTION_COLUMNS = [
-    "deduction_id", "event_id", "trace_id", "account_id", "main_account_id", "event_time", "profile", "currency",
-    "price_version", "item", "model", "variant", "quantities", "tokens_cache_hit", "tokens_input",
-    "tokens_cache_write", "tokens_output", "tokens_reasoning", "units", "lines_json", "rated_amount",
-    "free_amount", "trial_amount", "pack_amount", "voucher_amount", "cash_amount", "unbilled_amount",
-    "unbilled_reason", "split_bucket_kind", "split_bucket_id", "split_amount", "split_units", "split_unit",
-    "billed_elsewhere", "flags", "balance_after", "settlement_period", "kind", "adjusts_deduction_id", "rerate_id",
+    "deduction_id",
+    "event_id",
+    "trace_id",
+    "account_id",
+    "main_account_id",
+    "event_time",
+    "profile",
+    "currency",
+    "price_version",
+    "item",
+    "model",
+    "variant",
+    "quantities",
+    "tokens_cache_hit",
+    "tokens_input",
+    "tokens_cache_write",
+    "tokens_output",
+    "tokens_reasoning",
+    "units",
+    "lines_json",
+    "rated_amount",
+    "free_amount",
+    "trial_amount",
+    "pack_amount",
+    "voucher_amount",
+    "cash_amount",
+    "unbilled_amount",
+    "unbilled_reason",
+    "split_bucket_kind",
+    "split_bucket_id",
+    "split_amount",
+    "split_units",
+    "split_unit",
+    "billed_elsewhere",
+    "flags",
+    "balance_after",
+    "settlement_period",
+    "kind",
+    "adjusts_deduction_id",
+    "rerate_id",
     "settlement_id",
 ]
 TOKEN_ITEMS = ("tokens", "embedding", "rerank")
-TOKEN_COLUMNS = {"tokens_cache_hit": "cache_hit", "tokens_input": "input", "tokens_cache_write": "cache_write",
-                 "tokens_output": "output", "tokens_reasoning": "reasoning"}
-SAME_NAME = ("deduction_id", "event_id", "trace_id", "account_id", "main_account_id", "profile", "currency",
-             "price_version", "item", "quantities", "billed_elsewhere", "flags", "settlement_period", "kind")
-OPTIONAL_STRINGS = ("model", "variant", "unbilled_reason", "adjusts_deduction_id", "rerate_id", "settlement_id")
+TOKEN_COLUMNS = {
+    "tokens_cache_hit": "cache_hit",
+    "tokens_input": "input",
+    "tokens_cache_write": "cache_write",
+    "tokens_output": "output",
+    "tokens_reasoning": "reasoning",
+}
+SAME_NAME = (
+    "deduction_id",
+    "event_id",
+    "trace_id",
+    "account_id",
+    "main_account_id",
+    "profile",
+    "currency",
+    "price_version",
+    "item",
+    "quantities",
+    "billed_elsewhere",
+    "flags",
+    "settlement_period",
+    "kind",
+)
+OPTIONAL_STRINGS = (
+    "model",
+    "variant",
+    "unbilled_reason",
+    "adjusts_deduction_id",
+    "rerate_id",
+    "settlement_id",
+)
 
 
 def deduction_values(d: dict[str, Any]) -> dict[str, Any]:
     by_kind = {"free": ZERO, "trial": ZERO, "pack": ZERO, "voucher": ZERO, "cash": ZERO}
     splits = d["splits"]
     for s in splits:
-        by_kind[s["bucket_kind"]] += Decimal(s["amount"])  # an unknown kind is a KeyError: a bad record
+        by_kind[s["bucket_kind"]] += Decimal(
+            s["amount"]
+        )  # an unknown kind is a KeyError: a bad record
     q = d["quantities"]
     tokens = d["item"] in TOKEN_ITEMS
     v: dict[str, Any] = {c: d[c] for c in SAME_NAME}
@@ -117,10 +186,13 @@ def deduction_values(d: dict[str, Any]) -> dict[str, Any]:
         event_time=_ts(d["event_time"]),
         units=ZERO if tokens else sum((Decimal(l["units"]) for l in d["lines"]), ZERO),
         lines_json=orjson.dumps(d["lines"]).decode(),
-        rated_amount=Decimal(d["rated_amount"]), unbilled_amount=Decimal(d["unbilled_amount"]),
+        rated_amount=Decimal(d["rated_amount"]),
+        unbilled_amount=Decimal(d["unbilled_amount"]),
         balance_after=Decimal(d["balance_after"]),
-        split_bucket_kind=[s["bucket_kind"] for s in splits], split_bucket_id=[s["bucket_id"] for s in splits],
-        split_amount=[Decimal(s["amount"]) for s in splits], split_units=[Decimal(s["units"]) for s in splits],
+        split_bucket_kind=[s["bucket_kind"] for s in splits],
+        split_bucket_id=[s["bucket_id"] for s in splits],
+        split_amount=[Decimal(s["amount"]) for s in splits],
+        split_units=[Decimal(s["units"]) for s in splits],
         split_unit=[s["unit"] for s in splits],
     )
     return v
@@ -133,29 +205,67 @@ def deduction_row(d: dict[str, Any]) -> tuple:
 
 
 DEAD_LETTER_COLUMNS = [
-    "dead_letter_id", "reason_code", "reason", "source_topic", "source_partition", "source_offset", "event_id",
-    "main_account_id", "trace_id", "event_time", "payload_base64", "payload_size_bytes", "payload_sha256",
+    "dead_letter_id",
+    "reason_code",
+    "reason",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "event_id",
+    "main_account_id",
+    "trace_id",
+    "event_time",
+    "payload_base64",
+    "payload_size_bytes",
+    "payload_sha256",
     "payload_truncated",
 ]
 
 
 def dead_letter_values(d: dict[str, Any]) -> dict[str, Any]:
-    v = {c: d[c] for c in ("dead_letter_id", "reason_code", "reason", "source_topic", "source_partition",
-                           "source_offset", "payload_sha256", "payload_truncated")}
+    v = {
+        c: d[c]
+        for c in (
+            "dead_letter_id",
+            "reason_code",
+            "reason",
+            "source_topic",
+            "source_partition",
+            "source_offset",
+            "payload_sha256",
+            "payload_truncated",
+        )
+    }
     v.update({c: d[c] or "" for c in ("event_id", "main_account_id", "trace_id")})
-    v.update(event_time=_ts(d["event_time"]), payload_base64=base64.b64encode(d["payload"]).decode(),
-             payload_size_bytes=max(d["payload_size_bytes"], len(d["payload"])))
+    v.update(
+        event_time=_ts(d["event_time"]),
+        payload_base64=base64.b64encode(d["payload"]).decode(),
+        payload_size_bytes=max(d["payload_size_bytes"], len(d["payload"])),
+    )
     return v
 
 
-ALERT_COLUMNS = ["alert_id", "kind", "main_account_id", "account_id", "event_time", "episode", "model", "message",
-                 "details", "source_event_ids", "trace_id", "sequence"]
+ALERT_COLUMNS = [
+    "alert_id",
+    "kind",
+    "main_account_id",
+    "account_id",
+    "event_time",
+    "episode",
+    "model",
+    "message",
+    "details",
+    "source_event_ids",
+    "trace_id",
+    "sequence",
+]
 
 
 def alert_values(a: dict[str, Any]) -> dict[str, Any]:
     v = {c: a[c] for c in ALERT_COLUMNS if c != "sequence"}
-    v.update(event_time=_ts(a["event_time"]), model=a["model"] or "",
-             sequence=a.get("sequence", 0))  # 0: written before alert v2 (the reader's default)
+    v.update(
+        event_time=_ts(a["event_time"]), model=a["model"] or "", sequence=a.get("sequence", 0)
+    )  # 0: written before alert v2 (the reader's default)
     return v
 
 
@@ -163,29 +273,82 @@ STATUS_COLUMNS = ["main_account_id", "status", "reason", "since", "source_event_
 
 
 def status_values(s: dict[str, Any]) -> dict[str, Any]:
-    return {"main_account_id": s["main_account_id"], "status": s["status"], "reason": s["reason"] or "",
-            "since": _ts(s["since"]), "source_event_id": s["source_event_id"], "sequence": s.get("sequence", 0)}
+    return {
+        "main_account_id": s["main_account_id"],
+        "status": s["status"],
+        "reason": s["reason"] or "",
+        "since": _ts(s["since"]),
+        "source_event_id": s["source_event_id"],
+        "sequence": s.get("sequence", 0),
+    }
 
 
 SETTLEMENT_COLUMNS = [
-    "settlement_id", "main_account_id", "period_start", "period_end", "granularity", "line_type", "profile", "currency",
-    "item", "model", "variant", "quantities", "gross_amount", "free_amount", "trial_amount", "pack_amount",
-    "voucher_amount", "cash_amount", "unbilled_amount", "event_count", "price_versions", "closed_at",
+    "settlement_id",
+    "main_account_id",
+    "period_start",
+    "period_end",
+    "granularity",
+    "line_type",
+    "profile",
+    "currency",
+    "item",
+    "model",
+    "variant",
+    "quantities",
+    "gross_amount",
+    "free_amount",
+    "trial_amount",
+    "pack_amount",
+    "voucher_amount",
+    "cash_amount",
+    "unbilled_amount",
+    "event_count",
+    "price_versions",
+    "closed_at",
 ]
-SETTLEMENT_MONEY = ("gross_amount", "free_amount", "trial_amount", "pack_amount", "voucher_amount", "cash_amount",
-                    "unbilled_amount")
+SETTLEMENT_MONEY = (
+    "gross_amount",
+    "free_amount",
+    "trial_amount",
+    "pack_amount",
+    "voucher_amount",
+    "cash_amount",
+    "unbilled_amount",
+)
 
 
 def settlement_values(s: dict[str, Any]) -> dict[str, Any]:
-    v = {c: s[c] for c in ("settlement_id", "main_account_id", "granularity", "line_type", "profile", "currency",
-                           "item", "quantities", "event_count", "price_versions")}
+    v = {
+        c: s[c]
+        for c in (
+            "settlement_id",
+            "main_account_id",
+            "granularity",
+            "line_type",
+            "profile",
+            "currency",
+            "item",
+            "quantities",
+            "event_count",
+            "price_versions",
+        )
+    }
     v.update({c: _ts(s[c]) for c in ("period_start", "period_end", "closed_at")})
     v.update({c: Decimal(s[c]) for c in SETTLEMENT_MONEY})
     v.update(model=s["model"] or "", variant=s["variant"] or "")
     return v
 
 
-USAGE_MINUTE_COLUMNS = ["usage_minute_id", "main_account_id", "model", "minute_start", "line_type", "requests", "tokens"]
+USAGE_MINUTE_COLUMNS = [
+    "usage_minute_id",
+    "main_account_id",
+    "model",
+    "minute_start",
+    "line_type",
+    "requests",
+    "tokens",
+]
 
 
 def usage_minute_values(m: dict[str, Any]) -> dict[str, Any]:
@@ -194,13 +357,25 @@ def usage_minute_values(m: dict[str, Any]) -> dict[str, Any]:
     return v
 
 
-ARCHIVE_COLUMNS = ["source_topic", "source_partition", "source_offset", "main_account_id", "payload", "message_time"]
+ARCHIVE_COLUMNS = [
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "main_account_id",
+    "payload",
+    "message_time",
+]
 
 
 def archive_values(m: Any) -> dict[str, Any]:
-    return {"source_topic": m.topic, "source_partition": m.partition, "source_offset": m.offset,
-            "main_account_id": m.key.decode("utf-8", "replace") if m.key else "", "payload": m.value or b"",
-            "message_time": _ts(m.timestamp)}
+    return {
+        "source_topic": m.topic,
+        "source_partition": m.partition,
+        "source_offset": m.offset,
+        "main_account_id": m.key.decode("utf-8", "replace") if m.key else "",
+        "payload": m.value or b"",
+        "message_time": _ts(m.timestamp),
+    }
 
 
 @dataclass(frozen=True)
@@ -216,17 +391,28 @@ class Route:
 def routes(settings: Settings) -> dict[str, Route]:
     t = settings.topics
     return {
-        t.deductions: Route("deductions", "deduction", DEDUCTION_COLUMNS, deduction_values, "deductions_avro_in"),
-        t.dead_letters: Route("dead_letters", "dead_letter", DEAD_LETTER_COLUMNS, dead_letter_values),
+        t.deductions: Route(
+            "deductions", "deduction", DEDUCTION_COLUMNS, deduction_values, "deductions_avro_in"
+        ),
+        t.dead_letters: Route(
+            "dead_letters", "dead_letter", DEAD_LETTER_COLUMNS, dead_letter_values
+        ),
         t.alerts: Route("alerts", "alert", ALERT_COLUMNS, alert_values),
         t.account_status: Route("account_status", "account_status", STATUS_COLUMNS, status_values),
         t.settlements: Route("settlements", "settlement", SETTLEMENT_COLUMNS, settlement_values),
-        t.usage_per_minute: Route("usage_per_minute", "usage_minute", USAGE_MINUTE_COLUMNS, usage_minute_values),
-        **({t.events: Route("events_archive", None, ARCHIVE_COLUMNS, archive_values)} if settings.sink_archive_events else {}),
+        t.usage_per_minute: Route(
+            "usage_per_minute", "usage_minute", USAGE_MINUTE_COLUMNS, usage_minute_values
+        ),
+        **(
+            {t.events: Route("events_archive", None, ARCHIVE_COLUMNS, archive_values)}
+            if settings.sink_archive_events
+            else {}
+        ),
     }
 
 
 # ---------------------------------------------------------------- Avro object container
+
 
 def _zigzag(n: int) -> bytes:
     """An Avro long: zig-zag, then 7 bits per byte, low first."""
@@ -254,6 +440,7 @@ def avro_container(schema_json: bytes, bodies: list[bytes]) -> bytes:
 
 # ---------------------------------------------------------------- errors
 
+
 class SinkHalted(RuntimeError):
     """An output record the sink cannot read or ClickHouse refuses: it stops without committing
     rather than skip it or retry it for ever (exit code 3)."""
@@ -267,15 +454,51 @@ class InsertRejected(SinkHalted):
 # ClickHouse error codes that mean "this insert will never succeed as it is": parse and type
 # errors, unknown columns or tables, overflow. Anything else (network, timeouts, too many parts,
 # memory, a server restarting) is retried.
-PERMANENT_CODES = frozenset({
-    6, 8, 10, 16, 20, 26, 27, 32, 33, 36, 38, 41, 43, 44, 47, 53, 60, 62, 69, 70, 72, 76, 117, 130, 131, 190, 349, 395,
-    407, 441, 649,
-})
+PERMANENT_CODES = frozenset(
+    {
+        6,
+        8,
+        10,
+        16,
+        20,
+        26,
+        27,
+        32,
+        33,
+        36,
+        38,
+        41,
+        43,
+        44,
+        47,
+        53,
+        60,
+        62,
+        69,
+        70,
+        72,
+        76,
+        117,
+        130,
+        131,
+        190,
+        349,
+        395,
+        407,
+        441,
+        649,
+    }
+)
 _CODE = re.compile(r"Code: (\d+)")
 
 
 def is_permanent(exc: BaseException) -> bool:
-    from clickhouse_connect.driver.exceptions import DatabaseError, DataError, OperationalError, ProgrammingError
+    from clickhouse_connect.driver.exceptions import (
+        DatabaseError,
+        DataError,
+        OperationalError,
+        ProgrammingError,
+    )
 
     if isinstance(exc, OperationalError):
         return False
@@ -285,7 +508,9 @@ def is_permanent(exc: BaseException) -> bool:
             return int(found.group(1)) in PERMANENT_CODES
         return isinstance(exc, (DataError, ProgrammingError))  # raised by the client before sending
     # a client-side conversion of a bad value (Python rows)
-    return isinstance(exc, (KeyError, TypeError, ValueError, ArithmeticError)) and not isinstance(exc, OSError)
+    return isinstance(exc, (KeyError, TypeError, ValueError, ArithmeticError)) and not isinstance(
+        exc, OSError
+    )
 
 
 @dataclass
@@ -299,6 +524,7 @@ class SinkStats:
 @dataclass
 class TableBatch:
     """What one batch inserts into one table: column maps, or Avro bodies for a landing table."""
+
     route: Route
     values: list[dict[str, Any]] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)
@@ -323,12 +549,16 @@ class ClickHouseSink:
         self.consumer: AIOKafkaConsumer | None = None
         self.committed: dict[TopicPartition, int] = {}
         self._avro_schemas: dict[str, bytes] = {
-            r.schema: self._schema_json(r.schema) for r in self.routes.values() if r.avro_landing and r.schema
+            r.schema: self._schema_json(r.schema)
+            for r in self.routes.values()
+            if r.avro_landing and r.schema
         }
 
     def _schema_json(self, name: str) -> bytes:
         sv = self.registry.latest[name]
-        filename = orjson.loads((SCHEMAS_DIR / "registry.json").read_bytes())["schemas"][str(sv.schema_id)]
+        filename = orjson.loads((SCHEMAS_DIR / "registry.json").read_bytes())["schemas"][
+            str(sv.schema_id)
+        ]
         return orjson.dumps(orjson.loads((SCHEMAS_DIR / filename).read_bytes()))
 
     async def start(self) -> None:
@@ -387,7 +617,9 @@ class ClickHouseSink:
             table = tables.setdefault(route.table, TableBatch(route))
             for m in messages:
                 self._add(table, tp, m)
-            table.token_parts.append(f"{tp.topic}:{tp.partition}:{messages[0].offset}-{messages[-1].offset}")
+            table.token_parts.append(
+                f"{tp.topic}:{tp.partition}:{messages[0].offset}-{messages[-1].offset}"
+            )
             commit[tp] = messages[-1].offset + 1
         for table in tables.values():
             if table.rows:
@@ -415,8 +647,10 @@ class ClickHouseSink:
             table.values.append(route.values(record))
         except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
             self._halt(route.table, "bad_record")
-            raise InsertRejected(f"{tp.topic}[{tp.partition}]@{m.offset}: cannot map the {route.schema} record to "
-                                 f"{route.table} columns: {type(exc).__name__}: {exc}") from exc
+            raise InsertRejected(
+                f"{tp.topic}[{tp.partition}]@{m.offset}: cannot map the {route.schema} record to "
+                f"{route.table} columns: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def _decode(self, route: Route, tp: TopicPartition, m: Any) -> dict[str, Any]:
         try:
@@ -425,11 +659,15 @@ class ClickHouseSink:
             # our own output topic: a newer schema than this sink knows (roll readers out
             # first) or a bug. Stop before committing anything, so nothing is lost.
             self._halt(route.table, "unreadable_record")
-            raise SinkHalted(f"cannot read {tp.topic}[{tp.partition}]@{m.offset}: {exc}; "
-                             "upgrade the sink if a newer schema version was deployed") from None
+            raise SinkHalted(
+                f"cannot read {tp.topic}[{tp.partition}]@{m.offset}: {exc}; "
+                "upgrade the sink if a newer schema version was deployed"
+            ) from None
         if name != route.schema:
             self._halt(route.table, "unreadable_record")
-            raise SinkHalted(f"{tp.topic}[{tp.partition}]@{m.offset} holds a {name} record, expected {route.schema}")
+            raise SinkHalted(
+                f"{tp.topic}[{tp.partition}]@{m.offset} holds a {name} record, expected {route.schema}"
+            )
         return record
 
     def _avro_body(self, route: Route, tp: TopicPartition, m: Any) -> bytes:
@@ -439,7 +677,12 @@ class ClickHouseSink:
         assert route.schema is not None
         value = m.value
         latest = self.registry.latest[route.schema]
-        if value and len(value) > 5 and value[0] == 0 and int.from_bytes(value[1:5], "big") == latest.schema_id:
+        if (
+            value
+            and len(value) > 5
+            and value[0] == 0
+            and int.from_bytes(value[1:5], "big") == latest.schema_id
+        ):
             return value[5:]
         record = self._decode(route, tp, m)
         return self.registry.encode(route.schema, record)[5:]
@@ -469,11 +712,22 @@ class ClickHouseSink:
             assert route.schema is not None
             # the token also deduplicates the block the view writes into the target table
             settings["deduplicate_blocks_in_dependent_materialized_views"] = 1
-            self.client.raw_insert(route.avro_landing, None, avro_container(self._avro_schemas[route.schema], table.bodies),
-                                   settings=settings, fmt="Avro")
+            self.client.raw_insert(
+                route.avro_landing,
+                None,
+                avro_container(self._avro_schemas[route.schema], table.bodies),
+                settings=settings,
+                fmt="Avro",
+            )
             return
         columns = [[v[c] for v in table.values] for c in route.columns]
-        self.client.insert(route.table, columns, column_names=route.columns, column_oriented=True, settings=settings)
+        self.client.insert(
+            route.table,
+            columns,
+            column_names=route.columns,
+            column_oriented=True,
+            settings=settings,
+        )
 
     async def _insert_with_retry(self, table: TableBatch, stop) -> None:
         name, rows, token = table.route.table, table.rows, table.token()
@@ -488,10 +742,18 @@ class ClickHouseSink:
                 if is_permanent(exc):
                     self._halt(name, "insert_rejected")
                     log.error("insert of %d rows into %s rejected, stopping: %s", rows, name, exc)
-                    raise InsertRejected(f"ClickHouse rejected the insert of {rows} rows into {name} "
-                                         f"({token_range(table)}): {exc}") from exc
+                    raise InsertRejected(
+                        f"ClickHouse rejected the insert of {rows} rows into {name} "
+                        f"({token_range(table)}): {exc}"
+                    ) from exc
                 self.update_lag()
-                log.warning("insert of %d rows into %s failed (%s); retrying in %.1fs", rows, name, exc, delay)
+                log.warning(
+                    "insert of %d rows into %s failed (%s); retrying in %.1fs",
+                    rows,
+                    name,
+                    exc,
+                    delay,
+                )
                 if stop is not None and stop.is_set():
                     raise
                 await asyncio.sleep(delay)

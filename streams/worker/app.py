@@ -31,23 +31,29 @@ from aiokafka import AIOKafkaProducer
 from faust.types import TP
 
 from streams.config import Settings
-from streams.kafka_client import producer_kwargs
 from streams.dedupe import RoundEntries, id_key, partition_scope
-from streams.limits import MAX_STATE_BYTES, check_record_size
 from streams.engine import BillingEngine
 from streams.ingest.codec import registry
 from streams.ingest.messages import Decoded, dead_letter_record, decode_message
 from streams.ingest.partitioner import partition_for
+from streams.kafka_client import producer_kwargs
 from streams.ledger.alerts import ARREARS_KINDS
 from streams.ledger.state import AccountState
+from streams.limits import MAX_STATE_BYTES, check_record_size
 from streams.observability.metrics import PipelineMetrics, serve
 from streams.rating.profiles import PROFILES_DIR, ProfileError, Profiles
-from streams.worker.entry_sweep import EntrySweep
 from streams.worker.clock_history import bounded_history
-from streams.worker.faust_internals import committed_offset, declare_gap, disable_implicit_gaps, set_fetch_max_wait, write_as
+from streams.worker.entry_sweep import EntrySweep
+from streams.worker.faust_internals import (
+    committed_offset,
+    declare_gap,
+    disable_implicit_gaps,
+    set_fetch_max_wait,
+    write_as,
+)
 from streams.worker.idle import IdleWatermark
-from streams.worker.tuning import faust_app_settings, table_options
 from streams.worker.stall import EXIT_ROUND_FAILED, EXIT_STALLED, StallWatch
+from streams.worker.tuning import faust_app_settings, table_options
 
 log = logging.getLogger("streams.worker")
 JUMP_RETRIES = 3
@@ -63,12 +69,18 @@ class Counts(Counter):
     def line(self) -> str:
         keys = ("messages", "consumed", "rated", "applied", "rejected", "duplicate")
         line = " ".join(f"{'duplicates' if k == 'duplicate' else k}={self.get(k, 0)}" for k in keys)
-        written = " ".join(f"{k.split(':', 1)[1]}={v}" for k, v in sorted(self.items()) if k.startswith("changelog_bytes:"))
+        written = " ".join(
+            f"{k.split(':', 1)[1]}={v}"
+            for k, v in sorted(self.items())
+            if k.startswith("changelog_bytes:")
+        )
         return f"{line} changelog_bytes: {written}" if written else line
 
 
 def create_app(settings: Settings) -> faust.App:
-    kafka_url = ";".join(f"kafka://{s.strip()}" for s in settings.kafka_bootstrap_servers.split(","))
+    kafka_url = ";".join(
+        f"kafka://{s.strip()}" for s in settings.kafka_bootstrap_servers.split(",")
+    )
     set_fetch_max_wait(settings.kafka_fetch_max_wait_ms)
     extra: dict[str, Any] = {}
     if settings.kafka_producer_max_batch_size:
@@ -93,19 +105,43 @@ def create_app(settings: Settings) -> faust.App:
         **extra,
     )
     topics = settings.topics
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    raw = {
+        "key_type": bytes,
+        "value_type": bytes,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+    }
     events_topic = app.topic(topics.events, partitions=settings.kafka_partitions, **raw)
-    accounts = app.Table("accounts", partitions=settings.kafka_partitions, key_type=bytes, value_type=bytes,
-                         options=table_options(settings))
+    accounts = app.Table(
+        "accounts",
+        partitions=settings.kafka_partitions,
+        key_type=bytes,
+        value_type=bytes,
+        options=table_options(settings),
+    )
     # stream time per input partition: the largest event time seen there (persisted, so a
     # restarted worker closes periods exactly as the one before it would have)
-    clocks = app.Table("partition-clocks", partitions=settings.kafka_partitions, key_type=bytes, value_type=bytes,
-                       options=table_options(settings))
+    clocks = app.Table(
+        "partition-clocks",
+        partitions=settings.kafka_partitions,
+        key_type=bytes,
+        value_type=bytes,
+        options=table_options(settings),
+    )
     # one dedupe entry per applied event id, pruned by the horizon (streams/dedupe.py)
-    event_ids_table = app.Table("event-ids", partitions=settings.kafka_partitions, key_type=bytes, value_type=bytes,
-                                options=table_options(settings))
-    engine = BillingEngine(Profiles(settings.profiles_dir), allowed_lateness_ms=settings.settlement_allowed_lateness_s * 1000,
-                           horizon_ms=settings.dedupe_horizon_s * 1000, max_ahead_ms=settings.max_event_ahead_s * 1000)
+    event_ids_table = app.Table(
+        "event-ids",
+        partitions=settings.kafka_partitions,
+        key_type=bytes,
+        value_type=bytes,
+        options=table_options(settings),
+    )
+    engine = BillingEngine(
+        Profiles(settings.profiles_dir),
+        allowed_lateness_ms=settings.settlement_allowed_lateness_s * 1000,
+        horizon_ms=settings.dedupe_horizon_s * 1000,
+        max_ahead_ms=settings.max_event_ahead_s * 1000,
+    )
     sweep = EntrySweep(engine.horizon_ms)
     idle = IdleWatermark(settings.worker_idle_advance_s)
     reg = registry()
@@ -116,7 +152,9 @@ def create_app(settings: Settings) -> faust.App:
     metrics = PipelineMetrics()
     timing = RoundTiming()
     within = settings.worker_batch_within_ms / 1000
-    due: dict[int, dict[bytes, int]] = {}  # partition -> account -> next clock at which advance() acts
+    due: dict[
+        int, dict[bytes, int]
+    ] = {}  # partition -> account -> next clock at which advance() acts
     # Stream time of each owned partition, and its recent history as (last offset of a round, clock).
     # faust commits an offset only after flushing the changelog, so the history entry for the
     # committed offset is always durable: a worker that (re)starts from there restores the exact
@@ -155,7 +193,9 @@ def create_app(settings: Settings) -> faust.App:
             if a["kind"] in ARREARS_KINDS:
                 produce.append((topics.arrears_alerts, key, value))
         if outcome.status is not None:
-            produce.append((topics.account_status, key, reg.encode("account_status", outcome.status)))
+            produce.append(
+                (topics.account_status, key, reg.encode("account_status", outcome.status))
+            )
         for line in outcome.settlements:
             produce.append((topics.settlements, key, reg.encode("settlement", line)))
         for minute in outcome.usage_minutes:
@@ -203,7 +243,9 @@ def create_app(settings: Settings) -> faust.App:
                         anchors[acct] = ev
                 return
             counts["messages"] += 1
-            decoded = decode_message(reg, key, msg.value, partition=part, partitions=settings.kafka_partitions)
+            decoded = decode_message(
+                reg, key, msg.value, partition=part, partitions=settings.kafka_partitions
+            )
             counts["consumed"] += len(decoded)
             # a message off its key's partition never touches that key's state (it would be
             # written back to the wrong changelog partition); its events are wrong_partition
@@ -213,14 +255,17 @@ def create_app(settings: Settings) -> faust.App:
             if state is not None and state.offsets.get(str(part), -1) >= offset:
                 counts["duplicate"] += len(decoded)  # redelivered after a crash: already applied,
                 for d in decoded:  # but its accepted events still move the clock, as the first time
-                    if d.event is not None and entries.get(id_key(d.event.main_account_id, d.event.event_id)):
+                    if d.event is not None and entries.get(
+                        id_key(d.event.main_account_id, d.event.event_id)
+                    ):
                         part_clock[part] = max(part_clock[part], d.event.event_time)
                 return
             wall_ms = int(time.time() * 1000)
             for i, d in enumerate(decoded):
                 if d.event is not None:
-                    outcomes, clock = engine.step(state, d.event, clock_ms=part_clock[part], entries=entries,
-                                                  wall_ms=wall_ms)
+                    outcomes, clock = engine.step(
+                        state, d.event, clock_ms=part_clock[part], entries=entries, wall_ms=wall_ms
+                    )
                     if clock > part_clock[part]:
                         part_clock[part] = clock
                         idle.moved(part, clock, time.monotonic())
@@ -235,9 +280,17 @@ def create_app(settings: Settings) -> faust.App:
                         continue
                 counts["rejected"] += 1
                 counts[f"rejected:{d.rejected.code}"] += 1
-                log.info("rejected %s: %s", d.rejected.code, d.rejected.message, extra=event_ids(d, key))
-                dl = dead_letter_record(d, topic=msg.topic, partition=part, offset=offset, key=key,
-                                        fallback_id=f"{msg.topic}:{part}:{offset}:{i}")
+                log.info(
+                    "rejected %s: %s", d.rejected.code, d.rejected.message, extra=event_ids(d, key)
+                )
+                dl = dead_letter_record(
+                    d,
+                    topic=msg.topic,
+                    partition=part,
+                    offset=offset,
+                    key=key,
+                    fallback_id=f"{msg.topic}:{part}:{offset}:{i}",
+                )
                 produce.append((topics.dead_letters, key, reg.encode("dead_letter", dl)))
             if key is not None and state is not None:
                 state.offsets[str(part)] = offset
@@ -265,7 +318,13 @@ def create_app(settings: Settings) -> faust.App:
                     continue
                 # the broker keeps answering with the jump: the offsets really are absent
                 # (transaction markers, compaction), so faust may commit past them
-                log.warning("partition %d: offsets %d..%d are absent; continuing at %d", part, expected + 1, offset - 1, offset)
+                log.warning(
+                    "partition %d: offsets %d..%d are absent; continuing at %d",
+                    part,
+                    expected + 1,
+                    offset - 1,
+                    offset,
+                )
                 gaps.append((ev.message.tp, expected + 1, offset - 1))
             jump_attempts.pop((part, expected), None)
             applied_through[part] = max(offset, expected if expected is not None else offset)
@@ -277,7 +336,11 @@ def create_app(settings: Settings) -> faust.App:
         processed = time.time()
         metrics.round_seconds.observe(processed - round_started)
         metrics.sync_counts(counts)
-        metrics.mark_handled(settings.worker_app_id, topics.events, {p: ev.message.timestamp for p, ev in clock_anchor.items()})
+        metrics.mark_handled(
+            settings.worker_app_id,
+            topics.events,
+            {p: ev.message.timestamp for p, ev in clock_anchor.items()},
+        )
         for tp, first, last in gaps:
             await declare_gap(app.consumer, tp, first, last)
         gaps.clear()
@@ -304,7 +367,9 @@ def create_app(settings: Settings) -> faust.App:
         for key, ev in anchors.items():
             state = states[key]
             write_as(ev)
-            stored = check_record_size("account state", state.main_account_id, state.dumps(), MAX_STATE_BYTES)
+            stored = check_record_size(
+                "account state", state.main_account_id, state.dumps(), MAX_STATE_BYTES
+            )
             accounts[key] = stored
             counts["changelog_bytes:accounts"] += len(key) + len(stored)
             decoded.keep(key, stored, state)
@@ -315,8 +380,12 @@ def create_app(settings: Settings) -> faust.App:
                 index.pop(key, None)
             else:
                 index[key] = when
-        timing.rounds.append((processed - round_started, time.time() - processed, len(round_events)))
-        for scoped, ev in sweep.expired(event_ids_table.keys, event_ids_table.get, part_clock, clock_anchor):
+        timing.rounds.append(
+            (processed - round_started, time.time() - processed, len(round_events))
+        )
+        for scoped, ev in sweep.expired(
+            event_ids_table.keys, event_ids_table.get, part_clock, clock_anchor
+        ):
             write_as(ev)
             del event_ids_table[scoped]
         counts["ids_forgotten"] = sweep.forgotten
@@ -324,7 +393,9 @@ def create_app(settings: Settings) -> faust.App:
             write_as(ev)
             history = clock_history.setdefault(part, [])
             history.append((last_offset[part], part_clock[part]))
-            history[:] = bounded_history(history, committed_offset(app.consumer, TP(topics.events, part)))
+            history[:] = bounded_history(
+                history, committed_offset(app.consumer, TP(topics.events, part))
+            )
             value = orjson.dumps(history)
             clocks[b"partition:%d" % part] = value
             counts["changelog_bytes:partition-clocks"] += len(value)
@@ -337,8 +408,11 @@ def create_app(settings: Settings) -> faust.App:
             except Exception:  # noqa: BLE001 - a round that cannot complete must not be moved past:
                 # faust would restart the agent and commit beyond it. Exit; the supervisor starts a
                 # worker that replays the round from the last commit.
-                log.exception("round of %d events failed; exiting with code %d to be restarted",
-                              len(round_events), EXIT_ROUND_FAILED)
+                log.exception(
+                    "round of %d events failed; exiting with code %d to be restarted",
+                    len(round_events),
+                    EXIT_ROUND_FAILED,
+                )
                 logging.shutdown()
                 os._exit(EXIT_ROUND_FAILED)
 
@@ -414,7 +488,11 @@ def create_app(settings: Settings) -> faust.App:
                 watch.observe(time.monotonic(), {})
                 return
             recovery = app.tables.recovery
-            recovering = ("recovery", sum(recovery.active_offsets.values())) if recovery.in_recovery else None
+            recovering = (
+                ("recovery", sum(recovery.active_offsets.values()))
+                if recovery.in_recovery
+                else None
+            )
             owned = {}
             try:
                 ends = await asyncio.wait_for(app.consumer.highwaters(*tps), timeout=10.0)
@@ -423,27 +501,40 @@ def create_app(settings: Settings) -> faust.App:
                     waiting = end is not None and position is not None and end > position
                     owned[tp.partition] = (recovering or last_offset.get(tp.partition), waiting)
             except Exception as exc:  # noqa: BLE001 - offsets unknown (broker away, rebalance): no verdict,
-                log.debug("stall check skipped: %s", exc)  # and the clock starts again once they are known
+                log.debug(
+                    "stall check skipped: %s", exc
+                )  # and the clock starts again once they are known
                 watch.observe(time.monotonic(), {})
                 return
             now = time.monotonic()
             stalled = watch.observe(now, owned)
             if stalled:
-                log.error("stalled: partitions %s of %s have messages waiting and no progress for %.0fs "
-                          "(recovering=%s, rebalancing=%s); exiting with code %d to be restarted",
-                          stalled, topics.events, watch.stuck_for(now, stalled[0]), recovery.in_recovery,
-                          app.rebalancing, EXIT_STALLED)
+                log.error(
+                    "stalled: partitions %s of %s have messages waiting and no progress for %.0fs "
+                    "(recovering=%s, rebalancing=%s); exiting with code %d to be restarted",
+                    stalled,
+                    topics.events,
+                    watch.stuck_for(now, stalled[0]),
+                    recovery.in_recovery,
+                    app.rebalancing,
+                    EXIT_STALLED,
+                )
                 logging.shutdown()
-                os._exit(EXIT_STALLED)  # a crash, as far as the ledger is concerned: nothing is lost
+                os._exit(
+                    EXIT_STALLED
+                )  # a crash, as far as the ledger is concerned: nothing is lost
 
     def ready() -> bool:
         recovery = app.tables.recovery
         return recovery.completed.is_set() and not recovery.in_recovery and not app.rebalancing
 
     if settings.metrics_port:
+
         @app.task
         async def serve_metrics() -> None:
-            app.metrics_runner = await serve(settings.metrics_host, settings.metrics_port, metrics, ready)  # type: ignore[attr-defined]
+            app.metrics_runner = await serve(
+                settings.metrics_host, settings.metrics_port, metrics, ready
+            )  # type: ignore[attr-defined]
 
     @app.on_before_shutdown.connect
     async def close_outputs(sender, **kwargs) -> None:
@@ -512,10 +603,12 @@ class RoundTiming:
         ages = sorted(self.age_ms)
         work = sorted(r[0] for r in self.rounds)
         acks = sorted(r[1] for r in self.rounds)
-        out = (f"rounds={len(self.rounds)} events/round={sum(r[2] for r in self.rounds) / len(self.rounds):.0f} "
-               f"age_at_start_ms p50={ages[len(ages) // 2]:.0f} max={ages[-1]:.0f} "
-               f"process_ms p50={1000 * work[len(work) // 2]:.1f} max={1000 * work[-1]:.1f} "
-               f"output_ack_ms p50={1000 * acks[len(acks) // 2]:.1f} max={1000 * acks[-1]:.1f}")
+        out = (
+            f"rounds={len(self.rounds)} events/round={sum(r[2] for r in self.rounds) / len(self.rounds):.0f} "
+            f"age_at_start_ms p50={ages[len(ages) // 2]:.0f} max={ages[-1]:.0f} "
+            f"process_ms p50={1000 * work[len(work) // 2]:.1f} max={1000 * work[-1]:.1f} "
+            f"output_ack_ms p50={1000 * acks[len(acks) // 2]:.1f} max={1000 * acks[-1]:.1f}"
+        )
         self.age_ms.clear()
         self.rounds.clear()
         return out
@@ -541,7 +634,9 @@ class OutputProducer:
 
 
 def profile_fingerprint(root) -> tuple:
-    return tuple(sorted((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in root.rglob("*.yaml")))
+    return tuple(
+        sorted((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in root.rglob("*.yaml"))
+    )
 
 
 def _credentials(settings: Settings):
@@ -569,10 +664,14 @@ def run_worker(settings: Settings) -> None:
     app = create_app(settings)
     from streams.observability.logs import dict_config
 
-    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, logging_config=dict_config(settings))
+    worker = faust.Worker(
+        app, loglevel=settings.log_level, quiet=True, logging_config=dict_config(settings)
+    )
     started = time.monotonic()
     log.info("worker starting (app id %s, store %s)", settings.worker_app_id, settings.worker_store)
     try:
         worker.execute_from_commandline()
     finally:
-        log.info("worker stopped after %.1fs: %s", time.monotonic() - started, app.billing_counts.line())  # type: ignore[attr-defined]
+        log.info(
+            "worker stopped after %.1fs: %s", time.monotonic() - started, app.billing_counts.line()
+        )  # type: ignore[attr-defined]

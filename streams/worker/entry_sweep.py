@@ -11,14 +11,21 @@ worker passes the table and its partition clocks in.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from streams.dedupe import Entry, scope_partition
 
 
 class EntrySweep:
-    def __init__(self, horizon_ms: int, *, budget: int = 2_000, interval_s: float = 600.0,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        horizon_ms: int,
+        *,
+        budget: int = 2_000,
+        interval_s: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         assert horizon_ms > 0 and budget > 0
         self.horizon_ms = horizon_ms
         self.budget = budget
@@ -29,8 +36,13 @@ class EntrySweep:
         self._walk_started = float("-inf")
         self.forgotten = 0
 
-    def expired(self, keys: Callable[[], Iterable[bytes]], get: Callable[[bytes], bytes | None],
-                clocks: Mapping[int, int], anchors: Mapping[int, Any]) -> list[tuple[bytes, Any]]:
+    def expired(
+        self,
+        keys: Callable[[], Iterable[bytes]],
+        get: Callable[[bytes], bytes | None],
+        clocks: Mapping[int, int],
+        anchors: Mapping[int, Any],
+    ) -> list[tuple[bytes, Any]]:
         """The next keys of this walk whose entry has expired, with the anchor of their partition.
         Keys of partitions without an anchor this round (not owned, or no message) are skipped:
         the next walk sees them again."""
@@ -39,7 +51,7 @@ class EntrySweep:
             if now - self._walk_started < self.interval_s:
                 return []
             self._keys, self._position, self._walk_started = list(keys()), 0, now
-        batch = self._keys[self._position:self._position + self.budget]
+        batch = self._keys[self._position : self._position + self.budget]
         self._position += len(batch)
         out = []
         for key in batch:

@@ -53,6 +53,7 @@ def write_as(event: Any) -> None:
 def set_fetch_max_wait(fetch_max_wait_ms: int) -> None:
     """Every worker consumer faust creates from now on waits at most ``fetch_max_wait_ms`` in a
     fetch (aiokafka reads the attribute when the consumer starts)."""
+
     def create(self: Any, transport: Any) -> Any:
         consumer = _FAUST_CREATE_WORKER_CONSUMER(self, transport)
         consumer._fetch_max_wait_ms = fetch_max_wait_ms

@@ -17,7 +17,9 @@ class IdleWatermark:
     def __init__(self, idle_s: float):
         assert idle_s >= 0
         self.idle_s = idle_s
-        self._last: dict[int, tuple[int, float]] = {}  # partition -> (stream time, wall s) at the last accepted event
+        self._last: dict[
+            int, tuple[int, float]
+        ] = {}  # partition -> (stream time, wall s) at the last accepted event
 
     def moved(self, partition: int, clock_ms: int, now_s: float) -> None:
         """An accepted event moved the partition's stream time to ``clock_ms``."""

@@ -10,11 +10,13 @@ Plain Python: the worker feeds observations in, this decides."""
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Hashable
 
 EXIT_STALLED = 4
-EXIT_ROUND_FAILED = 5  # a round could not complete (a produce error, a record over the limit): never skipped
+EXIT_ROUND_FAILED = (
+    5  # a round could not complete (a produce error, a record over the limit): never skipped
+)
 
 
 @dataclass

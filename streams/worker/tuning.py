@@ -44,7 +44,8 @@ def table_options(settings: Settings) -> dict[str, Any] | None:
         return None
     return {
         "block_cache_size": settings.worker_rocksdb_cache_mb * MIB,
-        "block_cache_compressed_size": settings.worker_rocksdb_cache_mb * MIB,  # python-rocksdb only
+        "block_cache_compressed_size": settings.worker_rocksdb_cache_mb
+        * MIB,  # python-rocksdb only
         "write_buffer_size": settings.worker_rocksdb_write_buffer_mb * MIB,
         "max_write_buffer_number": MAX_WRITE_BUFFERS,
         "target_file_size_base": 64 * MIB,
@@ -54,5 +55,8 @@ def table_options(settings: Settings) -> dict[str, Any] | None:
 def rocksdb_memory_bound_bytes(settings: Settings, partitions_held: int) -> int:
     """Upper bound of the block caches and write buffers of a worker holding ``partitions_held``
     partitions (active and standby) of each table. Index and filter blocks come on top."""
-    per_store = (settings.worker_rocksdb_cache_mb + MAX_WRITE_BUFFERS * settings.worker_rocksdb_write_buffer_mb) * MIB
+    per_store = (
+        settings.worker_rocksdb_cache_mb
+        + MAX_WRITE_BUFFERS * settings.worker_rocksdb_write_buffer_mb
+    ) * MIB
     return TABLES * partitions_held * per_store

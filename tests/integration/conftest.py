@@ -93,20 +93,30 @@ class Harness:
         """As a supervisor would; said out loud, since a stall is worth knowing about even when
         the restart makes the test pass."""
         for w in self.pipeline.restart_stalled():
-            warnings.warn(f"{self.tag}: a worker stalled and exited; restarted ({w.log_path.name})", stacklevel=1)
+            warnings.warn(
+                f"{self.tag}: a worker stalled and exited; restarted ({w.log_path.name})",
+                stacklevel=1,
+            )
 
     def scalar(self, sql):
         return self.ch.query(sql).result_rows[0][0]
 
     def count(self, table, accounts_like):
-        return self.scalar(f"SELECT count() FROM {table} FINAL WHERE main_account_id LIKE '{accounts_like}'")
+        return self.scalar(
+            f"SELECT count() FROM {table} FINAL WHERE main_account_id LIKE '{accounts_like}'"
+        )
 
     def consume(self, topic, n, timeout=60.0):
         """Read a whole output topic from the start: (key, decoded record) pairs."""
 
         async def go():
-            c = AIOKafkaConsumer(topic, **client_kwargs(self.settings), auto_offset_reset="earliest",
-                                 enable_auto_commit=False, group_id=None)
+            c = AIOKafkaConsumer(
+                topic,
+                **client_kwargs(self.settings),
+                auto_offset_reset="earliest",
+                enable_auto_commit=False,
+                group_id=None,
+            )
             await c.start()
             out = []
             deadline = time.monotonic() + timeout
@@ -125,8 +135,13 @@ class Harness:
         """Sizes in bytes of every message value of a topic, read from the start until it is quiet."""
 
         async def go():
-            c = AIOKafkaConsumer(topic, **client_kwargs(self.settings), auto_offset_reset="earliest",
-                                 enable_auto_commit=False, group_id=None)
+            c = AIOKafkaConsumer(
+                topic,
+                **client_kwargs(self.settings),
+                auto_offset_reset="earliest",
+                enable_auto_commit=False,
+                group_id=None,
+            )
             await c.start()
             sizes: list[int] = []
             deadline = time.monotonic() + timeout

@@ -40,7 +40,11 @@ def announce_seed():
 
 
 def expected(lines):
-    return simulate(list(enumerate(lines, 1)), BillingEngine(Profiles(), allowed_lateness_ms=300_000), partitions=4)
+    return simulate(
+        list(enumerate(lines, 1)),
+        BillingEngine(Profiles(), allowed_lateness_ms=300_000),
+        partitions=4,
+    )
 
 
 def produce(h, lines, batch=1):
@@ -51,19 +55,33 @@ def wait_until_landed(h, sim, timeout=240):
     acc = f"{h.tag}-%"
 
     def done():
-        return (h.count("deductions", acc) >= len(sim.deductions) and h.count("settlements", acc) >= len(sim.settlements)
-                and h.count("alerts", acc) >= len(sim.alerts))
+        return (
+            h.count("deductions", acc) >= len(sim.deductions)
+            and h.count("settlements", acc) >= len(sim.settlements)
+            and h.count("alerts", acc) >= len(sim.alerts)
+        )
 
     ok = h.land(done, timeout=timeout)
     if not ok:
-        landed = {r[0] for r in h.ch.query(f"SELECT event_id FROM deductions FINAL WHERE main_account_id LIKE '{acc}'").result_rows}
-        missing = [(d["event_id"], d["main_account_id"]) for d in sim.deductions if d["event_id"] not in landed]
+        landed = {
+            r[0]
+            for r in h.ch.query(
+                f"SELECT event_id FROM deductions FINAL WHERE main_account_id LIKE '{acc}'"
+            ).result_rows
+        }
+        missing = [
+            (d["event_id"], d["main_account_id"])
+            for d in sim.deductions
+            if d["event_id"] not in landed
+        ]
         print("MISSING", missing[:20])
         print("OFFSETS", asyncio.run(offsets_report(h)))
         for w in h.pipeline.workers:
             print(log_tail(w))
-    assert ok, (f"seed {SEED}: deductions {h.count('deductions', acc)}/{len(sim.deductions)}, settlements "
-                f"{h.count('settlements', acc)}/{len(sim.settlements)}, alerts {h.count('alerts', acc)}/{len(sim.alerts)}")
+    assert ok, (
+        f"seed {SEED}: deductions {h.count('deductions', acc)}/{len(sim.deductions)}, settlements "
+        f"{h.count('settlements', acc)}/{len(sim.settlements)}, alerts {h.count('alerts', acc)}/{len(sim.alerts)}"
+    )
 
 
 async def offsets_report(h):
@@ -75,7 +93,10 @@ async def offsets_report(h):
 
     topics = h.settings.topics
     report = {}
-    for group, topic in ((h.settings.worker_app_id, topics.events), (h.settings.sink_group_id, topics.deductions)):
+    for group, topic in (
+        (h.settings.worker_app_id, topics.events),
+        (h.settings.sink_group_id, topics.deductions),
+    ):
         c = AIOKafkaConsumer(**client_kwargs(h.settings), group_id=group, enable_auto_commit=False)
         await c.start()
         try:
@@ -100,27 +121,58 @@ def log_tail(worker, lines=40):
 def assert_identical_to_simulate(h, sim):
     acc = f"{h.tag}-%"
     q = h.ch.query
-    deductions = {r[0]: r[1:] for r in q(
-        f"SELECT deduction_id, event_id, toString(rated_amount), toString(cash_amount), toString(unbilled_amount), split_bucket_id "
-        f"FROM deductions FINAL WHERE main_account_id LIKE '{acc}'").result_rows}
+    deductions = {
+        r[0]: r[1:]
+        for r in q(
+            f"SELECT deduction_id, event_id, toString(rated_amount), toString(cash_amount), toString(unbilled_amount), split_bucket_id "
+            f"FROM deductions FINAL WHERE main_account_id LIKE '{acc}'"
+        ).result_rows
+    }
     want = {}
     for d in sim.deductions:
-        cash = sum((Decimal(s["amount"]) for s in d["splits"] if s["bucket_kind"] == "cash"), Decimal(0))
-        want[d["deduction_id"]] = (d["event_id"], Decimal(d["rated_amount"]), cash, Decimal(d["unbilled_amount"]),
-                                   [s["bucket_id"] for s in d["splits"]])
-    got = {k: (v[0], Decimal(v[1]), Decimal(v[2]), Decimal(v[3]), list(v[4])) for k, v in deductions.items()}
+        cash = sum(
+            (Decimal(s["amount"]) for s in d["splits"] if s["bucket_kind"] == "cash"), Decimal(0)
+        )
+        want[d["deduction_id"]] = (
+            d["event_id"],
+            Decimal(d["rated_amount"]),
+            cash,
+            Decimal(d["unbilled_amount"]),
+            [s["bucket_id"] for s in d["splits"]],
+        )
+    got = {
+        k: (v[0], Decimal(v[1]), Decimal(v[2]), Decimal(v[3]), list(v[4]))
+        for k, v in deductions.items()
+    }
     assert got == want, f"seed {SEED}: deductions differ"
 
-    lines = {r[0]: (r[1], Decimal(r[2]), r[3]) for r in q(
-        f"SELECT settlement_id, line_type, toString(gross_amount), event_count FROM settlements FINAL "
-        f"WHERE main_account_id LIKE '{acc}'").result_rows}
-    assert lines == {s["settlement_id"]: (s["line_type"], Decimal(s["gross_amount"]), s["event_count"])
-                     for s in sim.settlements}, f"seed {SEED}: settlements differ"
+    lines = {
+        r[0]: (r[1], Decimal(r[2]), r[3])
+        for r in q(
+            f"SELECT settlement_id, line_type, toString(gross_amount), event_count FROM settlements FINAL "
+            f"WHERE main_account_id LIKE '{acc}'"
+        ).result_rows
+    }
+    assert lines == {
+        s["settlement_id"]: (s["line_type"], Decimal(s["gross_amount"]), s["event_count"])
+        for s in sim.settlements
+    }, f"seed {SEED}: settlements differ"
     # each deduction names its line, as simulate's does
-    named = dict(q(f"SELECT deduction_id, settlement_id FROM deductions FINAL WHERE main_account_id LIKE '{acc}'").result_rows)
-    assert named == {d["deduction_id"]: d["settlement_id"] for d in sim.deductions}, f"seed {SEED}: settlement ids differ"
+    named = dict(
+        q(
+            f"SELECT deduction_id, settlement_id FROM deductions FINAL WHERE main_account_id LIKE '{acc}'"
+        ).result_rows
+    )
+    assert named == {d["deduction_id"]: d["settlement_id"] for d in sim.deductions}, (
+        f"seed {SEED}: settlement ids differ"
+    )
 
-    alerts = {r[0]: r[1] for r in q(f"SELECT alert_id, kind FROM alerts FINAL WHERE main_account_id LIKE '{acc}'").result_rows}
+    alerts = {
+        r[0]: r[1]
+        for r in q(
+            f"SELECT alert_id, kind FROM alerts FINAL WHERE main_account_id LIKE '{acc}'"
+        ).result_rows
+    }
     assert alerts == {a["alert_id"]: a["kind"] for a in sim.alerts}, f"seed {SEED}: alerts differ"
 
 
@@ -144,7 +196,7 @@ def test_worker_sigkilled_five_times_mid_stream(harness):
     h = harness
     rng = random.Random(SEED)
     lines = stream(h, SEED)
-    chunks = [lines[i * len(lines) // 6:(i + 1) * len(lines) // 6] for i in range(6)]
+    chunks = [lines[i * len(lines) // 6 : (i + 1) * len(lines) // 6] for i in range(6)]
     sim = expected([raw for chunk in chunks for raw in delivery_order(chunk, 10)])
     worker = h.start_worker()
     for chunk in chunks[:5]:
@@ -192,7 +244,7 @@ def test_two_workers_one_killed_rebalance_then_one_joins(harness):
     rng = random.Random(SEED + 3)
     lines = stream(h, SEED + 3)
     third = len(lines) // 3
-    parts = [lines[:third], lines[third:2 * third], lines[2 * third:]]
+    parts = [lines[:third], lines[third : 2 * third], lines[2 * third :]]
     sim = expected([raw for part in parts for raw in delivery_order(part, REBALANCE_BATCH)])
     a, b = h.start_worker(), h.start_worker()
     produce(h, parts[0], batch=REBALANCE_BATCH)
@@ -245,8 +297,16 @@ def test_sink_killed_and_clickhouse_unavailable_mid_stream(harness):
 def malformed_messages(rng, tag, n, accounts):
     """(key, value, expected reason codes) of every kind of bad input."""
     reg = registry()
-    good = {"event_id": "", "trace_id": "", "account_id": "", "main_account_id": "", "event_time": 1777600000000,
-            "item": "tokens", "model": "kimi-k2.5", "input_tokens": 10}
+    good = {
+        "event_id": "",
+        "trace_id": "",
+        "account_id": "",
+        "main_account_id": "",
+        "event_time": 1777600000000,
+        "item": "tokens",
+        "model": "kimi-k2.5",
+        "input_tokens": 10,
+    }
     out = []
     for i in range(n):
         kind = i % 8
@@ -254,29 +314,78 @@ def malformed_messages(rng, tag, n, accounts):
         rec = dict(good, event_id=f"{tag}-bad-{i}", account_id=acct, main_account_id=acct)
         key = acct.encode()
         if kind == 0:
-            out.append((key, bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 64))), {"not_avro", "unknown_schema", "corrupt_avro", "empty_message"}))
+            out.append(
+                (
+                    key,
+                    bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 64))),
+                    {"not_avro", "unknown_schema", "corrupt_avro", "empty_message"},
+                )
+            )
         elif kind == 1:
             full = reg.encode("usage_event", rec)
             out.append((key, full[: rng.randint(5, len(full) - 1)], {"corrupt_avro"}))
         elif kind == 2:
-            alert = {"alert_id": "x", "kind": "k", "main_account_id": acct, "account_id": acct, "event_time": 0, "episode": "e",
-                     "model": None, "message": "m", "details": {}, "source_event_ids": [], "trace_id": ""}
+            alert = {
+                "alert_id": "x",
+                "kind": "k",
+                "main_account_id": acct,
+                "account_id": acct,
+                "event_time": 0,
+                "episode": "e",
+                "model": None,
+                "message": "m",
+                "details": {},
+                "source_event_ids": [],
+                "trace_id": "",
+            }
             out.append((key, reg.encode("alert", alert), {"wrong_schema"}))
         elif kind == 3:
             ghost = f"{tag}-ghost-{i}"
             ghost_rec = dict(rec, account_id=ghost, main_account_id=ghost)
             # a well-formed event of an unknown account: its time moves stream time, live and offline
-            out.append((ghost.encode(), reg.encode("usage_event", ghost_rec), {"unknown_account"},
-                        orjson.dumps(dict(ghost_rec, kind="usage"))))
+            out.append(
+                (
+                    ghost.encode(),
+                    reg.encode("usage_event", ghost_rec),
+                    {"unknown_account"},
+                    orjson.dumps(dict(ghost_rec, kind="usage")),
+                )
+            )
             continue
         elif kind == 4:
-            out.append((key, reg.encode("usage_event", dict(rec, input_tokens=-rng.randint(1, 10**6))), {"negative_quantity"}))
+            out.append(
+                (
+                    key,
+                    reg.encode("usage_event", dict(rec, input_tokens=-rng.randint(1, 10**6))),
+                    {"negative_quantity"},
+                )
+            )
         elif kind == 5:
-            out.append((key, reg.encode("usage_event", dict(rec, input_tokens=10**15)), {"quantity_out_of_range"}))
+            out.append(
+                (
+                    key,
+                    reg.encode("usage_event", dict(rec, input_tokens=10**15)),
+                    {"quantity_out_of_range"},
+                )
+            )
         elif kind == 6:
-            out.append((key, reg.encode("usage_event", dict(rec, model="m" * rng.randint(300, 5_000))), {"invalid_field"}))
+            out.append(
+                (
+                    key,
+                    reg.encode("usage_event", dict(rec, model="m" * rng.randint(300, 5_000))),
+                    {"invalid_field"},
+                )
+            )
         else:
-            out.append((key, reg.encode("usage_event", dict(rec, item="tokens", model=None, quantity="many")), {"missing_field", "invalid_field"}))
+            out.append(
+                (
+                    key,
+                    reg.encode(
+                        "usage_event", dict(rec, item="tokens", model=None, quantity="many")
+                    ),
+                    {"missing_field", "invalid_field"},
+                )
+            )
     return [m if len(m) == 4 else (*m, b"<malformed>") for m in out]
 
 
@@ -288,7 +397,10 @@ def test_ten_thousand_malformed_messages_are_dead_lettered_and_counts_reconcile(
     bad = malformed_messages(rng, h.tag, 10_000, accounts)
     from streams.ingest.producer import encode_line
 
-    messages = [(k, v, None, raw) for (k, v, _), raw in zip((encode_line(registry(), raw) for raw in lines), lines)]
+    messages = [
+        (k, v, None, raw)
+        for (k, v, _), raw in zip((encode_line(registry(), raw) for raw in lines), lines)
+    ]
     for k, v, codes, sim_line in bad:  # spread through the stream; the good events keep their order
         messages.insert(rng.randint(0, len(messages)), (k, v, codes, sim_line))
     sim = expected([m[3] for m in messages])
@@ -303,8 +415,15 @@ def test_ten_thousand_malformed_messages_are_dead_lettered_and_counts_reconcile(
         p = AIOKafkaProducer(**producer_kwargs(h.settings))
         await p.start()
         try:
-            sent = [(await p.send(h.settings.topics.events, key=k, value=v), codes) for k, v, codes, _ in messages]
-            return {(meta.partition, meta.offset): codes for meta, codes in [(await f, c) for f, c in sent] if codes}
+            sent = [
+                (await p.send(h.settings.topics.events, key=k, value=v), codes)
+                for k, v, codes, _ in messages
+            ]
+            return {
+                (meta.partition, meta.offset): codes
+                for meta, codes in [(await f, c) for f, c in sent]
+                if codes
+            }
         finally:
             await p.stop()
 
@@ -313,22 +432,41 @@ def test_ten_thousand_malformed_messages_are_dead_lettered_and_counts_reconcile(
     wait_until_landed(h, sim)
     assert_identical_to_simulate(h, sim)
     topic = h.settings.topics.events
-    assert h.land(lambda: h.scalar(f"SELECT count() FROM dead_letters FINAL WHERE source_topic = '{topic}'") >= 10_000, timeout=120)
-    got = {(r[0], r[1]): r[2] for r in h.ch.query(
-        f"SELECT source_partition, source_offset, reason_code FROM dead_letters FINAL WHERE source_topic = '{topic}'").result_rows}
+    assert h.land(
+        lambda: (
+            h.scalar(f"SELECT count() FROM dead_letters FINAL WHERE source_topic = '{topic}'")
+            >= 10_000
+        ),
+        timeout=120,
+    )
+    got = {
+        (r[0], r[1]): r[2]
+        for r in h.ch.query(
+            f"SELECT source_partition, source_offset, reason_code FROM dead_letters FINAL WHERE source_topic = '{topic}'"
+        ).result_rows
+    }
     assert len(got) == sim.counts["rejected"], f"seed {SEED}: {len(got)} dead letters"
     for position, codes in expected_codes.items():
-        assert got.get(position) in codes, f"seed {SEED}: message at {position} dead-lettered as {got.get(position)}, expected {codes}"
+        assert got.get(position) in codes, (
+            f"seed {SEED}: message at {position} dead-lettered as {got.get(position)}, expected {codes}"
+        )
     assert len(set(got.values())) >= 8
     assert worker.alive(), "the worker must never stop on bad input"
     # counts reconcile: consumed = rated + applied + rejected + duplicates (read from the worker)
     worker.terminate()
     text = worker.log_path.read_text()
-    final = re.findall(r"worker stopped after [\d.]+s: messages=(\d+) consumed=(\d+) rated=(\d+) applied=(\d+) rejected=(\d+) duplicates=(\d+)", text)
+    final = re.findall(
+        r"worker stopped after [\d.]+s: messages=(\d+) consumed=(\d+) rated=(\d+) applied=(\d+) rejected=(\d+) duplicates=(\d+)",
+        text,
+    )
     assert final, "the worker did not report its counts"
     messages, consumed, rated, applied, rejected, duplicates = map(int, final[-1])
     assert consumed == len(lines) + 10_000 == rated + applied + rejected + duplicates
-    assert rated == len(sim.deductions) and rejected == sim.counts["rejected"] == 10_000 and duplicates == 0
+    assert (
+        rated == len(sim.deductions)
+        and rejected == sim.counts["rejected"] == 10_000
+        and duplicates == 0
+    )
 
 
 # ------------------------------------------------------------------------------ 6. a worker that stalls
@@ -336,7 +474,7 @@ def test_ten_thousand_malformed_messages_are_dead_lettered_and_counts_reconcile(
 # Loaded by the first worker's interpreter (PYTHONPATH): its first round with outputs never
 # finishes, the way a worker sits after a rebalance that faust never completes. The flag file
 # makes it happen once; the replacement runs the real code.
-STALL_ONCE = '''
+STALL_ONCE = """
 import asyncio, os
 flag = os.environ["BILLING_TEST_STALL_ONCE"]
 if not os.path.exists(flag):
@@ -346,16 +484,20 @@ if not os.path.exists(flag):
             open(flag, "w").close()
             await asyncio.Event().wait()
     worker_app.OutputProducer.started = started
-'''
+"""
 
 
-def test_a_stalled_worker_exits_and_its_replacement_charges_nothing_twice(tmp_path, broker, ch, monkeypatch):
+def test_a_stalled_worker_exits_and_its_replacement_charges_nothing_twice(
+    tmp_path, broker, ch, monkeypatch
+):
     from tests.integration.conftest import Harness
 
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(STALL_ONCE)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
+    )
     monkeypatch.setenv("BILLING_TEST_STALL_ONCE", str(tmp_path / "stalled-once"))
     h = Harness(tmp_path, broker, ch, WORKER_STALL_TIMEOUT_S="5")
     try:

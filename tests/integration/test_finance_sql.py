@@ -3,7 +3,7 @@ partition, a month of usage, arrears with reminder and release, a top-up that re
 event), and returns the figures computed independently from `rating simulate` on the same lines."""
 
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -19,7 +19,7 @@ from streams.sink.queries import load_queries
 pytestmark = pytest.mark.integration
 Q = load_queries()
 SH = ZoneInfo("Asia/Shanghai")
-UTC = timezone.utc
+UTC = UTC
 D = Decimal
 
 
@@ -35,59 +35,171 @@ def scenario(tag):
     lines = generate(seed=31, accounts=8, usage_events=800, prefix=tag, max_gap_s=50_000)
     arrears, topup, late = f"{tag}-arrears", f"{tag}-topup", f"{tag}-late"
     manual = [
-        line(kind="account", event_id=f"{arrears}-open", account_id=arrears, main_account_id=arrears, event_time="2026-05-01T00:00:00Z",
-             type="account_opened", profile="tokenhub", post_paid=True, amount="0.01"),
-        line(kind="usage", event_id=f"{arrears}-u1", account_id=arrears, main_account_id=arrears, event_time="2026-05-02T10:00:00Z",
-             item="tokens", model="Deepseek-r1-0528", input_tokens=10_000),
-        line(kind="account", event_id=f"{topup}-open", account_id=topup, main_account_id=topup, event_time="2026-05-01T00:00:00Z",
-             type="account_opened", profile="jiekou", post_paid=True, amount="0.01"),
-        line(kind="usage", event_id=f"{topup}-u1", account_id=topup, main_account_id=topup, event_time="2026-05-03T10:00:00Z",
-             item="tokens", model="claude-sonnet-4.5", input_tokens=10_000),
-        line(kind="account", event_id=f"{topup}-t1", account_id=topup, main_account_id=topup, event_time="2026-05-05T10:00:00Z",
-             type="top_up", amount="5"),
-        line(kind="account", event_id=f"{late}-open", account_id=late, main_account_id=late, event_time="2026-05-01T00:00:00Z",
-             type="account_opened", profile="jiekou", amount="10"),
-        line(kind="usage", event_id=f"{late}-u1", account_id=late, main_account_id=late, event_time="2026-05-04T10:10:00Z",
-             item="tokens", model="claude-sonnet-4.5", input_tokens=1000),
+        line(
+            kind="account",
+            event_id=f"{arrears}-open",
+            account_id=arrears,
+            main_account_id=arrears,
+            event_time="2026-05-01T00:00:00Z",
+            type="account_opened",
+            profile="tokenhub",
+            post_paid=True,
+            amount="0.01",
+        ),
+        line(
+            kind="usage",
+            event_id=f"{arrears}-u1",
+            account_id=arrears,
+            main_account_id=arrears,
+            event_time="2026-05-02T10:00:00Z",
+            item="tokens",
+            model="Deepseek-r1-0528",
+            input_tokens=10_000,
+        ),
+        line(
+            kind="account",
+            event_id=f"{topup}-open",
+            account_id=topup,
+            main_account_id=topup,
+            event_time="2026-05-01T00:00:00Z",
+            type="account_opened",
+            profile="jiekou",
+            post_paid=True,
+            amount="0.01",
+        ),
+        line(
+            kind="usage",
+            event_id=f"{topup}-u1",
+            account_id=topup,
+            main_account_id=topup,
+            event_time="2026-05-03T10:00:00Z",
+            item="tokens",
+            model="claude-sonnet-4.5",
+            input_tokens=10_000,
+        ),
+        line(
+            kind="account",
+            event_id=f"{topup}-t1",
+            account_id=topup,
+            main_account_id=topup,
+            event_time="2026-05-05T10:00:00Z",
+            type="top_up",
+            amount="5",
+        ),
+        line(
+            kind="account",
+            event_id=f"{late}-open",
+            account_id=late,
+            main_account_id=late,
+            event_time="2026-05-01T00:00:00Z",
+            type="account_opened",
+            profile="jiekou",
+            amount="10",
+        ),
+        line(
+            kind="usage",
+            event_id=f"{late}-u1",
+            account_id=late,
+            main_account_id=late,
+            event_time="2026-05-04T10:10:00Z",
+            item="tokens",
+            model="claude-sonnet-4.5",
+            input_tokens=1000,
+        ),
     ]
     # issue 18 item 11: a top-up dated 09:30 that arrives just after the 10:00 charge put the account
     # in arrears: the clearing and the resumed status take effect at 10:00, after what they replace
     latetop = f"{tag}-latetop"
     manual += [
-        line(kind="account", event_id=f"{latetop}-open", account_id=latetop, main_account_id=latetop, event_time="2026-05-01T00:00:00Z",
-             type="account_opened", profile="jiekou", post_paid=True, amount="0.01"),
-        line(kind="usage", event_id=f"{latetop}-u1", account_id=latetop, main_account_id=latetop, event_time="2026-05-06T10:00:00Z",
-             item="tokens", model="claude-sonnet-4.5", input_tokens=10_000),
+        line(
+            kind="account",
+            event_id=f"{latetop}-open",
+            account_id=latetop,
+            main_account_id=latetop,
+            event_time="2026-05-01T00:00:00Z",
+            type="account_opened",
+            profile="jiekou",
+            post_paid=True,
+            amount="0.01",
+        ),
+        line(
+            kind="usage",
+            event_id=f"{latetop}-u1",
+            account_id=latetop,
+            main_account_id=latetop,
+            event_time="2026-05-06T10:00:00Z",
+            item="tokens",
+            model="claude-sonnet-4.5",
+            input_tokens=10_000,
+        ),
     ]
     merged = sorted(lines + manual, key=lambda raw: orjson.loads(raw)["event_time"])
-    charge = next(i for i, raw in enumerate(merged) if orjson.loads(raw)["event_id"] == f"{latetop}-u1")
-    merged.insert(charge + 1, line(kind="account", event_id=f"{latetop}-t1", account_id=latetop, main_account_id=latetop,
-                                   event_time="2026-05-06T09:30:00Z", type="top_up", amount="49"))
+    charge = next(
+        i for i, raw in enumerate(merged) if orjson.loads(raw)["event_id"] == f"{latetop}-u1"
+    )
+    merged.insert(
+        charge + 1,
+        line(
+            kind="account",
+            event_id=f"{latetop}-t1",
+            account_id=latetop,
+            main_account_id=latetop,
+            event_time="2026-05-06T09:30:00Z",
+            type="top_up",
+            amount="49",
+        ),
+    )
     # arrives days after its hour closed: an adjustment line
-    merged.append(line(kind="usage", event_id=f"{late}-u2", account_id=late, main_account_id=late, event_time="2026-05-04T10:20:00Z",
-                       item="tokens", model="claude-sonnet-4.5", input_tokens=2000))
+    merged.append(
+        line(
+            kind="usage",
+            event_id=f"{late}-u2",
+            account_id=late,
+            main_account_id=late,
+            event_time="2026-05-04T10:20:00Z",
+            item="tokens",
+            model="claude-sonnet-4.5",
+            input_tokens=2000,
+        )
+    )
     return merged
 
 
 def test_finance_queries_return_the_simulated_figures(one_partition_harness):
     h = one_partition_harness
     lines = scenario(h.tag)
-    sim = simulate(list(enumerate(lines, 1)), BillingEngine(Profiles(), allowed_lateness_ms=300_000), partitions=1)
+    sim = simulate(
+        list(enumerate(lines, 1)),
+        BillingEngine(Profiles(), allowed_lateness_ms=300_000),
+        partitions=1,
+    )
     window = {"from": datetime(2026, 4, 1, tzinfo=UTC), "to": datetime(2026, 8, 1, tzinfo=UTC)}
     # revenue and bucket usage are global queries over a table other tests share: compare the
     # difference this test's data makes
-    revenue_before = {(r["day"], r["currency"], r["item"], r["model"]): r["paid"]
-                      for r in h.ch.query(Q["revenue_per_model_per_day"], parameters=window).named_results()}
-    buckets_before = {r["currency"]: r for r in h.ch.query(Q["bucket_usage"], parameters=window).named_results()}
+    revenue_before = {
+        (r["day"], r["currency"], r["item"], r["model"]): r["paid"]
+        for r in h.ch.query(Q["revenue_per_model_per_day"], parameters=window).named_results()
+    }
+    buckets_before = {
+        r["currency"]: r for r in h.ch.query(Q["bucket_usage"], parameters=window).named_results()
+    }
     h.start_worker()
     import asyncio
 
     asyncio.run(h.produce(lines))
     acc = f"{h.tag}-%"
-    landed = h.land(lambda: h.count("deductions", acc) >= len(sim.deductions) and h.count("settlements", acc) >= len(sim.settlements)
-                    and h.count("alerts", acc) >= len(sim.alerts), timeout=90)
-    assert landed, (f"deductions {h.count('deductions', acc)}/{len(sim.deductions)}, settlements {h.count('settlements', acc)}/"
-                    f"{len(sim.settlements)}, alerts {h.count('alerts', acc)}/{len(sim.alerts)}; worker log {h.pipeline.workers[0].log_path}")
+    landed = h.land(
+        lambda: (
+            h.count("deductions", acc) >= len(sim.deductions)
+            and h.count("settlements", acc) >= len(sim.settlements)
+            and h.count("alerts", acc) >= len(sim.alerts)
+        ),
+        timeout=90,
+    )
+    assert landed, (
+        f"deductions {h.count('deductions', acc)}/{len(sim.deductions)}, settlements {h.count('settlements', acc)}/"
+        f"{len(sim.settlements)}, alerts {h.count('alerts', acc)}/{len(sim.alerts)}; worker log {h.pipeline.workers[0].log_path}"
+    )
     assert h.count("deductions", acc) == len(sim.deductions)
     assert h.count("settlements", acc) == len(sim.settlements)
 
@@ -97,26 +209,47 @@ def test_finance_queries_return_the_simulated_figures(one_partition_harness):
     mine = sim.deductions
 
     # --- an account's bill for a month by model and item
-    account = max({d["main_account_id"] for d in mine}, key=lambda a: sum(1 for d in mine if d["main_account_id"] == a))
+    account = max(
+        {d["main_account_id"] for d in mine},
+        key=lambda a: sum(1 for d in mine if d["main_account_id"] == a),
+    )
     want = defaultdict(lambda: defaultdict(D))
     for d in mine:
-        local = datetime.fromtimestamp(d["event_time"] / 1000, SH)  # display only; money stays Decimal
+        local = datetime.fromtimestamp(
+            d["event_time"] / 1000, SH
+        )  # display only; money stays Decimal
         if d["main_account_id"] == account and local.strftime("%Y%m") == "202605":
             g = want[(d["item"], d["model"] or "", d["variant"] or "")]
             g["events"] += 1
             g["gross"] += D(d["rated_amount"])
-            g["cash"] += sum((D(s["amount"]) for s in d["splits"] if s["bucket_kind"] == "cash"), D(0))
-    got = {(r["item"], r["model"], r["variant"]): r for r in rows("account_bill_month", account=account, month=202605)}
+            g["cash"] += sum(
+                (D(s["amount"]) for s in d["splits"] if s["bucket_kind"] == "cash"), D(0)
+            )
+    got = {
+        (r["item"], r["model"], r["variant"]): r
+        for r in rows("account_bill_month", account=account, month=202605)
+    }
     assert set(got) == set(want)
     for k, g in want.items():
-        assert (got[k]["events"], got[k]["gross"], got[k]["cash"]) == (g["events"], g["gross"], g["cash"]), k
+        assert (got[k]["events"], got[k]["gross"], got[k]["cash"]) == (
+            g["events"],
+            g["gross"],
+            g["cash"],
+        ), k
 
     # --- revenue per model per day
     want = defaultdict(D)
     for d in mine:
         if not d["billed_elsewhere"] and d["main_account_id"].startswith(h.tag):
             day = datetime.fromtimestamp(d["event_time"] / 1000, SH).date()
-            paid = sum((D(s["amount"]) for s in d["splits"] if s["bucket_kind"] in ("pack", "voucher", "cash")), D(0))
+            paid = sum(
+                (
+                    D(s["amount"])
+                    for s in d["splits"]
+                    if s["bucket_kind"] in ("pack", "voucher", "cash")
+                ),
+                D(0),
+            )
             want[(day, d["currency"], d["item"], d["model"] or "")] += paid
     got = {}
     for r in rows("revenue_per_model_per_day", **window):
@@ -128,32 +261,59 @@ def test_finance_queries_return_the_simulated_figures(one_partition_harness):
 
     # --- accounts in arrears: the one never cleared is there (reminded, then released); the topped-up one is not
     as_of = datetime(2026, 6, 1, tzinfo=UTC)
-    arrears = {r["main_account_id"]: r for r in rows("accounts_in_arrears", as_of=as_of) if r["main_account_id"].startswith(h.tag)}
+    arrears = {
+        r["main_account_id"]: r
+        for r in rows("accounts_in_arrears", as_of=as_of)
+        if r["main_account_id"].startswith(h.tag)
+    }
     assert f"{h.tag}-arrears" in arrears and f"{h.tag}-topup" not in arrears
     row = arrears[f"{h.tag}-arrears"]
     assert row["owed"] == D("0.03") and row["days_in_arrears"] == 30 and row["status"] == "released"
     sim_in_arrears = set()
     # the latest arrears alert of an account is the one with the highest sequence (processing order)
-    for a in sorted((a for a in sim.alerts if a["kind"] in ("arrears_started", "arrears_cleared")), key=lambda a: a["sequence"]):
-        (sim_in_arrears.add if a["kind"] == "arrears_started" else sim_in_arrears.discard)(a["main_account_id"])
+    for a in sorted(
+        (a for a in sim.alerts if a["kind"] in ("arrears_started", "arrears_cleared")),
+        key=lambda a: a["sequence"],
+    ):
+        (sim_in_arrears.add if a["kind"] == "arrears_started" else sim_in_arrears.discard)(
+            a["main_account_id"]
+        )
     assert set(arrears) == sim_in_arrears
     latetop = f"{h.tag}-latetop"
     assert latetop not in arrears
-    started, cleared = (r for r in h.ch.query(
-        f"SELECT kind, event_time, sequence FROM alerts FINAL WHERE main_account_id = '{latetop}' "
-        "AND kind IN ('arrears_started', 'arrears_cleared') ORDER BY sequence").result_rows)
-    assert [started[0], cleared[0]] == ["arrears_started", "arrears_cleared"] and cleared[1] >= started[1]
-    statuses = h.ch.query(f"SELECT status, since, sequence FROM account_status FINAL WHERE main_account_id = '{latetop}' "
-                          "ORDER BY sequence").result_rows
+    started, cleared = (
+        r
+        for r in h.ch.query(
+            f"SELECT kind, event_time, sequence FROM alerts FINAL WHERE main_account_id = '{latetop}' "
+            "AND kind IN ('arrears_started', 'arrears_cleared') ORDER BY sequence"
+        ).result_rows
+    )
+    assert [started[0], cleared[0]] == ["arrears_started", "arrears_cleared"] and cleared[
+        1
+    ] >= started[1]
+    statuses = h.ch.query(
+        f"SELECT status, since, sequence FROM account_status FINAL WHERE main_account_id = '{latetop}' "
+        "ORDER BY sequence"
+    ).result_rows
     assert [r[0] for r in statuses] == ["active", "suspended", "active"]
-    assert [r[1] for r in statuses] == sorted(r[1] for r in statuses)  # never dated before the status replaced
+    assert [r[1] for r in statuses] == sorted(
+        r[1] for r in statuses
+    )  # never dated before the status replaced
 
     # --- each alert exactly once, the same as simulated
-    live_alerts = {r[0]: r[1] for r in h.ch.query(f"SELECT alert_id, kind FROM alerts FINAL WHERE main_account_id LIKE '{acc}'").result_rows}
+    live_alerts = {
+        r[0]: r[1]
+        for r in h.ch.query(
+            f"SELECT alert_id, kind FROM alerts FINAL WHERE main_account_id LIKE '{acc}'"
+        ).result_rows
+    }
     assert live_alerts == {a["alert_id"]: a["kind"] for a in sim.alerts}
     kinds = [a["kind"] for a in sim.alerts if a["main_account_id"] == f"{h.tag}-arrears"]
     assert kinds == ["arrears_started", "grace_ending", "resources_released"]
-    assert [a["kind"] for a in sim.alerts if a["main_account_id"] == f"{h.tag}-topup"] == ["arrears_started", "arrears_cleared"]
+    assert [a["kind"] for a in sim.alerts if a["main_account_id"] == f"{h.tag}-topup"] == [
+        "arrears_started",
+        "arrears_cleared",
+    ]
 
     # --- bucket usage
     want = defaultdict(lambda: defaultdict(D))
@@ -175,7 +335,9 @@ def test_finance_queries_return_the_simulated_figures(one_partition_harness):
     open_periods = sum(len(s.periods) for s in sim.states.values())
     assert sum(1 for r in rec if r["state"] == "open") == open_periods
     assert sum(1 for r in rec if r["state"] == "ok") > 20
-    adjustments = h.ch.query("SELECT d.event_id FROM settlements AS s FINAL INNER JOIN (SELECT * FROM deductions FINAL) AS d "
-                             "ON d.settlement_id = s.settlement_id AND d.main_account_id = s.main_account_id "
-                             f"WHERE s.line_type = 'adjustment' AND s.main_account_id LIKE '{acc}'").result_rows
+    adjustments = h.ch.query(
+        "SELECT d.event_id FROM settlements AS s FINAL INNER JOIN (SELECT * FROM deductions FINAL) AS d "
+        "ON d.settlement_id = s.settlement_id AND d.main_account_id = s.main_account_id "
+        f"WHERE s.line_type = 'adjustment' AND s.main_account_id LIKE '{acc}'"
+    ).result_rows
     assert (f"{h.tag}-late-u2",) in adjustments

@@ -8,7 +8,7 @@ import random
 import re
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -17,12 +17,31 @@ from streams.engine import BillingEngine
 from streams.local.synthetic import START, generate, iso
 from streams.rating.profiles import Profiles
 from streams.simulate import simulate
-from tests.integration.test_pipeline_e2e import asyncio_run, live_equals_simulated, settlements_equal_simulated
+from tests.integration.test_pipeline_e2e import (
+    asyncio_run,
+    live_equals_simulated,
+    settlements_equal_simulated,
+)
 
 pytestmark = pytest.mark.integration
-CLASSES = ("invalid_id", "huge_ids", "not_json", "naive_time", "year_1970", "number_as_string", "no_event_id",
-           "tiny_exponent", "absurd_tokens", "unknown_model", "future", "ghost_2099", "before_opened",
-           "currency", "not_in_profile", "too_old")
+CLASSES = (
+    "invalid_id",
+    "huge_ids",
+    "not_json",
+    "naive_time",
+    "year_1970",
+    "number_as_string",
+    "no_event_id",
+    "tiny_exponent",
+    "absurd_tokens",
+    "unknown_model",
+    "future",
+    "ghost_2099",
+    "before_opened",
+    "currency",
+    "not_in_profile",
+    "too_old",
+)
 
 
 def accounts_of(lines):
@@ -46,36 +65,80 @@ def hostile_line(k, i, acct, sample, rng):
     elif k == "huge_ids":
         ev["event_id"], ev["trace_id"] = f"{i}" + "e" * 400_000, f"{i}" + "t" * 400_000
     elif k == "not_json":
-        return bytes(rng.randrange(256) for _ in range(rng.randint(5, 60))).replace(b"\n", b" ").lstrip(b"{[ \"0123456789-tfn") or b"@"
+        return (
+            bytes(rng.randrange(256) for _ in range(rng.randint(5, 60)))
+            .replace(b"\n", b" ")
+            .lstrip(b'{[ "0123456789-tfn')
+            or b"@"
+        )
     elif k == "naive_time":
         ev["event_time"] = "2026-05-01T10:00:00"
     elif k == "year_1970":
         ev["event_time"] = rng.choice(["1970-01-01T00:00:00Z", "9999-12-31T00:00:00Z"])
     elif k == "number_as_string":
-        return orjson.dumps({"kind": "usage", "event_id": f"hostile-{i}", "account_id": main, "main_account_id": main,
-                             "event_time": sample["event_time"], "item": "tokens", "model": "kimi-k2.5", "input_tokens": "12"})
+        return orjson.dumps(
+            {
+                "kind": "usage",
+                "event_id": f"hostile-{i}",
+                "account_id": main,
+                "main_account_id": main,
+                "event_time": sample["event_time"],
+                "item": "tokens",
+                "model": "kimi-k2.5",
+                "input_tokens": "12",
+            }
+        )
     elif k == "no_event_id":
         ev.pop("event_id")
     elif k == "tiny_exponent":
-        return orjson.dumps({"kind": "account", "event_id": f"hostile-{i}", "account_id": main, "main_account_id": main,
-                             "event_time": sample["event_time"], "type": "top_up", "amount": "1E-999999"})
+        return orjson.dumps(
+            {
+                "kind": "account",
+                "event_id": f"hostile-{i}",
+                "account_id": main,
+                "main_account_id": main,
+                "event_time": sample["event_time"],
+                "type": "top_up",
+                "amount": "1E-999999",
+            }
+        )
     elif k == "absurd_tokens":
         ev.update(item="tokens", input_tokens=10**10, cache_hit_tokens=0, cache_write_tokens=0)
     elif k == "unknown_model":
         ev.update(model=f"no-such-model-{i}")
     elif k == "future":
-        ev["event_time"] = iso(datetime.now(timezone.utc) + timedelta(days=1))
+        ev["event_time"] = iso(datetime.now(UTC) + timedelta(days=1))
     elif k == "ghost_2099":
-        ev.update(account_id=f"ghost-{i}", main_account_id=f"ghost-{i}", event_time="2099-01-01T00:00:00Z")
+        ev.update(
+            account_id=f"ghost-{i}", main_account_id=f"ghost-{i}", event_time="2099-01-01T00:00:00Z"
+        )
     elif k == "before_opened":
         ev["event_time"] = iso(START - timedelta(days=1))
     elif k == "currency":
-        return orjson.dumps({"kind": "account", "event_id": f"hostile-{i}", "account_id": main, "main_account_id": main,
-                             "event_time": sample["event_time"], "type": "top_up", "amount": "20",
-                             "currency": "JPY"})
+        return orjson.dumps(
+            {
+                "kind": "account",
+                "event_id": f"hostile-{i}",
+                "account_id": main,
+                "main_account_id": main,
+                "event_time": sample["event_time"],
+                "type": "top_up",
+                "amount": "20",
+                "currency": "JPY",
+            }
+        )
     elif k == "not_in_profile":
-        return orjson.dumps({"kind": "account", "event_id": f"hostile-{i}", "account_id": main, "main_account_id": main,
-                             "event_time": sample["event_time"], "type": "model_activated", "model": "deepseek-v3"})
+        return orjson.dumps(
+            {
+                "kind": "account",
+                "event_id": f"hostile-{i}",
+                "account_id": main,
+                "main_account_id": main,
+                "event_time": sample["event_time"],
+                "type": "model_activated",
+                "model": "deepseek-v3",
+            }
+        )
     elif k == "too_old":
         ev["event_time"] = iso(START - timedelta(days=60))
     return orjson.dumps(ev)
@@ -88,7 +151,9 @@ def build(tag):
     samples = {}
     for u in usage_of(ordinary):
         samples.setdefault(u["main_account_id"], u)
-    non_ark = [a for a in accounts.values() if a["profile"] != "ark" and a["main_account_id"] in samples]
+    non_ark = [
+        a for a in accounts.values() if a["profile"] != "ark" and a["main_account_id"] in samples
+    ]
     hostile = []
     for i in range(4400):
         k = CLASSES[i % len(CLASSES)]
@@ -103,7 +168,9 @@ def build(tag):
     # ... then, after everything, ids reused with other content, and plain retries
     tail = []
     for j, u in enumerate(rng.sample(usage_of(ordinary), 60)):
-        changed = dict(u, trace_id=u.get("trace_id", "") + "-other", input_tokens=u.get("input_tokens", 0) + 1)
+        changed = dict(
+            u, trace_id=u.get("trace_id", "") + "-other", input_tokens=u.get("input_tokens", 0) + 1
+        )
         tail.append(orjson.dumps(changed if j % 2 == 0 else u))
     return ordinary, mixed + tail
 
@@ -127,31 +194,57 @@ def test_ten_thousand_hostile_and_ordinary_messages(harness):
     rejected = len(lines) - len(ordinary) - 30  # 30 of the tail are plain retries
     assert mixed.counts["rejected"] == rejected and mixed.counts["duplicate"] == 30
     codes = Counter(d["reason_code"] for d in mixed.dead_letters)
-    assert {"invalid_id", "invalid_json", "invalid_field", "event_time_in_future", "unknown_account",
-            "before_account_opened", "currency_mismatch", "not_supported_by_profile", "event_too_old",
-            "event_id_conflict", "quantity_out_of_range", "unknown_model"} <= set(codes), codes
+    assert {
+        "invalid_id",
+        "invalid_json",
+        "invalid_field",
+        "event_time_in_future",
+        "unknown_account",
+        "before_account_opened",
+        "currency_mismatch",
+        "not_supported_by_profile",
+        "event_too_old",
+        "event_id_conflict",
+        "quantity_out_of_range",
+        "unknown_model",
+    } <= set(codes), codes
 
     worker = h.start_worker()
     assert asyncio_run(h.produce(lines)) == len(lines)
     topic = h.settings.topics.events
-    assert h.land(lambda: h.count("deductions", f"{h.tag}-%") >= len(alone.deductions)
-                  and h.scalar(f"SELECT count() FROM dead_letters FINAL WHERE source_topic = '{topic}'") >= rejected,
-                  timeout=240), "not everything landed"
+    assert h.land(
+        lambda: (
+            h.count("deductions", f"{h.tag}-%") >= len(alone.deductions)
+            and h.scalar(f"SELECT count() FROM dead_letters FINAL WHERE source_topic = '{topic}'")
+            >= rejected
+        ),
+        timeout=240,
+    ), "not everything landed"
     live_equals_simulated(h, alone)
-    assert h.land(lambda: h.count("settlements", f"{h.tag}-%") >= len(alone.settlements), timeout=60)
+    assert h.land(
+        lambda: h.count("settlements", f"{h.tag}-%") >= len(alone.settlements), timeout=60
+    )
     settlements_equal_simulated(h, alone)
-    live_codes = Counter(r[0] for r in h.ch.query(
-        f"SELECT reason_code FROM dead_letters FINAL WHERE source_topic = '{topic}'").result_rows)
+    live_codes = Counter(
+        r[0]
+        for r in h.ch.query(
+            f"SELECT reason_code FROM dead_letters FINAL WHERE source_topic = '{topic}'"
+        ).result_rows
+    )
     assert live_codes == Counter(live_reason(c) for c in codes.elements())
-    biggest = h.scalar(f"SELECT max(length(payload_base64)) FROM dead_letters FINAL WHERE source_topic = '{topic}'")
+    biggest = h.scalar(
+        f"SELECT max(length(payload_base64)) FROM dead_letters FINAL WHERE source_topic = '{topic}'"
+    )
     assert 0 < biggest <= 4 * 32 * 1024 // 3 + 4
     assert worker.alive() and len(h.pipeline.workers) == 1, "the worker must never restart"
 
     # counts reconcile: consumed = rated + applied + rejected + duplicates, as simulate counted
     deadline, line = time.monotonic() + 30, ""
     while time.monotonic() < deadline:
-        found = re.findall(r"counts messages=\d+ consumed=(\d+) rated=(\d+) applied=(\d+) rejected=(\d+) duplicates=(\d+)",
-                           worker.log_path.read_text(errors="replace"))
+        found = re.findall(
+            r"counts messages=\d+ consumed=(\d+) rated=(\d+) applied=(\d+) rejected=(\d+) duplicates=(\d+)",
+            worker.log_path.read_text(errors="replace"),
+        )
         if found and int(found[-1][0]) == len(lines):
             line = found[-1]
             break
@@ -159,4 +252,9 @@ def test_ten_thousand_hostile_and_ordinary_messages(harness):
     assert line, "the worker never reported all messages consumed"
     consumed, rated, applied, rej, dup = map(int, line)
     assert consumed == rated + applied + rej + dup
-    assert (rated, applied, rej, dup) == (mixed.counts["rated"], mixed.counts["applied"], rejected, 30)
+    assert (rated, applied, rej, dup) == (
+        mixed.counts["rated"],
+        mixed.counts["applied"],
+        rejected,
+        30,
+    )

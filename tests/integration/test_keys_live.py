@@ -27,14 +27,30 @@ def crafted(target: dict, other_main: str) -> list[tuple[str, bytes | None, int,
     """(expected reason, key, partition, event) for each class."""
     main = target["main_account_id"]
     right = partition_for(main, PARTITIONS)
-    top_up = {"kind": "account", "type": "top_up", "event_id": "keys-stranger", "account_id": f"{main}-stranger",
-              "main_account_id": main, "event_time": target["event_time"], "amount": "50",
-              "currency": target.get("currency", "CNY")}
+    top_up = {
+        "kind": "account",
+        "type": "top_up",
+        "event_id": "keys-stranger",
+        "account_id": f"{main}-stranger",
+        "main_account_id": main,
+        "event_time": target["event_time"],
+        "amount": "50",
+        "currency": target.get("currency", "CNY"),
+    }
     return [
         ("invalid_key", b"\xff" + main.encode(), right, dict(target, event_id="keys-not-utf8")),
-        ("wrong_partition", main.encode(), (right + 1) % PARTITIONS, dict(target, event_id="keys-wrong-partition")),
-        ("key_mismatch", other_main.encode(), partition_for(other_main, PARTITIONS),
-         dict(target, event_id="keys-other-key")),
+        (
+            "wrong_partition",
+            main.encode(),
+            (right + 1) % PARTITIONS,
+            dict(target, event_id="keys-wrong-partition"),
+        ),
+        (
+            "key_mismatch",
+            other_main.encode(),
+            partition_for(other_main, PARTITIONS),
+            dict(target, event_id="keys-other-key"),
+        ),
         ("not_a_main_account", main.encode(), right, top_up),
     ]
 
@@ -46,7 +62,9 @@ async def send_raw(settings, messages) -> None:
     try:
         for _, key, partition, event in messages:
             _, value, _ = encode_line(reg, orjson.dumps(event))
-            await producer.send_and_wait(settings.topics.events, key=key, value=value, partition=partition)
+            await producer.send_and_wait(
+                settings.topics.events, key=key, value=value, partition=partition
+            )
     finally:
         await producer.stop()
 
@@ -57,14 +75,22 @@ def test_keys_partitions_and_membership_are_checked_live(harness):
     events = [orjson.loads(raw) for raw in lines]
     usage = [e for e in events if e.get("kind") == "usage"]
     target = usage[len(usage) // 2]
-    other_main = next(e["main_account_id"] for e in usage if e["main_account_id"] != target["main_account_id"])
+    other_main = next(
+        e["main_account_id"] for e in usage if e["main_account_id"] != target["main_account_id"]
+    )
     messages = crafted(target, other_main)
     # offline, the membership rule gives the same reason (keys and partitions are live-only)
-    offline = simulate(list(enumerate([*lines, orjson.dumps(messages[-1][3])], 1)),
-                       BillingEngine(Profiles(), allowed_lateness_ms=300_000), partitions=PARTITIONS)
+    offline = simulate(
+        list(enumerate([*lines, orjson.dumps(messages[-1][3])], 1)),
+        BillingEngine(Profiles(), allowed_lateness_ms=300_000),
+        partitions=PARTITIONS,
+    )
     assert [d["reason_code"] for d in offline.dead_letters] == ["not_a_main_account"]
-    alone = simulate(list(enumerate(lines, 1)), BillingEngine(Profiles(), allowed_lateness_ms=300_000),
-                     partitions=PARTITIONS)
+    alone = simulate(
+        list(enumerate(lines, 1)),
+        BillingEngine(Profiles(), allowed_lateness_ms=300_000),
+        partitions=PARTITIONS,
+    )
     assert offline.deductions == alone.deductions
 
     worker = h.start_worker()
@@ -73,10 +99,19 @@ def test_keys_partitions_and_membership_are_checked_live(harness):
     asyncio.run(send_raw(h.settings, messages))
     assert asyncio_run(h.produce(lines[half:])) == len(lines) - half
     topic = h.settings.topics.events
-    assert h.land(lambda: h.count("deductions", f"{h.tag}-%") >= len(alone.deductions)
-                  and h.scalar(f"SELECT count() FROM dead_letters FINAL WHERE source_topic = '{topic}'") >= len(messages),
-                  timeout=180), "not everything landed"
+    assert h.land(
+        lambda: (
+            h.count("deductions", f"{h.tag}-%") >= len(alone.deductions)
+            and h.scalar(f"SELECT count() FROM dead_letters FINAL WHERE source_topic = '{topic}'")
+            >= len(messages)
+        ),
+        timeout=180,
+    ), "not everything landed"
     live_equals_simulated(h, alone)
-    rows = dict(h.ch.query(f"SELECT event_id, reason_code FROM dead_letters FINAL WHERE source_topic = '{topic}'").result_rows)
+    rows = dict(
+        h.ch.query(
+            f"SELECT event_id, reason_code FROM dead_letters FINAL WHERE source_topic = '{topic}'"
+        ).result_rows
+    )
     assert rows == {event["event_id"]: reason for reason, _, _, event in messages}
     assert worker.alive()

@@ -17,7 +17,11 @@ pytestmark = pytest.mark.integration
 
 
 def expected_for(lines):
-    return simulate(list(enumerate(lines, 1)), BillingEngine(Profiles(), allowed_lateness_ms=LATENESS_MS), partitions=4)
+    return simulate(
+        list(enumerate(lines, 1)),
+        BillingEngine(Profiles(), allowed_lateness_ms=LATENESS_MS),
+        partitions=4,
+    )
 
 
 LATENESS_MS = 300_000
@@ -39,8 +43,14 @@ def settlements_equal_simulated(h, expected):
 def normalize_times(record):
     from streams.ingest.events import to_millis
 
-    return {k: (to_millis(v, k) if k in ("period_start", "period_end", "closed_at") and not isinstance(v, int) else v)
-            for k, v in record.items()}
+    return {
+        k: (
+            to_millis(v, k)
+            if k in ("period_start", "period_end", "closed_at") and not isinstance(v, int)
+            else v
+        )
+        for k, v in record.items()
+    }
 
 
 def live_equals_simulated(h, expected, extra_dups_ok=False):
@@ -73,8 +83,13 @@ def test_stream_lands_exactly_and_equals_simulate(harness):
     dead_topic = h.settings.topics.events
 
     def done():
-        return (h.count("deductions", accounts) >= len(expected.deductions)
-                and h.scalar(f"SELECT count() FROM dead_letters FINAL WHERE source_topic = '{dead_topic}'") >= 12)
+        return (
+            h.count("deductions", accounts) >= len(expected.deductions)
+            and h.scalar(
+                f"SELECT count() FROM dead_letters FINAL WHERE source_topic = '{dead_topic}'"
+            )
+            >= 12
+        )
 
     assert h.land(done), "not everything landed in time"
     live_equals_simulated(h, expected)
@@ -82,30 +97,64 @@ def test_stream_lands_exactly_and_equals_simulate(harness):
     assert h.land(lambda: h.count("settlements", accounts) >= len(expected.settlements), timeout=60)
     settlements_equal_simulated(h, expected)
     assert h.count("settlements", accounts) == len(expected.settlements)
-    assert h.land(lambda: h.count("usage_per_minute", accounts) >= len(expected.usage_minutes), timeout=30)
-    live_minutes = set(h.ch.query(
-        f"SELECT usage_minute_id, requests, tokens FROM usage_per_minute FINAL WHERE main_account_id LIKE '{accounts}'").result_rows)
-    assert live_minutes == {(m["usage_minute_id"], m["requests"], m["tokens"]) for m in expected.usage_minutes}
+    assert h.land(
+        lambda: h.count("usage_per_minute", accounts) >= len(expected.usage_minutes), timeout=30
+    )
+    live_minutes = set(
+        h.ch.query(
+            f"SELECT usage_minute_id, requests, tokens FROM usage_per_minute FINAL WHERE main_account_id LIKE '{accounts}'"
+        ).result_rows
+    )
+    assert live_minutes == {
+        (m["usage_minute_id"], m["requests"], m["tokens"]) for m in expected.usage_minutes
+    }
 
     # ClickHouse holds exactly the simulated rows and Decimal totals
     assert h.count("deductions", accounts) == len(expected.deductions)
-    rated = h.scalar(f"SELECT sum(rated_amount) FROM deductions FINAL WHERE main_account_id LIKE '{accounts}'")
+    rated = h.scalar(
+        f"SELECT sum(rated_amount) FROM deductions FINAL WHERE main_account_id LIKE '{accounts}'"
+    )
     assert rated == sum((Decimal(d["rated_amount"]) for d in expected.deductions), Decimal(0))
-    cash = h.scalar(f"SELECT sum(cash_amount) FROM deductions FINAL WHERE main_account_id LIKE '{accounts}'")
-    assert cash == sum((Decimal(s["amount"]) for d in expected.deductions for s in d["splits"] if s["bucket_kind"] == "cash"), Decimal(0))
-    hourly = h.scalar(f"SELECT sum(gross_amount) FROM settlement_hourly_v WHERE main_account_id LIKE '{accounts}'")
+    cash = h.scalar(
+        f"SELECT sum(cash_amount) FROM deductions FINAL WHERE main_account_id LIKE '{accounts}'"
+    )
+    assert cash == sum(
+        (
+            Decimal(s["amount"])
+            for d in expected.deductions
+            for s in d["splits"]
+            if s["bucket_kind"] == "cash"
+        ),
+        Decimal(0),
+    )
+    hourly = h.scalar(
+        f"SELECT sum(gross_amount) FROM settlement_hourly_v WHERE main_account_id LIKE '{accounts}'"
+    )
     assert hourly == rated
 
     # every bad line is a dead letter with a specific reason; events that decode keep their id and code
-    reasons = dict(h.ch.query(
-        f"SELECT event_id, reason_code FROM dead_letters FINAL WHERE source_topic = '{dead_topic}' AND event_id != ''").result_rows)
+    reasons = dict(
+        h.ch.query(
+            f"SELECT event_id, reason_code FROM dead_letters FINAL WHERE source_topic = '{dead_topic}' AND event_id != ''"
+        ).result_rows
+    )
     sim_reasons = {d["event_id"]: d["reason_code"] for d in expected.dead_letters if d["event_id"]}
     for event_id, code in reasons.items():
         assert sim_reasons[event_id] == code
-    codes = {r[0] for r in h.ch.query(f"SELECT reason_code FROM dead_letters FINAL WHERE source_topic = '{dead_topic}'").result_rows}
+    codes = {
+        r[0]
+        for r in h.ch.query(
+            f"SELECT reason_code FROM dead_letters FINAL WHERE source_topic = '{dead_topic}'"
+        ).result_rows
+    }
     assert {"not_avro", "unknown_model", "negative_quantity", "unknown_account"} <= codes
-    assert h.scalar(f"SELECT count() FROM dead_letters FINAL WHERE source_topic = '{dead_topic}'") == 12
-    assert all(w.alive() for w in h.pipeline.workers), "the worker must keep running after bad input"
+    assert (
+        h.scalar(f"SELECT count() FROM dead_letters FINAL WHERE source_topic = '{dead_topic}'")
+        == 12
+    )
+    assert all(w.alive() for w in h.pipeline.workers), (
+        "the worker must keep running after bad input"
+    )
 
     # redelivering the same events (same ids) changes no total; a sentinel per account shows they were processed
     assert asyncio_run(h.produce(good)) == len(good)
@@ -116,11 +165,20 @@ def test_stream_lands_exactly_and_equals_simulate(harness):
         for n, model in sentinel_models(expected)
     ]
     asyncio_run(h.produce(sentinels))
-    assert h.land(lambda: h.count("deductions", accounts) >= len(expected.deductions) + len(sentinels))
+    assert h.land(
+        lambda: h.count("deductions", accounts) >= len(expected.deductions) + len(sentinels)
+    )
     assert h.count("deductions", accounts) == len(expected.deductions) + len(sentinels)
-    assert h.scalar(f"SELECT sum(rated_amount) FROM deductions FINAL WHERE main_account_id LIKE '{accounts}'") == rated
+    assert (
+        h.scalar(
+            f"SELECT sum(rated_amount) FROM deductions FINAL WHERE main_account_id LIKE '{accounts}'"
+        )
+        == rated
+    )
     # and nothing was re-emitted: the topic holds each deduction once
-    records = h.consume(h.settings.topics.deductions, len(expected.deductions) + len(sentinels), timeout=10)
+    records = h.consume(
+        h.settings.topics.deductions, len(expected.deductions) + len(sentinels), timeout=10
+    )
     assert len(records) == len(expected.deductions) + len(sentinels)
     assert len(names) == len(sentinels)
 
@@ -144,14 +202,19 @@ def test_worker_killed_mid_stream_loses_and_doubles_nothing(harness):
         # wait until it is part-way through, then SIGKILL and restart
         deadline = time.monotonic() + 60
         target = len(expected.deductions) * (kill + 1) // 4
-        while time.monotonic() < deadline and len(h.consume(h.settings.topics.deductions, target, timeout=2)) < target:
+        while (
+            time.monotonic() < deadline
+            and len(h.consume(h.settings.topics.deductions, target, timeout=2)) < target
+        ):
             time.sleep(0.5)
         worker.kill()
         worker = h.start_worker()
     assert h.land(lambda: h.count("deductions", accounts) >= len(expected.deductions), timeout=180)
     live_equals_simulated(h, expected, extra_dups_ok=True)
     assert h.count("deductions", accounts) == len(expected.deductions)
-    rated = h.scalar(f"SELECT sum(rated_amount) FROM deductions FINAL WHERE main_account_id LIKE '{accounts}'")
+    rated = h.scalar(
+        f"SELECT sum(rated_amount) FROM deductions FINAL WHERE main_account_id LIKE '{accounts}'"
+    )
     assert rated == sum((Decimal(d["rated_amount"]) for d in expected.deductions), Decimal(0))
 
 

@@ -14,8 +14,14 @@ from streams.ingest.codec import registry
 from streams.local.synthetic import generate
 from streams.rating.profiles import Profiles
 from streams.simulate import simulate
-from streams.sink.clickhouse import (DEDUCTION_COLUMNS, INSERT_SETTINGS, ClickHouseSink, InsertRejected, TableBatch,
-                                     deduction_values)
+from streams.sink.clickhouse import (
+    DEDUCTION_COLUMNS,
+    INSERT_SETTINGS,
+    ClickHouseSink,
+    InsertRejected,
+    TableBatch,
+    deduction_values,
+)
 
 pytestmark = pytest.mark.integration
 TP = TopicPartition("t.deductions", 0)
@@ -27,7 +33,10 @@ def deductions(tag, n=300):
 
 
 def messages(values):
-    return [SimpleNamespace(topic=TP.topic, partition=0, offset=i, key=b"k", value=v, timestamp=0) for i, v in enumerate(values)]
+    return [
+        SimpleNamespace(topic=TP.topic, partition=0, offset=i, key=b"k", value=v, timestamp=0)
+        for i, v in enumerate(values)
+    ]
 
 
 def land(sink, msgs, token):
@@ -40,22 +49,35 @@ def land(sink, msgs, token):
 
 def rows(ch, where):
     cols = ", ".join(DEDUCTION_COLUMNS)
-    return {r[0]: r for r in ch.query(f"SELECT {cols} FROM deductions FINAL WHERE {where}").result_rows}
+    return {
+        r[0]: r for r in ch.query(f"SELECT {cols} FROM deductions FINAL WHERE {where}").result_rows
+    }
 
 
 def test_clickhouse_maps_the_avro_bodies_as_the_python_column_map(ch):
     reg = registry()
     records = deductions("sc1")
-    assert {d["item"] for d in records} - {"tokens", "embedding", "rerank"}, "needs non-token items too"
+    assert {d["item"] for d in records} - {"tokens", "embedding", "rerank"}, (
+        "needs non-token items too"
+    )
     sink = ClickHouseSink(Settings(), client=ch)
     land(sink, messages([reg.encode("deduction", d) for d in records]), "sc1-native")
     direct = [dict(d, deduction_id=d["deduction_id"] + "-py") for d in records]
     values = [deduction_values(d) for d in direct]
-    ch.insert("deductions", [[v[c] for v in values] for c in DEDUCTION_COLUMNS], column_names=DEDUCTION_COLUMNS,
-              column_oriented=True, settings=INSERT_SETTINGS)
+    ch.insert(
+        "deductions",
+        [[v[c] for v in values] for c in DEDUCTION_COLUMNS],
+        column_names=DEDUCTION_COLUMNS,
+        column_oriented=True,
+        settings=INSERT_SETTINGS,
+    )
     ids = {d["deduction_id"] for d in records}
     native = {k: r for k, r in rows(ch, "main_account_id LIKE 'sc1-%'").items() if k in ids}
-    python = {k.removesuffix("-py"): r for k, r in rows(ch, "main_account_id LIKE 'sc1-%'").items() if k.endswith("-py")}
+    python = {
+        k.removesuffix("-py"): r
+        for k, r in rows(ch, "main_account_id LIKE 'sc1-%'").items()
+        if k.endswith("-py")
+    }
     assert len(native) == len(records) == len(python)
     lines_at = DEDUCTION_COLUMNS.index("lines_json")
     import orjson
@@ -63,7 +85,7 @@ def test_clickhouse_maps_the_avro_bodies_as_the_python_column_map(ch):
     for k, r in native.items():
         p = python[k]
         assert orjson.loads(r[lines_at]) == orjson.loads(p[lines_at]), k
-        assert r[1:lines_at] + r[lines_at + 1:] == p[1:lines_at] + p[lines_at + 1:], k
+        assert r[1:lines_at] + r[lines_at + 1 :] == p[1:lines_at] + p[lines_at + 1 :], k
 
 
 def test_an_old_deduction_version_lands_through_the_avro_path(ch):
@@ -74,7 +96,9 @@ def test_an_old_deduction_version_lands_through_the_avro_path(ch):
         d.pop(f, None)
     sink = ClickHouseSink(Settings(), client=ch)
     land(sink, messages([reg.encode("deduction", d, schema_id=v1_id)]), "sc2-old")
-    got = ch.query(f"SELECT kind, settlement_id FROM deductions FINAL WHERE deduction_id = '{d['deduction_id']}'").result_rows
+    got = ch.query(
+        f"SELECT kind, settlement_id FROM deductions FINAL WHERE deduction_id = '{d['deduction_id']}'"
+    ).result_rows
     assert got == [("usage", "")]
 
 
@@ -85,7 +109,9 @@ def test_a_bad_value_stops_the_sink_and_a_lost_connection_is_retried(ch):
     with pytest.raises(InsertRejected, match="rejected the insert"):
         land(sink, messages([reg.encode("deduction", d)]), "sc3-bad")
     assert sink.metrics.sink_halted.labels("deductions", "insert_rejected")._value.get() == 1
-    assert ch.query(f"SELECT count() FROM deductions WHERE deduction_id = '{d['deduction_id']}'").result_rows == [(0,)]
+    assert ch.query(
+        f"SELECT count() FROM deductions WHERE deduction_id = '{d['deduction_id']}'"
+    ).result_rows == [(0,)]
 
     class Flaky:
         failures = 0
@@ -100,4 +126,6 @@ def test_a_bad_value_stops_the_sink_and_a_lost_connection_is_retried(ch):
     sink.client = Flaky()
     land(sink, messages([reg.encode("deduction", good)]), "sc3-good")
     assert sink.client.failures == 2 and sink.stats.insert_failures == 3
-    assert ch.query(f"SELECT count() FROM deductions FINAL WHERE deduction_id = '{good['deduction_id']}'").result_rows == [(1,)]
+    assert ch.query(
+        f"SELECT count() FROM deductions FINAL WHERE deduction_id = '{good['deduction_id']}'"
+    ).result_rows == [(1,)]

@@ -43,7 +43,11 @@ class FlakyClickHouse:
 def test_sink_survives_clickhouse_outage_without_loss_or_double(harness):
     h = harness
     lines = generate(seed=41, accounts=20, usage_events=1200, prefix=h.tag)
-    sim = simulate(list(enumerate(lines, 1)), BillingEngine(Profiles(), allowed_lateness_ms=300_000), partitions=4)
+    sim = simulate(
+        list(enumerate(lines, 1)),
+        BillingEngine(Profiles(), allowed_lateness_ms=300_000),
+        partitions=4,
+    )
     h.start_worker()
     asyncio.run(h.produce(lines))
     flaky = FlakyClickHouse(h.ch, fail_before=3, fail_after=2)
@@ -58,5 +62,7 @@ def test_sink_survives_clickhouse_outage_without_loss_or_double(harness):
     h.sink = ClickHouseSink(h.settings, client=h.ch)
     assert h.land(lambda: h.count("deductions", acc) >= len(sim.deductions), timeout=120)
     assert h.count("deductions", acc) == len(sim.deductions)
-    ids = h.ch.query(f"SELECT deduction_id FROM deductions FINAL WHERE main_account_id LIKE '{acc}'").result_rows
+    ids = h.ch.query(
+        f"SELECT deduction_id FROM deductions FINAL WHERE main_account_id LIKE '{acc}'"
+    ).result_rows
     assert {r[0] for r in ids} == {d["deduction_id"] for d in sim.deductions}

@@ -6,7 +6,7 @@ dedupe or serialization internals, so it survives a rebuild of the core's inside
 from __future__ import annotations
 
 import copy
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -20,7 +20,9 @@ D = Decimal
 
 
 def ms(iso: str) -> int:
-    return (datetime.fromisoformat(iso) - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(milliseconds=1)
+    return (datetime.fromisoformat(iso) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
+        milliseconds=1
+    )
 
 
 def snapshot(state: AccountState | None) -> dict[str, Any] | None:

@@ -10,7 +10,13 @@ DEMO = ROOT / "examples" / "demo.jsonl"
 
 
 def rating(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "streams.cli.main", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli.main", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
 
 
 def test_simulate_is_deterministic_byte_for_byte(tmp_path):
@@ -25,13 +31,35 @@ def test_simulate_is_deterministic_byte_for_byte(tmp_path):
 
 
 def test_quote_prints_the_breakdown():
-    r = rating("quote", "-p", "coze-pro", "-m", "Doubao-1.5-pro-256k", "--input", "10000", "--output", "2000", "--at", "2026-05-01T00:00:00Z")
+    r = rating(
+        "quote",
+        "-p",
+        "coze-pro",
+        "-m",
+        "Doubao-1.5-pro-256k",
+        "--input",
+        "10000",
+        "--output",
+        "2000",
+        "--at",
+        "2026-05-01T00:00:00Z",
+    )
     assert r.returncode == 0, r.stderr
     assert "0.068000 CNY" in r.stdout and "= 68 points" in r.stdout
 
 
 def test_errors_are_one_line_without_traceback():
-    r = rating("quote", "-p", "tokenhub", "-m", "HY 2.0 Think", "--input", "200000", "--at", "2026-05-01T00:00:00Z")
+    r = rating(
+        "quote",
+        "-p",
+        "tokenhub",
+        "-m",
+        "HY 2.0 Think",
+        "--input",
+        "200000",
+        "--at",
+        "2026-05-01T00:00:00Z",
+    )
     assert r.returncode == 2
     assert "above_top_tier" in r.stderr and "Traceback" not in r.stderr + r.stdout
     r = rating("simulate", "no-such-file.jsonl")
@@ -41,24 +69,58 @@ def test_errors_are_one_line_without_traceback():
 
 
 def test_help_everywhere():
-    for cmd in ("simulate", "quote", "demo", "worker", "sink", "topics", "migrate", "replay", "run", "bench",
-                "account", "account show", "dlq", "dlq list", "dlq explain", "dlq redrive"):
+    for cmd in (
+        "simulate",
+        "quote",
+        "demo",
+        "worker",
+        "sink",
+        "topics",
+        "migrate",
+        "replay",
+        "run",
+        "bench",
+        "account",
+        "account show",
+        "dlq",
+        "dlq list",
+        "dlq explain",
+        "dlq redrive",
+    ):
         r = rating(*cmd.split(), "--help")
         assert r.returncode == 0 and "Usage" in r.stdout, cmd
 
 
 def test_cluster_commands_say_what_is_missing():
-    for cmd in ("account show x", "dlq list", "dlq redrive --reason unknown_model", "topics", "replay examples/demo.jsonl"):
+    for cmd in (
+        "account show x",
+        "dlq list",
+        "dlq redrive --reason unknown_model",
+        "topics",
+        "replay examples/demo.jsonl",
+    ):
         r = rating(*cmd.split())
-        assert r.returncode == 2 and "KAFKA_BOOTSTRAP_SERVERS" in r.stderr and "Traceback" not in r.stderr, cmd
+        assert (
+            r.returncode == 2
+            and "KAFKA_BOOTSTRAP_SERVERS" in r.stderr
+            and "Traceback" not in r.stderr
+        ), cmd
 
 
 def test_bad_configuration_is_one_line():
     import os
 
-    r = subprocess.run([sys.executable, "-m", "streams.cli.main", "migrate"], capture_output=True, text=True, cwd=ROOT,
-                       env={**os.environ, "METRICS_PORT": "http"}, timeout=60)
-    assert r.returncode == 2 and "METRICS_PORT" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = subprocess.run(
+        [sys.executable, "-m", "streams.cli.main", "migrate"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "METRICS_PORT": "http"},
+        timeout=60,
+    )
+    assert (
+        r.returncode == 2 and "METRICS_PORT" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    )
 
 
 def test_log_lines_about_an_event_carry_its_ids_and_never_a_secret():
@@ -68,15 +130,22 @@ def test_log_lines_about_an_event_carry_its_ids_and_never_a_secret():
     from streams.config import Settings
     from streams.observability.logs import JsonFormatter, RedactingFormatter
 
-    s = Settings.from_env({"KAFKA_SASL_PASSWORD": "pa55-w0rd", "CLICKHOUSE_URL": "https://u:p%40ss@ch:8443/db"})
-    for formatter in (JsonFormatter(secrets=s.secrets()), RedactingFormatter("%(message)s", secrets=s.secrets())):
+    s = Settings.from_env(
+        {"KAFKA_SASL_PASSWORD": "pa55-w0rd", "CLICKHOUSE_URL": "https://u:p%40ss@ch:8443/db"}
+    )
+    for formatter in (
+        JsonFormatter(secrets=s.secrets()),
+        RedactingFormatter("%(message)s", secrets=s.secrets()),
+    ):
         stream = io.StringIO()
         handler = logging.StreamHandler(stream)
         handler.setFormatter(formatter)
         logger = logging.getLogger(f"test.{type(formatter).__name__}")
         logger.addHandler(handler)
         logger.propagate = False
-        logger.warning("login pa55-w0rd as u:p@ss failed", extra={"event_id": "ev-1", "trace_id": "tr-1"})
+        logger.warning(
+            "login pa55-w0rd as u:p@ss failed", extra={"event_id": "ev-1", "trace_id": "tr-1"}
+        )
         out = stream.getvalue()
         assert "ev-1" in out and "tr-1" in out
         assert "pa55-w0rd" not in out and "p@ss" not in out and "p%40ss" not in out
@@ -86,8 +155,14 @@ def test_migrate_applies_each_file_once(tmp_path):
     import os
 
     env = {**os.environ, "CHDB_PATH": str(tmp_path / "chdb")}
-    run = lambda: subprocess.run([sys.executable, "-m", "streams.cli.main", "migrate"], capture_output=True, text=True,  # noqa: E731
-                                 cwd=ROOT, env=env, timeout=120)
+    run = lambda: subprocess.run(
+        [sys.executable, "-m", "streams.cli.main", "migrate"],
+        capture_output=True,
+        text=True,  # noqa: E731
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
     first = run()
     assert first.returncode == 0, first.stderr
     files = sorted(p.name for p in (ROOT / "infra" / "clickhouse").glob("*.sql"))
@@ -112,7 +187,9 @@ runner = CliRunner()
 
 def invoke(*args, input=None, env=None):
     result = runner.invoke(app, list(args), input=input, env=env)
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
+    assert not isinstance(result.exception, Exception) or isinstance(
+        result.exception, SystemExit
+    ), result.exception
     return result
 
 
@@ -127,18 +204,30 @@ def test_profiles_json_lists_versions_with_effective_dates_items_models_and_boun
     rows = json_lines(r.stdout)
     assert [p["profile"] for p in rows] == ["ark", "coze-pro", "jiekou", "tokenhub"]
     th = rows[3]
-    assert th["versions"][0] == {"version": "2026-04-03", "effective_from": "2026-04-03T00:00:00+08:00", "rows": th["versions"][0]["rows"]}
+    assert th["versions"][0] == {
+        "version": "2026-04-03",
+        "effective_from": "2026-04-03T00:00:00+08:00",
+        "rows": th["versions"][0]["rows"],
+    }
     assert "tokens" in th["items"] and any(r["model"] == "kimi-k2.5" for r in th["rows"])
-    assert th["bounds"]["max_tokens_per_request"] == 4_000_000 and th["bounds"]["max_hours"] == "744"
+    assert (
+        th["bounds"]["max_tokens_per_request"] == 4_000_000 and th["bounds"]["max_hours"] == "744"
+    )
     assert invoke("profiles", "tokenhub").exit_code == 0
 
 
-@pytest.mark.parametrize("args,hint", [
-    (("-p", "tokenhb"), "did you mean 'tokenhub'?"),
-    (("-p", "tokenhub", "-m", "kimi-k25", "--input", "10"), "did you mean 'kimi-k2.5'?"),
-    (("-p", "tokenhub", "--item", "tokn", "-m", "x"), "did you mean 'tokens'?"),
-    (("-p", "coze-pro", "--item", "rtc_video", "--variant", "72p", "-q", "1"), "did you mean '720p'?"),
-])
+@pytest.mark.parametrize(
+    "args,hint",
+    [
+        (("-p", "tokenhb"), "did you mean 'tokenhub'?"),
+        (("-p", "tokenhub", "-m", "kimi-k25", "--input", "10"), "did you mean 'kimi-k2.5'?"),
+        (("-p", "tokenhub", "--item", "tokn", "-m", "x"), "did you mean 'tokens'?"),
+        (
+            ("-p", "coze-pro", "--item", "rtc_video", "--variant", "72p", "-q", "1"),
+            "did you mean '720p'?",
+        ),
+    ],
+)
 def test_quote_suggests_the_nearest_name_on_a_typo(args, hint):
     r = invoke("quote", *args, "--at", "2026-05-01T00:00:00Z")
     assert r.exit_code == 2 and hint in r.stderr, r.stderr
@@ -147,11 +236,17 @@ def test_quote_suggests_the_nearest_name_on_a_typo(args, hint):
 
 # 2. JSON Lines, standard input, COLUMNS
 def test_simulate_json_reads_standard_input():
-    r = invoke("simulate", "-", "--out", "/tmp/rating-cli-test-sim", "--json", input=DEMO.read_text())
+    r = invoke(
+        "simulate", "-", "--out", "/tmp/rating-cli-test-sim", "--json", input=DEMO.read_text()
+    )
     assert r.exit_code == 0, r.output
     rows = json_lines(r.stdout)
     counts = rows[-1]
-    assert counts["kind"] == "counts" and (counts["consumed"], counts["rated"], counts["rejected"]) == (42, 25, 6)
+    assert counts["kind"] == "counts" and (
+        counts["consumed"],
+        counts["rated"],
+        counts["rejected"],
+    ) == (42, 25, 6)
     accounts = [x for x in rows if x["kind"] == "account"]
     assert accounts and all(Decimal(x["rated"]) >= 0 and "E" not in x["rated"] for x in accounts)
 
@@ -159,9 +254,23 @@ def test_simulate_json_reads_standard_input():
 def test_dlq_list_json_is_one_object_per_letter(monkeypatch):
     from streams.cli import dlq
 
-    letters = [dlq.Letter({"dead_letter_id": f"d{i}", "reason_code": "unknown_model", "source_topic": "billing.events",
-                           "source_partition": 0, "source_offset": i, "event_id": f"e{i}", "main_account_id": "a",
-                           "reason": "no price", "payload": b"\x00\x01"}, i) for i in range(3)]
+    letters = [
+        dlq.Letter(
+            {
+                "dead_letter_id": f"d{i}",
+                "reason_code": "unknown_model",
+                "source_topic": "billing.events",
+                "source_partition": 0,
+                "source_offset": i,
+                "event_id": f"e{i}",
+                "main_account_id": "a",
+                "reason": "no price",
+                "payload": b"\x00\x01",
+            },
+            i,
+        )
+        for i in range(3)
+    ]
 
     async def fake_letters(s):
         return letters
@@ -174,46 +283,76 @@ def test_dlq_list_json_is_one_object_per_letter(monkeypatch):
     r = invoke("dlq", "list", "--json", env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
     assert r.exit_code == 0, r.output
     rows = json_lines(r.stdout)
-    assert [x["dead_letter_id"] for x in rows] == ["d0", "d1", "d2"] and [x["redriven"] for x in rows] == [False, True, False]
+    assert [x["dead_letter_id"] for x in rows] == ["d0", "d1", "d2"] and [
+        x["redriven"] for x in rows
+    ] == [False, True, False]
     assert rows[0]["payload"] == "AAE="  # bytes as base64
 
 
 def test_json_lines_write_decimals_exact_and_without_exponent():
     from streams.cli.common import json_line
 
-    assert json.loads(json_line({"a": Decimal("1E+2"), "b": Decimal("1.5E-9")})) == {"a": "100", "b": "0.0000000015"}
+    assert json.loads(json_line({"a": Decimal("1E+2"), "b": Decimal("1.5E-9")})) == {
+        "a": "100",
+        "b": "0.0000000015",
+    }
 
 
 def test_columns_is_respected_when_output_is_not_a_terminal():
     from streams.cli.common import console_width
 
     assert console_width({"COLUMNS": "300"}, isatty=False) == 300
-    assert console_width({}, isatty=False) == 160 and console_width({"COLUMNS": "x"}, isatty=False) == 160
+    assert (
+        console_width({}, isatty=False) == 160
+        and console_width({"COLUMNS": "x"}, isatty=False) == 160
+    )
     assert console_width({"COLUMNS": "300"}, isatty=True) is None  # a terminal sizes itself
-    r = subprocess.run([sys.executable, "-m", "streams.cli.main", "profiles", "jiekou"], capture_output=True, text=True,
-                       cwd=ROOT, env={**os.environ, "COLUMNS": "60"}, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "streams.cli.main", "profiles", "jiekou"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "COLUMNS": "60"},
+        timeout=60,
+    )
     assert r.returncode == 0 and max(len(l) for l in r.stdout.splitlines()) <= 60
 
 
 # 3. the run-file of an embedded `rating run`
 def test_run_file_is_found_by_clients_and_ignored_once_its_process_is_gone(tmp_path):
-    from streams.cli.runfile import attached_settings, read_run_file, remove_run_file, write_run_file
+    from streams.cli.runfile import (
+        attached_settings,
+        read_run_file,
+        remove_run_file,
+        write_run_file,
+    )
     from streams.config import Settings
 
     path = tmp_path / "run.json"
-    run = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:40404", "CHDB_PATH": str(tmp_path / "chdb"),
-                             "KAFKA_PARTITIONS": "6"})
+    run = Settings.from_env(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:40404",
+            "CHDB_PATH": str(tmp_path / "chdb"),
+            "KAFKA_PARTITIONS": "6",
+        }
+    )
     write_run_file(run, path)
     assert read_run_file(path)["pid"] == os.getpid()
     s, record = attached_settings({}, path)
     assert record and s.kafka_bootstrap_servers == "127.0.0.1:40404" and s.kafka_partitions == 6
     assert s.chdb_path == (tmp_path / "chdb").resolve()
-    s, record = attached_settings({"KAFKA_BOOTSTRAP_SERVERS": "k:9092"}, path)  # the environment wins
+    s, record = attached_settings(
+        {"KAFKA_BOOTSTRAP_SERVERS": "k:9092"}, path
+    )  # the environment wins
     assert record is None and s.kafka_bootstrap_servers == "k:9092"
-    assert "PASSWORD" not in path.read_text() and "CLICKHOUSE_URL" not in path.read_text()  # never a secret
+    assert (
+        "PASSWORD" not in path.read_text() and "CLICKHOUSE_URL" not in path.read_text()
+    )  # never a secret
     remove_run_file(path)
     assert not path.exists()
-    path.write_text(json.dumps({"pid": 2 ** 22 + 12345, "settings": {"KAFKA_BOOTSTRAP_SERVERS": "x:1"}}))
+    path.write_text(
+        json.dumps({"pid": 2**22 + 12345, "settings": {"KAFKA_BOOTSTRAP_SERVERS": "x:1"}})
+    )
     assert read_run_file(path) is None and attached_settings({}, path)[1] is None  # a SIGKILLed run
 
 
@@ -223,7 +362,9 @@ def test_a_locked_chdb_is_one_clear_line_not_a_traceback(monkeypatch, tmp_path):
     import streams.sink.clickhouse as ch
 
     def locked(settings):
-        raise ProgrammingError("Unable to open the chdb engine at '/x': Failed to create connection")
+        raise ProgrammingError(
+            "Unable to open the chdb engine at '/x': Failed to create connection"
+        )
 
     monkeypatch.setattr(ch, "connect", locked)
     r = invoke("trace", "some-id", env={"CHDB_PATH": str(tmp_path / "chdb")})
@@ -237,7 +378,9 @@ def test_demo_uses_its_own_chdb_even_with_clickhouse_url_in_the_environment(monk
 
     monkeypatch.setenv("CLICKHOUSE_URL", "http://finance@prod-clickhouse:8123/billing")
     monkeypatch.setenv("CLICKHOUSE_PASSWORD", "s3cret")
-    settings = LocalPipeline(tmp_path, env_overrides=demo_env()).start_broker(bootstrap="127.0.0.1:1")
+    settings = LocalPipeline(tmp_path, env_overrides=demo_env()).start_broker(
+        bootstrap="127.0.0.1:1"
+    )
     assert settings.embedded_clickhouse and settings.chdb_path == tmp_path / "chdb"
     assert settings.clickhouse_url == "" and settings.clickhouse_password == ""
 
@@ -247,7 +390,9 @@ def test_amounts_are_rounded_for_presentation_and_never_in_exponent_form():
     from streams.cli.common import amount, exact
 
     assert amount(Decimal("1E+2")) == "100.000000" and amount(Decimal("1.5E-9")) == "0.000000"
-    assert amount(Decimal("0.0000005")) == "0.000000" and amount(Decimal("0.0000015")) == "0.000002"  # half-even
+    assert (
+        amount(Decimal("0.0000005")) == "0.000000" and amount(Decimal("0.0000015")) == "0.000002"
+    )  # half-even
     assert exact(Decimal("1.5E-9")) == "0.0000000015" and exact(Decimal("1E+2")) == "100"
 
 
@@ -261,8 +406,21 @@ def test_demo_totals_are_per_currency():
 
 
 def test_outputs_show_no_exponent():
-    for args in (("quote", "-p", "tokenhub", "-m", "kimi-k2.5", "--input", "1", "--at", "2026-05-01T00:00:00Z"),
-                 ("simulate", str(DEMO), "--out", "/tmp/rating-cli-test-sim2"), ("profiles",)):
+    for args in (
+        (
+            "quote",
+            "-p",
+            "tokenhub",
+            "-m",
+            "kimi-k2.5",
+            "--input",
+            "1",
+            "--at",
+            "2026-05-01T00:00:00Z",
+        ),
+        ("simulate", str(DEMO), "--out", "/tmp/rating-cli-test-sim2"),
+        ("profiles",),
+    ):
         r = invoke(*args)
         assert r.exit_code == 0 and not re.search(r"\d E[+-]?\d|\dE[+-]\d", r.stdout), r.stdout
 
@@ -278,23 +436,55 @@ def test_every_subcommand_has_an_example_and_no_bool_value():
         if cmd in EXAMPLES:
             assert "Example: " in r.stdout and "rating " in r.stdout.split("Example: ")[1], cmd
     registered = {c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands}
-    registered |= {f"{g.name} {c.name or c.callback.__name__}" for g in app.registered_groups
-                   for c in g.typer_instance.registered_commands}
+    registered |= {
+        f"{g.name} {c.name or c.callback.__name__}"
+        for g in app.registered_groups
+        for c in g.typer_instance.registered_commands
+    }
     assert registered == set(EXAMPLES)  # a new subcommand needs its example
 
 
 # 8. user errors: a message and an exit code, never a traceback
-@pytest.mark.parametrize("args,fragment", [
-    (("simulate", "no-such.jsonl"), "no-such.jsonl"),
-    (("simulate", str(DEMO), "--until", "tomorrow"), "--until"),
-    (("quote", "-p", "tokenhub", "-m", "kimi-k2.5", "--at", "yesterday"), "event_time"),
-    (("rerate", "-p", "jiekou", "--prices", "2026-05-cut", "--from", "2026-05-01T00:00:00+08:00", "--to",
-      "2026-05-02T00:00:00+08:00", "--input", str(DEMO)), "no price version '2026-05-cut'"),
-    (("rerate", "-p", "jiekou", "--prices", "x", "--from", "2026-05-02T00:00:00+08:00", "--to", "2026-05-01T00:00:00+08:00"),
-     "--to must be after --from"),
-    (("profiles", "nope"), "unknown profile"),
-    (("demo", "missing.jsonl"), "missing.jsonl"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (("simulate", "no-such.jsonl"), "no-such.jsonl"),
+        (("simulate", str(DEMO), "--until", "tomorrow"), "--until"),
+        (("quote", "-p", "tokenhub", "-m", "kimi-k2.5", "--at", "yesterday"), "event_time"),
+        (
+            (
+                "rerate",
+                "-p",
+                "jiekou",
+                "--prices",
+                "2026-05-cut",
+                "--from",
+                "2026-05-01T00:00:00+08:00",
+                "--to",
+                "2026-05-02T00:00:00+08:00",
+                "--input",
+                str(DEMO),
+            ),
+            "no price version '2026-05-cut'",
+        ),
+        (
+            (
+                "rerate",
+                "-p",
+                "jiekou",
+                "--prices",
+                "x",
+                "--from",
+                "2026-05-02T00:00:00+08:00",
+                "--to",
+                "2026-05-01T00:00:00+08:00",
+            ),
+            "--to must be after --from",
+        ),
+        (("profiles", "nope"), "unknown profile"),
+        (("demo", "missing.jsonl"), "missing.jsonl"),
+    ],
+)
 def test_user_errors_are_a_message_and_exit_code(args, fragment):
     r = invoke(*args)
     assert r.exit_code == 2, r.output

@@ -18,7 +18,17 @@ from rich.console import Console
 from streams.cli.common import shown, visible
 from streams.config import Settings
 
-HOSTILE = ["[/x]", "[bold red]RED[/]", "a\x1b[2Jb", "n\u200b5", "r\u202eev", "nul\x00", "line\nbreak", ":thumbs_up:", "x\\[y]"]
+HOSTILE = [
+    "[/x]",
+    "[bold red]RED[/]",
+    "a\x1b[2Jb",
+    "n\u200b5",
+    "r\u202eev",
+    "nul\x00",
+    "line\nbreak",
+    ":thumbs_up:",
+    "x\\[y]",
+]
 
 
 @pytest.mark.parametrize("value", HOSTILE)
@@ -31,18 +41,47 @@ def test_shown_values_print_as_written_and_never_raw(value):
 
 
 def test_visible_writes_invisible_characters_as_escapes():
-    assert visible("a\x1bb") == "a\\x1bb" and visible("n\u200b5") == "n\\u200b5" and visible("plain") == "plain"
+    assert (
+        visible("a\x1bb") == "a\\x1bb"
+        and visible("n\u200b5") == "n\\u200b5"
+        and visible("plain") == "plain"
+    )
 
 
 def _hostile_jsonl(tmp_path: Path) -> Path:
     acct = "[/x]"
     lines = [
-        {"kind": "account", "event_id": "[bold]a-1", "account_id": acct, "main_account_id": acct,
-         "event_time": "2026-05-01T08:00:00+08:00", "type": "account_opened", "profile": "tokenhub", "amount": "10", "post_paid": True},
-        {"kind": "usage", "event_id": "[/u-1]", "account_id": acct, "main_account_id": acct,
-         "event_time": "2026-05-01T09:00:00+08:00", "item": "tokens", "model": "kimi-k2.5", "input_tokens": 1000},
-        {"kind": "usage", "event_id": "u-2", "account_id": acct, "main_account_id": acct,
-         "event_time": "2026-05-01T09:00:00+08:00", "item": "tokens", "model": "[/m]\x1b[31m", "input_tokens": 1000},
+        {
+            "kind": "account",
+            "event_id": "[bold]a-1",
+            "account_id": acct,
+            "main_account_id": acct,
+            "event_time": "2026-05-01T08:00:00+08:00",
+            "type": "account_opened",
+            "profile": "tokenhub",
+            "amount": "10",
+            "post_paid": True,
+        },
+        {
+            "kind": "usage",
+            "event_id": "[/u-1]",
+            "account_id": acct,
+            "main_account_id": acct,
+            "event_time": "2026-05-01T09:00:00+08:00",
+            "item": "tokens",
+            "model": "kimi-k2.5",
+            "input_tokens": 1000,
+        },
+        {
+            "kind": "usage",
+            "event_id": "u-2",
+            "account_id": acct,
+            "main_account_id": acct,
+            "event_time": "2026-05-01T09:00:00+08:00",
+            "item": "tokens",
+            "model": "[/m]\x1b[31m",
+            "input_tokens": 1000,
+        },
     ]
     path = tmp_path / "[x] [b].jsonl"
     path.write_bytes(b"\n".join(orjson.dumps(l) for l in lines) + b"\n")
@@ -52,8 +91,13 @@ def _hostile_jsonl(tmp_path: Path) -> Path:
 def test_simulate_with_markup_in_ids_does_not_crash(tmp_path):
     events = _hostile_jsonl(tmp_path)
     rating = Path(sys.executable).with_name("rating")
-    done = subprocess.run([str(rating), "simulate", str(events), "--out", str(tmp_path / "out")], capture_output=True,
-                          text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"})
+    done = subprocess.run(
+        [str(rating), "simulate", str(events), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+    )
     assert done.returncode == 0, done.stderr
     assert "[/x]" in done.stdout and "[x] [b].jsonl" in done.stdout
 
@@ -61,14 +105,40 @@ def test_simulate_with_markup_in_ids_does_not_crash(tmp_path):
 def test_trace_render_shows_hostile_values_as_written(capsys):
     from streams.cli import trace
 
-    d = {"deduction_id": "[bold red]RED[/]", "kind": "usage", "event_id": "e\x1b[2J", "trace_id": "[/x]", "account_id": "a",
-         "main_account_id": "[/x]", "event_time": datetime(2026, 5, 1), "currency": "CNY", "price_version": "p@1",
-         "item": "tokens", "model": "[/model]", "variant": None, "quantities": {"input": "1"},
-         "lines_json": '[{"component":"input","units":"1","unit_price":"1","amount":"1"}]', "rated_amount": Decimal(1),
-         "split_bucket_kind": ["cash"], "split_bucket_id": ["[/c]"], "split_amount": [Decimal(1)],
-         "unbilled_amount": Decimal(0), "unbilled_reason": "", "settlement_id": "", "adjusts_deduction_id": "", "rerate_id": ""}
-    trace.render({"query": "[/x]", "found_as": "deduction / event / trace", "settlement_lines": [], "deductions": [d],
-                  "dead_letters": [{"dead_letter_id": "[/d]", "reason_code": "x", "reason": "[/r]"}]})
+    d = {
+        "deduction_id": "[bold red]RED[/]",
+        "kind": "usage",
+        "event_id": "e\x1b[2J",
+        "trace_id": "[/x]",
+        "account_id": "a",
+        "main_account_id": "[/x]",
+        "event_time": datetime(2026, 5, 1),
+        "currency": "CNY",
+        "price_version": "p@1",
+        "item": "tokens",
+        "model": "[/model]",
+        "variant": None,
+        "quantities": {"input": "1"},
+        "lines_json": '[{"component":"input","units":"1","unit_price":"1","amount":"1"}]',
+        "rated_amount": Decimal(1),
+        "split_bucket_kind": ["cash"],
+        "split_bucket_id": ["[/c]"],
+        "split_amount": [Decimal(1)],
+        "unbilled_amount": Decimal(0),
+        "unbilled_reason": "",
+        "settlement_id": "",
+        "adjusts_deduction_id": "",
+        "rerate_id": "",
+    }
+    trace.render(
+        {
+            "query": "[/x]",
+            "found_as": "deduction / event / trace",
+            "settlement_lines": [],
+            "deductions": [d],
+            "dead_letters": [{"dead_letter_id": "[/d]", "reason_code": "x", "reason": "[/r]"}],
+        }
+    )
     out = capsys.readouterr().out
     for text in ("[bold red]RED[/]", "[/model]", "[/c]", "[/d]", "[/r]", "e\\x1b[2J"):
         assert text in out
@@ -77,13 +147,23 @@ def test_trace_render_shows_hostile_values_as_written(capsys):
 
 def test_account_render_escapes_ids(capsys):
     from streams.cli.account import render
-    from streams.ledger.ledger import Ledger
     from streams.ingest.events import parse_json_event
+    from streams.ledger.ledger import Ledger
     from streams.rating.profiles import Profiles
 
-    state = Ledger(Profiles()).open_account(parse_json_event({
-        "kind": "account", "event_id": "o", "account_id": "[/x]", "main_account_id": "[/x]",
-        "event_time": "2026-05-01T08:00:00+08:00", "type": "account_opened", "profile": "tokenhub"}))
+    state = Ledger(Profiles()).open_account(
+        parse_json_event(
+            {
+                "kind": "account",
+                "event_id": "o",
+                "account_id": "[/x]",
+                "main_account_id": "[/x]",
+                "event_time": "2026-05-01T08:00:00+08:00",
+                "type": "account_opened",
+                "profile": "tokenhub",
+            }
+        )
+    )
     state.sub_accounts.add("[bold]sub")
     render(state)
     out = capsys.readouterr().out
@@ -95,19 +175,38 @@ def test_account_render_escapes_ids(capsys):
 
 def _letter(offset: int, reason: str, obj: dict):
     from streams.cli.dlq import Letter
-    from streams.ingest.producer import encode_line
     from streams.ingest.codec import registry
+    from streams.ingest.producer import encode_line
 
     key, payload, _ = encode_line(registry(), orjson.dumps(obj))
-    record = {"dead_letter_id": f"dl-{offset}", "reason_code": reason, "reason": "", "source_topic": "billing.events",
-              "source_partition": 0, "source_offset": offset, "event_id": obj["event_id"],
-              "main_account_id": obj["main_account_id"], "trace_id": None, "event_time": None, "key": key, "payload": payload}
+    record = {
+        "dead_letter_id": f"dl-{offset}",
+        "reason_code": reason,
+        "reason": "",
+        "source_topic": "billing.events",
+        "source_partition": 0,
+        "source_offset": offset,
+        "event_id": obj["event_id"],
+        "main_account_id": obj["main_account_id"],
+        "trace_id": None,
+        "event_time": None,
+        "key": key,
+        "payload": payload,
+    }
     return Letter(record, offset)
 
 
 def _usage(event_id: str, main: str, model: str = "kimi-k2.5") -> dict:
-    return {"kind": "usage", "event_id": event_id, "account_id": main, "main_account_id": main,
-            "event_time": "2026-05-01T09:00:00+08:00", "item": "tokens", "model": model, "input_tokens": 1000}
+    return {
+        "kind": "usage",
+        "event_id": event_id,
+        "account_id": main,
+        "main_account_id": main,
+        "event_time": "2026-05-01T09:00:00+08:00",
+        "item": "tokens",
+        "model": model,
+        "input_tokens": 1000,
+    }
 
 
 def test_redrive_check_passes_only_what_would_now_be_accepted():
@@ -116,18 +215,38 @@ def test_redrive_check_passes_only_what_would_now_be_accepted():
     from streams.ledger.ledger import Ledger
     from streams.rating.profiles import Profiles
 
-    open_ = {"kind": "account", "event_id": "o-1", "account_id": "open", "main_account_id": "open",
-             "event_time": "2026-05-01T08:00:00+08:00", "type": "account_opened", "profile": "tokenhub", "amount": "10",
-             "post_paid": True}
+    open_ = {
+        "kind": "account",
+        "event_id": "o-1",
+        "account_id": "open",
+        "main_account_id": "open",
+        "event_time": "2026-05-01T08:00:00+08:00",
+        "type": "account_opened",
+        "profile": "tokenhub",
+        "amount": "10",
+        "post_paid": True,
+    }
     opened = Ledger(Profiles()).open_account(parse_json_event(open_))
     check = Verdicts(Settings.from_env({}), {"open": opened})
     late_open = dict(open_, event_id="o-2", account_id="late", main_account_id="late")
     cases = [
-        (_letter(1, "unknown_account", _usage("u-1", "ghost")), False, "unknown_account"),   # still never opened
-        (_letter(2, "unknown_account", _usage("u-2", "open")), True, "rates now"),           # opened since
-        (_letter(3, "unknown_model", _usage("u-3", "open", model="gpt-9")), False, "unknown_model"),  # cause unchanged
-        (_letter(4, "unknown_account", late_open), True, "applies now"),                     # an opening letter ...
-        (_letter(5, "unknown_account", _usage("u-5", "late")), True, "rates now"),           # ... lets its usage pass
+        (
+            _letter(1, "unknown_account", _usage("u-1", "ghost")),
+            False,
+            "unknown_account",
+        ),  # still never opened
+        (_letter(2, "unknown_account", _usage("u-2", "open")), True, "rates now"),  # opened since
+        (
+            _letter(3, "unknown_model", _usage("u-3", "open", model="gpt-9")),
+            False,
+            "unknown_model",
+        ),  # cause unchanged
+        (_letter(4, "unknown_account", late_open), True, "applies now"),  # an opening letter ...
+        (
+            _letter(5, "unknown_account", _usage("u-5", "late")),
+            True,
+            "rates now",
+        ),  # ... lets its usage pass
     ]
     for letter, ok, fragment in cases:
         passed, verdict = check.check(letter)
@@ -176,11 +295,25 @@ def test_redrive_dry_run_lists_each_letter_with_its_verdict_and_sends_nothing(mo
     from streams.ledger.ledger import Ledger
     from streams.rating.profiles import Profiles
 
-    opened = Ledger(Profiles()).open_account(parse_json_event({
-        "kind": "account", "event_id": "o", "account_id": "open", "main_account_id": "open",
-        "event_time": "2026-05-01T08:00:00+08:00", "type": "account_opened", "profile": "tokenhub", "amount": "10",
-        "post_paid": True}))
-    letters = [_letter(1, "unknown_account", _usage("u-ghost", "ghost")), _letter(2, "unknown_account", _usage("u-open", "open"))]
+    opened = Ledger(Profiles()).open_account(
+        parse_json_event(
+            {
+                "kind": "account",
+                "event_id": "o",
+                "account_id": "open",
+                "main_account_id": "open",
+                "event_time": "2026-05-01T08:00:00+08:00",
+                "type": "account_opened",
+                "profile": "tokenhub",
+                "amount": "10",
+                "post_paid": True,
+            }
+        )
+    )
+    letters = [
+        _letter(1, "unknown_account", _usage("u-ghost", "ghost")),
+        _letter(2, "unknown_account", _usage("u-open", "open")),
+    ]
     _fake_letters(monkeypatch, letters, {"open": opened})
 
     async def no_send(s, letters):
@@ -191,7 +324,12 @@ def test_redrive_dry_run_lists_each_letter_with_its_verdict_and_sends_nothing(mo
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())
     assert "1 would be rejected again (not sent), 1 to send" in out
-    assert "u-ghost" in out and "u-open" in out and "rates now at" in out and "would still be rejected: unknown_account" in out
+    assert (
+        "u-ghost" in out
+        and "u-open" in out
+        and "rates now at" in out
+        and "would still be rejected: unknown_account" in out
+    )
 
 
 def test_redrive_sends_only_what_would_pass(monkeypatch):

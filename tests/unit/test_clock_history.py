@@ -24,7 +24,11 @@ def test_without_a_commit_the_history_is_capped():
     assert bounded_history(history, None) == history[-MAX_ROUNDS:]
 
 
-@given(st.lists(st.integers(1, 50), min_size=1, max_size=60), st.integers(0, 3000), st.integers(0, 3000))
+@given(
+    st.lists(st.integers(1, 50), min_size=1, max_size=60),
+    st.integers(0, 3000),
+    st.integers(0, 3000),
+)
 def test_a_restart_at_or_after_the_commit_restores_the_same_clock(steps, committed, resume_after):
     offsets, history, offset = [], [], 0
     for i, step in enumerate(steps):
@@ -32,4 +36,6 @@ def test_a_restart_at_or_after_the_commit_restores_the_same_clock(steps, committ
         history.append((offset, i + 1))
         offsets.append(offset)
     first_offset = committed + resume_after % 100
-    assert restored_clock(bounded_history(history, committed), first_offset) == restored_clock(history, first_offset)
+    assert restored_clock(bounded_history(history, committed), first_offset) == restored_clock(
+        history, first_offset
+    )

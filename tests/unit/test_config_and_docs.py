@@ -11,7 +11,9 @@ def test_readme_documents_every_setting_with_its_default():
     for name, (default, _) in SETTINGS.items():
         row = next((l for l in README.splitlines() if l.startswith(f"| `{name}` |")), None)
         assert row is not None, f"README lacks {name}"
-        assert (f"`{default}`" if default else "*(empty)*") in row, f"README default of {name} differs"
+        assert (f"`{default}`" if default else "*(empty)*") in row, (
+            f"README default of {name} differs"
+        )
 
 
 def test_defaults_are_the_embedded_setup():
@@ -21,16 +23,28 @@ def test_defaults_are_the_embedded_setup():
 
 
 def test_env_round_trip():
-    s = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "KAFKA_PARTITIONS": "12", "CLICKHOUSE_URL": "http://u@h:8123/db"})
+    s = Settings.from_env(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": "k:9092",
+            "KAFKA_PARTITIONS": "12",
+            "CLICKHOUSE_URL": "http://u@h:8123/db",
+        }
+    )
     assert Settings.from_env(s.to_env()) == s
 
 
-@pytest.mark.parametrize("env,fragment", [
-    ({"KAFKA_PARTITIONS": "many"}, "KAFKA_PARTITIONS='many' is not an integer"),
-    ({"KAFKA_PARTITIONS": "0"}, "must be at least 1"),
-    ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
-    ({"WORKER_STALL_TIMEOUT_S": "-1"}, "WORKER_STALL_TIMEOUT_S='-1' must be at least 0 (0 = never)"),
-])
+@pytest.mark.parametrize(
+    "env,fragment",
+    [
+        ({"KAFKA_PARTITIONS": "many"}, "KAFKA_PARTITIONS='many' is not an integer"),
+        ({"KAFKA_PARTITIONS": "0"}, "must be at least 1"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        (
+            {"WORKER_STALL_TIMEOUT_S": "-1"},
+            "WORKER_STALL_TIMEOUT_S='-1' must be at least 0 (0 = never)",
+        ),
+    ],
+)
 def test_bad_settings_name_the_variable(env, fragment):
     with pytest.raises(ConfigError) as info:
         Settings.from_env(env)
@@ -39,8 +53,14 @@ def test_bad_settings_name_the_variable(env, fragment):
 
 def test_only_the_projects_own_variables_are_read():
     # a Kafka install's KAFKA_HOME, a ClickHouse client's CLICKHOUSE_USER: other programs' settings
-    s = Settings.from_env({"KAFKA_HOME": "/opt/kafka", "CLICKHOUSE_USER": "default", "WORKER_SOMETHING": "x",
-                           "KAFKA_PARTITIONS": "6"})
+    s = Settings.from_env(
+        {
+            "KAFKA_HOME": "/opt/kafka",
+            "CLICKHOUSE_USER": "default",
+            "WORKER_SOMETHING": "x",
+            "KAFKA_PARTITIONS": "6",
+        }
+    )
     assert s.kafka_partitions == 6 and s == Settings.from_env({"KAFKA_PARTITIONS": "6"})
 
 
@@ -50,7 +70,13 @@ def test_a_stall_timeout_of_zero_means_never():
 
 
 def test_secrets_do_not_appear_in_repr_or_display():
-    s = Settings.from_env({"CLICKHOUSE_URL": "http://u:pw-in-url@h:8123/db", "CLICKHOUSE_PASSWORD": "s3cret", "KAFKA_SASL_PASSWORD": "k-s3cret"})
+    s = Settings.from_env(
+        {
+            "CLICKHOUSE_URL": "http://u:pw-in-url@h:8123/db",
+            "CLICKHOUSE_PASSWORD": "s3cret",
+            "KAFKA_SASL_PASSWORD": "k-s3cret",
+        }
+    )
     text = repr(s) + s.clickhouse_dsn_for_display()
     assert "s3cret" not in text and "pw-in-url" not in text
 

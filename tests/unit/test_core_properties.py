@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams.engine import BillingEngine, Outcome
-from streams.ingest.events import Rejected, TOKEN_ITEMS, parse_json_event, parse_usage
+from streams.ingest.events import TOKEN_ITEMS, Rejected, parse_json_event, parse_usage
 from streams.ingest.partitioner import partition_for
 from streams.ledger.state import AccountState
 from streams.rating.profiles import Profiles
@@ -47,13 +47,17 @@ PROFILE_NAMES = ("coze-pro", "tokenhub", "ark", "jiekou")
 # ``quick`` by default, HYPOTHESIS_PROFILE=thorough for a long run); only what every test here
 # needs regardless of the profile is set.
 SETTINGS = settings(
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
 )
 
 MINUTE = 60_000
 HOUR = 60 * MINUTE
 DAY = 24 * HOUR
-UTC = timezone.utc
+UTC = UTC
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -71,15 +75,35 @@ LAST_MS = ms_of("2026-12-20T00:00:00+08:00")
 KIND_RANK = {"free": 0, "trial": 1, "pack": 2, "voucher": 3, "cash": 4}
 COVER_ORDER = ("cache_hit", "input", "cache_write", "output", "reasoning")  # §3 trial decision
 COZE_DAILY_GRANT = Decimal("0.5")  # 500 points a day, 1 CNY = 1000 points
-COZE_FINE_TUNED: set[str] = set()  # fine-tuned calls are a flag on the event now (none generated here)
+COZE_FINE_TUNED: set[str] = (
+    set()
+)  # fine-tuned calls are a flag on the event now (none generated here)
 # §3: the unified Coze pack covers agent calls, knowledge base overage, models (except fine-tuned
 # and Ark models), voice and RTC; the daily free points have the same scope.
-COZE_PLATFORM_ITEMS = {"tokens", "agent_call", "kb_storage", "tts", "asr_streaming", "asr_file", "rtc_audio", "rtc_video"}
-POINTS_PER_UNIT = {"coze-pro": Decimal(1000), "tokenhub": Decimal(1), "ark": Decimal(1), "jiekou": Decimal(1)}
+COZE_PLATFORM_ITEMS = {
+    "tokens",
+    "agent_call",
+    "kb_storage",
+    "tts",
+    "asr_streaming",
+    "asr_file",
+    "rtc_audio",
+    "rtc_video",
+}
+POINTS_PER_UNIT = {
+    "coze-pro": Decimal(1000),
+    "tokenhub": Decimal(1),
+    "ark": Decimal(1),
+    "jiekou": Decimal(1),
+}
 
 
 def coze_platform_scope(item: str, model: str | None) -> bool:
-    return item in COZE_PLATFORM_ITEMS and model not in COZE_FINE_TUNED and not (model or "").startswith("ark/")
+    return (
+        item in COZE_PLATFORM_ITEMS
+        and model not in COZE_FINE_TUNED
+        and not (model or "").startswith("ark/")
+    )
 
 
 def shanghai_day(ms: int) -> str:
@@ -108,15 +132,19 @@ def _catalog(name: str) -> tuple[Offer, ...]:
     profile = PROFILES[name]
     out = []
     rows = profile.versions[-1].rows
-    for (item, model) in sorted(rows, key=lambda k: (k[0], k[1] or "")):
+    for item, model in sorted(rows, key=lambda k: (k[0], k[1] or "")):
         for variant in sorted(rows[(item, model)], key=lambda v: v or ""):
             row = rows[(item, model)][variant]
             if item in TOKEN_ITEMS:
                 top = row.token_tiers()[-1].up_to
-                out.append(Offer(item, model, variant, None, max_input=top if top is not None else 200_000))
+                out.append(
+                    Offer(item, model, variant, None, max_input=top if top is not None else 200_000)
+                )
             else:
                 ranged = (row.credits_min, row.credits_max) if row.credits_from_event else None
-                out.append(Offer(item, model, variant, row.unit, credits=row.credits, credits_range=ranged))
+                out.append(
+                    Offer(item, model, variant, row.unit, credits=row.credits, credits_range=ranged)
+                )
     if name == "coze-pro":  # Ark models are billed by Ark, not Coze (§2)
         out.append(Offer("tokens", "ark/doubao-seed-1.6", None, None, max_input=32_000))
     return tuple(out)
@@ -175,7 +203,11 @@ class Scenario:
     expect_rejected: set[str]
 
     def __repr__(self) -> str:  # readable falsifying examples
-        return "Scenario(\n" + "\n".join(f"  {r!r}," for r in self.raws) + f"\n  expect_rejected={sorted(self.expect_rejected)})"
+        return (
+            "Scenario(\n"
+            + "\n".join(f"  {r!r}," for r in self.raws)
+            + f"\n  expect_rejected={sorted(self.expect_rejected)})"
+        )
 
 
 def usage_fields(draw, offer: Offer) -> dict[str, Any]:
@@ -191,10 +223,19 @@ def usage_fields(draw, offer: Offer) -> dict[str, Any]:
         out = rs = 0
         if offer.item == "tokens":
             # now and then a very long answer, so that 500k/1M-token trial quotas run out mid-request
-            out = draw(st.one_of(st.integers(0, 2_000), st.integers(0, 150_000), st.integers(100_000, 400_000)))
+            out = draw(
+                st.one_of(
+                    st.integers(0, 2_000), st.integers(0, 150_000), st.integers(100_000, 400_000)
+                )
+            )
             rs = draw(st.one_of(st.just(0), st.integers(0, out)))
-        for name, value in (("input_tokens", inp), ("cache_hit_tokens", ch), ("cache_write_tokens", cw),
-                            ("output_tokens", out), ("reasoning_tokens", rs)):
+        for name, value in (
+            ("input_tokens", inp),
+            ("cache_hit_tokens", ch),
+            ("cache_write_tokens", cw),
+            ("output_tokens", out),
+            ("reasoning_tokens", rs),
+        ):
             if value or draw(st.booleans()):
                 d[name] = value
     else:
@@ -217,16 +258,32 @@ def usage_fields(draw, offer: Offer) -> dict[str, Any]:
     return d
 
 
-COMMON_KINDS = ["usage"] * 9 + ["sub_usage", "top_up", "voucher_granted", "post_paid_switched",
-                                 "balance_threshold_set", "sub_account_linked"]
+COMMON_KINDS = ["usage"] * 9 + [
+    "sub_usage",
+    "top_up",
+    "voucher_granted",
+    "post_paid_switched",
+    "balance_threshold_set",
+    "sub_account_linked",
+]
 PROFILE_KINDS = {
     "coze-pro": ["pack_purchased"] * 3,
     "tokenhub": ["trial_claimed"],
     "ark": ["model_activated", "trial_claimed", "inference_limit_set"],
     "jiekou": ["voucher_granted"],
 }
-BAD_KINDS = ["bad_top_up", "bad_voucher", "bad_pack", "bad_usage", "bad_variant", "bad_stranger",
-             "bad_reopen", "bad_self_sub", "bad_ghost", "bad_whole_units"]
+BAD_KINDS = [
+    "bad_top_up",
+    "bad_voucher",
+    "bad_pack",
+    "bad_usage",
+    "bad_variant",
+    "bad_stranger",
+    "bad_reopen",
+    "bad_self_sub",
+    "bad_ghost",
+    "bad_whole_units",
+]
 
 
 @st.composite
@@ -236,10 +293,17 @@ def scenarios(draw, max_accounts: int = 3, max_events: int = 30, invalid: bool =
     expect_rejected: set[str] = set()
     clock = BASE_MS + draw(st.integers(0, 100)) * DAY + draw(st.integers(0, DAY - 1))
 
-    def base(acc: Acc, kind: str, account_id: str | None = None, main: str | None = None) -> dict[str, Any]:
+    def base(
+        acc: Acc, kind: str, account_id: str | None = None, main: str | None = None
+    ) -> dict[str, Any]:
         n = next(counter)
-        d = {"kind": kind, "event_id": f"ev-{n:04d}", "account_id": account_id or acc.id,
-             "main_account_id": main or acc.id, "event_time": fmt_time(draw, clock)}
+        d = {
+            "kind": kind,
+            "event_id": f"ev-{n:04d}",
+            "account_id": account_id or acc.id,
+            "main_account_id": main or acc.id,
+            "event_time": fmt_time(draw, clock),
+        }
         if kind == "usage":
             d["trace_id"] = f"tr-{n:04d}"
         return d
@@ -249,7 +313,11 @@ def scenarios(draw, max_accounts: int = 3, max_events: int = 30, invalid: bool =
         profile = draw(st.sampled_from(PROFILE_NAMES))
         acc = Acc(f"acc{i}-{profile}", profile)
         if draw(st.booleans()):
-            acc.offers = tuple(draw(st.lists(st.sampled_from(CATALOG[profile]), min_size=1, max_size=3, unique=True)))
+            acc.offers = tuple(
+                draw(
+                    st.lists(st.sampled_from(CATALOG[profile]), min_size=1, max_size=3, unique=True)
+                )
+            )
         else:
             acc.offers = CATALOG[profile]
         accounts.append(acc)
@@ -272,8 +340,12 @@ def scenarios(draw, max_accounts: int = 3, max_events: int = 30, invalid: bool =
     n_body = draw(st.integers(1, max_events))
     # some scenarios are heavy on packs and vouchers, so that several of them meet in one deduction
     bias = draw(st.sampled_from([0, 0, 2, 6]))
-    extra = {"coze-pro": ["pack_purchased", "voucher_granted"], "tokenhub": ["voucher_granted", "post_paid_switched"],
-             "ark": ["voucher_granted", "model_activated"], "jiekou": ["voucher_granted"]}
+    extra = {
+        "coze-pro": ["pack_purchased", "voucher_granted"],
+        "tokenhub": ["voucher_granted", "post_paid_switched"],
+        "ark": ["voucher_granted", "model_activated"],
+        "jiekou": ["voucher_granted"],
+    }
     bad_positions = set()
     if invalid:
         bad_positions = set(draw(st.lists(st.integers(0, n_body - 1), min_size=1, max_size=3)))
@@ -289,17 +361,29 @@ def scenarios(draw, max_accounts: int = 3, max_events: int = 30, invalid: bool =
         elif step == "back":
             clock = max(BASE_MS, clock - draw(st.integers(1, 2 * HOUR)))
         else:  # days, now and then months (90-day trials expire, grace periods end)
-            jump = draw(st.one_of(st.integers(1 * DAY, 20 * DAY), st.integers(1 * DAY, 20 * DAY), st.integers(60 * DAY, 120 * DAY)))
+            jump = draw(
+                st.one_of(
+                    st.integers(1 * DAY, 20 * DAY),
+                    st.integers(1 * DAY, 20 * DAY),
+                    st.integers(60 * DAY, 120 * DAY),
+                )
+            )
             clock = max(clock, min(clock + jump, LAST_MS))
         acc = draw(st.sampled_from(accounts))
         if pos in bad_positions:
             kind = draw(st.sampled_from(BAD_KINDS))
         else:
-            kind = draw(st.sampled_from(COMMON_KINDS + PROFILE_KINDS[acc.profile] + extra[acc.profile] * bias))
+            kind = draw(
+                st.sampled_from(
+                    COMMON_KINDS + PROFILE_KINDS[acc.profile] + extra[acc.profile] * bias
+                )
+            )
         p = acc.profile
 
         if kind in ("usage", "sub_usage"):
-            account_id = draw(st.sampled_from(acc.subs)) if kind == "sub_usage" and acc.subs else acc.id
+            account_id = (
+                draw(st.sampled_from(acc.subs)) if kind == "sub_usage" and acc.subs else acc.id
+            )
             d = base(acc, "usage", account_id=account_id)
             d.update(usage_fields(draw, draw(st.sampled_from(acc.offers))))
             if late_by:
@@ -310,8 +394,12 @@ def scenarios(draw, max_accounts: int = 3, max_events: int = 30, invalid: bool =
         elif kind == "voucher_granted":
             d = base(acc, "account")
             d.update(type="voucher_granted", amount=positive_money(draw))
-            expires = draw(st.one_of(st.integers(MINUTE, 60 * DAY).map(lambda x: clock + x),
-                                     st.integers(1, 30).map(lambda k: (clock // DAY + k) * DAY)))
+            expires = draw(
+                st.one_of(
+                    st.integers(MINUTE, 60 * DAY).map(lambda x: clock + x),
+                    st.integers(1, 30).map(lambda k: (clock // DAY + k) * DAY),
+                )
+            )
             d["expires_at"] = fmt_time(draw, expires)
             if draw(st.booleans()):
                 vid = f"v-{draw(st.integers(0, 999)):03d}-{len(raws)}"
@@ -319,10 +407,18 @@ def scenarios(draw, max_accounts: int = 3, max_events: int = 30, invalid: bool =
                 d["voucher_id"] = vid
         elif kind == "pack_purchased":
             d = base(acc, "account")
-            points = money_str(draw, 1, 3_000, (0, 1)) if draw(st.integers(0, 3)) else money_str(draw, 1, 300_000, (0,))
+            points = (
+                money_str(draw, 1, 3_000, (0, 1))
+                if draw(st.integers(0, 3))
+                else money_str(draw, 1, 300_000, (0,))
+            )
             d.update(type="pack_purchased", pack_kind="coze_unified", amount=points)
-            expires = draw(st.one_of(st.integers(MINUTE, 90 * DAY).map(lambda x: clock + x),
-                                     st.integers(1, 20).map(lambda k: (clock // DAY + k) * DAY)))
+            expires = draw(
+                st.one_of(
+                    st.integers(MINUTE, 90 * DAY).map(lambda x: clock + x),
+                    st.integers(1, 20).map(lambda k: (clock // DAY + k) * DAY),
+                )
+            )
             d["expires_at"] = fmt_time(draw, expires)
             if draw(st.integers(0, 3)):
                 d["pack_id"] = f"pack-{draw(st.integers(0, 999)):03d}-{len(raws)}"
@@ -345,36 +441,68 @@ def scenarios(draw, max_accounts: int = 3, max_events: int = 30, invalid: bool =
             d.update(type="trial_claimed", model=draw(st.sampled_from(TRIAL_MODELS[p])))
         elif kind == "inference_limit_set":
             d = base(acc, "account")
-            d.update(type="inference_limit_set", model=draw(st.sampled_from(ARK_MODELS)),
-                     limit_tokens=draw(st.integers(1, 2_000_000)))
+            d.update(
+                type="inference_limit_set",
+                model=draw(st.sampled_from(ARK_MODELS)),
+                limit_tokens=draw(st.integers(1, 2_000_000)),
+            )
         # ---- events the engine must reject (they parse fine)
         elif kind == "bad_top_up":
             d = base(acc, "account")
             d.update(type="top_up", amount=draw(st.sampled_from(["0", "-1.5", "-0.001"])))
         elif kind == "bad_voucher":
             d = base(acc, "account")
-            d.update(type="voucher_granted", amount=positive_money(draw),
-                     expires_at=fmt_time(draw, clock - draw(st.integers(0, DAY))))
+            d.update(
+                type="voucher_granted",
+                amount=positive_money(draw),
+                expires_at=fmt_time(draw, clock - draw(st.integers(0, DAY))),
+            )
         elif kind == "bad_pack":
             d = base(acc, "account")
-            pk = draw(st.sampled_from(["legacy_agent", "legacy_doubao"])) if p == "coze-pro" else "coze_unified"
-            d.update(type="pack_purchased", pack_kind=pk, amount="100",
-                     expires_at=fmt_time(draw, clock + 30 * DAY))
+            pk = (
+                draw(st.sampled_from(["legacy_agent", "legacy_doubao"]))
+                if p == "coze-pro"
+                else "coze_unified"
+            )
+            d.update(
+                type="pack_purchased",
+                pack_kind=pk,
+                amount="100",
+                expires_at=fmt_time(draw, clock + 30 * DAY),
+            )
         elif kind == "bad_usage":
             d = base(acc, "usage")
             if p == "tokenhub":  # above the top tier (32k, 128k]
-                d.update(item="tokens", model="HY 2.0 Instruct", input_tokens=draw(st.integers(128_001, 400_000)),
-                         output_tokens=draw(st.integers(0, 100)))
+                d.update(
+                    item="tokens",
+                    model="HY 2.0 Instruct",
+                    input_tokens=draw(st.integers(128_001, 400_000)),
+                    output_tokens=draw(st.integers(0, 100)),
+                )
             elif p == "ark":  # above the top tier (128k, 256k]
-                d.update(item="tokens", model="doubao-seed-1.6", input_tokens=draw(st.integers(256_001, 900_000)))
+                d.update(
+                    item="tokens",
+                    model="doubao-seed-1.6",
+                    input_tokens=draw(st.integers(256_001, 900_000)),
+                )
             else:
-                d.update(item="tokens", model="gpt-9-ultra", input_tokens=draw(st.integers(0, 1000)))
+                d.update(
+                    item="tokens", model="gpt-9-ultra", input_tokens=draw(st.integers(0, 1000))
+                )
         elif kind == "bad_variant":
             d = base(acc, "usage")
-            d.update({"coze-pro": dict(item="rtc_video", variant="8k", quantity="1"),
-                      "tokenhub": dict(item="video", model="YT-Video-2.0", variant="4k", quantity="1"),
-                      "jiekou": dict(item="media_call", model="flux-1-schnell", variant="video", quantity="1"),
-                      "ark": dict(item="tokens", model="doubao-seed-1.6-ft", input_tokens=5)}[p])
+            d.update(
+                {
+                    "coze-pro": dict(item="rtc_video", variant="8k", quantity="1"),
+                    "tokenhub": dict(
+                        item="video", model="YT-Video-2.0", variant="4k", quantity="1"
+                    ),
+                    "jiekou": dict(
+                        item="media_call", model="flux-1-schnell", variant="video", quantity="1"
+                    ),
+                    "ark": dict(item="tokens", model="doubao-seed-1.6-ft", input_tokens=5),
+                }[p]
+            )
         elif kind == "bad_stranger":
             d = base(acc, "usage", account_id=f"stranger-{acc.id}")
             d.update(usage_fields(draw, draw(st.sampled_from(CATALOG[p]))))
@@ -389,10 +517,16 @@ def scenarios(draw, max_accounts: int = 3, max_events: int = 30, invalid: bool =
             d.update(item="agent_call", quantity="1")
         elif kind == "bad_whole_units":  # calls and images are counted in whole units
             d = base(acc, "usage")
-            d.update({"coze-pro": dict(item="agent_call", quantity="1.5"),
-                      "tokenhub": dict(item="image", model="HY-Image-Lite", quantity="2.5"),
-                      "jiekou": dict(item="media_call", model="kling-v2", variant="video", quantity="0.5"),
-                      "ark": dict(item="tokens", model="no-such-model", input_tokens=1)}[p])
+            d.update(
+                {
+                    "coze-pro": dict(item="agent_call", quantity="1.5"),
+                    "tokenhub": dict(item="image", model="HY-Image-Lite", quantity="2.5"),
+                    "jiekou": dict(
+                        item="media_call", model="kling-v2", variant="video", quantity="0.5"
+                    ),
+                    "ark": dict(item="tokens", model="no-such-model", input_tokens=1),
+                }[p]
+            )
         else:  # pragma: no cover
             raise AssertionError(kind)
         if kind.startswith("bad_"):
@@ -416,7 +550,9 @@ def snapshot(state: AccountState) -> dict[str, Any]:
 class Step:
     raw: dict[str, Any]
     event: Any
-    before: AccountState | None  # a copy of the state the event met (advanced to its clock, if accepted)
+    before: (
+        AccountState | None
+    )  # a copy of the state the event met (advanced to its clock, if accepted)
     outcome: Outcome
     after: dict[str, Any] | None  # a snapshot of ``outcome.state``
 
@@ -445,16 +581,31 @@ class Run:
 
     def outputs_per_account(self) -> dict[str, tuple]:
         """The records of each main account in their order (the order Kafka keeps, per key)."""
-        keys = sorted({r["main_account_id"] for r in self.deductions + self.alerts + self.statuses + self.settlements})
-        return {k: tuple([r for r in records if r["main_account_id"] == k]
-                         for records in (self.deductions, self.alerts, self.statuses, self.settlements)) for k in keys}
+        keys = sorted(
+            {
+                r["main_account_id"]
+                for r in self.deductions + self.alerts + self.statuses + self.settlements
+            }
+        )
+        return {
+            k: tuple(
+                [r for r in records if r["main_account_id"] == k]
+                for records in (self.deductions, self.alerts, self.statuses, self.settlements)
+            )
+            for k in keys
+        }
 
     def final_states(self) -> dict[str, dict[str, Any]]:
         return {k: snapshot(v) for k, v in sorted(self.states.items())}
 
 
-def replay(raws: list[dict[str, Any]], *, restore_each_step: bool = False, keep_steps: bool = True,
-           close_all_after_ms: int | None = None) -> Run:
+def replay(
+    raws: list[dict[str, Any]],
+    *,
+    restore_each_step: bool = False,
+    keep_steps: bool = True,
+    close_all_after_ms: int | None = None,
+) -> Run:
     """Apply the events in order exactly as ``simulate`` does: advance the account to its partition's
     clock, apply the event, keep ``outcome.state``; at the end advance every account to its partition's
     final clock (plus ``close_all_after_ms``, to close every settlement period).
@@ -480,9 +631,13 @@ def replay(raws: list[dict[str, Any]], *, restore_each_step: bool = False, keep_
             assert advanced.deduction is None and advanced.rejected is None
             run.collect(advanced)
         if before is not None and outcome.rejected is None and not outcome.duplicate:
-            engine.advance(before, run.clocks[part])  # what the event met: the account advanced to its clock
+            engine.advance(
+                before, run.clocks[part]
+            )  # what the event met: the account advanced to its clock
         if outcome.rejected is not None:
-            assert outcome.rejected.code != "internal_error", f"engine crashed on {raw}: {outcome.rejected.message}"
+            assert outcome.rejected.code != "internal_error", (
+                f"engine crashed on {raw}: {outcome.rejected.message}"
+            )
             run.dead.append((event.event_id, outcome.rejected.code, outcome.rejected.message))
         else:
             run.collect(outcome)
@@ -538,7 +693,11 @@ def test_conservation_of_every_rated_amount(sc: Scenario):
         for kind, b0s, b1s in (("pack", s0.packs, s1.packs), ("voucher", s0.vouchers, s1.vouchers)):
             assert [b.id for b in b0s] == [b.id for b in b1s]
             for b0, b1 in zip(b0s, b1s):
-                assert b0.remaining - b1.remaining == by_id.get((kind, b0.id), Decimal(0)), (b0, b1, d)
+                assert b0.remaining - b1.remaining == by_id.get((kind, b0.id), Decimal(0)), (
+                    b0,
+                    b1,
+                    d,
+                )
         for (kind, bid), amount in by_id.items():
             if kind == "free":
                 day = bid.removeprefix("daily:")
@@ -546,8 +705,13 @@ def test_conservation_of_every_rated_amount(sc: Scenario):
                 assert units_by_id[(kind, bid)] == amount * POINTS_PER_UNIT[s1.profile]
             elif kind == "trial":
                 t0 = s0.trials.get(bid)
-                granted = t0.remaining if t0 is not None else PROFILES[s1.profile].policy.trials[
-                    [q.id for q in PROFILES[s1.profile].policy.trials].index(bid)].amount
+                granted = (
+                    t0.remaining
+                    if t0 is not None
+                    else PROFILES[s1.profile]
+                    .policy.trials[[q.id for q in PROFILES[s1.profile].policy.trials].index(bid)]
+                    .amount
+                )
                 assert granted - s1.trials[bid].remaining == units_by_id[(kind, bid)], d
             elif kind == "pack":
                 assert units_by_id[(kind, bid)] == amount * POINTS_PER_UNIT[s1.profile]
@@ -561,8 +725,15 @@ def test_conservation_of_every_rated_amount(sc: Scenario):
     # settlement: once every period has closed, the lines of an account add up to its deductions
     closed = replay(sc.raws, keep_steps=False, close_all_after_ms=3 * DAY)
     assert closed.deductions == run.deductions
-    fields = {"gross_amount": "rated", "unbilled_amount": "unbilled", "free_amount": "free", "trial_amount": "trial",
-              "pack_amount": "pack", "voucher_amount": "voucher", "cash_amount": "cash"}
+    fields = {
+        "gross_amount": "rated",
+        "unbilled_amount": "unbilled",
+        "free_amount": "free",
+        "trial_amount": "trial",
+        "pack_amount": "pack",
+        "voucher_amount": "voucher",
+        "cash_amount": "cash",
+    }
     want: dict[tuple[str, str], Decimal] = {}
     got: dict[tuple[str, str], Decimal] = {}
     for d in run.deductions:
@@ -570,12 +741,18 @@ def test_conservation_of_every_rated_amount(sc: Scenario):
         for sp in d["splits"]:
             parts[sp["bucket_kind"]] = parts.get(sp["bucket_kind"], Decimal(0)) + D(sp["amount"])
         for name, v in parts.items():
-            want[(d["main_account_id"], name)] = want.get((d["main_account_id"], name), Decimal(0)) + v
+            want[(d["main_account_id"], name)] = (
+                want.get((d["main_account_id"], name), Decimal(0)) + v
+            )
     settled_ids = []
     for line in closed.settlements:
         for f, name in fields.items():
-            got[(line["main_account_id"], name)] = got.get((line["main_account_id"], name), Decimal(0)) + D(line[f])
-        assert D(line["gross_amount"]) == sum((D(line[f]) for f in fields if f != "gross_amount"), Decimal(0)), line
+            got[(line["main_account_id"], name)] = got.get(
+                (line["main_account_id"], name), Decimal(0)
+            ) + D(line[f])
+        assert D(line["gross_amount"]) == sum(
+            (D(line[f]) for f in fields if f != "gross_amount"), Decimal(0)
+        ), line
         settled_ids.append(line["settlement_id"])
     assert {k: v for k, v in got.items() if v} == {k: v for k, v in want.items() if v}
     # every deduction names the one line it is summed into, and each line is exactly its deductions
@@ -586,9 +763,13 @@ def test_conservation_of_every_rated_amount(sc: Scenario):
     assert set(members) == set(settled_ids)
     for line in closed.settlements:
         ds = members[line["settlement_id"]]
-        assert line["event_count"] == len(ds) and all(d["main_account_id"] == line["main_account_id"] for d in ds)
+        assert line["event_count"] == len(ds) and all(
+            d["main_account_id"] == line["main_account_id"] for d in ds
+        )
         assert D(line["gross_amount"]) == sum((D(d["rated_amount"]) for d in ds), Decimal(0))
-    assert all(not st_.periods for st_ in closed.states.values()), "periods left open after the final clock"
+    assert all(not st_.periods for st_ in closed.states.values()), (
+        "periods left open after the final clock"
+    )
 
 
 # ---------------------------------------------------------------- 2. no bucket below zero
@@ -601,18 +782,41 @@ def _late_free_points_scenario() -> Scenario:
 
     def ev(i, t, **kw):
         kind = "usage" if "item" in kw else "account"
-        return {"kind": kind, "event_id": f"late-{i}", "trace_id": f"t-{i}", "account_id": a, "main_account_id": a,
-                "event_time": t, **kw}
+        return {
+            "kind": kind,
+            "event_id": f"late-{i}",
+            "trace_id": f"t-{i}",
+            "account_id": a,
+            "main_account_id": a,
+            "event_time": t,
+            **kw,
+        }
 
-    return Scenario([
-        ev(0, "2026-05-01T08:00:00+08:00", type="account_opened", profile="coze-pro", post_paid=True, amount="100"),
-        ev(1, "2026-05-01T09:00:00+08:00", item="agent_call", quantity="250"),  # 500 points: 05-01 used up
-        ev(2, "2026-05-02T09:00:00+08:00", item="agent_call", quantity="1"),
-        ev(3, "2026-05-03T09:00:00+08:00", item="agent_call", quantity="1"),
-        ev(4, "2026-05-04T09:00:00+08:00", item="agent_call", quantity="1"),
-        ev(5, "2026-05-01T10:00:00+08:00", item="agent_call", quantity="250"),  # late, for 05-01
-        ev(6, "2026-05-01T11:00:00+08:00", item="agent_call", quantity="250"),  # late, for 05-01
-    ], set())
+    return Scenario(
+        [
+            ev(
+                0,
+                "2026-05-01T08:00:00+08:00",
+                type="account_opened",
+                profile="coze-pro",
+                post_paid=True,
+                amount="100",
+            ),
+            ev(
+                1, "2026-05-01T09:00:00+08:00", item="agent_call", quantity="250"
+            ),  # 500 points: 05-01 used up
+            ev(2, "2026-05-02T09:00:00+08:00", item="agent_call", quantity="1"),
+            ev(3, "2026-05-03T09:00:00+08:00", item="agent_call", quantity="1"),
+            ev(4, "2026-05-04T09:00:00+08:00", item="agent_call", quantity="1"),
+            ev(
+                5, "2026-05-01T10:00:00+08:00", item="agent_call", quantity="250"
+            ),  # late, for 05-01
+            ev(
+                6, "2026-05-01T11:00:00+08:00", item="agent_call", quantity="250"
+            ),  # late, for 05-01
+        ],
+        set(),
+    )
 
 
 @SETTINGS
@@ -637,7 +841,9 @@ def check_no_bucket_below_zero(sc: Scenario) -> None:
         for b in s1.packs + s1.vouchers:
             assert Decimal(0) <= b.remaining <= b.granted, b
             prev = last_remaining.get((key, b.id))
-            assert prev is None or b.remaining <= prev, f"bucket {b.id} grew from {prev} to {b.remaining}"
+            assert prev is None or b.remaining <= prev, (
+                f"bucket {b.id} grew from {prev} to {b.remaining}"
+            )
             last_remaining[(key, b.id)] = b.remaining
         for t in s1.trials.values():
             assert Decimal(0) <= t.remaining <= t.granted, t
@@ -648,12 +854,15 @@ def check_no_bucket_below_zero(sc: Scenario) -> None:
             assert Decimal(0) <= used <= COZE_DAILY_GRANT, (day, used)
         # cash: negative only for post-paid accounts or activated (Ark) models
         if not ever_post_paid[key] and not ever_activated[key]:
-            assert s1.cash >= 0, f"pre-paid account without activated models has cash {s1.cash} after {step.raw}"
+            assert s1.cash >= 0, (
+                f"pre-paid account without activated models has cash {s1.cash} after {step.raw}"
+            )
         s0 = step.before
         if s0 is not None and s1.cash < 0 and s1.cash < s0.cash:
             ev = step.event
-            assert ev.kind == "usage" and (s0.post_paid or (ev.model is not None and ev.model in s0.activated_models)), (
-                f"cash went from {s0.cash} to {s1.cash} on a pre-paid account: {step.raw}")
+            assert ev.kind == "usage" and (
+                s0.post_paid or (ev.model is not None and ev.model in s0.activated_models)
+            ), f"cash went from {s0.cash} to {s1.cash} on a pre-paid account: {step.raw}"
         d = step.outcome.deduction
         if d is not None:
             for sp in d["splits"]:
@@ -662,7 +871,8 @@ def check_no_bucket_below_zero(sc: Scenario) -> None:
                     free_per_day[k] = free_per_day.get(k, Decimal(0)) + D(sp["amount"])
                     assert free_per_day[k] <= COZE_DAILY_GRANT, (
                         f"{free_per_day[k]} CNY of free points paid from {k}, more than the daily grant "
-                        f"{COZE_DAILY_GRANT} (500 points); last by {step.raw}")
+                        f"{COZE_DAILY_GRANT} (500 points); last by {step.raw}"
+                    )
 
 
 def test_late_event_does_not_get_a_second_daily_grant():
@@ -680,9 +890,14 @@ def _pack_in_scope(profile: str, kind: str, item: str, model: str | None) -> boo
     return coze_platform_scope(item, model)
 
 
-def _expected_trial_cover(d: dict[str, Any], remaining: Decimal, unit: str, per: Decimal | None) -> tuple[Decimal, Decimal]:
+def _expected_trial_cover(
+    d: dict[str, Any], remaining: Decimal, unit: str, per: Decimal | None
+) -> tuple[Decimal, Decimal]:
     """(units of the quota used, amount covered) under the §3 decision, from the deduction's lines."""
-    lines = sorted(d["lines"], key=lambda l: COVER_ORDER.index(l["component"]) if l["component"] in COVER_ORDER else 0)
+    lines = sorted(
+        d["lines"],
+        key=lambda l: COVER_ORDER.index(l["component"]) if l["component"] in COVER_ORDER else 0,
+    )
     used, amount = Decimal(0), Decimal(0)
     for l in lines:
         units, price = D(l["units"]), D(l["unit_price"])
@@ -690,10 +905,16 @@ def _expected_trial_cover(d: dict[str, Any], remaining: Decimal, unit: str, per:
             n = min(remaining - used, units)
             cost = n
         elif unit == "images":
-            n = min((remaining - used).to_integral_value(ROUND_FLOOR), units.to_integral_value(ROUND_FLOOR))
+            n = min(
+                (remaining - used).to_integral_value(ROUND_FLOOR),
+                units.to_integral_value(ROUND_FLOOR),
+            )
             cost = n
         else:
-            n = min(((remaining - used) / per).to_integral_value(ROUND_FLOOR), units.to_integral_value(ROUND_FLOOR))
+            n = min(
+                ((remaining - used) / per).to_integral_value(ROUND_FLOOR),
+                units.to_integral_value(ROUND_FLOOR),
+            )
             cost = n * per
         if n > 0:
             used += cost
@@ -709,8 +930,12 @@ def test_order_of_deduction(sc: Scenario):
 
 def check_order_of_deduction(sc: Scenario) -> None:
     run = replay(sc.raws)
-    free_paid: dict[tuple[str, str], Decimal] = {}  # (account, day) -> free points paid so far, from the deductions
-    horizon: dict[str, str] = {}  # account -> first local day still given free points (never moves back)
+    free_paid: dict[
+        tuple[str, str], Decimal
+    ] = {}  # (account, day) -> free points paid so far, from the deductions
+    horizon: dict[
+        str, str
+    ] = {}  # account -> first local day still given free points (never moves back)
     for step, d, s0, s1 in usage_steps(run):
         ev = step.event
         now = ev.event_time
@@ -737,21 +962,31 @@ def check_order_of_deduction(sc: Scenario) -> None:
             # Documented decision (README, ledger.FREE_DAYS_KEPT): the ledger remembers the free points
             # of the last 3 calendar days (Asia/Shanghai) up to stream time, the clock the event met;
             # an event of an older day counts its day as used up.
-            stream_day = date.fromisoformat(shanghai_day(max(s0.settled_until, s0.stream_time, now)))
+            stream_day = date.fromisoformat(
+                shanghai_day(max(s0.settled_until, s0.stream_time, now))
+            )
             first_kept = (stream_day - timedelta(days=2)).isoformat()
-            horizon[s1.main_account_id] = max(horizon.get(s1.main_account_id, first_kept), first_kept)
+            horizon[s1.main_account_id] = max(
+                horizon.get(s1.main_account_id, first_kept), first_kept
+            )
             if day < horizon[s1.main_account_id]:
                 want = Decimal(0)
                 free_applicable = False
             got = [sp for sp in splits if sp["bucket_kind"] == "free"]
             if want > 0:
-                assert got and got[0]["bucket_id"] == f"daily:{day}" and D(got[0]["amount"]) == want, (want, d)
+                assert (
+                    got and got[0]["bucket_id"] == f"daily:{day}" and D(got[0]["amount"]) == want
+                ), (want, d)
             else:
-                assert not got, f"{day} had {used0} of its {COZE_DAILY_GRANT} free already used, yet paid free again: {d}"
+                assert not got, (
+                    f"{day} had {used0} of its {COZE_DAILY_GRANT} free already used, yet paid free again: {d}"
+                )
             used1 = used0 + (D(got[0]["amount"]) if got else Decimal(0))
             free_paid[(s1.main_account_id, day)] = used1
             if later(0) and free_applicable:
-                assert used1 == COZE_DAILY_GRANT, f"later buckets used before the day's free points: {d}"
+                assert used1 == COZE_DAILY_GRANT, (
+                    f"later buckets used before the day's free points: {d}"
+                )
         else:
             assert "free" not in kinds, d
 
@@ -767,11 +1002,19 @@ def check_order_of_deduction(sc: Scenario) -> None:
             if trial_live:
                 row = price_row(p, ev.item, ev.model, ev.variant, now)
                 # a credit-range row: one call costs the credits the event carries
-                per = (ev.credits if row.credits_from_event else row.credits) if quota.unit == "credits" else None
+                per = (
+                    (ev.credits if row.credits_from_event else row.credits)
+                    if quota.unit == "credits"
+                    else None
+                )
                 used, amount = _expected_trial_cover(d, rem0, quota.unit, per)
                 if used > 0:
                     assert trial_split is not None and trial_split["bucket_id"] == quota.id, d
-                    assert D(trial_split["units"]) == used and D(trial_split["amount"]) == amount, (used, amount, d)
+                    assert D(trial_split["units"]) == used and D(trial_split["amount"]) == amount, (
+                        used,
+                        amount,
+                        d,
+                    )
                 else:
                     assert trial_split is None, d
                 if later(1):
@@ -779,9 +1022,13 @@ def check_order_of_deduction(sc: Scenario) -> None:
                     if quota.unit == "credits":
                         units = sum((D(l["units"]) for l in d["lines"]), Decimal(0))
                         whole_units_covered = used == units.to_integral_value(ROUND_FLOOR) * per
-                        assert left < per or whole_units_covered, f"trial {quota.id} still had {left} credits: {d}"
+                        assert left < per or whole_units_covered, (
+                            f"trial {quota.id} still had {left} credits: {d}"
+                        )
                     else:
-                        assert left == 0, f"later buckets used while trial {quota.id} had {left} left: {d}"
+                        assert left == 0, (
+                            f"later buckets used while trial {quota.id} had {left} left: {d}"
+                        )
         if not trial_live:
             assert trial_split is None, d
 
@@ -791,7 +1038,11 @@ def check_order_of_deduction(sc: Scenario) -> None:
         used_packs = [sp["bucket_id"] for sp in splits if sp["bucket_kind"] == "pack"]
         for pid in used_packs:
             b = packs0[pid]
-            assert b.expires_at > now and b.remaining > 0 and _pack_in_scope(p, b.kind, ev.item, ev.model), (b, d)
+            assert (
+                b.expires_at > now
+                and b.remaining > 0
+                and _pack_in_scope(p, b.kind, ev.item, ev.model)
+            ), (b, d)
         keys = [(packs0[i].expires_at, packs0[i].acquired_at, packs0[i].id) for i in used_packs]
         assert keys == sorted(keys), f"packs not used in (expiry, purchase, id) order: {keys}"
         for pid in used_packs[:-1]:
@@ -799,12 +1050,19 @@ def check_order_of_deduction(sc: Scenario) -> None:
         if used_packs:  # no skipped pack that sorts before the last one used
             last = keys[-1]
             for b in s0.packs:
-                if b.id not in used_packs and b.remaining > 0 and b.expires_at > now and _pack_in_scope(p, b.kind, ev.item, ev.model):
+                if (
+                    b.id not in used_packs
+                    and b.remaining > 0
+                    and b.expires_at > now
+                    and _pack_in_scope(p, b.kind, ev.item, ev.model)
+                ):
                     assert (b.expires_at, b.acquired_at, b.id) > last, f"pack {b.id} skipped: {d}"
         if later(2):
             for b in s1.packs:
                 if b.expires_at > now and _pack_in_scope(p, b.kind, ev.item, ev.model):
-                    assert b.remaining == 0, f"voucher/cash used while pack {b.id} had {b.remaining} left: {d}"
+                    assert b.remaining == 0, (
+                        f"voucher/cash used while pack {b.id} had {b.remaining} left: {d}"
+                    )
 
         # -- 4. vouchers: live, earliest expiry first, each drained before the next
         v0 = {b.id: b for b in s0.vouchers}
@@ -819,7 +1077,9 @@ def check_order_of_deduction(sc: Scenario) -> None:
         if later(3):
             for b in s1.vouchers:
                 if b.expires_at > now:
-                    assert b.remaining == 0, f"cash used while voucher {b.id} had {b.remaining} left: {d}"
+                    assert b.remaining == 0, (
+                        f"cash used while voucher {b.id} had {b.remaining} left: {d}"
+                    )
 
         # -- 5. cash, and the controls that stop charging
         post_paid = s0.post_paid or (ev.model is not None and ev.model in s0.activated_models)
@@ -827,7 +1087,9 @@ def check_order_of_deduction(sc: Scenario) -> None:
         if safe:
             assert set(kinds) <= {"trial"}, f"safe trial mode charged the account: {d}"
         if quota is not None and not post_paid:
-            assert not ({"voucher", "cash"} & set(kinds)), f"pre-paid model with a free quota was charged: {d}"
+            assert not ({"voucher", "cash"} & set(kinds)), (
+                f"pre-paid model with a free quota was charged: {d}"
+            )
         unbilled = D(d["unbilled_amount"])
         if post_paid and not safe:
             assert unbilled == 0, f"post-paid usage left unbilled: {d}"
@@ -858,10 +1120,19 @@ def test_redelivered_events_change_nothing(sc: Scenario, data):
     assert twice.final_states() == once.final_states()
     for first, second in zip(twice.steps[0::2], twice.steps[1::2]):
         if first.outcome.rejected is None:
-            assert second.outcome.duplicate, f"redelivery of an applied event was not recognised: {second.raw}"
-            assert second.outcome.deduction is None and not second.outcome.alerts and second.outcome.status is None
+            assert second.outcome.duplicate, (
+                f"redelivery of an applied event was not recognised: {second.raw}"
+            )
+            assert (
+                second.outcome.deduction is None
+                and not second.outcome.alerts
+                and second.outcome.status is None
+            )
         else:
-            assert second.outcome.rejected is not None and second.outcome.rejected.code == first.outcome.rejected.code
+            assert (
+                second.outcome.rejected is not None
+                and second.outcome.rejected.code == first.outcome.rejected.code
+            )
 
     # applied events redelivered later, after other events
     applied = [i for i, s in enumerate(once.steps) if s.outcome.rejected is None]
@@ -879,8 +1150,13 @@ def test_redelivered_events_change_nothing(sc: Scenario, data):
     # a redelivery more than the dedupe horizon behind stream time is a dead letter of its own
     # (``event_too_old``), never a charge; every other redelivery is silent
     too_old = [d for d in later.dead if d[1] == "event_too_old"]
-    assert {d[0] for d in too_old} <= {s.event.event_id for s in once.steps if s.outcome.rejected is None}
-    assert later.deductions == once.deductions and [d for d in later.dead if d[1] != "event_too_old"] == once.dead
+    assert {d[0] for d in too_old} <= {
+        s.event.event_id for s in once.steps if s.outcome.rejected is None
+    }
+    assert (
+        later.deductions == once.deductions
+        and [d for d in later.dead if d[1] != "event_too_old"] == once.dead
+    )
     assert later.final_states() == once.final_states()
 
 
@@ -893,12 +1169,41 @@ def test_redelivered_event_does_not_add_a_trial_expiring_notice():
 
     def ev(acct, i, t, **kw):
         kind = "usage" if "item" in kw else "account"
-        return {"kind": kind, "event_id": f"{acct}-{i}", "account_id": acct, "main_account_id": acct, "event_time": t, **kw}
+        return {
+            "kind": kind,
+            "event_id": f"{acct}-{i}",
+            "account_id": acct,
+            "main_account_id": acct,
+            "event_time": t,
+            **kw,
+        }
 
     raws = [
-        ev("th-a", 0, "2026-05-01T08:00:00+08:00", type="account_opened", profile="tokenhub", amount="10"),
-        ev("th-c", 0, "2026-05-01T08:00:00+08:00", type="account_opened", profile="tokenhub", amount="10"),
-        ev("th-a", 1, "2026-05-01T10:00:00+08:00", item="tokens", model="kimi-k2.5", input_tokens=1000, output_tokens=100),
+        ev(
+            "th-a",
+            0,
+            "2026-05-01T08:00:00+08:00",
+            type="account_opened",
+            profile="tokenhub",
+            amount="10",
+        ),
+        ev(
+            "th-c",
+            0,
+            "2026-05-01T08:00:00+08:00",
+            type="account_opened",
+            profile="tokenhub",
+            amount="10",
+        ),
+        ev(
+            "th-a",
+            1,
+            "2026-05-01T10:00:00+08:00",
+            item="tokens",
+            model="kimi-k2.5",
+            input_tokens=1000,
+            output_tokens=100,
+        ),
         ev("th-c", 1, "2026-07-25T10:00:00+08:00", type="top_up", amount="1"),
         ev("th-a", 2, "2026-08-05T10:00:00+08:00", type="top_up", amount="1"),
     ]
@@ -942,13 +1247,17 @@ def test_deterministic_and_state_round_trip(sc: Scenario):
 def test_rejected_events_change_nothing(sc: Scenario):
     run = replay(sc.raws)
     rejected = {s.event.event_id for s in run.steps if s.outcome.rejected is not None}
-    assert sc.expect_rejected <= rejected, f"invalid events were applied: {sorted(sc.expect_rejected - rejected)}"
+    assert sc.expect_rejected <= rejected, (
+        f"invalid events were applied: {sorted(sc.expect_rejected - rejected)}"
+    )
     for step in run.steps:
         out = step.outcome
         if out.rejected is None:
             continue
         before = snapshot(step.before) if step.before is not None else None
-        assert step.after == before, f"rejected event {step.raw} ({out.rejected.code}) changed the state"
+        assert step.after == before, (
+            f"rejected event {step.raw} ({out.rejected.code}) changed the state"
+        )
         assert out.deduction is None and not out.alerts and out.status is None
         assert out.result == "rejected"
         assert isinstance(out.rejected, Rejected) and out.rejected.code and out.rejected.message
@@ -956,8 +1265,18 @@ def test_rejected_events_change_nothing(sc: Scenario):
 
 # ---------------------------------------------------------------- 7. rating
 
-TOKEN_OFFERS = [(name, o) for name in PROFILE_NAMES for o in CATALOG[name] if o.unit is None and not o.model.startswith("ark/")]
-UNIT_OFFERS = [(name, o) for name in PROFILE_NAMES for o in CATALOG[name] if o.unit is not None and o.item != "kb_storage"]
+TOKEN_OFFERS = [
+    (name, o)
+    for name in PROFILE_NAMES
+    for o in CATALOG[name]
+    if o.unit is None and not o.model.startswith("ark/")
+]
+UNIT_OFFERS = [
+    (name, o)
+    for name in PROFILE_NAMES
+    for o in CATALOG[name]
+    if o.unit is not None and o.item != "kb_storage"
+]
 RATE_AT = "2026-05-01T10:00:00+08:00"
 
 
@@ -967,9 +1286,22 @@ def _first_tier_bound(profile: str, o: Offer) -> int:
 
 
 def _token_event(o: Offer, inp=0, ch=0, cw=0, out=0, rs=0):
-    return parse_usage({"event_id": "r", "account_id": "a", "main_account_id": "a", "event_time": RATE_AT,
-                        "item": o.item, "model": o.model, "variant": o.variant, "input_tokens": inp,
-                        "cache_hit_tokens": ch, "cache_write_tokens": cw, "output_tokens": out, "reasoning_tokens": rs})
+    return parse_usage(
+        {
+            "event_id": "r",
+            "account_id": "a",
+            "main_account_id": "a",
+            "event_time": RATE_AT,
+            "item": o.item,
+            "model": o.model,
+            "variant": o.variant,
+            "input_tokens": inp,
+            "cache_hit_tokens": ch,
+            "cache_write_tokens": cw,
+            "output_tokens": out,
+            "reasoning_tokens": rs,
+        }
+    )
 
 
 @st.composite
@@ -993,7 +1325,9 @@ def test_token_rating_deterministic_nonnegative_additive(req):
     assert r1 == r2
     assert r1.amount >= 0 and all(l.amount >= 0 and l.unit_price >= 0 for l in r1.lines)
     assert r1.amount == sum((l.amount for l in r1.lines), Decimal(0))
-    assert sum((l.units for l in r1.lines), Decimal(0)) == inp + out  # every token billed exactly once
+    assert (
+        sum((l.units for l in r1.lines), Decimal(0)) == inp + out
+    )  # every token billed exactly once
     # the request rated as a whole == its components rated alone (same tier)
     parts = [
         _token_event(o, inp=ch, ch=ch),
@@ -1006,7 +1340,11 @@ def test_token_rating_deterministic_nonnegative_additive(req):
     assert r1.amount == sum((r.amount for r in rated_parts), Decimal(0)), (r1, rated_parts)
     whole = {l.component: l.amount for l in r1.lines}
     for component, r in zip(COVER_ORDER, rated_parts):
-        assert sum((l.amount for l in r.lines), Decimal(0)) == whole.get(component, Decimal(0)), (component, r1, r)
+        assert sum((l.amount for l in r.lines), Decimal(0)) == whole.get(component, Decimal(0)), (
+            component,
+            r1,
+            r,
+        )
     # the lines come out in the order a trial quota covers them
     order = [COVER_ORDER.index(l.component) for l in r1.lines]
     assert order == sorted(order)
@@ -1016,15 +1354,28 @@ def test_token_rating_deterministic_nonnegative_additive(req):
 def unit_requests(draw):
     name, o = draw(st.sampled_from(UNIT_OFFERS))
     whole = o.unit in ("call", "image")
-    q = [draw(st.integers(0, 50)) if whole else Decimal(draw(st.integers(0, 50_000))).scaleb(-2) for _ in range(2)]
+    q = [
+        draw(st.integers(0, 50)) if whole else Decimal(draw(st.integers(0, 50_000))).scaleb(-2)
+        for _ in range(2)
+    ]
     if o.credits_range is not None:  # the credits of one call, anywhere in the model's range
-        o = replace(o, credits=Decimal(draw(st.integers(int(o.credits_range[0]), int(o.credits_range[1])))))
+        o = replace(
+            o, credits=Decimal(draw(st.integers(int(o.credits_range[0]), int(o.credits_range[1]))))
+        )
     return name, o, q
 
 
 def _unit_event(o: Offer, q) -> Any:
-    raw = {"event_id": "r", "account_id": "a", "main_account_id": "a", "event_time": RATE_AT,
-           "item": o.item, "model": o.model, "variant": o.variant, "quantity": str(q)}
+    raw = {
+        "event_id": "r",
+        "account_id": "a",
+        "main_account_id": "a",
+        "event_time": RATE_AT,
+        "item": o.item,
+        "model": o.model,
+        "variant": o.variant,
+        "quantity": str(q),
+    }
     if o.credits_range is not None:
         raw["credits"] = str(o.credits)
     return parse_usage(raw)
@@ -1038,14 +1389,20 @@ def test_unit_rating_deterministic_nonnegative_additive(req):
     r = rate(profile, _unit_event(o, q1 + q2))
     assert r == rate(profile, _unit_event(o, q1 + q2))
     assert r.amount >= 0
-    assert r.amount == rate(profile, _unit_event(o, q1)).amount + rate(profile, _unit_event(o, q2)).amount
+    assert (
+        r.amount
+        == rate(profile, _unit_event(o, q1)).amount + rate(profile, _unit_event(o, q2)).amount
+    )
     if o.credits is not None:  # 1 video credit = 1.2 CNY, 1 3D credit = 0.12 CNY (§1)
         value = {"video": Decimal("1.2"), "3d": Decimal("0.12")}[o.item]
         assert r.amount == D(q1 + q2) * o.credits * value
 
 
 HY_INSTRUCT = Offer("tokens", "HY 2.0 Instruct", None, None, max_input=128_000)
-HY_TIERS = {1: (Decimal("3.18"), Decimal("7.95")), 2: (Decimal("4.505"), Decimal("11.13"))}  # CNY per 1M tokens
+HY_TIERS = {
+    1: (Decimal("3.18"), Decimal("7.95")),
+    2: (Decimal("4.505"), Decimal("11.13")),
+}  # CNY per 1M tokens
 
 
 @pytest.mark.parametrize("inp,tier", [(1, 1), (32_000, 1), (32_001, 2), (128_000, 2)])
@@ -1053,7 +1410,10 @@ def test_tier_boundary_hy_instruct(inp, tier):
     profile = PROFILES["tokenhub"]
     r = rate(profile, _token_event(HY_INSTRUCT, inp=inp, out=1_000))
     in_price, out_price = HY_TIERS[tier]
-    assert {l.component: l.unit_price for l in r.lines} == {"input": in_price / 1_000_000, "output": out_price / 1_000_000}
+    assert {l.component: l.unit_price for l in r.lines} == {
+        "input": in_price / 1_000_000,
+        "output": out_price / 1_000_000,
+    }
     assert r.amount == (inp * in_price + 1_000 * out_price) / 1_000_000
 
 

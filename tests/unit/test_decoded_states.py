@@ -8,7 +8,11 @@ from streams.worker.app import DecodedStates
 
 
 def state(main: str) -> AccountState:
-    return AccountState.loads(AccountState(main_account_id=main, profile="coze-pro", currency="CNY", opened_at=0, post_paid=False).dumps())
+    return AccountState.loads(
+        AccountState(
+            main_account_id=main, profile="coze-pro", currency="CNY", opened_at=0, post_paid=False
+        ).dumps()
+    )
 
 
 def test_the_cached_state_is_returned_only_for_the_bytes_it_came_from():

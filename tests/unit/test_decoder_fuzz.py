@@ -14,11 +14,26 @@ from streams.rating.profiles import Profiles
 
 REG = registry()
 ENGINE = BillingEngine(Profiles())
-VALID = REG.encode("usage_event", {
-    "event_id": "e1", "trace_id": "t", "account_id": "a", "main_account_id": "a", "event_time": 1777600000000,
-    "item": "tokens", "model": "kimi-k2.5", "input_tokens": 10, "output_tokens": 5})
+VALID = REG.encode(
+    "usage_event",
+    {
+        "event_id": "e1",
+        "trace_id": "t",
+        "account_id": "a",
+        "main_account_id": "a",
+        "event_time": 1777600000000,
+        "item": "tokens",
+        "model": "kimi-k2.5",
+        "input_tokens": 10,
+        "output_tokens": 5,
+    },
+)
 # Cheap examples: at least 400 whatever the profile, more under HYPOTHESIS_PROFILE=thorough.
-FUZZ = settings(max_examples=max(400, settings.default.max_examples), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=max(400, settings.default.max_examples),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 def check(decoded):
@@ -50,17 +65,50 @@ def test_mutated_valid_avro(data):
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats(allow_nan=True) | st.text(string.printable, max_size=40),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3),
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**20), 10**20)
+    | st.floats(allow_nan=True)
+    | st.text(string.printable, max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3)
+    ),
     max_leaves=8,
 )
-FIELDS = ["kind", "event_id", "trace_id", "account_id", "main_account_id", "event_time", "item", "model", "variant", "status",
-          "mode", "input_tokens", "cache_hit_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens", "quantity",
-          "hours", "type", "profile", "amount", "expires_at", "pack_kind", "limit_tokens", "post_paid"]
+FIELDS = [
+    "kind",
+    "event_id",
+    "trace_id",
+    "account_id",
+    "main_account_id",
+    "event_time",
+    "item",
+    "model",
+    "variant",
+    "status",
+    "mode",
+    "input_tokens",
+    "cache_hit_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "quantity",
+    "hours",
+    "type",
+    "profile",
+    "amount",
+    "expires_at",
+    "pack_kind",
+    "limit_tokens",
+    "post_paid",
+]
 
 
 @FUZZ
-@given(st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=12), st.sampled_from(["usage", "account"]))
+@given(
+    st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=12),
+    st.sampled_from(["usage", "account"]),
+)
 def test_arbitrary_json_objects(obj, kind):
     obj = {**obj, "kind": obj.get("kind", kind)}
     try:

@@ -4,9 +4,16 @@ versions, and the run-time invariants on every charge."""
 from pathlib import Path
 
 import orjson
-import pytest
 
-from streams.dedupe import DAY_MS, Entry, MemoryEntries, RoundEntries, content_fingerprint, id_key, partition_scope
+from streams.dedupe import (
+    DAY_MS,
+    Entry,
+    MemoryEntries,
+    RoundEntries,
+    content_fingerprint,
+    id_key,
+    partition_scope,
+)
 from streams.engine import BillingEngine
 from streams.ingest.events import parse_json_event
 from streams.ledger.state import AccountState, legacy_fingerprint
@@ -22,13 +29,24 @@ def ev(raw):
 
 
 def opened(engine, main="dd", store=None):
-    out = engine.apply(None, ev(account(main, "account_opened", profile="jiekou", amount="10")), entries=store)
+    out = engine.apply(
+        None, ev(account(main, "account_opened", profile="jiekou", amount="10")), entries=store
+    )
     assert out.rejected is None
     return out.state
 
 
 def charge(main="dd", **kw):
-    return ev(usage(main, "tokens", model="claude-sonnet-4.5", input_tokens=1000, t="2026-05-01T10:05:00Z", **kw))
+    return ev(
+        usage(
+            main,
+            "tokens",
+            model="claude-sonnet-4.5",
+            input_tokens=1000,
+            t="2026-05-01T10:05:00Z",
+            **kw,
+        )
+    )
 
 
 def test_the_same_event_twice_charges_once():
@@ -81,14 +99,22 @@ def test_a_reused_id_with_other_content_is_a_conflict_and_a_true_retry_is_silent
     e = charge(event_id="x-1")
     engine.apply(state, e)
     retry = engine.apply(state, e)
-    other = engine.apply(state, ev(account("dd", "top_up", event_id="x-1", amount="50", t="2026-05-01T10:06:00Z")))
+    other = engine.apply(
+        state, ev(account("dd", "top_up", event_id="x-1", amount="50", t="2026-05-01T10:06:00Z"))
+    )
     assert retry.duplicate
     assert other.rejected is not None and other.rejected.code == "event_id_conflict"
 
 
 def test_equal_decimals_are_equal_content():
     a = ev(usage("c", "kb_storage", quantity="1.50", hours="1"))
-    b = ev(dict(usage("c", "kb_storage", quantity="1.5", hours="1.0"), event_id=a.event_id, trace_id=a.trace_id))
+    b = ev(
+        dict(
+            usage("c", "kb_storage", quantity="1.5", hours="1.0"),
+            event_id=a.event_id,
+            trace_id=a.trace_id,
+        )
+    )
     assert content_fingerprint(a) == content_fingerprint(b)
 
 
@@ -120,8 +146,11 @@ def test_round_entries_read_their_own_writes_in_scope():
 
 
 def test_sweep_forgets_expired_entries_of_anchored_partitions_a_bounded_number_at_a_time():
-    table = {partition_scope(p) + bytes([i]) * 16: Entry(i * DAY_MS, 1, b"\0" * 8).encode()
-             for p in (0, 1) for i in range(10)}
+    table = {
+        partition_scope(p) + bytes([i]) * 16: Entry(i * DAY_MS, 1, b"\0" * 8).encode()
+        for p in (0, 1)
+        for i in range(10)
+    }
     now = [0.0]
     sweep = EntrySweep(5 * DAY_MS, budget=4, interval_s=60, clock=lambda: now[0])
     clocks = {0: 9 * DAY_MS, 1: 9 * DAY_MS}
@@ -132,7 +161,9 @@ def test_sweep_forgets_expired_entries_of_anchored_partitions_a_bounded_number_a
         expired += batch
     assert sorted(k[2] for k, _ in expired) == [0, 1, 2, 3]  # event times 0..3 days < 9 - 5
     assert {a for _, a in expired} == {"anchor0"}
-    assert sweep.expired(table.keys, table.get, clocks, {0: "a", 1: "b"}) == []  # walk done, not due
+    assert (
+        sweep.expired(table.keys, table.get, clocks, {0: "a", 1: "b"}) == []
+    )  # walk done, not due
     now[0] = 61.0
     again = []
     for _ in range(5):
@@ -149,15 +180,25 @@ def test_version_1_state_is_read_and_its_id_window_still_catches_duplicates():
     # an event applied before the upgrade (examples/demo.jsonl, which wrote this record) is still
     # a duplicate when it comes again after the upgrade, by its version-1 fingerprint
     demo = Path(__file__).resolve().parents[2] / "examples" / "demo.jsonl"
-    raw = next(orjson.loads(line) for line in demo.read_bytes().splitlines() if b'"u-th-bob-010"' in line)
+    raw = next(
+        orjson.loads(line) for line in demo.read_bytes().splitlines() if b'"u-th-bob-010"' in line
+    )
     assert legacy_fingerprint("u-th-bob-010") in record["recent_events"]
     engine = BillingEngine(Profiles())
     cash = state.cash
     assert engine.apply(state, ev(raw), clock_ms=state.settled_until).duplicate
     assert state.cash == cash
     # one horizon after the upgrade the window is dropped
-    late = ev(usage(state.main_account_id, "tokens", event_id="after", model="kimi-k2.5", input_tokens=10,
-                    t="2026-05-01T10:05:00Z"))
+    late = ev(
+        usage(
+            state.main_account_id,
+            "tokens",
+            event_id="after",
+            model="kimi-k2.5",
+            input_tokens=10,
+            t="2026-05-01T10:05:00Z",
+        )
+    )
     engine.apply(state, late, clock_ms=state.legacy_until + 1)
     assert state.legacy_event_ids == []
 
@@ -192,15 +233,42 @@ def test_the_horizon_boundary_and_the_state_returned_with_each_verdict():
     engine = BillingEngine(Profiles(), horizon_ms=10 * DAY_MS)
     state = opened(engine, "hz")
     clock = state.opened_at + 20 * DAY_MS
-    at = ev(usage("hz", "tokens", model="claude-sonnet-4.5", input_tokens=10, t="2026-05-11T08:00:00+08:00"))
+    at = ev(
+        usage(
+            "hz",
+            "tokens",
+            model="claude-sonnet-4.5",
+            input_tokens=10,
+            t="2026-05-11T08:00:00+08:00",
+        )
+    )
     assert at.event_time == clock - 10 * DAY_MS
-    older = ev(dict(usage("hz", "tokens", model="claude-sonnet-4.5", input_tokens=10), event_time=at.event_time - 1))
+    older = ev(
+        dict(
+            usage("hz", "tokens", model="claude-sonnet-4.5", input_tokens=10),
+            event_time=at.event_time - 1,
+        )
+    )
     too_old = engine.apply(state, older, clock_ms=clock)
     assert too_old.rejected.code == "event_too_old" and too_old.state is state
     ok = engine.apply(state, at, clock_ms=clock)
     assert ok.rejected is None and ok.deduction is not None  # exactly one horizon old: still in
     dup = engine.apply(state, at, clock_ms=clock)
     assert dup.duplicate and dup.state is state
-    conflict = engine.apply(state, ev(dict(usage("hz", "tokens", model="claude-sonnet-4.5", input_tokens=11,
-                                                 t="2026-05-11T08:00:00+08:00"), event_id=at.event_id)), clock_ms=clock)
+    conflict = engine.apply(
+        state,
+        ev(
+            dict(
+                usage(
+                    "hz",
+                    "tokens",
+                    model="claude-sonnet-4.5",
+                    input_tokens=11,
+                    t="2026-05-11T08:00:00+08:00",
+                ),
+                event_id=at.event_id,
+            )
+        ),
+        clock_ms=clock,
+    )
     assert conflict.rejected.code == "event_id_conflict" and conflict.state is state

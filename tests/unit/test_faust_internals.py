@@ -37,18 +37,27 @@ def test_the_worker_consumer_is_built_with_the_configured_fetch_wait(monkeypatch
     """faust hard-codes fetch_max_wait_ms=1500 in the factory it calls; the override replaces it."""
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-    assert "fetch_max_wait_ms=1500" in inspect.getsource(faust_internals._FAUST_CREATE_WORKER_CONSUMER)
+    assert "fetch_max_wait_ms=1500" in inspect.getsource(
+        faust_internals._FAUST_CREATE_WORKER_CONSUMER
+    )
     made = type("Made", (), {"_fetch_max_wait_ms": 1500})()
-    monkeypatch.setattr(faust_internals, "_FAUST_CREATE_WORKER_CONSUMER", lambda self, transport: made)
-    monkeypatch.setattr(AIOKafkaConsumerThread, "_create_worker_consumer",
-                        AIOKafkaConsumerThread._create_worker_consumer)
+    monkeypatch.setattr(
+        faust_internals, "_FAUST_CREATE_WORKER_CONSUMER", lambda self, transport: made
+    )
+    monkeypatch.setattr(
+        AIOKafkaConsumerThread,
+        "_create_worker_consumer",
+        AIOKafkaConsumerThread._create_worker_consumer,
+    )
     faust_internals.set_fetch_max_wait(37)
     assert AIOKafkaConsumerThread._create_worker_consumer(None, None) is made
     assert made._fetch_max_wait_ms == 37
 
 
 def test_committed_offsets_are_kept_per_partition_by_the_consumer():
-    assert "self._committed_offset = defaultdict(lambda: None)" in inspect.getsource(Consumer.__init__)
+    assert "self._committed_offset = defaultdict(lambda: None)" in inspect.getsource(
+        Consumer.__init__
+    )
     consumer = type("C", (), {"_committed_offset": {"tp": 41}})()
     assert faust_internals.committed_offset(consumer, "tp") == 41
     assert faust_internals.committed_offset(consumer, "other") is None

@@ -3,20 +3,19 @@ stays under the size limit, the account state does not grow with the traffic, th
 into one line that sums all of them, and duplicates re-sent long after are not charged again
 (the old 1,024-id window let a duplicate through after 1,100 other events)."""
 
+from datetime import timedelta
 from decimal import Decimal
 
 import orjson
 import pytest
 
 from streams.engine import BillingEngine
-from streams.limits import MAX_RECORD_BYTES
-from streams.local.synthetic import heavy_account, iso, START
-from streams.rating.profiles import Profiles
-from streams.simulate import Simulation, simulate, write_outputs
 from streams.ingest.events import parse_json_event
 from streams.ingest.messages import Decoded
-
-from datetime import timedelta
+from streams.limits import MAX_RECORD_BYTES
+from streams.local.synthetic import START, heavy_account, iso
+from streams.rating.profiles import Profiles
+from streams.simulate import Simulation, simulate, write_outputs
 
 REQUESTS = 100_000
 
@@ -47,7 +46,9 @@ def test_the_hour_is_one_line_of_sums_under_the_limit(heavy_hour, tmp_path):
     line = hour[0]
     members = [d for d in r.deductions if d["settlement_id"] == line["settlement_id"]]
     assert line["event_count"] == len(members) == REQUESTS
-    assert Decimal(line["gross_amount"]) == sum((Decimal(d["rated_amount"]) for d in members), Decimal(0))
+    assert Decimal(line["gross_amount"]) == sum(
+        (Decimal(d["rated_amount"]) for d in members), Decimal(0)
+    )
     assert len(orjson.dumps(line)) < 2048
     write_outputs(r, tmp_path)  # enforces the record limit on every record and state
     for path in tmp_path.glob("*.jsonl"):
@@ -81,7 +82,11 @@ def test_an_event_older_than_the_horizon_is_a_dead_letter_and_not_charged():
     lines = heavy_account("old", 10, span_s=60, seed=6)
     far = orjson.loads(lines[-1])
     far.update(event_id="old-far", event_time=iso(START + timedelta(days=40)))
-    r = simulate(list(enumerate(lines + [orjson.dumps(far), lines[3]], 1)), BillingEngine(Profiles()), source="x")
+    r = simulate(
+        list(enumerate(lines + [orjson.dumps(far), lines[3]], 1)),
+        BillingEngine(Profiles()),
+        source="x",
+    )
     assert r.counts["rated"] == 11 and r.counts["rejected:event_too_old"] == 1
     assert [d["reason_code"] for d in r.dead_letters] == ["event_too_old"]
 
@@ -92,11 +97,19 @@ def test_a_message_built_to_hurt_makes_a_small_dead_letter():
     import hashlib
 
     from streams.ingest.codec import registry
-    from streams.ingest.messages import decode_message, dead_letter_record
+    from streams.ingest.messages import dead_letter_record, decode_message
 
-    huge = {"kind": "usage", "event_id": "e" * 400_000, "trace_id": "t" * 400_000, "account_id": "a",
-            "main_account_id": "a", "event_time": "2026-05-01T10:00:00Z", "item": "tokens", "model": "m",
-            "input_tokens": 1}
+    huge = {
+        "kind": "usage",
+        "event_id": "e" * 400_000,
+        "trace_id": "t" * 400_000,
+        "account_id": "a",
+        "main_account_id": "a",
+        "event_time": "2026-05-01T10:00:00Z",
+        "item": "tokens",
+        "model": "m",
+        "input_tokens": 1,
+    }
     lines = [(1, orjson.dumps(huge)), (2, b"x" * 1_000_000)]
     r = simulate(lines, BillingEngine(Profiles()), source="hostile")
     assert [d["reason_code"] for d in r.dead_letters] == ["invalid_id", "invalid_json"]
@@ -107,7 +120,9 @@ def test_a_message_built_to_hurt_makes_a_small_dead_letter():
         assert len(reg.encode("dead_letter", letter)) <= MAX_RECORD_BYTES
     # the live path: the same bytes as a Kafka value
     for decoded in decode_message(reg, b"a", b"y" * 1_000_000):
-        letter = dead_letter_record(decoded, topic="t", partition=0, offset=1, key=b"k" * 500_000, fallback_id="t:0:1")
+        letter = dead_letter_record(
+            decoded, topic="t", partition=0, offset=1, key=b"k" * 500_000, fallback_id="t:0:1"
+        )
         assert len(reg.encode("dead_letter", letter)) <= MAX_RECORD_BYTES
 
 
@@ -121,11 +136,26 @@ def test_account_events_cannot_grow_the_state_past_its_limit():
 
     day = timedelta(days=1)
     raws = [account("grow-ev", "account_opened", profile="jiekou", amount="10", t=iso(START))]
-    raws += [account("grow-ev", "sub_account_linked", sub_account_id=f"{i:04d}" + "s" * 250, t=iso(START))
-             for i in range(5_000)]
-    raws += [account("grow-ev", "voucher_granted", voucher_id=f"v{i}", amount="1", t=iso(START + i * day),
-                     expires_at=iso(START + i * day + day)) for i in range(4_500)]
-    r = simulate(list(enumerate((orjson.dumps(x) for x in raws), 1)), BillingEngine(Profiles()), source="x")
+    raws += [
+        account(
+            "grow-ev", "sub_account_linked", sub_account_id=f"{i:04d}" + "s" * 250, t=iso(START)
+        )
+        for i in range(5_000)
+    ]
+    raws += [
+        account(
+            "grow-ev",
+            "voucher_granted",
+            voucher_id=f"v{i}",
+            amount="1",
+            t=iso(START + i * day),
+            expires_at=iso(START + i * day + day),
+        )
+        for i in range(4_500)
+    ]
+    r = simulate(
+        list(enumerate((orjson.dumps(x) for x in raws), 1)), BillingEngine(Profiles()), source="x"
+    )
     codes = [d["reason_code"] for d in r.dead_letters]
     assert codes == ["limit_exceeded"] * (5_000 - MAX_SUB_ACCOUNTS)
     state = r.states["grow-ev"]

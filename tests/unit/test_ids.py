@@ -6,7 +6,8 @@ from __future__ import annotations
 import uuid
 
 import orjson
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.deduction.record import dead_letter_id, deduction_id
 from streams.engine import BillingEngine
@@ -46,28 +47,40 @@ def test_deduction_ids_of_distinct_main_event_pairs_differ(m1, e1, m2, e2):
 def test_the_collisions_of_the_issue_are_gone():
     assert deduction_id("p", "x|y") != deduction_id("p|x", "y")
     # two tenants' dead letters for one event id are two rows
-    assert dead_letter_id("unknown_model", "e1", "p0@1", "t1") != dead_letter_id("unknown_model", "e1", "p0@1", "t2")
-    assert dead_letter_id("unknown_model", "e1", "p0@1", "t1") == dead_letter_id("unknown_model", "e1", "p9@9", "t1")
+    assert dead_letter_id("unknown_model", "e1", "p0@1", "t1") != dead_letter_id(
+        "unknown_model", "e1", "p0@1", "t2"
+    )
+    assert dead_letter_id("unknown_model", "e1", "p0@1", "t1") == dead_letter_id(
+        "unknown_model", "e1", "p9@9", "t1"
+    )
     a1 = alert("arrears_started", "a|arrears_started|x", "a", 0, "y", "m")
     a2 = alert("arrears_started", "a", "a", 0, "x|arrears_started|y", "m")
     assert a1["alert_id"] != a2["alert_id"]
 
 
 def test_dead_letters_of_two_tenants_for_one_event_id_differ_end_to_end():
-    raws = [usage("t1", "agent_call", quantity="1", event_id="same"), usage("t2", "agent_call", quantity="1", event_id="same")]
-    r = simulate(list(enumerate((orjson.dumps(x) for x in raws), 1)), BillingEngine(Profiles()), source="x")
+    raws = [
+        usage("t1", "agent_call", quantity="1", event_id="same"),
+        usage("t2", "agent_call", quantity="1", event_id="same"),
+    ]
+    r = simulate(
+        list(enumerate((orjson.dumps(x) for x in raws), 1)), BillingEngine(Profiles()), source="x"
+    )
     assert [d["reason_code"] for d in r.dead_letters] == ["unknown_account", "unknown_account"]
     assert len({d["dead_letter_id"] for d in r.dead_letters}) == 2
 
 
 def _avro_usage(main: str) -> bytes:
     from streams.ingest.producer import encode_line
+
     return encode_line(registry(), orjson.dumps(usage(main, "agent_call", quantity="1")))[1]
 
 
 def codes(key, value, partition=None, partitions=None):
-    return [d.rejected.code if d.rejected else "ok"
-            for d in decode_message(registry(), key, value, partition=partition, partitions=partitions)]
+    return [
+        d.rejected.code if d.rejected else "ok"
+        for d in decode_message(registry(), key, value, partition=partition, partitions=partitions)
+    ]
 
 
 def test_key_must_be_utf8_equal_to_the_main_account_and_on_its_partition():
@@ -84,7 +97,9 @@ def test_key_must_be_utf8_equal_to_the_main_account_and_on_its_partition():
 
 
 def run(*raws):
-    return simulate(list(enumerate((orjson.dumps(x) for x in raws), 1)), BillingEngine(Profiles()), source="x")
+    return simulate(
+        list(enumerate((orjson.dumps(x) for x in raws), 1)), BillingEngine(Profiles()), source="x"
+    )
 
 
 def test_account_events_come_from_the_main_account_only():
@@ -96,10 +111,17 @@ def test_account_events_come_from_the_main_account_only():
         account("j", "sub_account_linked", sub_account_id="stranger", account_id="stranger"),
         usage("j", "tokens", model="claude-sonnet-4.5", input_tokens=10_000, account_id="stranger"),
         account("j", "sub_account_linked", sub_account_id="j-dev"),
-        account("j", "sub_account_linked", sub_account_id="j-dev2", account_id="j-dev"),  # a sub cannot link
+        account(
+            "j", "sub_account_linked", sub_account_id="j-dev2", account_id="j-dev"
+        ),  # a sub cannot link
         usage("j", "tokens", model="claude-sonnet-4.5", input_tokens=10_000, account_id="j-dev"),
     )
-    assert [d["reason_code"] for d in r.dead_letters] == ["not_a_main_account"] * 4 + ["unknown_sub_account", "not_a_main_account"]
+    assert [d["reason_code"] for d in r.dead_letters] == ["not_a_main_account"] * 4 + [
+        "unknown_sub_account",
+        "not_a_main_account",
+    ]
     state = r.states["j"]
-    assert state.sub_accounts == {"j-dev"} and not state.post_paid and state.balance_threshold is None
+    assert (
+        state.sub_accounts == {"j-dev"} and not state.post_paid and state.balance_threshold is None
+    )
     assert [d["account_id"] for d in r.deductions] == ["j-dev"]

@@ -26,8 +26,14 @@ ALERTS_FILE = INFRA / "prometheus" / "alerts.yml"
 PROMETHEUS_RULE_FILE = K8S / "prometheus-rules.yaml"
 
 APP_IMAGE = "ai-billing-streams"
-ALLOWED_IMAGES = {"apache/kafka", "clickhouse/clickhouse-server", "prom/prometheus", "grafana/grafana",
-                  "danielqsj/kafka-exporter", APP_IMAGE}
+ALLOWED_IMAGES = {
+    "apache/kafka",
+    "clickhouse/clickhouse-server",
+    "prom/prometheus",
+    "grafana/grafana",
+    "danielqsj/kafka-exporter",
+    APP_IMAGE,
+}
 SECRET_SETTINGS = {name for name, (_, doc) in SETTINGS.items() if "secret" in doc.lower()}
 PIPELINE_COMMANDS = {"worker", "sink", "topics", "migrate"}
 
@@ -54,19 +60,47 @@ DOCUMENTED_METRICS: dict[str, set[str]] = {
     "billing_sink_rows_total": {"table"},
     "billing_sink_halted_total": {"table", "reason"},
 }
-HISTOGRAMS = {"billing_hour_close_delay_seconds", "billing_worker_round_seconds", "billing_sink_batch_rows",
-              "billing_sink_insert_seconds"}
+HISTOGRAMS = {
+    "billing_hour_close_delay_seconds",
+    "billing_worker_round_seconds",
+    "billing_sink_batch_rows",
+    "billing_sink_insert_seconds",
+}
 TARGET_LABELS = {"instance", "job"}  # added by Prometheus to every scraped series
 PROMQL_WORDS = {
-    "sum", "min", "max", "avg", "count", "topk", "bottomk", "quantile", "rate", "irate", "increase", "delta",
-    "histogram_quantile", "vector", "scalar", "abs", "clamp_min", "clamp_max", "or", "and", "unless",
-    "bool", "offset", "changes", "absent",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "count",
+    "topk",
+    "bottomk",
+    "quantile",
+    "rate",
+    "irate",
+    "increase",
+    "delta",
+    "histogram_quantile",
+    "vector",
+    "scalar",
+    "abs",
+    "clamp_min",
+    "clamp_max",
+    "or",
+    "and",
+    "unless",
+    "bool",
+    "offset",
+    "changes",
+    "absent",
 }
 # Metrics the alert rules may use besides ours, with their labels: the process metrics
 # prometheus-client exports (ProcessCollector, Linux), Prometheus' own `up`, kafka-exporter
 # (danielqsj/kafka-exporter) and kube-state-metrics v2.
 PROCESS_METRICS: dict[str, set[str]] = {
-    "process_start_time_seconds": set(), "process_resident_memory_bytes": set(), "process_cpu_seconds_total": set(),
+    "process_start_time_seconds": set(),
+    "process_resident_memory_bytes": set(),
+    "process_cpu_seconds_total": set(),
     "process_open_fds": set(),
 }
 EXTERNAL_METRICS: dict[str, set[str]] = {
@@ -91,7 +125,12 @@ def compose() -> dict:
 
 
 def k8s_docs() -> list[dict]:
-    return [doc for path in sorted(K8S.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return [
+        doc
+        for path in sorted(K8S.glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
 
 
 def k8s_objects(kind: str) -> list[dict]:
@@ -100,8 +139,14 @@ def k8s_objects(kind: str) -> list[dict]:
 
 def workload(name: str) -> dict:
     """The Deployment or StatefulSet called ``name``."""
-    found = [doc for doc in k8s_objects("Deployment") + k8s_objects("StatefulSet") if doc["metadata"]["name"] == name]
-    assert len(found) == 1, f"expected one Deployment or StatefulSet {name} in infra/k8s, found {len(found)}"
+    found = [
+        doc
+        for doc in k8s_objects("Deployment") + k8s_objects("StatefulSet")
+        if doc["metadata"]["name"] == name
+    ]
+    assert len(found) == 1, (
+        f"expected one Deployment or StatefulSet {name} in infra/k8s, found {len(found)}"
+    )
     return found[0]
 
 
@@ -112,8 +157,11 @@ def k8s_object(kind: str, name: str) -> dict:
 
 
 def pod_specs() -> list[tuple[str, dict]]:
-    return [(doc["metadata"]["name"], doc["spec"]["template"]["spec"])
-            for doc in k8s_docs() if doc.get("kind") in ("Deployment", "StatefulSet", "Job")]
+    return [
+        (doc["metadata"]["name"], doc["spec"]["template"]["spec"])
+        for doc in k8s_docs()
+        if doc.get("kind") in ("Deployment", "StatefulSet", "Job")
+    ]
 
 
 def containers(pod: dict) -> list[dict]:
@@ -123,7 +171,7 @@ def containers(pod: dict) -> list[dict]:
 def split_image(ref: str) -> tuple[str, str]:
     """(repository without registry host, tag); tag is '' when the reference has none."""
     ref = ref.split("@", 1)[0]
-    name, tag = (ref.rsplit(":", 1) if ":" in ref.rsplit("/", 1)[-1] else (ref, ""))
+    name, tag = ref.rsplit(":", 1) if ":" in ref.rsplit("/", 1)[-1] else (ref, "")
     host, _, rest = name.partition("/")
     if rest and ("." in host or ":" in host or host == "localhost"):
         name = rest
@@ -135,7 +183,9 @@ def is_app(image: str) -> bool:
 
 
 def app_services() -> dict[str, dict]:
-    services = {name: svc for name, svc in compose()["services"].items() if is_app(svc.get("image", ""))}
+    services = {
+        name: svc for name, svc in compose()["services"].items() if is_app(svc.get("image", ""))
+    }
     assert {"init", "worker", "sink"} <= set(services), "compose lacks an app service"
     return services
 
@@ -168,12 +218,24 @@ def effective_env(container: dict) -> dict[str, str]:
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
     text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines]
+    lines = [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
+        for line in lines
+    ]
 
 
 def docker_env() -> dict[str, str]:
-    return {k: v for op, arg in dockerfile_instructions() if op == "ENV" for k, v in re.findall(r"(\w+)=(\S*)", arg)}
+    return {
+        k: v
+        for op, arg in dockerfile_instructions()
+        if op == "ENV"
+        for k, v in re.findall(r"(\w+)=(\S*)", arg)
+    }
 
 
 def docker_entrypoint() -> list[str]:
@@ -202,11 +264,26 @@ INFRA_FILES = sorted(p for ext in ("*.yml", "*.yaml", "*.json") for p in INFRA.r
 
 
 def test_the_deployment_files_exist():
-    expected = {DOCKERFILE, COMPOSE_FILE, PROMETHEUS_FILE, DASHBOARD_FILE,
-                INFRA / "grafana" / "provisioning" / "dashboards.yaml",
-                INFRA / "grafana" / "provisioning" / "datasource.yaml",
-                *(K8S / f for f in ("namespace.yaml", "configmap.yaml", "secret.yaml", "worker-statefulset.yaml",
-                                    "sink-deployment.yaml", "init-job.yaml", "service-metrics.yaml"))}
+    expected = {
+        DOCKERFILE,
+        COMPOSE_FILE,
+        PROMETHEUS_FILE,
+        DASHBOARD_FILE,
+        INFRA / "grafana" / "provisioning" / "dashboards.yaml",
+        INFRA / "grafana" / "provisioning" / "datasource.yaml",
+        *(
+            K8S / f
+            for f in (
+                "namespace.yaml",
+                "configmap.yaml",
+                "secret.yaml",
+                "worker-statefulset.yaml",
+                "sink-deployment.yaml",
+                "init-job.yaml",
+                "service-metrics.yaml",
+            )
+        ),
+    }
     assert not [str(p.relative_to(ROOT)) for p in expected if not p.is_file()]
 
 
@@ -224,7 +301,9 @@ def test_images_are_pinned_and_known():
     assert len(images) >= 8
     for ref in images:
         repo, tag = split_image(ref)
-        assert repo in ALLOWED_IMAGES, f"{ref}: not one of the known images {sorted(ALLOWED_IMAGES)}"
+        assert repo in ALLOWED_IMAGES, (
+            f"{ref}: not one of the known images {sorted(ALLOWED_IMAGES)}"
+        )
         if repo != APP_IMAGE:
             assert tag and tag != "latest", f"{ref}: pin a version, a moving tag changes what runs"
 
@@ -258,7 +337,9 @@ def test_every_variable_given_to_the_app_is_a_setting():
         if var.startswith(prefixes):
             given.setdefault(var, set()).add("Dockerfile")
     unknown = {var: sorted(where) for var, where in given.items() if var not in SETTINGS}
-    assert not unknown, f"not in streams.config.SETTINGS (misspelt, or the code lacks it): {unknown}"
+    assert not unknown, (
+        f"not in streams.config.SETTINGS (misspelt, or the code lacks it): {unknown}"
+    )
     assert {"KAFKA_BOOTSTRAP_SERVERS", "CLICKHOUSE_URL", "METRICS_HOST"} <= set(given)
 
 
@@ -272,26 +353,35 @@ def test_configmap_holds_no_secret():
     assert not [k for k in cm if "PASSWORD" in k or k in SECRET_SETTINGS]
     secret_values = [v for v in secret().values() if v]
     assert not [k for k, v in cm.items() if any(s in v for s in secret_values)]
-    assert urlsplit(cm["CLICKHOUSE_URL"]).password is None, "the ClickHouse password belongs in the Secret"
+    assert urlsplit(cm["CLICKHOUSE_URL"]).password is None, (
+        "the ClickHouse password belongs in the Secret"
+    )
 
 
 def test_compose_takes_every_password_from_the_environment():
     for name, svc in compose()["services"].items():
         for var, value in compose_env(svc).items():
             if "PASSWORD" in var:
-                assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", value), f"{name}: {var} must be ${{VAR:?...}}, not a literal"
+                assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", value), (
+                    f"{name}: {var} must be ${{VAR:?...}}, not a literal"
+                )
 
 
 def test_kubernetes_talks_tls_and_takes_credentials_from_the_secret():
     cm = configmap()
     assert cm["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
-    assert cm["KAFKA_SASL_MECHANISM"] in ("SCRAM-SHA-256", "SCRAM-SHA-512") and cm["KAFKA_SASL_USERNAME"]
+    assert (
+        cm["KAFKA_SASL_MECHANISM"] in ("SCRAM-SHA-256", "SCRAM-SHA-512")
+        and cm["KAFKA_SASL_USERNAME"]
+    )
     url = urlsplit(cm["CLICKHOUSE_URL"])
     assert url.scheme == "https" and url.username
     for name, pod in pod_specs():
         for c in containers(pod):
             refs = {(kind, src[kind]["name"]) for src in c.get("envFrom", []) for kind in src}
-            assert refs == {("configMapRef", "billing-config"), ("secretRef", "billing-secrets")}, f"{name}/{c['name']}"
+            assert refs == {("configMapRef", "billing-config"), ("secretRef", "billing-secrets")}, (
+                f"{name}/{c['name']}"
+            )
 
 
 # ---------------------------------------------------------------- commands
@@ -319,10 +409,16 @@ def test_commands_run_are_rating_subcommands():
         for c in containers(pod):
             if not is_app(c["image"]):
                 continue
-            argv = c["command"] + c.get("args", []) if "command" in c else docker_entrypoint() + c.get("args", [])
+            argv = (
+                c["command"] + c.get("args", [])
+                if "command" in c
+                else docker_entrypoint() + c.get("args", [])
+            )
             for sub in rating_subcommands(argv):
                 used[sub] = f"k8s {name}/{c['name']}"
-    assert not {sub: where for sub, where in used.items() if sub not in registered}, f"`rating` has {sorted(registered)}"
+    assert not {sub: where for sub, where in used.items() if sub not in registered}, (
+        f"`rating` has {sorted(registered)}"
+    )
     assert PIPELINE_COMMANDS <= set(used), "a pipeline process is missing from the deployment"
 
 
@@ -334,7 +430,9 @@ def test_long_running_pods_have_probes_resources_and_reachable_metrics(name, com
     pod = workload(name)["spec"]["template"]["spec"]
     (c,) = [c for c in pod["containers"] if c.get("args", [])[:1] == [command]]
     env = effective_env(c)
-    assert env["METRICS_HOST"] == "0.0.0.0", "on loopback the kubelet's probes and Prometheus cannot reach it"
+    assert env["METRICS_HOST"] == "0.0.0.0", (
+        "on loopback the kubelet's probes and Prometheus cannot reach it"
+    )
     port = int(env["METRICS_PORT"])
     named = {p["name"]: p["containerPort"] for p in c["ports"] if "name" in p}
     assert port in {p["containerPort"] for p in c["ports"]}
@@ -371,11 +469,18 @@ def test_worker_state_directory_is_a_writable_volume():
     worker = app_services()["worker"]
     data_dir = Path(compose_env(worker)["WORKER_DATA_DIR"])
     targets = [Path(v.split(":")[1] if ":" in v else v) for v in worker.get("volumes", [])]
-    assert any(data_dir == t or t in data_dir.parents for t in targets), "compose worker: WORKER_DATA_DIR not on a volume"
+    assert any(data_dir == t or t in data_dir.parents for t in targets), (
+        "compose worker: WORKER_DATA_DIR not on a volume"
+    )
 
 
 def test_pods_meet_the_restricted_pod_security_standard():
-    assert k8s_object("Namespace", "billing")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert (
+        k8s_object("Namespace", "billing")["metadata"]["labels"][
+            "pod-security.kubernetes.io/enforce"
+        ]
+        == "restricted"
+    )
     specs = pod_specs()
     assert len(specs) >= 3
     for name, pod in specs:
@@ -400,17 +505,24 @@ def test_metrics_service_selects_worker_and_sink_but_not_the_init_job():
 
     assert selected("StatefulSet", "billing-worker") and selected("Deployment", "billing-sink")
     assert not selected("Job", "billing-init")
-    assert {p["port"] for p in svc["spec"]["ports"]} == {int(svc["metadata"]["annotations"]["prometheus.io/port"])}
+    assert {p["port"] for p in svc["spec"]["ports"]} == {
+        int(svc["metadata"]["annotations"]["prometheus.io/port"])
+    }
 
 
 def test_deployment_selectors_match_their_pods():
     workloads = k8s_objects("Deployment") + k8s_objects("StatefulSet")
     for doc in workloads + k8s_objects("PodDisruptionBudget"):
         labels = doc["spec"]["selector"]["matchLabels"].items()
-        targets = [d for d in workloads if labels <= d["spec"]["template"]["metadata"]["labels"].items()]
+        targets = [
+            d for d in workloads if labels <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
         assert targets, f"{doc['kind']} {doc['metadata']['name']} selects no pods"
     for doc in k8s_objects("StatefulSet"):
-        assert doc["spec"]["selector"]["matchLabels"].items() <= doc["spec"]["template"]["metadata"]["labels"].items()
+        assert (
+            doc["spec"]["selector"]["matchLabels"].items()
+            <= doc["spec"]["template"]["metadata"]["labels"].items()
+        )
 
 
 def test_worker_statefulset_has_its_headless_service():
@@ -426,7 +538,9 @@ def test_production_durability_and_group_settings():
     from streams.worker.tuning import rocksdb_memory_bound_bytes, table_options
 
     cm = configmap()
-    s = Settings.from_env({k: v for k, v in cm.items()} | {"KAFKA_SASL_PASSWORD": "x", "CLICKHOUSE_PASSWORD": "x"})
+    s = Settings.from_env(
+        {k: v for k, v in cm.items()} | {"KAFKA_SASL_PASSWORD": "x", "CLICKHOUSE_PASSWORD": "x"}
+    )
     assert (s.kafka_replication_factor, s.kafka_min_insync_replicas) == (3, 2)
     assert s.worker_standby_replicas == 1
     local = Settings.from_env({})
@@ -454,10 +568,16 @@ def test_compose_wiring():
     services = compose()["services"]
     env = compose_env(app_services()["worker"])
     kafka_env = compose_env(services["kafka"])
-    advertised = {urlsplit(url).netloc for url in kafka_env["KAFKA_ADVERTISED_LISTENERS"].split(",")}
+    advertised = {
+        urlsplit(url).netloc for url in kafka_env["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    }
     assert set(env["KAFKA_BOOTSTRAP_SERVERS"].split(",")) <= advertised
     url, ch_env = urlsplit(env["CLICKHOUSE_URL"]), compose_env(services["clickhouse"])
-    assert (url.hostname, url.username, url.path.strip("/")) == ("clickhouse", ch_env["CLICKHOUSE_USER"], ch_env["CLICKHOUSE_DB"])
+    assert (url.hostname, url.username, url.path.strip("/")) == (
+        "clickhouse",
+        ch_env["CLICKHOUSE_USER"],
+        ch_env["CLICKHOUSE_DB"],
+    )
     assert env["CLICKHOUSE_PASSWORD"] == ch_env["CLICKHOUSE_PASSWORD"]
     assert env["METRICS_HOST"] == "0.0.0.0"
     assert services["init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
@@ -468,7 +588,12 @@ def test_compose_wiring():
 
 
 def test_compose_bind_mounts_exist():
-    mounts = [v.split(":")[0] for svc in compose()["services"].values() for v in svc.get("volumes", []) if v.startswith(".")]
+    mounts = [
+        v.split(":")[0]
+        for svc in compose()["services"].values()
+        for v in svc.get("volumes", [])
+        if v.startswith(".")
+    ]
     assert len(mounts) >= 4
     assert not [m for m in mounts if not (COMPOSE_FILE.parent / m).exists()]
 
@@ -477,14 +602,24 @@ def test_compose_bind_mounts_exist():
 
 
 def test_prometheus_scrapes_worker_and_sink_on_the_metrics_port():
-    jobs = {job["job_name"]: job for job in yaml.safe_load(PROMETHEUS_FILE.read_text())["scrape_configs"]}
+    jobs = {
+        job["job_name"]: job
+        for job in yaml.safe_load(PROMETHEUS_FILE.read_text())["scrape_configs"]
+    }
     services = app_services()
     for name in ("worker", "sink"):
         port = int(compose_env(services[name]).get("METRICS_PORT", SETTINGS["METRICS_PORT"][0]))
         assert port == 9464
-        targets = [(host, int(p)) for sc in jobs[name].get("static_configs", []) for host, p in
-                   (t.rsplit(":", 1) for t in sc["targets"])]
-        targets += [(host, sd["port"]) for sd in jobs[name].get("dns_sd_configs", []) for host in sd["names"]]
+        targets = [
+            (host, int(p))
+            for sc in jobs[name].get("static_configs", [])
+            for host, p in (t.rsplit(":", 1) for t in sc["targets"])
+        ]
+        targets += [
+            (host, sd["port"])
+            for sd in jobs[name].get("dns_sd_configs", [])
+            for host in sd["names"]
+        ]
         assert targets and all(t == (name, port) for t in targets), f"{name}: {targets}"
 
 
@@ -512,10 +647,22 @@ def test_dockerfile_copies_what_the_code_reads_beside_the_package():
     from streams.sink.clickhouse import MIGRATIONS_DIR
     from streams.sink.queries import FINANCE_SQL
 
-    sources = [Path(part.rstrip("/")) for op, arg in dockerfile_instructions() if op == "COPY" and "--from" not in arg
-               for part in arg.split()[:-1]]
-    assert not [str(s) for s in sources if not (ROOT / s).exists()], "COPY of a path that does not exist"
-    for needed in (SCHEMAS_DIR, MIGRATIONS_DIR, FINANCE_SQL, ROOT / "streams", ROOT / "pyproject.toml"):
+    sources = [
+        Path(part.rstrip("/"))
+        for op, arg in dockerfile_instructions()
+        if op == "COPY" and "--from" not in arg
+        for part in arg.split()[:-1]
+    ]
+    assert not [str(s) for s in sources if not (ROOT / s).exists()], (
+        "COPY of a path that does not exist"
+    )
+    for needed in (
+        SCHEMAS_DIR,
+        MIGRATIONS_DIR,
+        FINANCE_SQL,
+        ROOT / "streams",
+        ROOT / "pyproject.toml",
+    ):
         rel = needed.relative_to(ROOT)
         assert any(rel == s or s in rel.parents for s in sources), f"the image lacks {rel}"
 
@@ -526,7 +673,11 @@ def test_dockerfile_copies_what_the_code_reads_beside_the_package():
 def promql_names(expr: str) -> tuple[set[str], set[str]]:
     """(identifiers other than PromQL words, label names) of one expression."""
     body = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
-    labels = {m for block in re.findall(r"\{([^}]*)\}", body) for m in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", block)}
+    labels = {
+        m
+        for block in re.findall(r"\{([^}]*)\}", body)
+        for m in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", block)
+    }
     body = re.sub(r"\{[^}]*\}", " ", body)
     for block in re.findall(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)", body):
         labels |= {label.strip() for label in block.split(",") if label.strip()}
@@ -544,7 +695,8 @@ def documented(series: str) -> str | None:
 
 def test_promql_names_sees_metrics_and_labels():
     names, labels = promql_names(
-        'histogram_quantile(0.99, sum by (le, table) (rate(billing_sink_insert_seconds_bucket{table=~"$t"}[5m]))) or vector(0)')
+        'histogram_quantile(0.99, sum by (le, table) (rate(billing_sink_insert_seconds_bucket{table=~"$t"}[5m]))) or vector(0)'
+    )
     assert names == {"billing_sink_insert_seconds_bucket"} and labels == {"le", "table"}
     assert documented("billing_sink_insert_seconds_bucket") == "billing_sink_insert_seconds"
     assert documented("billing_events_consumed_total_bucket") is None  # a counter has no buckets
@@ -609,7 +761,11 @@ def test_documented_metrics_are_what_the_code_exports():
 
 
 def alert_rules() -> list[dict]:
-    return [rule for group in yaml.safe_load(ALERTS_FILE.read_text())["groups"] for rule in group["rules"]]
+    return [
+        rule
+        for group in yaml.safe_load(ALERTS_FILE.read_text())["groups"]
+        for rule in group["rules"]
+    ]
 
 
 def test_alert_rules_are_complete_and_the_operator_manifest_matches():
@@ -624,8 +780,9 @@ def test_alert_rules_are_complete_and_the_operator_manifest_matches():
     rule = yaml.safe_load(PROMETHEUS_RULE_FILE.read_text())
     assert (rule["apiVersion"], rule["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")
     assert rule["metadata"]["namespace"] == "billing"
-    assert rule["spec"]["groups"] == yaml.safe_load(ALERTS_FILE.read_text())["groups"], \
+    assert rule["spec"]["groups"] == yaml.safe_load(ALERTS_FILE.read_text())["groups"], (
         "infra/k8s/prometheus-rules.yaml is out of step with infra/prometheus/alerts.yml (regenerate it: see its header)"
+    )
 
 
 def test_alert_rules_use_only_exported_or_listed_metrics_and_their_labels():
@@ -634,12 +791,18 @@ def test_alert_rules_use_only_exported_or_listed_metrics_and_their_labels():
         names, labels = promql_names(r["expr"])
         metrics = {documented(n) or n for n in names}
         unknown = metrics - set(known)
-        assert not unknown, f"{r['alert']}: {unknown} is neither exported by streams/observability/metrics.py nor listed"
+        assert not unknown, (
+            f"{r['alert']}: {unknown} is neither exported by streams/observability/metrics.py nor listed"
+        )
         allowed = set().union(*(known[m] for m in metrics)) | TARGET_LABELS
         allowed |= {"le"} if any(n.endswith("_bucket") for n in names) else set()
-        assert labels <= allowed, f"{r['alert']}: labels {labels - allowed} do not exist on {metrics}"
+        assert labels <= allowed, (
+            f"{r['alert']}: labels {labels - allowed} do not exist on {metrics}"
+        )
         for label in re.findall(r"\$labels\.(\w+)", " ".join(r["annotations"].values())):
-            assert label in allowed, f"{r['alert']}: the annotation uses {label}, which the result does not have"
+            assert label in allowed, (
+                f"{r['alert']}: the annotation uses {label}, which the result does not have"
+            )
 
 
 def test_process_metrics_the_rules_use_are_exported():
@@ -653,16 +816,28 @@ def test_process_metrics_the_rules_use_are_exported():
 def test_alert_rules_cover_the_failure_modes():
     exprs = {r["alert"]: r["expr"] for r in alert_rules()}
     every = " ".join(exprs.values())
-    for metric in ("kafka_consumergroup_lag", "billing_consumer_lag", "billing_event_age_seconds",
-                   "billing_events_rejected_total", "billing_hour_close_delay_seconds_bucket",
-                   "kube_statefulset_status_replicas_ready", "billing_sink_insert_failures_total"):
+    for metric in (
+        "kafka_consumergroup_lag",
+        "billing_consumer_lag",
+        "billing_event_age_seconds",
+        "billing_events_rejected_total",
+        "billing_hour_close_delay_seconds_bucket",
+        "kube_statefulset_status_replicas_ready",
+        "billing_sink_insert_failures_total",
+    ):
         assert metric in every, f"no alert on {metric}"
-    exit_codes = {(m.group(1), int(m.group(2))) for e in exprs.values()
-                  for m in [re.search(r'container="(\w+)".*last_terminated_exitcode\{[^}]*\}\) == (\d)', e)] if m}
+    exit_codes = {
+        (m.group(1), int(m.group(2)))
+        for e in exprs.values()
+        for m in [re.search(r'container="(\w+)".*last_terminated_exitcode\{[^}]*\}\) == (\d)', e)]
+        if m
+    }
     from streams.sink.clickhouse import SinkHalted  # noqa: F401 - exit code 3 in streams/cli/common.py
     from streams.worker.stall import EXIT_ROUND_FAILED, EXIT_STALLED
 
-    assert {("worker", EXIT_STALLED), ("worker", EXIT_ROUND_FAILED), ("sink", 3)} <= exit_codes, exit_codes
+    assert {("worker", EXIT_STALLED), ("worker", EXIT_ROUND_FAILED), ("sink", 3)} <= exit_codes, (
+        exit_codes
+    )
 
 
 def test_alert_expressions_parse_as_promql():
@@ -673,7 +848,10 @@ def test_alert_expressions_parse_as_promql():
 
 def test_alert_rules_name_the_deployed_groups_topics_and_workloads():
     cm = configmap()
-    groups = {cm.get("WORKER_APP_ID", SETTINGS["WORKER_APP_ID"][0]), cm.get("SINK_GROUP_ID", SETTINGS["SINK_GROUP_ID"][0])}
+    groups = {
+        cm.get("WORKER_APP_ID", SETTINGS["WORKER_APP_ID"][0]),
+        cm.get("SINK_GROUP_ID", SETTINGS["SINK_GROUP_ID"][0]),
+    }
     prefix = cm.get("KAFKA_TOPIC_PREFIX", SETTINGS["KAFKA_TOPIC_PREFIX"][0])
     sts = k8s_object("StatefulSet", "billing-worker")
     containers_by_name = {c["name"] for _, pod in pod_specs() for c in pod["containers"]}
@@ -695,7 +873,11 @@ def test_alert_rules_name_the_deployed_groups_topics_and_workloads():
 def test_prometheus_loads_the_rules_and_scrapes_kafka_exporter():
     config = yaml.safe_load(PROMETHEUS_FILE.read_text())
     prometheus = compose()["services"]["prometheus"]
-    mounted = {v.split(":")[1]: (COMPOSE_FILE.parent / v.split(":")[0]).resolve() for v in prometheus["volumes"] if v.startswith(".")}
+    mounted = {
+        v.split(":")[1]: (COMPOSE_FILE.parent / v.split(":")[0]).resolve()
+        for v in prometheus["volumes"]
+        if v.startswith(".")
+    }
     assert [mounted[path] for path in config["rule_files"]] == [ALERTS_FILE.resolve()]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     (target,) = jobs["kafka-exporter"]["static_configs"][0]["targets"]
@@ -705,10 +887,18 @@ def test_prometheus_loads_the_rules_and_scrapes_kafka_exporter():
     assert any(a.startswith("--kafka.server=kafka:") for a in exporter["command"])
     deploy = k8s_object("Deployment", "billing-kafka-exporter")
     (c,) = deploy["spec"]["template"]["spec"]["containers"]
-    assert "--kafka.server=$(KAFKA_BOOTSTRAP_SERVERS)" in c["args"] and "--sasl.password=$(KAFKA_SASL_PASSWORD)" in c["args"]
+    assert (
+        "--kafka.server=$(KAFKA_BOOTSTRAP_SERVERS)" in c["args"]
+        and "--sasl.password=$(KAFKA_SASL_PASSWORD)" in c["args"]
+    )
     svc = k8s_object("Service", "billing-kafka-exporter")
-    assert svc["spec"]["selector"].items() <= deploy["spec"]["template"]["metadata"]["labels"].items()
-    assert not k8s_object("Service", "billing-metrics")["spec"]["selector"].items() <= deploy["spec"]["template"]["metadata"]["labels"].items()
+    assert (
+        svc["spec"]["selector"].items() <= deploy["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert (
+        not k8s_object("Service", "billing-metrics")["spec"]["selector"].items()
+        <= deploy["spec"]["template"]["metadata"]["labels"].items()
+    )
 
 
 def test_kustomization_lists_every_manifest_but_the_templates():
@@ -735,7 +925,6 @@ def test_clickhouse_healthcheck_probes_the_real_listener():
     assert "http://clickhouse:8123/" in test
 
 
-
 def test_kustomize_builds_the_manifests():
     import shutil
     import subprocess
@@ -746,4 +935,6 @@ def test_kustomize_builds_the_manifests():
     r = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(r.stdout) if doc)
-    assert kinds.count("StatefulSet") == 1 and "PrometheusRule" not in kinds and "Secret" not in kinds
+    assert (
+        kinds.count("StatefulSet") == 1 and "PrometheusRule" not in kinds and "Secret" not in kinds
+    )

@@ -16,7 +16,13 @@ import pytest
 
 from streams.engine import BillingEngine
 from streams.ingest.codec import registry
-from streams.ingest.events import MAX_DECIMAL_SCALE, Rejected, id_problem, parse_decimal, parse_json_event
+from streams.ingest.events import (
+    MAX_DECIMAL_SCALE,
+    Rejected,
+    id_problem,
+    parse_decimal,
+    parse_json_event,
+)
 from streams.ingest.messages import decode_message
 from streams.ingest.producer import batched_messages, encode_line
 from streams.rating.profiles import Profiles
@@ -27,15 +33,30 @@ T = "2026-05-01T09:00:00+08:00"
 
 
 def usage(event_id: str, main: str = "th", **fields: Any) -> dict[str, Any]:
-    d = {"kind": "usage", "event_id": event_id, "account_id": main, "main_account_id": main, "event_time": T,
-         "item": "tokens", "model": "kimi-k2.5", "input_tokens": 100, "output_tokens": 10}
+    d = {
+        "kind": "usage",
+        "event_id": event_id,
+        "account_id": main,
+        "main_account_id": main,
+        "event_time": T,
+        "item": "tokens",
+        "model": "kimi-k2.5",
+        "input_tokens": 100,
+        "output_tokens": 10,
+    }
     d.update(fields)
     return {k: v for k, v in d.items() if v is not _DROP}
 
 
 def account(event_id: str, type_: str, main: str = "th", **fields: Any) -> dict[str, Any]:
-    d = {"kind": "account", "event_id": event_id, "account_id": main, "main_account_id": main,
-         "event_time": "2026-05-01T08:00:00+08:00", "type": type_}
+    d = {
+        "kind": "account",
+        "event_id": event_id,
+        "account_id": main,
+        "main_account_id": main,
+        "event_time": "2026-05-01T08:00:00+08:00",
+        "type": type_,
+    }
     d.update(fields)
     return {k: v for k, v in d.items() if v is not _DROP}
 
@@ -56,7 +77,11 @@ CORPUS: list[tuple[str, Any, str | None]] = [
     ("integral float count", usage("b-2", input_tokens=1000.0), "invalid_field"),
     ("boolean count", usage("b-3", input_tokens=True), "invalid_field"),
     ("count as a string", usage("b-4", input_tokens="1000"), "invalid_field"),
-    ("count 10^30", orjson.dumps(usage("b-5", input_tokens=7)).replace(b":7", b":1" + b"0" * 30), "quantity_out_of_range"),
+    (
+        "count 10^30",
+        orjson.dumps(usage("b-5", input_tokens=7)).replace(b":7", b":1" + b"0" * 30),
+        "quantity_out_of_range",
+    ),
     ("count above the field limit", usage("b-6", input_tokens=10**11), "quantity_out_of_range"),
     ("count above the profile bound", usage("b-7", input_tokens=10**10), "quantity_out_of_range"),
     ("negative count", usage("b-8", input_tokens=-5), "negative_quantity"),
@@ -79,38 +104,145 @@ CORPUS: list[tuple[str, Any, str | None]] = [
     ("over-long id", usage("i" * 300), "invalid_id"),
     ("trace_id with a tab", usage("b-16", trace_id="t\t1"), "invalid_id"),
     ("null trace_id is absent", usage("ok-2", trace_id=None), None),
-    ("quantity 1E-999999", usage("b-17", item="image", model="HY-Image-V3.0", input_tokens=_DROP, output_tokens=_DROP,
-                                 quantity="1E-999999"), "decimal_precision_exceeded"),
-    ("quantity 1E+999999999", usage("b-18", item="image", model="HY-Image-V3.0", input_tokens=_DROP,
-                                    output_tokens=_DROP, quantity="1E+999999999"), "quantity_out_of_range"),
-    ("quantity as a float", usage("b-19", item="image", model="HY-Image-V3.0", input_tokens=_DROP, output_tokens=_DROP,
-                                  quantity=1.5), "invalid_field"),
-    ("quantity as an integer", usage("ok-3", item="image", model="HY-Image-V3.0", input_tokens=_DROP,
-                                     output_tokens=_DROP, quantity=2), None),
-    ("quantity not a decimal", usage("b-20", item="image", model="HY-Image-V3.0", input_tokens=_DROP,
-                                     output_tokens=_DROP, quantity="many"), "invalid_field"),
+    (
+        "quantity 1E-999999",
+        usage(
+            "b-17",
+            item="image",
+            model="HY-Image-V3.0",
+            input_tokens=_DROP,
+            output_tokens=_DROP,
+            quantity="1E-999999",
+        ),
+        "decimal_precision_exceeded",
+    ),
+    (
+        "quantity 1E+999999999",
+        usage(
+            "b-18",
+            item="image",
+            model="HY-Image-V3.0",
+            input_tokens=_DROP,
+            output_tokens=_DROP,
+            quantity="1E+999999999",
+        ),
+        "quantity_out_of_range",
+    ),
+    (
+        "quantity as a float",
+        usage(
+            "b-19",
+            item="image",
+            model="HY-Image-V3.0",
+            input_tokens=_DROP,
+            output_tokens=_DROP,
+            quantity=1.5,
+        ),
+        "invalid_field",
+    ),
+    (
+        "quantity as an integer",
+        usage(
+            "ok-3",
+            item="image",
+            model="HY-Image-V3.0",
+            input_tokens=_DROP,
+            output_tokens=_DROP,
+            quantity=2,
+        ),
+        None,
+    ),
+    (
+        "quantity not a decimal",
+        usage(
+            "b-20",
+            item="image",
+            model="HY-Image-V3.0",
+            input_tokens=_DROP,
+            output_tokens=_DROP,
+            quantity="many",
+        ),
+        "invalid_field",
+    ),
     ("unknown item", usage("b-21", item="teleport"), "unknown_item"),
     ("unknown model", usage("b-22", model="gpt-9"), "unknown_model"),
     ("status not a string", usage("b-23", status=1), "invalid_field"),
     ("unknown account", usage("b-24", main="nobody"), "unknown_account"),
-    ("top-up in USD on CNY", account("b-25", "top_up", amount="20", currency="USD"), "currency_mismatch"),
-    ("voucher in JPY on CNY", account("b-26", "voucher_granted", amount="1000", currency="JPY",
-                                      expires_at="2026-06-01T00:00:00+08:00"), "currency_mismatch"),
+    (
+        "top-up in USD on CNY",
+        account("b-25", "top_up", amount="20", currency="USD"),
+        "currency_mismatch",
+    ),
+    (
+        "voucher in JPY on CNY",
+        account(
+            "b-26",
+            "voucher_granted",
+            amount="1000",
+            currency="JPY",
+            expires_at="2026-06-01T00:00:00+08:00",
+        ),
+        "currency_mismatch",
+    ),
     ("top-up in lower-case cny", account("ok-4", "top_up", amount="5", currency="cny"), None),
-    ("not a currency code", account("b-27", "top_up", amount="5", currency="yuan"), "invalid_currency"),
-    ("top-up of 1E-999999", account("b-28", "top_up", amount="1E-999999"), "decimal_precision_exceeded"),
+    (
+        "not a currency code",
+        account("b-27", "top_up", amount="5", currency="yuan"),
+        "invalid_currency",
+    ),
+    (
+        "top-up of 1E-999999",
+        account("b-28", "top_up", amount="1E-999999"),
+        "decimal_precision_exceeded",
+    ),
     ("post_paid as 1", account("b-29", "post_paid_switched", post_paid=1), "invalid_field"),
-    ("limit as a float", account("b-30", "inference_limit_set", main="ark", model="deepseek-v3", limit_tokens=1.5),
-     "invalid_field"),
-    ("model_activated on tokenhub", account("b-31", "model_activated", model="kimi-k2.5"), "not_supported_by_profile"),
-    ("model_activated on jiekou", account("b-32", "model_activated", main="jk", model="claude-opus-4.5"), "not_supported_by_profile"),
-    ("model_activated on ark", account("ok-5", "model_activated", main="ark", model="deepseek-v3"), None),
-    ("pack on tokenhub", account("b-33", "pack_purchased", pack_kind="coze_unified", amount="10",
-                                 expires_at="2026-06-01T00:00:00+08:00"), "not_supported_by_profile"),
-    ("trial claim on jiekou", account("b-34", "trial_claimed", main="jk", model="claude-opus-4.5"), "not_supported_by_profile"),
-    ("sub-account id with a newline", account("b-35", "sub_account_linked", sub_account_id="x\ny"), "invalid_id"),
+    (
+        "limit as a float",
+        account("b-30", "inference_limit_set", main="ark", model="deepseek-v3", limit_tokens=1.5),
+        "invalid_field",
+    ),
+    (
+        "model_activated on tokenhub",
+        account("b-31", "model_activated", model="kimi-k2.5"),
+        "not_supported_by_profile",
+    ),
+    (
+        "model_activated on jiekou",
+        account("b-32", "model_activated", main="jk", model="claude-opus-4.5"),
+        "not_supported_by_profile",
+    ),
+    (
+        "model_activated on ark",
+        account("ok-5", "model_activated", main="ark", model="deepseek-v3"),
+        None,
+    ),
+    (
+        "pack on tokenhub",
+        account(
+            "b-33",
+            "pack_purchased",
+            pack_kind="coze_unified",
+            amount="10",
+            expires_at="2026-06-01T00:00:00+08:00",
+        ),
+        "not_supported_by_profile",
+    ),
+    (
+        "trial claim on jiekou",
+        account("b-34", "trial_claimed", main="jk", model="claude-opus-4.5"),
+        "not_supported_by_profile",
+    ),
+    (
+        "sub-account id with a newline",
+        account("b-35", "sub_account_linked", sub_account_id="x\ny"),
+        "invalid_id",
+    ),
     ("not a JSON object", [1, 2], "wrong_schema"),
-    ("unknown kind", {"kind": "refund", "event_id": "b-36", "main_account_id": "th"}, "wrong_schema"),
+    (
+        "unknown kind",
+        {"kind": "refund", "event_id": "b-36", "main_account_id": "th"},
+        "wrong_schema",
+    ),
 ]
 
 
@@ -151,7 +283,7 @@ def _live_reasons(lines: list[bytes], batch: int = 1) -> list[str | None]:
 
 def test_the_corpus_expectations_hold_offline():
     lines = [_line(o) for o in OPENINGS] + [_line(obj) for _, obj, _ in CORPUS]
-    got = _offline_reasons(lines)[len(OPENINGS):]
+    got = _offline_reasons(lines)[len(OPENINGS) :]
     for (label, _, want), have in zip(CORPUS, got):
         assert have == want, f"{label}: simulate gives {have}, expected {want}"
 
@@ -161,14 +293,19 @@ def test_live_and_offline_give_the_same_reason_for_every_bad_input():
     offline = _offline_reasons(lines)
     live = _live_reasons(lines)
     assert len(live) == len(offline)
-    for (label, _, _), off, on in zip([("opening", None, None)] * len(OPENINGS) + CORPUS, offline, live):
+    for (label, _, _), off, on in zip(
+        [("opening", None, None)] * len(OPENINGS) + CORPUS, offline, live
+    ):
         assert on == off, f"{label}: live gives {on}, simulate gives {off}"
 
 
 def test_parity_holds_for_batched_replay_too():
     # one account only, so that batching keeps the file order
-    lines = [_line(OPENINGS[0])] + [_line(obj) for _, obj, _ in CORPUS
-                                    if isinstance(obj, dict) and obj.get("main_account_id") == "th"]
+    lines = [_line(OPENINGS[0])] + [
+        _line(obj)
+        for _, obj, _ in CORPUS
+        if isinstance(obj, dict) and obj.get("main_account_id") == "th"
+    ]
     assert _live_reasons(lines, batch=7) == _offline_reasons(lines)
 
 
@@ -193,13 +330,32 @@ def test_a_valid_json_event_on_the_live_topic_is_still_not_avro():
 # ---------------------------------------------------------------- 18.12 ids
 
 
-@pytest.mark.parametrize("value", ["alice", "alice-dev_01", "user@example.com", "租户-甲", "é", "a|b:c/d", "x" * 256])
+@pytest.mark.parametrize(
+    "value", ["alice", "alice-dev_01", "user@example.com", "租户-甲", "é", "a|b:c/d", "x" * 256]
+)
 def test_ids_of_the_grammar(value):
     assert id_problem(value) is None
 
 
-@pytest.mark.parametrize("value", ["", "a b", "a\x00", "a\n", "a\r", "\u200b", "a\u200d", "\ufeffa", "a\u2028b",
-                                   "e\u0301", "a\u00a0b", "\ud800", "\ue000", "x" * 257])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "a b",
+        "a\x00",
+        "a\n",
+        "a\r",
+        "\u200b",
+        "a\u200d",
+        "\ufeffa",
+        "a\u2028b",
+        "e\u0301",
+        "a\u00a0b",
+        "\ud800",
+        "\ue000",
+        "x" * 257,
+    ],
+)
 def test_ids_outside_the_grammar(value):
     assert id_problem(value) is not None
 
@@ -221,15 +377,18 @@ def test_n3_and_n3_nul_are_not_two_events():
 # ---------------------------------------------------------------- 18.8 bounded decimals
 
 
-@pytest.mark.parametrize("text, code", [
-    ("1E-999999", "decimal_precision_exceeded"),
-    ("0.0000000000001", "decimal_precision_exceeded"),
-    ("1E+999999999", "quantity_out_of_range"),
-    ("1000000001", "quantity_out_of_range"),
-    ("NaN", "invalid_field"),
-    ("Infinity", "invalid_field"),
-    ("1" * 65, "invalid_field"),
-])
+@pytest.mark.parametrize(
+    "text, code",
+    [
+        ("1E-999999", "decimal_precision_exceeded"),
+        ("0.0000000000001", "decimal_precision_exceeded"),
+        ("1E+999999999", "quantity_out_of_range"),
+        ("1000000001", "quantity_out_of_range"),
+        ("NaN", "invalid_field"),
+        ("Infinity", "invalid_field"),
+        ("1" * 65, "invalid_field"),
+    ],
+)
 def test_decimals_outside_the_bounds(text, code):
     with pytest.raises(Rejected) as err:
         parse_decimal(text, "quantity")
@@ -247,8 +406,14 @@ def test_decimals_inside_the_bounds_keep_their_value_at_a_bounded_scale():
 
 
 def test_a_tiny_voucher_amount_never_becomes_a_huge_record():
-    lines = [_line(OPENINGS[0]), _line(account("v-1", "voucher_granted", amount="1E-999999",
-                                                expires_at="2026-06-01T00:00:00+08:00"))]
+    lines = [
+        _line(OPENINGS[0]),
+        _line(
+            account(
+                "v-1", "voucher_granted", amount="1E-999999", expires_at="2026-06-01T00:00:00+08:00"
+            )
+        ),
+    ]
     result = simulate(enumerate(lines, start=1), BillingEngine(PROFILES))
     assert [d["reason_code"] for d in result.dead_letters] == ["decimal_precision_exceeded"]
     assert len(result.states["th"].dumps()) < 10_000
@@ -259,23 +424,53 @@ def test_a_tiny_voucher_amount_never_becomes_a_huge_record():
 
 def test_ten_to_the_thirty_tokens_get_an_honest_message():
     with pytest.raises(Rejected) as err:
-        parse_json_event(orjson.loads(b'{"kind":"usage","event_id":"e","account_id":"a","main_account_id":"a",'
-                                      b'"event_time":"2026-05-01T09:00:00+08:00","item":"tokens","model":"m",'
-                                      b'"input_tokens":1000000000000000000000000000000}'))
+        parse_json_event(
+            orjson.loads(
+                b'{"kind":"usage","event_id":"e","account_id":"a","main_account_id":"a",'
+                b'"event_time":"2026-05-01T09:00:00+08:00","item":"tokens","model":"m",'
+                b'"input_tokens":1000000000000000000000000000000}'
+            )
+        )
     assert err.value.code == "quantity_out_of_range"
     assert "got float" not in err.value.message and "out of range" in err.value.message
 
 
 def test_profile_bounds_reject_absurd_requests_and_say_which_bound():
-    lines = [_line(OPENINGS[0]), _line(usage("q-1", input_tokens=10**10)),
-             _line(OPENINGS[3]), _line(usage("q-2", main="cz", item="agent_call", model=None, input_tokens=_DROP,
-                                             output_tokens=_DROP, quantity="2000000")),
-             _line(usage("q-3", main="cz", item="kb_storage", model=None, input_tokens=_DROP, output_tokens=_DROP,
-                         quantity="20", hours="10000"))]
+    lines = [
+        _line(OPENINGS[0]),
+        _line(usage("q-1", input_tokens=10**10)),
+        _line(OPENINGS[3]),
+        _line(
+            usage(
+                "q-2",
+                main="cz",
+                item="agent_call",
+                model=None,
+                input_tokens=_DROP,
+                output_tokens=_DROP,
+                quantity="2000000",
+            )
+        ),
+        _line(
+            usage(
+                "q-3",
+                main="cz",
+                item="kb_storage",
+                model=None,
+                input_tokens=_DROP,
+                output_tokens=_DROP,
+                quantity="20",
+                hours="10000",
+            )
+        ),
+    ]
     result = simulate(enumerate(lines, start=1), BillingEngine(PROFILES))
     letters = {d["event_id"]: d for d in result.dead_letters}
-    assert {k: v["reason_code"] for k, v in letters.items()} == {"q-1": "quantity_out_of_range", "q-2": "quantity_out_of_range",
-                                                                 "q-3": "quantity_out_of_range"}
+    assert {k: v["reason_code"] for k, v in letters.items()} == {
+        "q-1": "quantity_out_of_range",
+        "q-2": "quantity_out_of_range",
+        "q-3": "quantity_out_of_range",
+    }
     assert "4000000 tokens per request" in letters["q-1"]["reason"]
     assert not result.deductions
 
@@ -288,7 +483,9 @@ def test_profile_limits_are_validated(tmp_path):
     folder = tmp_path / "tokenhub"
     shutil.copytree(PROFILES.root / "tokenhub", folder)
     policy = folder / "policy.yaml"
-    policy.write_text(policy.read_text().replace("max_tokens_per_request: 4000000", "max_tokens_per_request: 0"))
+    policy.write_text(
+        policy.read_text().replace("max_tokens_per_request: 4000000", "max_tokens_per_request: 0")
+    )
     with pytest.raises(ProfileError, match=r"policy.yaml:\d+ limits.max_tokens_per_request"):
         load_profile(folder)
 
@@ -301,10 +498,16 @@ def _run(*objs: dict[str, Any]):
 
 
 def test_model_activated_gives_no_credit_outside_ark():
-    for opening, main, model in ((OPENINGS[0], "th", "kimi-k2.5"), (OPENINGS[1], "jk", "claude-opus-4.5")):
+    for opening, main, model in (
+        (OPENINGS[0], "th", "kimi-k2.5"),
+        (OPENINGS[1], "jk", "claude-opus-4.5"),
+    ):
         opening = dict(opening, amount="0.01", post_paid=False)
-        result = _run(opening, account("act", "model_activated", main=main, model=model),
-                      usage("big", main=main, model=model, input_tokens=3_000_000, output_tokens=100_000))
+        result = _run(
+            opening,
+            account("act", "model_activated", main=main, model=model),
+            usage("big", main=main, model=model, input_tokens=3_000_000, output_tokens=100_000),
+        )
         assert result.dead_letters[0]["reason_code"] == "not_supported_by_profile"
         assert result.states[main].cash >= 0
 
@@ -317,17 +520,32 @@ def test_account_events_follow_the_policy_lists():
 
 
 def test_currencies_on_account_events_must_be_the_accounts():
-    result = _run(OPENINGS[0], account("t-1", "top_up", amount="20", currency="USD"),
-                  account("t-2", "voucher_granted", amount="1000", currency="jpy", expires_at="2026-06-01T00:00:00+08:00"),
-                  account("t-3", "top_up", amount="5", currency=" cny "), account("t-4", "top_up", amount="1"))
-    assert [d["reason_code"] for d in result.dead_letters] == ["currency_mismatch", "currency_mismatch"]
+    result = _run(
+        OPENINGS[0],
+        account("t-1", "top_up", amount="20", currency="USD"),
+        account(
+            "t-2",
+            "voucher_granted",
+            amount="1000",
+            currency="jpy",
+            expires_at="2026-06-01T00:00:00+08:00",
+        ),
+        account("t-3", "top_up", amount="5", currency=" cny "),
+        account("t-4", "top_up", amount="1"),
+    )
+    assert [d["reason_code"] for d in result.dead_letters] == [
+        "currency_mismatch",
+        "currency_mismatch",
+    ]
     assert result.states["th"].cash == Decimal("106")
     assert "JPY" in result.dead_letters[1]["reason"]
 
 
 def test_opening_currency_is_normalized():
-    result = _run(dict(OPENINGS[1], currency="usd"), dict(OPENINGS[0], main_account_id="th2", account_id="th2",
-                                                            event_id="o2", currency="USD"))
+    result = _run(
+        dict(OPENINGS[1], currency="usd"),
+        dict(OPENINGS[0], main_account_id="th2", account_id="th2", event_id="o2", currency="USD"),
+    )
     assert "jk" in result.states and "th2" not in result.states
     assert result.dead_letters[0]["reason_code"] == "currency_mismatch"
 
@@ -337,7 +555,9 @@ def test_a_prepaid_account_never_goes_below_zero(monkeypatch):
     from streams.ledger.ledger import Effects, Ledger
 
     ledger = Ledger(PROFILES)
-    big = usage("p-1", main="jk", model="claude-opus-4.5", input_tokens=3_000_000, output_tokens=100_000)
+    big = usage(
+        "p-1", main="jk", model="claude-opus-4.5", input_tokens=3_000_000, output_tokens=100_000
+    )
     state = ledger.open_account(parse_json_event(dict(OPENINGS[1], amount="0.5")))
     ledger.apply_usage(state, parse_json_event(big), Effects())
     assert state.cash == 0
@@ -348,12 +568,19 @@ def test_a_prepaid_account_never_goes_below_zero(monkeypatch):
         ledger.apply_usage(state, parse_json_event(big), Effects())
 
 
-@pytest.mark.parametrize("millis", [0, 253402300800000, 10**15, -10**15, 2**62])
+@pytest.mark.parametrize("millis", [0, 253402300800000, 10**15, -(10**15), 2**62])
 def test_avro_timestamps_outside_the_datetime_range_get_the_validation_reason(millis):
     # an upstream Avro producer (no JSON on the way): year 1970, 10000, 33658, negative
     reg = registry()
-    record = {"event_id": "t", "account_id": "th", "main_account_id": "th", "event_time": millis, "item": "tokens",
-              "model": "kimi-k2.5", "input_tokens": 5}
+    record = {
+        "event_id": "t",
+        "account_id": "th",
+        "main_account_id": "th",
+        "event_time": millis,
+        "item": "tokens",
+        "model": "kimi-k2.5",
+        "input_tokens": 5,
+    }
     (decoded,) = decode_message(reg, b"th", reg.encode("usage_event", record))
     assert decoded.rejected.code == "invalid_field" and "event_time" in decoded.rejected.message
     batch = reg.encode("event_batch", {"events": [("billing.v1.UsageEvent", record)]})
@@ -362,7 +589,16 @@ def test_avro_timestamps_outside_the_datetime_range_get_the_validation_reason(mi
 
 
 def test_a_huge_json_quantity_is_out_of_range_not_a_float():
-    raw = orjson.dumps(usage("q", item="image", model="HY-Image-V3.0", input_tokens=_DROP, output_tokens=_DROP, quantity=7))
+    raw = orjson.dumps(
+        usage(
+            "q",
+            item="image",
+            model="HY-Image-V3.0",
+            input_tokens=_DROP,
+            output_tokens=_DROP,
+            quantity=7,
+        )
+    )
     obj = orjson.loads(raw.replace(b'"quantity":7', b'"quantity":' + b"1" + b"0" * 30))
     obj = {k: v for k, v in obj.items()}
     with pytest.raises(Rejected) as err:

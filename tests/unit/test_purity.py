@@ -5,7 +5,16 @@ import re
 from pathlib import Path
 
 STREAMS = Path(__file__).resolve().parents[2] / "streams"
-CORE = ["engine.py", "rating", "ledger", "deduction", "settlement", "rerate", "ingest/events.py", "simulate.py"]
+CORE = [
+    "engine.py",
+    "rating",
+    "ledger",
+    "deduction",
+    "settlement",
+    "rerate",
+    "ingest/events.py",
+    "simulate.py",
+]
 FORBIDDEN = ("faust", "aiokafka", "kafka", "clickhouse_connect", "chdb", "mode")
 
 
@@ -25,7 +34,9 @@ def test_core_imports_no_kafka_faust_or_clickhouse():
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             for name in names:
-                assert name.split(".")[0] not in FORBIDDEN, f"{path.relative_to(STREAMS)} imports {name}"
+                assert name.split(".")[0] not in FORBIDDEN, (
+                    f"{path.relative_to(STREAMS)} imports {name}"
+                )
 
 
 def test_no_float_in_the_core():

@@ -39,7 +39,10 @@ def test_post_paid_account_charged_down_to_exactly_zero_is_in_arrears():
     assert splits(out.deduction) == [("cash", "cash", D("0.04"))]
     assert out.deduction["balance_after"] == "0"
     assert [al["kind"] for al in out.alerts] == ["arrears_started"]
-    assert out.status is not None and (out.status["status"], out.status["reason"]) == ("suspended", "arrears")
+    assert out.status is not None and (out.status["status"], out.status["reason"]) == (
+        "suspended",
+        "arrears",
+    )
     # the next request is still rated and recorded, flagged as coming from a suspended account
     assert a.send(r1("z")).deduction["flags"] == ["suspended"]
 
@@ -56,7 +59,15 @@ def test_vouchers_count_in_the_available_balance_and_a_voucher_spent_to_zero_is_
     # available = cash + live vouchers; cash 0, one voucher of 0.04 paying the whole 0.04
     a = Account()
     a.send(account("z", "account_opened", profile="tokenhub", post_paid=True))
-    a.send(account("z", "voucher_granted", voucher_id="v", amount="0.04", expires_at="2026-12-01T00:00:00+08:00"))
+    a.send(
+        account(
+            "z",
+            "voucher_granted",
+            voucher_id="v",
+            amount="0.04",
+            expires_at="2026-12-01T00:00:00+08:00",
+        )
+    )
     out = a.send(r1("z"))
     assert splits(out.deduction) == [("voucher", "v", D("0.04"))]
     assert [al["kind"] for al in out.alerts] == ["arrears_started"]
@@ -67,7 +78,9 @@ def test_top_up_to_exactly_zero_does_not_clear_arrears_a_positive_one_does():
     a.send(account("z", "account_opened", profile="tokenhub", post_paid=True, amount="0.01"))
     a.send(r1("z"))  # 0.01 - 0.04 = -0.03
     assert a.status() == "suspended"
-    out = a.send(account("z", "top_up", amount="0.03", t="2026-05-01T11:00:00+08:00"))  # -0.03 + 0.03 = 0
+    out = a.send(
+        account("z", "top_up", amount="0.03", t="2026-05-01T11:00:00+08:00")
+    )  # -0.03 + 0.03 = 0
     assert out.alerts == [] and out.status is None
     out = a.send(account("z", "top_up", amount="0.000001", t="2026-05-01T11:01:00+08:00"))
     assert [al["kind"] for al in out.alerts] == ["arrears_cleared"]
@@ -87,9 +100,14 @@ def test_balance_threshold_alerts_again_after_a_top_up_above_it():
     # a top-up to exactly the threshold (0.91 + 0.04 = 0.95) is no longer below it: re-armed
     assert a.send(account("j", "top_up", amount="0.04", t="2026-05-01T10:03:00+08:00")).alerts == []
     second = a.send(sonnet("j", t="2026-05-01T10:04:00+08:00")).alerts  # 0.92 < 0.95: alert again
-    assert [x["kind"] for x in first + second] == ["balance_below_threshold", "balance_below_threshold"]
+    assert [x["kind"] for x in first + second] == [
+        "balance_below_threshold",
+        "balance_below_threshold",
+    ]
     assert [x["details"] for x in first + second] == [
-        {"available": "0.94", "threshold": "0.95"}, {"available": "0.92", "threshold": "0.95"}]
+        {"available": "0.94", "threshold": "0.95"},
+        {"available": "0.92", "threshold": "0.95"},
+    ]
     assert first[0]["alert_id"] != second[0]["alert_id"]
     assert a.kinds() == ["balance_below_threshold", "balance_below_threshold"]
 
@@ -108,7 +126,9 @@ def test_balance_exactly_at_the_threshold_is_not_below_it():
     a = Account()
     a.send(account("j", "account_opened", profile="jiekou", amount="1", balance_threshold="0.97"))
     assert a.send(sonnet("j", t="2026-05-01T10:00:00+08:00")).alerts == []  # 0.97 is not below 0.97
-    assert [x["kind"] for x in a.send(sonnet("j", t="2026-05-01T10:01:00+08:00")).alerts] == ["balance_below_threshold"]
+    assert [x["kind"] for x in a.send(sonnet("j", t="2026-05-01T10:01:00+08:00")).alerts] == [
+        "balance_below_threshold"
+    ]
 
 
 def test_setting_a_new_threshold_re_arms_it():
@@ -117,16 +137,27 @@ def test_setting_a_new_threshold_re_arms_it():
     a.send(sonnet("j", t="2026-05-01T10:00:00+08:00"))  # 0.97
     a.send(sonnet("j", t="2026-05-01T10:01:00+08:00"))  # 0.94: alert 1
     # a new threshold is armed at once: 0.94 is below 0.99, so it alerts on the setting itself
-    out = a.send(account("j", "balance_threshold_set", balance_threshold="0.99", t="2026-05-01T10:01:30+08:00"))
+    out = a.send(
+        account(
+            "j", "balance_threshold_set", balance_threshold="0.99", t="2026-05-01T10:01:30+08:00"
+        )
+    )
     assert [(x["kind"], x["details"]) for x in out.alerts] == [
-        ("balance_below_threshold", {"available": "0.94", "threshold": "0.99"})]
-    out = a.send(account("j", "balance_threshold_set", balance_threshold="0.5", t="2026-05-01T10:02:00+08:00"))
+        ("balance_below_threshold", {"available": "0.94", "threshold": "0.99"})
+    ]
+    out = a.send(
+        account(
+            "j", "balance_threshold_set", balance_threshold="0.5", t="2026-05-01T10:02:00+08:00"
+        )
+    )
     assert out.alerts == []  # 0.94 is above the new threshold
     for minute in range(3, 17):  # 14 x 0.03 = 0.42: 0.94 -> 0.52, still >= 0.5
         assert a.send(sonnet("j", t=f"2026-05-01T10:{minute:02d}:00+08:00")).alerts == []
     assert a.cash == D("0.52")
     alerts = a.send(sonnet("j", t="2026-05-01T10:17:00+08:00")).alerts  # 0.49 < 0.5
-    assert [(x["kind"], x["details"]["threshold"]) for x in alerts] == [("balance_below_threshold", "0.5")]
+    assert [(x["kind"], x["details"]["threshold"]) for x in alerts] == [
+        ("balance_below_threshold", "0.5")
+    ]
 
 
 # ---------------------------------------------------------------- cache_hit + cache_write <= input
@@ -134,7 +165,14 @@ def test_setting_a_new_threshold_re_arms_it():
 
 @pytest.mark.parametrize("hit,write", [(0, 101), (60, 41), (100, 1)])
 def test_cache_tokens_above_input_tokens_are_rejected_even_only_through_cache_write(hit, write):
-    raw = usage("j", "tokens", model="claude-opus-4.5", input_tokens=100, cache_hit_tokens=hit, cache_write_tokens=write)
+    raw = usage(
+        "j",
+        "tokens",
+        model="claude-opus-4.5",
+        input_tokens=100,
+        cache_hit_tokens=hit,
+        cache_write_tokens=write,
+    )
     with pytest.raises(Rejected) as info:
         parse_json_event(raw)
     assert info.value.code == "quantities_do_not_add_up"
@@ -143,11 +181,21 @@ def test_cache_tokens_above_input_tokens_are_rejected_even_only_through_cache_wr
 
 def test_cache_tokens_equal_to_input_tokens_leave_no_negative_line():
     # 60 cache hits x 0.5 + 40 cache writes x 6.25, per 1M: 0.00003 + 0.00025 = 0.00028 USD
-    event = parse_json_event(usage("j", "tokens", model="claude-opus-4.5", input_tokens=100, cache_hit_tokens=60,
-                                   cache_write_tokens=40))
+    event = parse_json_event(
+        usage(
+            "j",
+            "tokens",
+            model="claude-opus-4.5",
+            input_tokens=100,
+            cache_hit_tokens=60,
+            cache_write_tokens=40,
+        )
+    )
     rating = rate(PROFILES["jiekou"], event)
     assert [(l.component, l.units, l.amount) for l in rating.lines] == [
-        ("cache_hit", D(60), D("0.00003")), ("cache_write", D(40), D("0.00025"))]
+        ("cache_hit", D(60), D("0.00003")),
+        ("cache_write", D(40), D("0.00025")),
+    ]
     assert rating.amount == D("0.00028")
 
 
@@ -164,17 +212,32 @@ def test_a_cache_write_overflow_never_reaches_the_ledger_as_a_negative_charge():
 
 def _coze_account() -> Account:
     a = Account()
-    a.send(account("c", "account_opened", profile="coze-pro", amount="10", t="2026-05-01T08:00:00+08:00"))
-    a.send(account("c", "pack_purchased", pack_id="p", pack_kind="coze_unified", amount="1000",
-                   expires_at="2026-12-01T00:00:00+08:00", t="2026-05-01T08:01:00+08:00"))
+    a.send(
+        account(
+            "c", "account_opened", profile="coze-pro", amount="10", t="2026-05-01T08:00:00+08:00"
+        )
+    )
+    a.send(
+        account(
+            "c",
+            "pack_purchased",
+            pack_id="p",
+            pack_kind="coze_unified",
+            amount="1000",
+            expires_at="2026-12-01T00:00:00+08:00",
+            t="2026-05-01T08:01:00+08:00",
+        )
+    )
     return a
 
 
 def _fail_after(real, exc):
     """``real`` runs to the end (every bucket drawn, every flag set), then ``exc`` is raised."""
+
     def wrapper(*args, **kw):
         real(*args, **kw)
         raise exc
+
     return wrapper
 
 
@@ -183,9 +246,16 @@ def _fail_after(real, exc):
 BIG = dict(item="agent_call", quantity="800", t="2026-05-01T10:00:00+08:00")
 
 
-@pytest.mark.parametrize("exc,code", [(RuntimeError("boom"), "internal_error"),
-                                      (Rejected("injected_late_rejection", "rejected after the buckets were drawn"),
-                                       "injected_late_rejection")])
+@pytest.mark.parametrize(
+    "exc,code",
+    [
+        (RuntimeError("boom"), "internal_error"),
+        (
+            Rejected("injected_late_rejection", "rejected after the buckets were drawn"),
+            "injected_late_rejection",
+        ),
+    ],
+)
 def test_usage_failing_part_way_leaves_the_full_state_unchanged(exc, code):
     a = _coze_account()
     a.advance(BIG["t"])  # the clock moves before the event is applied; compare from there
@@ -204,7 +274,11 @@ def test_usage_failing_part_way_leaves_the_full_state_unchanged(exc, code):
     engine.ledger.apply_usage = real
     again = a.send(raw)
     assert again.result == "rated"
-    assert splits(again.deduction) == [("free", "daily:2026-05-01", D("0.5")), ("pack", "p", D("1")), ("cash", "cash", D("0.1"))]
+    assert splits(again.deduction) == [
+        ("free", "daily:2026-05-01", D("0.5")),
+        ("pack", "p", D("1")),
+        ("cash", "cash", D("0.1")),
+    ]
     assert a.send(raw).result == "duplicate"
     assert a.cash == D("9.9")
 
@@ -215,11 +289,18 @@ def test_account_event_failing_part_way_leaves_the_full_state_unchanged():
     before = snapshot(a.state)
     real = a.engine.ledger.apply_account_event
     a.engine.ledger.apply_account_event = _fail_after(real, KeyError("late"))
-    out = a.send(account("c", "top_up", event_id="a-top", amount="5", t="2026-05-01T09:00:00+08:00"))
+    out = a.send(
+        account("c", "top_up", event_id="a-top", amount="5", t="2026-05-01T09:00:00+08:00")
+    )
     assert out.rejected.code == "internal_error"
     assert snapshot(out.state) == before
     a.engine.ledger.apply_account_event = real
-    assert a.send(account("c", "top_up", event_id="a-top", amount="5", t="2026-05-01T09:00:00+08:00")).result == "applied"
+    assert (
+        a.send(
+            account("c", "top_up", event_id="a-top", amount="5", t="2026-05-01T09:00:00+08:00")
+        ).result
+        == "applied"
+    )
     assert a.cash == D(15)
 
 
@@ -229,7 +310,14 @@ def test_rejected_events_change_no_balance_and_no_later_charge():
     before = snapshot(a.state)
     for raw in (
         account("c", "top_up", amount="-1"),  # negative_top_up
-        account("c", "pack_purchased", pack_id="p", pack_kind="coze_unified", amount="5", expires_at="2026-12-01T00:00:00+08:00"),
+        account(
+            "c",
+            "pack_purchased",
+            pack_id="p",
+            pack_kind="coze_unified",
+            amount="5",
+            expires_at="2026-12-01T00:00:00+08:00",
+        ),
         usage("c", "tokens", model="nope", input_tokens=1),  # unknown_model
         usage("c", "agent_call", quantity="1", account_id="stranger"),  # unknown_sub_account
     ):
@@ -252,7 +340,12 @@ def test_same_usage_event_applied_twice_through_the_engine_charges_once():
     assert first.result == "rated" and a.cash == D("0.97")
     second = a.send(event)
     assert second.result == "duplicate"
-    assert second.deduction is None and second.alerts == [] and second.settlements == [] and second.status is None
+    assert (
+        second.deduction is None
+        and second.alerts == []
+        and second.settlements == []
+        and second.status is None
+    )
     assert a.cash == D("0.97")
     a.send(sonnet("j", t="2026-05-01T10:01:00+08:00"))  # another event in between: 0.94
     assert a.send(event).result == "duplicate"

@@ -4,7 +4,7 @@ version obeys README's compatibility rule: add fields with defaults; never retyp
 only by naming it, with the reason, in the new version's ``x-removed``."""
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,14 +21,20 @@ def versions() -> dict[str, list[tuple[int, int, dict]]]:
     out: dict[str, list] = {}
     for schema_id, filename in INDEX.items():
         short, version = filename.rsplit(".v", 1)
-        out.setdefault(short, []).append((int(version.split(".")[0]), int(schema_id), json.loads((SCHEMAS_DIR / filename).read_text())))
+        out.setdefault(short, []).append(
+            (
+                int(version.split(".")[0]),
+                int(schema_id),
+                json.loads((SCHEMAS_DIR / filename).read_text()),
+            )
+        )
     return {k: sorted(v) for k, v in out.items()}
 
 
 def plain(value):
     """Logical timestamp-millis back to the long that was written."""
     if isinstance(value, datetime):
-        return (value - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(milliseconds=1)
+        return (value - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
     return value
 
 
@@ -54,15 +60,21 @@ def test_every_version_follows_the_compatibility_rule(name):
         old_fields = {f["name"]: f for f in older["fields"]}
         new_fields = {f["name"]: f for f in newer["fields"]}
         removed = set(old_fields) - set(new_fields)
-        assert removed <= set(newer.get("x-removed", {})), f"{name} v{version} removes {removed} without saying why"
+        assert removed <= set(newer.get("x-removed", {})), (
+            f"{name} v{version} removes {removed} without saying why"
+        )
         for field in set(newer.get("x-removed", {})):
-            assert field not in new_fields, f"{name} v{version} lists {field} as removed but keeps it"
+            assert field not in new_fields, (
+                f"{name} v{version} lists {field} as removed but keeps it"
+            )
         for field, spec in old_fields.items():
             if field in removed:
                 continue
             assert new_fields[field]["type"] == spec["type"], f"{name} v{version} retypes {field}"
         for field in set(new_fields) - set(old_fields):
-            assert "default" in new_fields[field], f"{name} v{version} adds {field} without a default"
+            assert "default" in new_fields[field], (
+                f"{name} v{version} adds {field} without a default"
+            )
         assert (newer["namespace"], newer["name"]) == (older["namespace"], older["name"])
 
 
@@ -74,10 +86,16 @@ def test_records_written_with_an_older_version_read_with_the_current_one(name):
         parsed = reg.by_id[schema_id].parsed
         for record in generate_many(parsed, 50):
             framed = reg.encode(name, record, schema_id=schema_id)
-            assert framed[1:5] == schema_id.to_bytes(4, "big")  # the wire names the writer's version
+            assert framed[1:5] == schema_id.to_bytes(
+                4, "big"
+            )  # the wire names the writer's version
             decoded_name, decoded = reg.decode(framed)
             assert decoded_name == name
-            added = {f["name"]: f["default"] for f in current[2]["fields"] if f["name"] not in {g["name"] for g in raw["fields"]}}
+            added = {
+                f["name"]: f["default"]
+                for f in current[2]["fields"]
+                if f["name"] not in {g["name"] for g in raw["fields"]}
+            }
             for field, default in added.items():
                 assert decoded[field] == default, field
             removed = {f["name"] for f in raw["fields"]} - {f["name"] for f in current[2]["fields"]}
@@ -100,7 +118,15 @@ def test_an_old_deduction_lands_in_clickhouse_as_usage():
     reg = registry()
     v1_id = next(sid for v, sid, _ in versions()["deduction"] if v == 1)
     record = next(iter(generate_many(reg.by_id[v1_id].parsed, 1)))
-    record.update(rated_amount="1.5", unbilled_amount="0", balance_after="3", splits=[], lines=[], quantities={}, item="tokens")
+    record.update(
+        rated_amount="1.5",
+        unbilled_amount="0",
+        balance_after="3",
+        splits=[],
+        lines=[],
+        quantities={},
+        item="tokens",
+    )
     _, decoded = reg.decode(reg.encode("deduction", record, schema_id=v1_id))
     row = deduction_row(decoded)
     assert row[-4:] == ("usage", "", "", "")  # kind, adjusts_deduction_id, rerate_id, settlement_id

@@ -29,7 +29,13 @@ def test_fixture_covers_both_seed_pages():
     assert len(rows) >= 80
 
 
-@pytest.mark.parametrize("row", seed_rows(), ids=lambda r: f"{r['profile']}:{r['model'] or r['item']}:{r['variant']}:{r['tier_hi']}:{r['component']}")
+@pytest.mark.parametrize(
+    "row",
+    seed_rows(),
+    ids=lambda r: (
+        f"{r['profile']}:{r['model'] or r['item']}:{r['variant']}:{r['tier_hi']}:{r['component']}"
+    ),
+)
 def test_seed_row_is_in_profile_at_that_price(row):
     profile = PROFILES[row["profile"]]
     rows = first_version_rows(row["profile"]).get((row["item"], row["model"] or None))
@@ -42,7 +48,9 @@ def test_seed_row_is_in_profile_at_that_price(row):
             # a range (HY-3D "15~60积分/次"): one row with exactly that range; the event carries
             # the credits of its call, checked against it (issue 17)
             lo, hi = (Decimal(x) for x in price.split("~"))
-            assert [(r.credits_min, r.credits_max, r.example) for r in rows.values()] == [(lo, hi, False)], row
+            assert [(r.credits_min, r.credits_max, r.example) for r in rows.values()] == [
+                (lo, hi, False)
+            ], row
             return
         assert rows and all(r.example for r in rows.values()), row
         return
@@ -69,24 +77,36 @@ def test_seed_row_is_in_profile_at_that_price(row):
     assert len(matching) == 1, f"tier ({lo}, {hi}] not found for {row}"
     assert getattr(matching[0], row["component"]) == Decimal(price), row
     if row["price_cny"]:
-        assert profile.to_currency(getattr(matching[0], row["component"])) == Decimal(row["price_cny"]), row
+        assert profile.to_currency(getattr(matching[0], row["component"])) == Decimal(
+            row["price_cny"]
+        ), row
 
 
 @pytest.mark.parametrize("profile", ["coze-pro", "tokenhub"])
 def test_profile_has_no_row_the_seed_lacks_unless_labelled_example(profile):
-    seeded = {(r["item"], r["model"] or None, r["variant"] or None) for r in seed_rows() if r["profile"] == profile}
-    seeded_models = {(r["item"], r["model"] or None) for r in seed_rows() if r["profile"] == profile}
+    seeded = {
+        (r["item"], r["model"] or None, r["variant"] or None)
+        for r in seed_rows()
+        if r["profile"] == profile
+    }
+    seeded_models = {
+        (r["item"], r["model"] or None) for r in seed_rows() if r["profile"] == profile
+    }
     for (item, model), variants in first_version_rows(profile).items():
         for variant, row in variants.items():
             if row.example:
                 continue
-            assert (item, model, variant) in seeded or (item, model) in seeded_models and variant is None, (item, model, variant)
+            assert (
+                (item, model, variant) in seeded
+                or (item, model) in seeded_models
+                and variant is None
+            ), (item, model, variant)
 
 
 def test_token_rows_without_cache_price_in_seed_have_none():
-    no_cache = {r["model"] for r in seed_rows() if r["profile"] == "tokenhub" and r["item"] == "tokens"} - {
-        r["model"] for r in seed_rows() if r["component"] == "cache_hit"
-    }
+    no_cache = {
+        r["model"] for r in seed_rows() if r["profile"] == "tokenhub" and r["item"] == "tokens"
+    } - {r["model"] for r in seed_rows() if r["component"] == "cache_hit"}
     assert no_cache == {"HY 2.0 Think", "HY 2.0 Instruct", "Hunyuan-role", "Deepseek-v3.2"}
     for model in no_cache:
         row = first_version_rows("tokenhub")[("tokens", model)][None]

@@ -49,13 +49,21 @@ def test_a_worker_that_exited_stalled_is_replaced_once_and_others_are_not(tmp_pa
     started = []
 
     def start_worker():
-        w = WorkerProcess(subprocess.Popen([sys.executable, "-c", "pass"]), tmp_path / f"worker-{len(started)}.log")
+        w = WorkerProcess(
+            subprocess.Popen([sys.executable, "-c", "pass"]),
+            tmp_path / f"worker-{len(started)}.log",
+        )
         started.append(w)
         return w
 
     monkeypatch.setattr(pipeline, "start_worker", start_worker)
-    stalled = WorkerProcess(subprocess.Popen([sys.executable, "-c", f"raise SystemExit({EXIT_STALLED})"]), tmp_path / "a.log")
-    crashed = WorkerProcess(subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"]), tmp_path / "b.log")
+    stalled = WorkerProcess(
+        subprocess.Popen([sys.executable, "-c", f"raise SystemExit({EXIT_STALLED})"]),
+        tmp_path / "a.log",
+    )
+    crashed = WorkerProcess(
+        subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"]), tmp_path / "b.log"
+    )
     pipeline.workers = [stalled, crashed]
     stalled.process.wait()
     crashed.process.wait()
