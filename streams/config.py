@@ -120,7 +120,10 @@ class Settings:
         "",
         "SASL password (secret: never logged)",
         secret=True,
-        file_doc="path of a file holding the SASL password (a mounted credentials file), instead of KAFKA_SASL_PASSWORD",
+        file_doc=(
+            "path of a file holding the SASL password (a mounted credentials file), instead "
+            "of KAFKA_SASL_PASSWORD"
+        ),
     )
     kafka_ssl_cafile: str = setting("", "CA bundle for TLS to the brokers")
     kafka_topic_prefix: str = setting("billing.", "prefix of every topic name")
@@ -130,11 +133,14 @@ class Settings:
     kafka_replication_factor: int = setting(1, "replication factor of created topics")
     kafka_min_insync_replicas: int = setting(
         1,
-        "min.insync.replicas of created topics: an acks=all write is acknowledged once this many replicas hold it (production: 2 with replication 3)",
+        "min.insync.replicas of created topics: an acks=all write is acknowledged once this many "
+        "replicas hold it (production: 2 with replication 3)",
     )
     kafka_fetch_max_wait_ms: int = setting(
         20,
-        "longest a fetch of the worker and the sink waits at the broker for data (faust hard-codes 1500, aiokafka 500; a broker that holds every fetch that long, as the embedded one does, adds it to each event's latency); lower means more idle fetch requests",
+        "longest a fetch of the worker and the sink waits at the broker for data (faust "
+        "hard-codes 1500, aiokafka 500; a broker that holds every fetch that long, as the "
+        "embedded one does, adds it to each event's latency); lower means more idle fetch requests",
     )
     kafka_producer_max_batch_size: int | None = setting(
         None, "producer batch bytes; the embedded broker sets 16 (Tansu high-water-mark bug)"
@@ -151,32 +157,38 @@ class Settings:
     )
     worker_standby_replicas: int = setting(
         0,
-        "standby copies of each table partition kept warm on other workers (faust table_standby_replicas); production: 1",
+        "standby copies of each table partition kept warm on other workers (faust "
+        "table_standby_replicas); production: 1",
         minimum=0,
         zero="no standby",
     )
     worker_session_timeout_ms: int = setting(
         6000,
-        "consumer-group session timeout: a worker silent this long is dropped from the group (local: 6000; production: 45000)",
+        "consumer-group session timeout: a worker silent this long is dropped from the group "
+        "(local: 6000; production: 45000)",
     )
     worker_heartbeat_interval_ms: int = setting(
         1000,
-        "consumer-group heartbeat interval, at most a third of the session timeout (local: 1000; production: 3000)",
+        "consumer-group heartbeat interval, at most a third of the session timeout (local: 1000; "
+        "production: 3000)",
     )
     worker_rebalance_timeout_ms: int = setting(
         5000,
-        "how long the group waits for members to rejoin in a rebalance (local: 5000; production: 60000)",
+        "how long the group waits for members to rejoin in a rebalance (local: 5000; production: "
+        "60000)",
     )
     worker_rocksdb_cache_mb: int = setting(
         16, "RocksDB block cache per table partition store, MiB (faust's default is 2048)"
     )
     worker_rocksdb_write_buffer_mb: int = setting(
         8,
-        "RocksDB write buffer per table partition store, MiB, two of them at most (faust's default is 3 x 64)",
+        "RocksDB write buffer per table partition store, MiB, two of them at most (faust's "
+        "default is 3 x 64)",
     )
     worker_stall_timeout_s: int = setting(
         120,
-        "a worker that owns partitions with messages waiting and makes no progress for this long exits (code 4) to be restarted; 0 = never",
+        "a worker that owns partitions with messages waiting and makes no progress for this long "
+        "exits (code 4) to be restarted; 0 = never",
         minimum=0,
         zero="never",
     )
@@ -189,13 +201,15 @@ class Settings:
     )
     worker_idle_advance_s: int = setting(
         60,
-        "a partition that accepted nothing for this long (wall clock) has its stream time advanced with the wall clock, so its last hour settles; 0 = never",
+        "a partition that accepted nothing for this long (wall clock) has its stream time "
+        "advanced with the wall clock, so its last hour settles; 0 = never",
         minimum=0,
         zero="never",
     )
     dedupe_horizon_s: int = setting(
         3_024_000,
-        "event ids are remembered this long in event time (35 days); an older event is dead-lettered (event_too_old)",
+        "event ids are remembered this long in event time (35 days); an older event is "
+        "dead-lettered (event_too_old)",
     )
     clickhouse_url: str = setting(
         "", "http(s)://user@host:8123/db of a ClickHouse server; empty = embedded chDB", secret=True
@@ -204,21 +218,27 @@ class Settings:
         "",
         "ClickHouse password (secret: never logged)",
         secret=True,
-        file_doc="path of a file holding the ClickHouse password (a mounted credentials file), instead of CLICKHOUSE_PASSWORD",
+        file_doc=(
+            "path of a file holding the ClickHouse password (a mounted credentials file), "
+            "instead of CLICKHOUSE_PASSWORD"
+        ),
     )
     chdb_path: Path = setting(Path(".run/chdb"), "directory of the embedded chDB database")
     sink_batch_max: int = setting(
         20000,
-        "records per ClickHouse insert: a batch is inserted when it holds this many or SINK_BATCH_WITHIN_MS have passed",
+        "records per ClickHouse insert: a batch is inserted when it holds this many or "
+        "SINK_BATCH_WITHIN_MS have passed",
     )
     sink_batch_within_ms: int = setting(
         200,
-        "time bound of an insert batch, milliseconds (production: 1000, so light traffic makes fewer, larger parts)",
+        "time bound of an insert batch, milliseconds (production: 1000, so light traffic makes "
+        "fewer, larger parts)",
     )
     sink_group_id: str = setting("billing-clickhouse-sink", "consumer group of the ClickHouse sink")
     sink_archive_events: bool = setting(
         True,
-        "also keep every input message in ClickHouse (events_archive), for re-rating beyond Kafka retention",
+        "also keep every input message in ClickHouse (events_archive), for re-rating beyond Kafka "
+        "retention",
     )
     profiles_dir: Path | None = setting(
         None, "folder of price-book profiles; empty = the profiles shipped in streams/profiles"
@@ -251,7 +271,8 @@ class Settings:
             )
         if values["kafka_min_insync_replicas"] > values["kafka_replication_factor"]:
             raise ConfigError(
-                "KAFKA_MIN_INSYNC_REPLICAS must not exceed KAFKA_REPLICATION_FACTOR: acks=all writes would all fail"
+                "KAFKA_MIN_INSYNC_REPLICAS must not exceed KAFKA_REPLICATION_FACTOR: acks=all "
+                "writes would all fail"
             )
         return cls(**values)
 
@@ -370,5 +391,6 @@ def _declared() -> dict[str, tuple[str, str]]:
     return out
 
 
-# name -> (default as the variable would hold it, documentation): README's table is checked against it.
+# name -> (default as the variable would hold it, documentation): README's table is checked against
+# it.
 SETTINGS: dict[str, tuple[str, str]] = _declared()

@@ -45,7 +45,8 @@ def clock_source(clock_ms: int) -> str:
 
 
 def in_money_context(method: Callable) -> Callable:
-    """Every Decimal operation of the core runs in MONEY_CONTEXT (60 digits): no implicit rounding."""
+    """Every Decimal operation of the core
+    runs in MONEY_CONTEXT (60 digits): no implicit rounding."""
 
     @wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -156,7 +157,8 @@ class BillingEngine:
                     rejected=Rejected(
                         "event_time_in_future",
                         f"event time {millis_to_iso(event.event_time)} is more than "
-                        f"{self.max_ahead_ms // 1000} s past the wall clock {millis_to_iso(wall_ms)}",
+                        f"{self.max_ahead_ms // 1000} s past the wall clock "
+                        f"{millis_to_iso(wall_ms)}",
                     ),
                 )
             ], clock_ms

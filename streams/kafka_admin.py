@@ -149,7 +149,8 @@ class TopicState:
 
 
 async def describe(settings: Settings, names: list[str]) -> dict[str, TopicState]:
-    """What the broker has for each existing topic of ``names``: partitions and its configuration."""
+    """What the broker has for each
+    existing topic of ``names``: partitions and its configuration."""
     from aiokafka import AIOKafkaConsumer
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 

@@ -124,7 +124,8 @@ async def read_topic(
                     for tp in sorted(pending)
                 )
                 raise ReadStalled(
-                    f"reading {topic} stalled for {STALL_SECONDS:.0f}s at partition@position/end {stuck}"
+                    f"reading {topic} stalled for {STALL_SECONDS:.0f}s at partition@position/end "
+                    f"{stuck}"
                 )
             if on_progress is not None:
                 on_progress(done, total)

@@ -107,7 +107,7 @@ def main():
                 recs = records(n)
                 size = sum(len(k) + len(v) for k, v in recs)
 
-                async def fill():
+                async def fill(s=s, tag=tag, recs=recs):
                     prod = AIOKafkaProducer(**client_kwargs(s), acks="all", max_batch_size=16)
                     await prod.start()
                     try:
@@ -130,8 +130,10 @@ def main():
         base = times["empty"][0]
         t, size = times["full"]
         print(
-            f"RESULT: {N} accounts, {size / 1e6:.1f} MB changelog, start {base:.1f}s empty vs {t:.1f}s full: "
-            f"restore {t - base:.1f}s = {N / max(t - base, 1e-9):,.0f} records/s, {size / 1e6 / max(t - base, 1e-9):.2f} MB/s"
+            f"RESULT: {N} accounts, {size / 1e6:.1f} MB changelog, start {base:.1f}s empty vs "
+            f"{t:.1f}s full: "
+            f"restore {t - base:.1f}s = {N / max(t - base, 1e-9):,.0f} records/s, "
+            f"{size / 1e6 / max(t - base, 1e-9):.2f} MB/s"
         )
 
 

@@ -190,7 +190,7 @@ def measure_pipeline(b: Bench, broker, ch, batch: int, workers: int = 1) -> Pipe
         seconds = asyncio.run(go())
         cpu_after = [process_cpu_s(pid) for pid in pids]
         known = None not in cpu_before and None not in cpu_after
-        cpu_s = sum(a - c for a, c in zip(cpu_after, cpu_before)) if known else None  # type: ignore[operator]
+        cpu_s = sum(a - c for a, c in zip(cpu_after, cpu_before, strict=True)) if known else None  # type: ignore[operator]
     finally:
         p.stop()  # a worker logs its final counts, changelog bytes included, as it stops
     written: dict[str, float] = {}
@@ -284,7 +284,7 @@ def measure_latency(
     wait_ready(w.log_path)
     sink = ClickHouseSink(p.settings, client=ch)
     sent_at: dict[str, float] = {}
-    ids = [orjson.loads(l)["event_id"] for l in lines]
+    ids = [orjson.loads(ln)["event_id"] for ln in lines]
 
     async def go():
         from aiokafka import AIOKafkaConsumer
@@ -345,7 +345,8 @@ def measure_latency(
     try:
         deduction_at = asyncio.run(go())
         rows = ch.query(
-            "SELECT event_id, toUnixTimestamp64Milli(ingested_at) FROM deductions WHERE event_id IN {ids:Array(String)}",
+            "SELECT event_id, toUnixTimestamp64Milli(ingested_at) FROM deductions WHERE event_id "
+            "IN {ids:Array(String)}",
             parameters={"ids": [i for i in ids if "-u-" in i]},
         ).result_rows
         to_deduction = [(deduction_at[e] - sent_at[e]) * 1000 for e in deduction_at if e in sent_at]
@@ -544,7 +545,7 @@ def measure_heavy_account(requests: int, window: int = 100_000) -> tuple[float, 
     ]  # parsing is not what is measured
     sim = Simulation(BillingEngine(Profiles()), partitions=4)
     marks = {}
-    for n, (event, raw) in enumerate(zip(events, lines)):
+    for n, (event, raw) in enumerate(zip(events, lines, strict=True)):
         if n in (1, 1 + window, len(events) - window, len(events) - 1):
             marks[n] = time.perf_counter()
         sim.apply(event, Decoded(event, None, raw), "heavy", n)
@@ -573,7 +574,8 @@ def run_bench(
     run_dir.mkdir(parents=True)
     b = Bench(run_dir, console, events, accounts)
     console.print(
-        f"[bold]rating bench[/]: {events} events over {accounts} accounts; machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}"
+        f"[bold]rating bench[/]: {events} events over {accounts} accounts; machine: "
+        f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}"
     )
     lines = generate(seed=3, accounts=accounts, usage_events=events, prefix="base")
     sim = simulate(list(enumerate(lines, 1)), BillingEngine(Profiles()))
@@ -753,7 +755,9 @@ def run_bench(
     b.add(Figure("heavy account, state after all its events", state_bytes, "bytes"))
 
     table = Table(
-        title=f"rating bench ({os.cpu_count()} cores; ratios against a baseline measured in this run)"
+        title=(
+            f"rating bench ({os.cpu_count()} cores; ratios against a baseline measured in this run)"
+        )
     )
     for col in ("measure", "value", "baseline", "ratio", "target", "met"):
         table.add_column(col, justify="right" if col in ("value", "baseline", "ratio") else "left")

@@ -1,5 +1,6 @@
 """The bench's sink step on its own: 100,000 deductions from Kafka into chDB through the sink, and
-the same rows in one direct row insert, in the same run (`python -m streams.bench.sink_rate [ROWS]`)."""
+the same rows in one direct row insert, in the same run (`python -m streams.bench.sink_rate
+[ROWS]`)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def main(rows: int = 100_000) -> tuple[float, float]:
         b = Bench(run_dir, console, rows, 200)
         sink_rate, direct_rate = measure_sink(b, broker, ch, sim.deductions, rows)
     console.print(
-        f"sink {sink_rate:,.0f} rows/s, direct row insert {direct_rate:,.0f} rows/s = {sink_rate / direct_rate:.2f}x"
+        f"sink {sink_rate:,.0f} rows/s, direct row insert {direct_rate:,.0f} rows/s = "
+        f"{sink_rate / direct_rate:.2f}x"
     )
     return sink_rate, direct_rate
 

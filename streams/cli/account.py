@@ -65,7 +65,8 @@ def show(
     main_account_id: str = typer.Argument(..., help="main account id (the events' key)"),
     as_json: bool = typer.Option(False, "--json", help="print the stored state as one JSON line"),
 ):
-    """Balances, buckets, trials, controls and status of one main account, from the worker's changelog."""
+    """Balances, buckets, trials, controls and status of one main account, from the worker's
+    changelog."""
     s = client_settings()
     require_cluster(s, "`rating account show`")
     state = asyncio.run(load_state(s, main_account_id))

@@ -13,7 +13,8 @@ from streams.config import ConfigError, Settings
 
 def console_width(environ, isatty: bool) -> int | None:
     """A terminal sizes itself (None); a pipe or file takes ``COLUMNS`` when it is a positive
-    integer, else 160 columns, so that ``COLUMNS=300 rating dlq list > file`` keeps long ids whole."""
+    integer, else 160 columns, so that ``COLUMNS=300 rating dlq list > file`` keeps long ids whole.
+    """
     columns = (environ.get("COLUMNS") or "").strip()
     if isatty:
         return None
@@ -106,7 +107,8 @@ def input_file(path, what: str = "input"):
     path = Path(path)
     if not path.is_file():
         raise UserError(
-            f"{path} is not a file; pass a JSON Lines file of events (see examples/), or - for standard input"
+            f"{path} is not a file; pass a JSON Lines file of events (see examples/), or - for "
+            "standard input"
         )
     return path
 
@@ -178,14 +180,16 @@ def friendly(fn):
             if exc.errno != errno.EADDRINUSE:
                 raise
             fail(
-                f"address already in use ({exc}); if it is METRICS_PORT, set it to a free port, or 0 for no endpoint"
+                f"address already in use ({exc}); if it is METRICS_PORT, set it to a free port, "
+                "or 0 for no endpoint"
             )
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(130) from None
         except (KafkaError, ConnectionError) as exc:
             fail(
-                f"cannot reach Kafka at {_bootstrap()}: {exc or type(exc).__name__}; check KAFKA_BOOTSTRAP_SERVERS "
+                f"cannot reach Kafka at {_bootstrap()}: {exc or type(exc).__name__}; check "
+                "KAFKA_BOOTSTRAP_SERVERS "
                 "and the KAFKA_SECURITY_* settings",
                 code=3,
             )
@@ -193,7 +197,8 @@ def friendly(fn):
             if chdb_locked(exc):
                 fail(chdb_locked_message(settings()), code=3)
             fail(
-                f"ClickHouse failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+                "ClickHouse failed: "
+                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
                 "check CLICKHOUSE_URL and CLICKHOUSE_PASSWORD",
                 code=3,
             )
@@ -201,7 +206,8 @@ def friendly(fn):
             if _debug():
                 raise
             fail(
-                f"internal error ({type(exc).__name__}: {exc}); run again with LOG_LEVEL=DEBUG for the traceback",
+                f"internal error ({type(exc).__name__}: {exc}); run again with LOG_LEVEL=DEBUG "
+                "for the traceback",
                 code=1,
             )
 
@@ -222,7 +228,8 @@ def redact(text: str) -> str:
 
 
 def fail(message: str, code: int = 2):
-    """One line on stderr, secrets redacted, and the exit code (2: usage/config, 3: a server, 1: a bug)."""
+    """One line on stderr, secrets redacted, and the exit code (2: usage/config, 3: a server, 1: a
+    bug)."""
     from rich.markup import escape
 
     err.print(f"[bold red]error:[/] {escape(visible(redact(message)))}", highlight=False)
@@ -257,7 +264,8 @@ def port_in_use_message(host: str, port: int) -> str:
 
 
 def require_free_port(s: Settings) -> None:
-    """A busy METRICS_PORT is one clear error before anything starts, not an internal error later."""
+    """A busy METRICS_PORT is one clear
+    error before anything starts, not an internal error later."""
     import errno
     import socket
 
@@ -273,7 +281,8 @@ def require_free_port(s: Settings) -> None:
             if exc.errno == errno.EADDRINUSE:
                 raise UserError(port_in_use_message(s.metrics_host, s.metrics_port)) from None
             raise UserError(
-                f"METRICS_HOST {s.metrics_host!r}:{s.metrics_port} cannot be bound: {exc.strerror}; "
+                f"METRICS_HOST {s.metrics_host!r}:{s.metrics_port} cannot be bound: "
+                f"{exc.strerror}; "
                 "check METRICS_HOST and METRICS_PORT"
             ) from None
 
@@ -354,6 +363,8 @@ def chdb_locked_message(s: Settings) -> str:
         else "another process (a `rating run`, `demo` or sink)"
     )
     return (
-        f"the embedded chDB at {s.chdb_path} is open in {owner}; chDB admits one process. Stop it first, "
-        "or run the pipeline with CLICKHOUSE_URL set to a ClickHouse server, which any number of clients can query"
+        f"the embedded chDB at {s.chdb_path} is open in {owner}; chDB admits one process. Stop it "
+        "first, "
+        "or run the pipeline with CLICKHOUSE_URL set to a ClickHouse server, which any number of "
+        "clients can query"
     )

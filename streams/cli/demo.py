@@ -29,7 +29,8 @@ class DemoFailed(Exception):
 
 def demo_env() -> dict[str, str]:
     """The demo's own settings over the environment's. CLICKHOUSE_URL is emptied: the demo always
-    lands in its own embedded chDB (.run/demo/chdb), never in a ClickHouse server the shell names."""
+    lands in its own embedded chDB (.run/demo/chdb), never in a ClickHouse server the shell names.
+    """
     from dataclasses import fields
 
     from streams.config import Settings
@@ -87,7 +88,8 @@ def run_demo(events: Path, *, batch: int, timeout: float, console: Console) -> N
         want_dead = len({d["event_id"] or d["dead_letter_id"] for d in expected.dead_letters})
         want_lines = len(expected.settlements)
         console.print(
-            f"[bold]broker[/]  Tansu on {settings.kafka_bootstrap_servers} (log {run_dir / 'broker.log'})"
+            f"[bold]broker[/]  Tansu on {settings.kafka_bootstrap_servers} (log "
+            f"{run_dir / 'broker.log'})"
         )
         asyncio.run(create_topics(settings))
         worker = pipeline.start_worker()
@@ -98,7 +100,8 @@ def run_demo(events: Path, *, batch: int, timeout: float, console: Console) -> N
         def landed() -> tuple[int, int, int]:
             d = sink.client.query("SELECT count() FROM deductions FINAL").result_rows[0][0]
             x = sink.client.query(
-                "SELECT uniqExact(if(event_id = '', dead_letter_id, event_id)) FROM dead_letters FINAL"
+                "SELECT uniqExact(if(event_id = '', dead_letter_id, event_id)) FROM dead_letters "
+                "FINAL"
             ).result_rows[0][0]
             s = sink.client.query("SELECT count() FROM settlements FINAL").result_rows[0][0]
             return d, x, s
@@ -109,7 +112,8 @@ def run_demo(events: Path, *, batch: int, timeout: float, console: Console) -> N
                 async with EventProducer(settings) as producer:
                     sent = await producer.send_lines(lines, batch_size=batch)
                 console.print(
-                    f"[bold]replay[/]  {sent} events from {_s(events)} ({'batches of ' + str(batch) if batch > 1 else 'one per message'})"
+                    f"[bold]replay[/]  {sent} events from {_s(events)} "
+                    f"({'batches of ' + str(batch) if batch > 1 else 'one per message'})"
                 )
                 with Progress(
                     TextColumn("[bold]landing"),
@@ -124,7 +128,8 @@ def run_demo(events: Path, *, batch: int, timeout: float, console: Console) -> N
                     def done() -> bool:
                         if not worker.alive():
                             raise DemoFailed(
-                                f"the worker exited (code {worker.process.returncode}); see {worker.log_path}"
+                                f"the worker exited (code {worker.process.returncode}); see "
+                                f"{worker.log_path}"
                             )
                         d, x, s = landed()
                         progress.update(task, completed=d + x + s)
@@ -141,7 +146,8 @@ def run_demo(events: Path, *, batch: int, timeout: float, console: Console) -> N
         if not ok:
             d, x, s = landed()
             raise UserError(
-                f"timed out after {timeout:.0f}s: {d}/{want_deductions} deductions, {x}/{want_dead} dead letters and "
+                f"timed out after {timeout:.0f}s: {d}/{want_deductions} deductions, "
+                f"{x}/{want_dead} dead letters and "
                 f"{s}/{want_lines} settlement lines landed; see {worker.log_path}"
             )
         print_landed(sink.client, console)
@@ -164,12 +170,18 @@ def run_demo(events: Path, *, batch: int, timeout: float, console: Console) -> N
 
 def print_landed(client, console: Console) -> None:
     rows = client.query(
-        "SELECT main_account_id, formatDateTime(period_start, '%Y-%m-%d %H:%i', 'UTC'), granularity, line_type, item, model, "
-        "variant, event_count, currency, gross_amount, free_amount + trial_amount AS free_trial, pack_amount, voucher_amount, "
-        "cash_amount, unbilled_amount FROM settlements FINAL ORDER BY main_account_id, period_start, item, model, variant, line_type"
+        "SELECT main_account_id, formatDateTime(period_start, '%Y-%m-%d %H:%i', 'UTC'), "
+        "granularity, line_type, item, model, "
+        "variant, event_count, currency, gross_amount, free_amount + trial_amount AS free_trial, "
+        "pack_amount, voucher_amount, "
+        "cash_amount, unbilled_amount FROM settlements FINAL ORDER BY main_account_id, "
+        "period_start, item, model, variant, line_type"
     ).result_rows
     table = Table(
-        title="settlement lines in ClickHouse (closed periods; times in UTC; a period closes 5 min after its end in stream time)"
+        title=(
+            "settlement lines in ClickHouse (closed periods; times in UTC; a period closes 5 "
+            "min after its end in stream time)"
+        )
     )
     cols = (
         "account",
@@ -199,7 +211,8 @@ def print_landed(client, console: Console) -> None:
         table.add_row(*("" if v is None else _s(v) for v in r[:9]), *(amount(v) for v in r[9:]))
     console.print(table)
     dead = client.query(
-        "SELECT reason_code, event_id, main_account_id, reason FROM dead_letters FINAL ORDER BY source_offset, reason_code"
+        "SELECT reason_code, event_id, main_account_id, reason FROM dead_letters FINAL ORDER BY "
+        "source_offset, reason_code"
     ).result_rows
     dl = Table(title="dead letters in ClickHouse")
     for col in ("reason_code", "event_id", "account", "reason"):
@@ -208,7 +221,8 @@ def print_landed(client, console: Console) -> None:
         dl.add_row(*(_s(v) for v in r))
     console.print(dl)
     alerts = client.query(
-        "SELECT main_account_id, kind, message FROM alerts FINAL ORDER BY event_time, main_account_id, kind"
+        "SELECT main_account_id, kind, message FROM alerts FINAL ORDER BY event_time, "
+        "main_account_id, kind"
     ).result_rows
     at = Table(title="alerts in ClickHouse")
     for col in ("account", "kind", "message"):

@@ -48,7 +48,8 @@ dlq_app = typer.Typer(
     help="Dead letters: list, explain, re-drive after a fix.", no_args_is_help=True
 )
 
-# reason code -> (what it means, what to do, whether re-sending the same bytes can succeed after a fix)
+# reason code -> (what it means, what to do, whether re-sending the same bytes can succeed after a
+# fix)
 REASONS: dict[str, tuple[str, str, bool]] = {
     "not_avro": (
         "the bytes are not Avro in the Confluent wire format",
@@ -117,7 +118,8 @@ REASONS: dict[str, tuple[str, str, bool]] = {
         False,
     ),
     "invalid_id": (
-        "an id is outside the id grammar (empty, too long, not NFC, spaces or invisible characters)",
+        "an id is outside the id grammar (empty, too long, not NFC, spaces or invisible "
+        "characters)",
         "fix the producer; re-send corrected events",
         False,
     ),
@@ -133,7 +135,8 @@ REASONS: dict[str, tuple[str, str, bool]] = {
     ),
     "not_supported_by_profile": (
         "the account event type is not one the account's profile defines",
-        "do not send it for this platform (or add it to the profile's account_events), then re-drive",
+        "do not send it for this platform (or add it to the profile's account_events), then "
+        "re-drive",
         True,
     ),
     "unknown_event_type": (
@@ -214,13 +217,15 @@ REASONS: dict[str, tuple[str, str, bool]] = {
     ),
     "no_inference_limit": ("the policy offers no inference limit here", "check the policy", True),
     "internal_error": (
-        "the pipeline failed on this event, or a charge broke an invariant (a bug); the account was "
+        "the pipeline failed on this event, or a charge broke an invariant (a bug); the account "
+        "was "
         "rolled back",
         "report it; re-drive after the fix",
         True,
     ),
     "event_too_old": (
-        "the event is older than the dedupe horizon (DEDUPE_HORIZON_S) before its partition's stream time",
+        "the event is older than the dedupe horizon (DEDUPE_HORIZON_S) before its partition's "
+        "stream time",
         "book it by hand or by re-rating; the pipeline cannot tell it from a replayed duplicate",
         False,
     ),
@@ -236,7 +241,8 @@ REASONS: dict[str, tuple[str, str, bool]] = {
     ),
     "limit_exceeded": (
         "the account already holds as many live vouchers, packs or linked sub-accounts as it may",
-        "let buckets expire or unlink sub-accounts; raising the limit is a code change (streams/ledger/ledger.py)",
+        "let buckets expire or unlink sub-accounts; raising the limit is a code change "
+        "(streams/ledger/ledger.py)",
         True,
     ),
     "before_account_opened": (
@@ -267,7 +273,8 @@ class Letter:
     def marker(self) -> str:
         """One rejection occurrence: the same event rejected again after a re-drive is a new one."""
         r = self.record
-        return f"{r['dead_letter_id']}@{r['source_topic']}:{r['source_partition']}:{r['source_offset']}"
+        where = f"{r['source_topic']}:{r['source_partition']}:{r['source_offset']}"
+        return f"{r['dead_letter_id']}@{where}"
 
 
 async def read_letters(s) -> list[Letter]:
@@ -340,8 +347,8 @@ def list_letters(
         from streams.cli.common import emit_json_lines
 
         emit_json_lines(
-            {**l.record, "dead_letter_offset": l.offset, "redriven": l.marker in redriven}
-            for l in letters[-limit:]
+            {**ln.record, "dead_letter_offset": ln.offset, "redriven": ln.marker in redriven}
+            for ln in letters[-limit:]
         )
         return
     table = Table(title=f"{len(letters)} dead letters on {s.topics.dead_letters}")
@@ -384,18 +391,20 @@ def list_letters(
 def explain(
     dead_letter_id: str = typer.Argument(..., help="a dead_letter_id (a unique prefix is enough)"),
 ):
-    """One dead letter: the reason, what to do, the original event, and whether it would pass now."""
+    """One dead letter: the reason, what to
+    do, the original event, and whether it would pass now."""
     s = client_settings()
     require_cluster(s, "`rating dlq`")
     matches = [
-        l
-        for l in asyncio.run(read_letters(s))
-        if l.record["dead_letter_id"].startswith(dead_letter_id)
+        ln
+        for ln in asyncio.run(read_letters(s))
+        if ln.record["dead_letter_id"].startswith(dead_letter_id)
     ]
-    ids = {l.record["dead_letter_id"] for l in matches}
+    ids = {ln.record["dead_letter_id"] for ln in matches}
     if not matches:
         raise UserError(
-            f"no dead letter {dead_letter_id!r} on {s.topics.dead_letters}; `rating dlq list` shows them"
+            f"no dead letter {dead_letter_id!r} on {s.topics.dead_letters}; `rating dlq list` "
+            "shows them"
         )
     if len(ids) > 1:
         raise UserError(f"{dead_letter_id!r} matches {len(ids)} dead letters; give more of the id")
@@ -406,8 +415,8 @@ def explain(
     console.print(f"  reason     {_s(r['reason'])}")
     console.print(f"  what to do {_s(action)}")
     console.print(
-        f"  source     {_s(r['source_topic'])} partition {r['source_partition']} offset {r['source_offset']}"
-        + (f" (rejected {len(matches)} times)" if len(matches) > 1 else "")
+        f"  source     {_s(r['source_topic'])} partition {r['source_partition']} offset "
+        f"{r['source_offset']}" + (f" (rejected {len(matches)} times)" if len(matches) > 1 else "")
     )
     when = (
         millis_to_iso(r["event_time"])
@@ -421,7 +430,8 @@ def explain(
     record = _payload_record(r["payload"])
     if record is None:
         console.print(
-            f"  payload    {len(r['payload'])} bytes, not a readable event: {base64.b64encode(r['payload'][:96]).decode()}"
+            f"  payload    {len(r['payload'])} bytes, not a readable event: "
+            f"{base64.b64encode(r['payload'][:96]).decode()}"
         )
         verdict = "cannot be re-driven: the bytes are not an event; fix the producer and re-send"
     else:
@@ -534,8 +544,8 @@ def redrive(
     ),
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
 ):
-    """Send dead letters back to the events topic after the cause is fixed: only those that would now
-    be accepted (checked with the engine on the accounts' current state). Safe to repeat."""
+    """Send dead letters back to the events topic after the cause is fixed: only those that would
+    now be accepted (checked with the engine on the accounts' current state). Safe to repeat."""
     s = client_settings()
     require_cluster(s, "`rating dlq`")
     if not reason and not dead_letter:
@@ -545,7 +555,9 @@ def redrive(
     letters = _select(asyncio.run(read_letters(s)), reason, account)
     if dead_letter:
         letters = [
-            l for l in letters if any(l.record["dead_letter_id"].startswith(i) for i in dead_letter)
+            ln
+            for ln in letters
+            if any(ln.record["dead_letter_id"].startswith(i) for i in dead_letter)
         ]
     done = asyncio.run(redriven_markers(s))
     charged = asyncio.run(charged_events(s))
@@ -575,7 +587,7 @@ def redrive(
         else:
             sendable.append(letter)
     if sendable and not force:
-        states = asyncio.run(load_states(s, {l.record["main_account_id"] for l in sendable}))
+        states = asyncio.run(load_states(s, {ln.record["main_account_id"] for ln in sendable}))
         check = Verdicts(s, states)
         ready = []
         for letter in sendable:
@@ -587,7 +599,8 @@ def redrive(
     console.print(
         f"{len(letters)} selected: {len(letters) - len(fresh)} already re-driven or charged, "
         f"{len(permanent)} with a reason re-sending cannot fix (--force sends them anyway), "
-        f"{len(unsendable)} not an event (cannot be re-driven), {len(still)} would be rejected again (not sent), "
+        f"{len(unsendable)} not an event (cannot be re-driven), {len(still)} would be rejected "
+        "again (not sent), "
         f"{len(sendable)} to send"
     )
     if dry_run:

@@ -31,7 +31,10 @@ from streams.cli.common import shown as _s
 hide_flag_types()
 
 app = typer.Typer(
-    help="AI-platform billing: rate usage events, pay them from account buckets, settle into ClickHouse.",
+    help=(
+        "AI-platform billing: rate usage events, pay them from account buckets, settle into "
+        "ClickHouse."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -148,8 +151,10 @@ def simulate(
         )
     console.print(summary)
     console.print(
-        f"consumed {c['consumed']} = rated {c['rated']} + applied {c['applied']} + rejected {c['rejected']} "
-        f"+ duplicates {c['duplicate']};  alerts {len(result.alerts)}, settlement lines {len(result.settlements)}"
+        f"consumed {c['consumed']} = rated {c['rated']} + applied {c['applied']} + rejected "
+        f"{c['rejected']} "
+        f"+ duplicates {c['duplicate']};  alerts {len(result.alerts)}, settlement lines "
+        f"{len(result.settlements)}"
     )
     for name, path in files.items():
         console.print(f"  {name:<15} {_s(path)}")
@@ -170,9 +175,7 @@ def quote(
         0, "--output", help="total output tokens, reasoning included"
     ),
     reasoning: int = typer.Option(0, "--reasoning"),
-    quantity: str | None = typer.Option(
-        None, "--quantity", "-q", help="units for per-unit items"
-    ),
+    quantity: str | None = typer.Option(None, "--quantity", "-q", help="units for per-unit items"),
     hours: str | None = typer.Option(None, "--hours", help="hours, for kb_storage"),
     variant: str | None = typer.Option(None, "--variant"),
     at: str | None = typer.Option(None, "--at", help="event time (ISO-8601); default: now"),
@@ -248,7 +251,8 @@ def worker():
     s = settings()
     if s.embedded_broker:
         raise UserError(
-            "KAFKA_BOOTSTRAP_SERVERS is not set; `rating run` starts an embedded broker, `rating worker` needs a cluster"
+            "KAFKA_BOOTSTRAP_SERVERS is not set; `rating run` starts an embedded broker, `rating "
+            "worker` needs a cluster"
         )
     from streams.cli.common import require_free_port
 
@@ -313,11 +317,15 @@ def topics(
     check: bool = typer.Option(
         False,
         "--check",
-        help="only describe; exit 1 if a topic is missing or differs (partitions, replication factor, min ISR, retention, compaction)",
+        help=(
+            "only describe; exit 1 if a topic is missing or differs (partitions, replication "
+            "factor, min ISR, retention, compaction)"
+        ),
     ),
     as_json: bool = typer.Option(False, "--json", help="one JSON object per topic (JSON Lines)"),
 ):
-    """Create the pipeline's topics (idempotent) and describe them: partitions, replication, min ISR, retention, compaction."""
+    """Create the pipeline's topics (idempotent) and describe them: partitions, replication, min
+    ISR, retention, compaction."""
     s = client_settings()
     if s.embedded_broker:
         raise UserError(
@@ -359,7 +367,8 @@ def topics(
         console.print(table)
     if problems:
         err.print(
-            f"{problems} topic(s) missing or different; run `rating topics` (without --check) to create missing ones"
+            f"{problems} topic(s) missing or different; run `rating topics` (without --check) to "
+            "create missing ones"
         )
         raise typer.Exit(1)
 
@@ -371,7 +380,10 @@ def migrate(
         0.0,
         "--wait",
         min=0,
-        help="seconds to keep retrying while ClickHouse cannot be reached (a server still starting); 0 = try once",
+        help=(
+            "seconds to keep retrying while ClickHouse cannot be reached (a server still "
+            "starting); 0 = try once"
+        ),
     ),
 ):
     """Apply the ClickHouse DDL in infra/clickhouse (idempotent)."""
@@ -459,7 +471,8 @@ def bench(
         help="requests of the one heavy account (one day) for its first/last 100k figure",
     ),
 ):
-    """Measure throughput, latency, sink rate, scaling and state size, each against a same-run baseline."""
+    """Measure throughput, latency, sink rate, scaling and state size, each against a same-run
+    baseline."""
     from streams.bench.run import run_bench
     from streams.local.lifecycle import stop_on_signals
 
@@ -488,7 +501,8 @@ def run(
         None, "--replay", help="JSON Lines file to send once everything runs (- = standard input)"
     ),
 ):
-    """Run workers and the ClickHouse sink: embedded broker + chDB by default, or the configured cluster."""
+    """Run workers and the ClickHouse sink: embedded broker + chDB by default, or the configured
+    cluster."""
     from streams.cli.common import require_free_port
     from streams.cli.run import run_pipeline
     from streams.local.lifecycle import stop_on_signals
@@ -519,13 +533,15 @@ EXAMPLES = {
     "simulate": "rating simulate examples/demo.jsonl --out simulate-out --json | jq .",
     "quote": "rating quote -p tokenhub -m kimi-k2.5 --input 200000 --cache-hit 50000 --output 3000",
     "worker": "KAFKA_BOOTSTRAP_SERVERS=kafka:9092 rating worker",
-    "sink": "KAFKA_BOOTSTRAP_SERVERS=kafka:9092 CLICKHOUSE_URL=http://billing@clickhouse:8123/billing rating sink",
+    "sink": "KAFKA_BOOTSTRAP_SERVERS=kafka:9092 "
+    "CLICKHOUSE_URL=http://billing@clickhouse:8123/billing rating sink",
     "demo": "rating demo examples/demo.jsonl --batch 8",
     "topics": "KAFKA_BOOTSTRAP_SERVERS=kafka:9092 rating topics --check --json",
     "migrate": "rating migrate --wait 120",
     "replay": "cat events.jsonl | rating replay - --batch 100",
     "bench": "rating bench --events 5000",
-    "run": "rating run --workers 2 --replay examples/demo.jsonl  (then, in another shell: rating dlq list)",
+    "run": "rating run --workers 2 --replay examples/demo.jsonl  "
+    "(then, in another shell: rating dlq list)",
     "rerate": "rating rerate -p jiekou --prices 2026-06-cut --from 2026-05-01T00:00:00+08:00 "
     "--to 2026-05-02T00:00:00+08:00 --input examples/demo.jsonl --out diff.csv",
     "trace": "rating trace tr-coze-alice-009 --json | jq .deductions",

@@ -44,12 +44,14 @@ def check_names(profile, item: str, model: str | None, variant: str | None, at_m
     models = {m for i, m in keys if i == item and m}
     if model and models and model not in models and not profile.billed_elsewhere(model):
         raise UserError(
-            f"profile {profile.name} has no {item} model {model!r}{nearest(model, models, 'models')}"
+            f"profile {profile.name} has no {item} model "
+            f"{model!r}{nearest(model, models, 'models')}"
         )
     variants = {v for v in keys.get((item, model or None), {}) if v}
     if variant and variants and variant not in variants:
         raise UserError(
-            f"{profile.name} {item}{' ' + model if model else ''} has no variant {variant!r}{nearest(variant, variants, 'variants')}"
+            f"{profile.name} {item}{' ' + model if model else ''} has no variant "
+            f"{variant!r}{nearest(variant, variants, 'variants')}"
         )
 
 
@@ -103,7 +105,8 @@ def profiles_command(
     name: str | None = typer.Argument(None, help="one profile (default: all)"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object per profile (JSON Lines)"),
 ):
-    """Profiles: currency, price versions with their effective dates, items, models, variants, bounds."""
+    """Profiles: currency, price versions with their effective dates, items, models, variants,
+    bounds."""
     profiles = _profiles(settings())
     chosen = [profile_or_error(profiles, name)] if name else [profiles[n] for n in profiles.names()]
     described = [describe(p) for p in chosen]
@@ -116,7 +119,8 @@ def profiles_command(
 
 def render(d: dict[str, Any]) -> None:
     console.print(
-        f"[bold]{_s(d['profile'])}[/]  currency {_s(d['currency'])}, prices in {_s(d['price_unit'])}, "
+        f"[bold]{_s(d['profile'])}[/]  currency {_s(d['currency'])}, prices in "
+        f"{_s(d['price_unit'])}, "
         f"days in {_s(d['timezone'])}"
     )
     versions = ", ".join(
@@ -128,7 +132,8 @@ def render(d: dict[str, Any]) -> None:
         f", {_s(k)} {exact(v)}" for k, v in sorted(b["max_quantity_by_item"].items())
     )
     console.print(
-        f"  bounds per request: {b['max_tokens_per_request']} tokens, quantity {exact(b['max_quantity'])}"
+        f"  bounds per request: {b['max_tokens_per_request']} tokens, quantity "
+        f"{exact(b['max_quantity'])}"
         f"{per_item}, kb_storage hours {exact(b['max_hours'])}"
     )
     table = Table(title=f"{_s(d['profile'])}: rows of {_s(d['versions'][-1]['version'])}")

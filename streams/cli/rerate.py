@@ -50,7 +50,8 @@ def _time(text: str, option: str) -> int:
         return to_millis(text, option)
     except Rejected:
         raise UserError(
-            f"{option} {text!r} is not an ISO-8601 time with a UTC offset, e.g. 2026-05-01T00:00:00+08:00"
+            f"{option} {text!r} is not an ISO-8601 time with a UTC offset, e.g. "
+            "2026-05-01T00:00:00+08:00"
         ) from None
 
 
@@ -94,7 +95,8 @@ async def events_from_topic(s) -> list[tuple[Any, Decoded]]:
 def events_from_clickhouse(client, topic: str) -> list[tuple[Any, Decoded]]:
     """The same from the sink's archive of the events topic (kept beyond Kafka retention)."""
     result = client.query(
-        "SELECT source_partition, source_offset, main_account_id, payload FROM events_archive FINAL "
+        "SELECT source_partition, source_offset, main_account_id, payload FROM events_archive "
+        "FINAL "
         "WHERE source_topic = {topic:String}",
         parameters={"topic": topic},
         column_formats={"payload": "bytes"},
@@ -194,7 +196,8 @@ def rerate_command(
         False, "--json", help="print the diff as JSON Lines: one object per account, item and model"
     ),
 ):
-    """Re-rate a period under another price version, beside the live ledger; show and save the diff."""
+    """Re-rate a period under another price version,
+    beside the live ledger; show and save the diff."""
     s = client_settings()
     profiles = _profiles(s)
     from streams.cli.profiles import profile_or_error
@@ -249,9 +252,12 @@ def rerate_command(
         show(result)
     if mismatch:
         message = (
-            f"{len(mismatch)} of {len(result.diffs)} replayed deductions differ from what the pipeline billed "
-            f"(first: {', '.join(mismatch[:3])}): the events no longer hold the whole history (topic retention), "
-            "so the bucket state at the period is unknown; re-rate from a complete archive with --input FILE"
+            f"{len(mismatch)} of {len(result.diffs)} replayed deductions differ from what the "
+            "pipeline billed "
+            f"(first: {', '.join(mismatch[:3])}): the events no longer hold the whole history "
+            "(topic retention), "
+            "so the bucket state at the period is unknown; re-rate from a complete archive with "
+            "--input FILE"
         )
         if apply:
             raise UserError(message + "; nothing was booked")
@@ -267,7 +273,8 @@ def rerate_command(
         migrate(client)
         client.insert("rerate_diffs", diff_rows(result), column_names=DIFF_COLUMNS)
         note.print(
-            f"diff inserted into rerate_diffs ({s.clickhouse_dsn_for_display()}), rerate_id {rerating.id}"
+            f"diff inserted into rerate_diffs ({s.clickhouse_dsn_for_display()}), rerate_id "
+            f"{rerating.id}"
         )
     if apply:
         assert billed is not None
@@ -277,7 +284,10 @@ def rerate_command(
 def show(result: RerateResult) -> None:
     r = result.rerating
     table = Table(
-        title=f"re-rating {_s(r.profile)} at {_s(r.version)}, {len(result.diffs)} events (rerate_id {_s(r.id)})"
+        title=(
+            f"re-rating {_s(r.profile)} at {_s(r.version)}, {len(result.diffs)} events "
+            f"(rerate_id {_s(r.id)})"
+        )
     )
     for col in (
         "account",
@@ -321,7 +331,8 @@ def show(result: RerateResult) -> None:
     for d in result.diffs:
         if d.new_rejection:
             console.print(
-                f"[yellow]not rated at {_s(r.version)}[/]: {_s(d.old['event_id'])}: {_s(d.new_rejection)}"
+                f"[yellow]not rated at {_s(r.version)}[/]: {_s(d.old['event_id'])}: "
+                f"{_s(d.new_rejection)}"
             )
 
 
@@ -431,7 +442,8 @@ def write_report(result: RerateResult, path: Path) -> None:
 
 
 def _csv_to_parquet(csv_path: Path, parquet_path: Path) -> None:
-    """chDB (the `local` extra, also the embedded ClickHouse) writes Parquet; money stays decimal text."""
+    """chDB (the `local` extra, also the embedded ClickHouse) writes Parquet; money stays decimal
+    text."""
     try:
         import chdb
     except ImportError:
@@ -441,7 +453,8 @@ def _csv_to_parquet(csv_path: Path, parquet_path: Path) -> None:
 
     quoted = str(csv_path.resolve()).replace("\\", "\\\\").replace("'", "\\'")
     data = chdb.query(
-        f"SELECT * FROM file('{quoted}', 'CSVWithNames') SETTINGS schema_inference_make_columns_nullable = 0, "
+        f"SELECT * FROM file('{quoted}', 'CSVWithNames') SETTINGS "
+        "schema_inference_make_columns_nullable = 0, "
         "input_format_csv_use_best_effort_in_schema_inference = 0",
         "Parquet",
     )
@@ -461,12 +474,14 @@ def book(
         return
     delta = sum((Decimal(a["rated_amount"]) for a in fresh), Decimal(0))
     if not yes and not typer.confirm(
-        f"book {len(fresh)} adjustment deductions (total {money(delta)}) and {len(lines)} settlement lines?"
+        f"book {len(fresh)} adjustment deductions (total {money(delta)}) and {len(lines)} "
+        "settlement lines?"
     ):
         raise typer.Abort()
     asyncio.run(_produce(s, fresh + uncovered, lines))
     console.print(
-        f"booked {len(fresh)} adjustment deductions (total {money(delta)}) and {len(lines)} settlement lines "
+        f"booked {len(fresh)} adjustment deductions (total {money(delta)}) and {len(lines)} "
+        "settlement lines "
         f"to {s.topics.deductions} and {s.topics.settlements}"
     )
 
@@ -487,7 +502,8 @@ async def _produce(s, deductions: list[dict[str, Any]], lines: list[dict[str, An
             for d in deductions
         ]
         await asyncio.gather(*futures)
-        # lines only after their adjustments are durable: a rerun books lines for adjustments that lack one
+        # lines only after their adjustments are durable: a rerun books lines for adjustments that
+        # lack one
         futures = [
             await producer.send(
                 s.topics.settlements,

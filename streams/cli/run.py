@@ -31,11 +31,13 @@ def run_pipeline(
         if s.embedded_broker:
             s = pipeline.start_broker()
             console.print(
-                f"[bold]broker[/]  embedded Tansu on {s.kafka_bootstrap_servers} (log {run_dir / 'broker.log'})"
+                f"[bold]broker[/]  embedded Tansu on {s.kafka_bootstrap_servers} (log "
+                f"{run_dir / 'broker.log'})"
             )
             from streams.cli.runfile import write_run_file
 
-            # trace, rerate, account, dlq and topics find this run through it (removed on a clean stop)
+            # trace, rerate, account, dlq and topics find this run through it (removed on a clean
+            # stop)
             console.print(f"[bold]run-file[/] {write_run_file(s)}")
         else:
             pipeline.settings = s
@@ -104,7 +106,8 @@ async def _sink_loop(
             await sink.step(stop)
             for w in pipeline.restart_stalled():
                 console.print(
-                    f"[yellow]a worker stalled and exited[/]; restarted as pid {w.process.pid} (log {w.log_path})"
+                    f"[yellow]a worker stalled and exited[/]; restarted as pid {w.process.pid} "
+                    f"(log {w.log_path})"
                 )
             if any(not w.alive() and not w.replaced for w in pipeline.workers):
                 console.print("[red]a worker exited[/]; see its log")

@@ -1,10 +1,10 @@
 """The run-file of an embedded ``rating run``: where its broker and chDB are.
 
-``rating run`` on the embedded default starts Tansu on a free port. It writes ``.run/pipeline/run.json``
-(its pid, the broker address, the chDB folder, and the settings that name topics and partitions) and
-removes it when it stops cleanly. ``trace``, ``rerate``, ``account``, ``dlq`` and ``topics`` started
-in the same folder without ``KAFKA_BOOTSTRAP_SERVERS`` attach to that run instead of failing. A
-run-file whose process is gone (a SIGKILLed run) is ignored.
+``rating run`` on the embedded default starts Tansu on a free port. It writes
+``.run/pipeline/run.json`` (its pid, the broker address, the chDB folder, and the settings that name
+topics and partitions) and removes it when it stops cleanly. ``trace``, ``rerate``, ``account``,
+``dlq`` and ``topics`` started in the same folder without ``KAFKA_BOOTSTRAP_SERVERS`` attach to that
+run instead of failing. A run-file whose process is gone (a SIGKILLed run) is ignored.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from streams.config import Settings
 
 RUN_FILE = Path(".run") / "pipeline" / "run.json"
 
-# the settings a client needs to find the run's data: broker, chDB, topic names, partitions, changelog
-# (never a secret: a CLICKHOUSE_URL or password stays in the environment, not on disk)
+# the settings a client needs to find the run's data: broker, chDB, topic names, partitions,
+# changelog (never a secret: a CLICKHOUSE_URL or password stays in the environment, not on disk)
 ATTACHED_FIELDS = (
     "kafka_bootstrap_servers",
     "kafka_producer_max_batch_size",
@@ -66,7 +66,8 @@ def _alive(pid: int) -> bool:
 
 
 def read_run_file(path: Path = RUN_FILE, *, check_alive: bool = True) -> dict[str, Any] | None:
-    """The run-file's record, or None when there is none, it is unreadable, or its process is gone."""
+    """The run-file's record, or None when there
+    is none, it is unreadable, or its process is gone."""
     try:
         record = orjson.loads(path.read_bytes())
     except (OSError, orjson.JSONDecodeError):

@@ -1,6 +1,7 @@
 """``rating trace ID``: from a settlement line, deduction, event or trace id to the whole chain, as
 ClickHouse holds it: usage event(s) -> price version and row -> bucket split -> deduction ->
-settlement line(s). docs/finance.sql has the same chain as SQL (trace_settlement_line, trace_request).
+settlement line(s). docs/finance.sql has the same chain as SQL (trace_settlement_line,
+trace_request).
 """
 
 from __future__ import annotations
@@ -73,10 +74,12 @@ def _rows(client, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
 
 def find_chain(client, ident: str) -> dict[str, Any]:
     """The settlement lines and deductions an id reaches: a settlement line reaches exactly its
-    deductions; a deduction, event or trace id reaches its deductions and the lines that hold them."""
+    deductions; a deduction, event or trace id reaches its deductions and the lines that hold them.
+    """
     lines = _rows(
         client,
-        f"SELECT {', '.join(SETTLEMENT_FIELDS)} FROM settlements FINAL WHERE settlement_id = {{id:String}}",
+        f"SELECT {', '.join(SETTLEMENT_FIELDS)} FROM settlements FINAL WHERE settlement_id = "
+        f"{{id:String}}",
         {"id": ident},
     )
     if lines:
@@ -99,7 +102,8 @@ def find_chain(client, ident: str) -> dict[str, Any]:
         }
     deductions = _rows(
         client,
-        f"SELECT {', '.join(DEDUCTION_FIELDS)} FROM deductions FINAL WHERE deduction_id = {{id:String}} "
+        f"SELECT {', '.join(DEDUCTION_FIELDS)} FROM deductions FINAL WHERE deduction_id = "
+        f"{{id:String}} "
         "OR event_id = {id:String} OR trace_id = {id:String} OR adjusts_deduction_id = {id:String} "
         "ORDER BY event_time, kind DESC, deduction_id",
         {"id": ident},
@@ -108,7 +112,8 @@ def find_chain(client, ident: str) -> dict[str, Any]:
         dead = _rows(
             client,
             "SELECT dead_letter_id, reason_code, reason, event_id FROM dead_letters FINAL "
-            "WHERE event_id = {id:String} OR trace_id = {id:String} OR dead_letter_id = {id:String}",
+            "WHERE event_id = {id:String} OR trace_id = {id:String} OR dead_letter_id = "
+            "{id:String}",
             {"id": ident},
         )
         if dead:
@@ -125,7 +130,8 @@ def find_chain(client, ident: str) -> dict[str, Any]:
     lines = _rows(
         client,
         f"SELECT {', '.join(SETTLEMENT_FIELDS)} FROM settlements FINAL "
-        "WHERE main_account_id IN {accounts:Array(String)} AND (settlement_id IN {lines:Array(String)} "
+        "WHERE main_account_id IN {accounts:Array(String)} AND (settlement_id IN "
+        "{lines:Array(String)} "
         "OR hasAny(deduction_ids, {ids:Array(String)})) ORDER BY period_start, line_type",
         {
             "ids": [d["deduction_id"] for d in deductions],
@@ -158,7 +164,8 @@ def trace_command(
     ident: str = typer.Argument(..., help="settlement_id, deduction_id, event_id or trace_id"),
     as_json: bool = typer.Option(False, "--json", help="print the chain as one JSON line"),
 ):
-    """Why was I charged this? Print the chain from usage events to settlement lines, with every id."""
+    """Why was I charged this? Print the
+    chain from usage events to settlement lines, with every id."""
     from streams.cli.common import open_clickhouse
 
     s = client_settings()
@@ -181,15 +188,19 @@ def render(chain: dict[str, Any]) -> None:
     tree = Tree(f"[bold]{_s(chain['query'])}[/] ({chain['found_as']})")
     for dl in chain.get("dead_letters", []):
         tree.add(
-            f"dead letter {_s(dl['dead_letter_id'])}: {_s(dl['reason_code'])}: {_s(dl['reason'])} (never charged)"
+            f"dead letter {_s(dl['dead_letter_id'])}: {_s(dl['reason_code'])}: {_s(dl['reason'])} "
+            "(never charged)"
         )
     by_id = {d["deduction_id"]: d for d in chain["deductions"]}
     shown: set[str] = set()
     for line in chain["settlement_lines"]:
         node = tree.add(
-            f"settlement line {_s(line['settlement_id'])} \\[{_s(line['line_type'])}] {_s(line['main_account_id'])} "
-            f"{line['period_start']:%Y-%m-%d %H:%M} UTC per {_s(line['granularity'])}: {_s(line['item'])} {_s(line['model'])} "
-            f"gross {amount(line['gross_amount'])} {_s(line['currency'])} (cash {amount(line['cash_amount'])}), "
+            f"settlement line {_s(line['settlement_id'])} \\[{_s(line['line_type'])}] "
+            f"{_s(line['main_account_id'])} "
+            f"{line['period_start']:%Y-%m-%d %H:%M} UTC per {_s(line['granularity'])}: "
+            f"{_s(line['item'])} {_s(line['model'])} "
+            f"gross {amount(line['gross_amount'])} {_s(line['currency'])} (cash "
+            f"{amount(line['cash_amount'])}), "
             f"{line['event_count']} events   [dim]ClickHouse settlements[/]"
         )
         legacy = set(line["deduction_ids"])
@@ -220,7 +231,8 @@ def _deduction(parent: Tree, d: dict[str, Any]) -> None:
             f"corrects deduction {_s(d['adjusts_deduction_id'])} (re-rating {_s(d['rerate_id'])})"
         )
     node.add(
-        f"usage event {_s(d['event_id'])} (trace {_s(d['trace_id'])}), account {_s(d['account_id'])}, "
+        f"usage event {_s(d['event_id'])} (trace {_s(d['trace_id'])}), account "
+        f"{_s(d['account_id'])}, "
         f"{d['event_time']:%Y-%m-%d %H:%M:%S} UTC, "
         + f"{_s(d['item'])} {_s(d['model'])} {_s(d['variant'])}".rstrip()
         + f", quantities {_s(dict(d['quantities']))}"
@@ -233,11 +245,14 @@ def _deduction(parent: Tree, d: dict[str, Any]) -> None:
         )
     for line in orjson.loads(d["lines_json"] or "[]"):
         node.add(
-            f"rating line {_s(line['component'])}: {_s(line['units'])} x {_s(line['unit_price'])} = {_s(line['amount'])}"
+            f"rating line {_s(line['component'])}: {_s(line['units'])} x {_s(line['unit_price'])} "
+            f"= {_s(line['amount'])}"
         )
     split = ", ".join(
         f"{_s(k)} {_s(i)} {amount(a)}"
-        for k, i, a in zip(d["split_bucket_kind"], d["split_bucket_id"], d["split_amount"])
+        for k, i, a in zip(
+            d["split_bucket_kind"], d["split_bucket_id"], d["split_amount"], strict=True
+        )
     )
     node.add(
         f"paid by: {split or 'nothing'}"

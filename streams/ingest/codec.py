@@ -37,7 +37,8 @@ RECORD_NAMES = {
 
 
 class DecodeError(ValueError):
-    """The bytes are not a message this pipeline can read; ``code`` is the dead-letter reason code."""
+    """The bytes are not a message this
+    pipeline can read; ``code`` is the dead-letter reason code."""
 
     def __init__(self, code: str, message: str):
         super().__init__(message)
@@ -133,7 +134,8 @@ class Registry:
         if len(data) < 5 or data[0] != MAGIC:
             raise DecodeError(
                 "not_avro",
-                "message is not Avro in the Confluent wire format (expected magic byte 0 and a 4-byte schema id)",
+                "message is not Avro in the Confluent wire format (expected magic byte 0 and a "
+                "4-byte schema id)",
             )
         _, schema_id = _HEADER.unpack_from(data)
         writer = self.by_id.get(schema_id)
@@ -161,7 +163,8 @@ class Registry:
         if buf.tell() != len(data):
             raise DecodeError(
                 "corrupt_avro",
-                f"{len(data) - buf.tell()} trailing bytes after the {writer.name} v{writer.version} record",
+                f"{len(data) - buf.tell()} trailing bytes after the {writer.name} "
+                f"v{writer.version} record",
             )
         return writer.name, record
 

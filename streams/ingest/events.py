@@ -79,7 +79,8 @@ ACCOUNT_EVENT_TYPES = frozenset(
 
 
 class Rejected(Exception):
-    """An input that cannot be applied: ``code`` is stable (metrics, queries), ``message`` says why."""
+    """An input that cannot be applied:
+    ``code`` is stable (metrics, queries), ``message`` says why."""
 
     def __init__(self, code: str, message: str):
         super().__init__(f"{code}: {message}")
@@ -160,7 +161,8 @@ Event = UsageEvent | AccountEvent
 
 
 def to_millis(value: Any, field: str) -> int:
-    """Event times arrive as Avro datetimes, epoch milliseconds or ISO-8601 strings with an offset."""
+    """Event times arrive as Avro datetimes,
+    epoch milliseconds or ISO-8601 strings with an offset."""
     if isinstance(value, bool):
         raise Rejected("invalid_field", f"{field} must be a timestamp, got a boolean")
     if isinstance(value, int):
@@ -230,7 +232,10 @@ def id_problem(value: str) -> str | None:
                 if category == "Zs"
                 else f"U+{ord(ch):04X} ({unicodedata.name(ch, '') or label or category})"
             )
-            return f"contains {what} at position {i}; ids are printable, without spaces or invisible characters"
+            return (
+                f"contains {what} at position {i}; "
+                "ids are printable, without spaces or invisible characters"
+            )
     if not unicodedata.is_normalized("NFC", value):
         return "is not in Unicode normalization form NFC (send the NFC spelling)"
     return None
@@ -438,13 +443,15 @@ def parse_usage(raw: Mapping[str, Any]) -> UsageEvent:
     if event.cache_hit_tokens + event.cache_write_tokens > event.input_tokens:
         raise Rejected(
             "quantities_do_not_add_up",
-            f"cache_hit_tokens ({event.cache_hit_tokens}) + cache_write_tokens ({event.cache_write_tokens}) "
+            f"cache_hit_tokens ({event.cache_hit_tokens}) + cache_write_tokens "
+            f"({event.cache_write_tokens}) "
             f"exceed input_tokens ({event.input_tokens}), which includes them",
         )
     if event.reasoning_tokens > event.output_tokens:
         raise Rejected(
             "quantities_do_not_add_up",
-            f"reasoning_tokens ({event.reasoning_tokens}) exceed output_tokens ({event.output_tokens}), which includes them",
+            f"reasoning_tokens ({event.reasoning_tokens}) exceed output_tokens "
+            f"({event.output_tokens}), which includes them",
         )
     if item in TOKEN_ITEMS:
         if event.model is None:
@@ -476,12 +483,14 @@ def _check_v2_fields(event: UsageEvent) -> None:
     if event.fine_tuned and event.item not in TOKEN_ITEMS:
         raise Rejected(
             "invalid_field",
-            f"fine_tuned applies to token items ({', '.join(sorted(TOKEN_ITEMS))}), not {event.item!r}",
+            f"fine_tuned applies to token items ({', '.join(sorted(TOKEN_ITEMS))}), not "
+            f"{event.item!r}",
         )
     if event.credits is not None and event.item not in CREDIT_ITEMS:
         raise Rejected(
             "invalid_field",
-            f"credits apply to credit-priced items ({', '.join(sorted(CREDIT_ITEMS))}), not {event.item!r}",
+            f"credits apply to credit-priced items ({', '.join(sorted(CREDIT_ITEMS))}), not "
+            f"{event.item!r}",
         )
     if event.requested_images is None:
         return
@@ -492,12 +501,14 @@ def _check_v2_fields(event: UsageEvent) -> None:
     if event.requested_images > MAX_REQUESTED_IMAGES:
         raise Rejected(
             "quantity_out_of_range",
-            f"requested_images={event.requested_images} is above {MAX_REQUESTED_IMAGES} per request",
+            f"requested_images={event.requested_images} is above {MAX_REQUESTED_IMAGES} per "
+            "request",
         )
     if event.quantity is not None and event.quantity > event.requested_images:
         raise Rejected(
             "quantities_do_not_add_up",
-            f"quantity ({event.quantity} images generated) exceeds requested_images ({event.requested_images})",
+            f"quantity ({event.quantity} images generated) exceeds requested_images "
+            f"({event.requested_images})",
         )
 
 
@@ -546,7 +557,8 @@ def parse_account(raw: Mapping[str, Any]) -> AccountEvent:
 
 
 def parse_json_event(raw: Any) -> Event:
-    """JSON Lines: an object with ``"kind": "usage"`` or ``"kind": "account"`` plus the Avro fields."""
+    """JSON Lines: an object with ``"kind":
+    "usage"`` or ``"kind": "account"`` plus the Avro fields."""
     if not isinstance(raw, dict):
         raise Rejected("wrong_schema", "each line must be a JSON object")
     kind = raw.get("kind")

@@ -157,7 +157,8 @@ def judge_json(value: bytes | None) -> Decoded | None:
         None,
         Rejected(
             "not_avro",
-            "message is a JSON event, not Avro in the Confluent wire format; `rating replay` encodes JSON Lines",
+            "message is a JSON event, not Avro in the Confluent wire format; `rating replay` "
+            "encodes JSON Lines",
         ),
         value,
         obj,

@@ -29,7 +29,8 @@ def check_charge(state: AccountState, deduction: dict[str, Any], cash_before: De
     if sum(paid, ZERO) + unbilled != rated:
         _fail(state, f"splits {sum(paid, ZERO)} + unbilled {unbilled} != rated {rated}")
     check_buckets(state)
-    # post-paid here: the account's setting, or a model activated on a token-post-paid platform (Ark)
+    # post-paid here: the account's setting, or a model activated on a token-post-paid platform
+    # (Ark)
     post_paid = state.post_paid or deduction["model"] in state.activated_models
     if not post_paid and state.cash < 0 and state.cash < cash_before:
         _fail(state, f"pre-paid cash went from {cash_before} to {state.cash}")

@@ -85,7 +85,8 @@ class Ledger:
         if e.currency is not None and e.currency != profile.currency:
             raise Rejected(
                 "currency_mismatch",
-                f"profile {profile.name!r} bills in {profile.currency}, not {e.currency}; there is no implicit exchange",
+                f"profile {profile.name!r} bills in {profile.currency}, not {e.currency}; there "
+                "is no implicit exchange",
             )
         if e.account_id != e.main_account_id:
             raise Rejected(
@@ -124,7 +125,8 @@ class Ledger:
             # the parser normalized it to an ISO 4217 code; there is no implicit exchange
             raise Rejected(
                 "currency_mismatch",
-                f"{e.type} is in {e.currency} but account {s.main_account_id!r} is billed in {s.currency}; "
+                f"{e.type} is in {e.currency} but account {s.main_account_id!r} is billed in "
+                f"{s.currency}; "
                 "there is no implicit exchange",
             )
         if e.account_id != s.main_account_id:
@@ -183,7 +185,8 @@ class Ledger:
             if e.event_time >= until:
                 raise Rejected(
                     "legacy_pack_withdrawn",
-                    f"{e.pack_kind} packs can no longer be bought or renewed since {millis_to_iso(until)} (billing-rules §3)",
+                    f"{e.pack_kind} packs can no longer be bought or renewed since "
+                    f"{millis_to_iso(until)} (billing-rules §3)",
                 )
         if e.amount is None or e.amount <= 0:
             raise Rejected(
@@ -233,8 +236,10 @@ class Ledger:
         if last is not None and e.event_time - last < spacing:
             raise Rejected(
                 "inference_limit_too_soon",
-                f"the inference limit of {e.model} was changed at {millis_to_iso(last)}; it can be changed again "
-                f"from {millis_to_iso(last + spacing)} (at least {rules.min_spacing_hours} hours apart, billing-rules §4)",
+                f"the inference limit of {e.model} was changed at {millis_to_iso(last)}; it can "
+                "be changed again "
+                f"from {millis_to_iso(last + spacing)} (at least {rules.min_spacing_hours} hours "
+                "apart, billing-rules §4)",
             )
 
     def _on_inference_limit_set(self, s, e, profile, fx):
@@ -254,18 +259,21 @@ class Ledger:
         if e.tpm_guarantee:
             raise Rejected(
                 "inference_limit_with_tpm_guarantee",
-                "an inference limit cannot be set on an endpoint with a TPM guarantee pack or model units (billing-rules §4)",
+                "an inference limit cannot be set on an endpoint with a TPM guarantee pack or "
+                "model units (billing-rules §4)",
             )
         if e.model not in s.activated_models:
             raise Rejected(
                 "inference_limit_model_not_activated",
-                f"{e.model} is not activated; inference limits need an activated, token post-paid model (billing-rules §4)",
+                f"{e.model} is not activated; inference limits need an activated, token post-paid "
+                "model (billing-rules §4)",
             )
         version = profile.versions[-1]
         if ("tokens", e.model) not in version.rows:
             raise Rejected(
                 "inference_limit_model_type",
-                f"{e.model} is not billed by tokens; inference limits need a token post-paid model (billing-rules §4)",
+                f"{e.model} is not billed by tokens; inference limits need a token post-paid "
+                "model (billing-rules §4)",
             )
         effective = e.effective_time if e.effective_time is not None else e.event_time
         s.limits[e.model] = InferenceLimit(e.limit_tokens, effective)
@@ -288,7 +296,8 @@ class Ledger:
         if quota.id in s.trials:
             raise Rejected(
                 "trial_already_claimed",
-                f"trial {quota.id!r} was already claimed; one claim per main account per model, ever",
+                f"trial {quota.id!r} was already claimed; one claim per main account per model, "
+                "ever",
             )
         self._claim(s, profile, quota, e.event_time)
 
@@ -370,7 +379,7 @@ class Ledger:
         processing order (README "Knowledge-base storage")."""
         if not rating.kb_free_gb:
             return
-        for (hour, _), take in zip(kb_hours(e), rating.kb_free_gb):
+        for (hour, _), take in zip(kb_hours(e), rating.kb_free_gb, strict=True):
             if take > 0:
                 key = str(hour)
                 s.kb_free_used[key] = s.kb_free_used.get(key, ZERO) + take
@@ -444,7 +453,8 @@ class Ledger:
                             e.account_id,
                             now,
                             f"safe_trial:{e.model}",
-                            f"{e.model} paused: safe trial mode and the free quota is nearly used up",
+                            f"{e.model} paused: safe trial mode and the free quota is nearly used "
+                            "up",
                             model=e.model,
                             details={
                                 "reason": "safe_trial_mode",
@@ -558,7 +568,8 @@ class Ledger:
 
     @staticmethod
     def _draw_trial(trial: Trial, rating: Rating) -> Split | None:
-        """Token quotas cover token kinds in rating-line order; credit and image quotas whole units."""
+        """Token quotas cover token
+        kinds in rating-line order; credit and image quotas whole units."""
         covered_amount = ZERO
         covered_units = ZERO
         for line in rating.lines:
@@ -608,7 +619,8 @@ class Ledger:
                     e.account_id,
                     e.event_time,
                     f"{key}:{e.event_id}",
-                    f"{key} stopped: the free quota is used up and post-paid is not enabled; usage is recorded unbilled",
+                    f"{key} stopped: the free quota is used up and post-paid is not enabled; "
+                    "usage is recorded unbilled",
                     model=e.model,
                     source_event_ids=[e.event_id],
                     trace_id=e.trace_id,
@@ -676,12 +688,12 @@ class Ledger:
             "quantities": rating.quantities,
             "lines": [
                 {
-                    "component": l.component,
-                    "units": money(l.units),
-                    "unit_price": money(l.unit_price),
-                    "amount": money(l.amount),
+                    "component": ln.component,
+                    "units": money(ln.units),
+                    "unit_price": money(ln.unit_price),
+                    "amount": money(ln.amount),
                 }
-                for l in rating.lines
+                for ln in rating.lines
             ],
             "rated_amount": money(rating.amount),
             "splits": [sp.to_record() for sp in splits],
@@ -696,7 +708,7 @@ class Ledger:
             "rerate_id": None,
         }
 
-    # ================================================================ balance-driven status and alerts
+    # ======================================================= balance-driven status and alerts
 
     def _after_balance_change(
         self,
@@ -723,7 +735,8 @@ class Ledger:
                         account_id,
                         now,
                         f"below:{now}:{source[0]}",
-                        f"available balance {money(available)} {s.currency} is below the threshold {money(s.balance_threshold)}",
+                        f"available balance {money(available)} {s.currency} is below the "
+                        f"threshold {money(s.balance_threshold)}",
                         details={
                             "available": money(available),
                             "threshold": money(s.balance_threshold),
@@ -829,7 +842,8 @@ class Ledger:
                         main,
                         reminder,
                         episode,
-                        f"grace period ends at {millis_to_iso(grace_end)}; resources are released then",
+                        f"grace period ends at {millis_to_iso(grace_end)}; resources are released "
+                        "then",
                         details={"grace_end": millis_to_iso(grace_end)},
                     )
                 )
@@ -863,7 +877,8 @@ class Ledger:
                         main,
                         notice_at,
                         trial.id,
-                        f"free trial {trial.id} expires at {millis_to_iso(trial.expires_at)} with {money(trial.remaining)} {trial.unit} left",
+                        f"free trial {trial.id} expires at {millis_to_iso(trial.expires_at)} with "
+                        f"{money(trial.remaining)} {trial.unit} left",
                         details={
                             "expires_at": millis_to_iso(trial.expires_at),
                             "remaining": money(trial.remaining),

@@ -99,7 +99,8 @@ class LocalPipeline:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=child_preexec(),  # a worker ends with its parent, however the parent ends
+                # a worker ends with its parent, however the parent ends
+                preexec_fn=child_preexec(),
             )
         w = WorkerProcess(proc, log_path, port)
         self.workers.append(w)

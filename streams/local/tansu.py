@@ -110,7 +110,8 @@ def start_broker(
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(
-                f"the local Tansu broker exited at start (code {proc.returncode}); see {log_path or 'its output'}"
+                f"the local Tansu broker exited at start (code {proc.returncode}); see "
+                f"{log_path or 'its output'}"
             )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):

@@ -32,7 +32,8 @@ log = logging.getLogger("streams.metrics")
 
 BUCKET_KINDS = ("free", "trial", "pack", "voucher", "cash")
 
-# Every metric this package exports; the Grafana dashboard in infra/ may only use these (a test checks).
+# Every metric this package exports; the Grafana dashboard in infra/ may only use these (a test
+# checks).
 METRIC_NAMES = (
     "billing_events_consumed_total",
     "billing_events_rated_total",
@@ -130,11 +131,13 @@ class PipelineMetrics:
         self.event_age = Gauge(
             "billing_event_age_seconds",
             "Wall clock minus the Kafka timestamp of the last message handled "
-            "on the partition (ticks included, so it grows while an owned partition makes no progress)",
+            "on the partition (ticks included, so it grows while an owned partition makes no "
+            "progress)",
             ["group", "topic", "partition"],
             registry=r,
         )
-        # process_* (CPU, resident memory, open files, start time): restarts and memory are alerted on
+        # process_* (CPU, resident memory, open files, start time): restarts and memory are alerted
+        # on
         ProcessCollector(registry=r)
         self._handled: dict[tuple[str, str, int], float] = {}
         self.round_seconds = Histogram(
@@ -250,7 +253,8 @@ class PipelineMetrics:
 
 
 async def serve(host: str, port: int, metrics: PipelineMetrics, ready: Callable[[], bool]):
-    """Start the HTTP endpoints on the running loop; returns the aiohttp runner (``await runner.cleanup()``)."""
+    """Start the HTTP endpoints on the running loop; returns the aiohttp runner (``await
+    runner.cleanup()``)."""
     from aiohttp import web
 
     async def metrics_view(request: web.Request) -> web.Response:

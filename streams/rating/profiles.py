@@ -35,7 +35,8 @@ class ProfileError(ValueError):
     """A profile file is wrong; the message names file, line, key and problem."""
 
 
-# ---------------------------------------------------------------- YAML with exact decimals and lines
+# ---------------------------------------------------------------- YAML with exact decimals and
+# lines
 
 
 class _DecimalLoader(yaml.SafeLoader):
@@ -422,7 +423,8 @@ class PolicyFile(_Strict):
         unknown = [t for t in self.account_events if t not in ACCOUNT_EVENT_TYPES]
         if unknown:
             raise ValueError(
-                f"account_events: {unknown[0]!r} is not an account event type ({', '.join(sorted(ACCOUNT_EVENT_TYPES))})"
+                f"account_events: {unknown[0]!r} is not an account event type "
+                f"({', '.join(sorted(ACCOUNT_EVENT_TYPES))})"
             )
         if "account_opened" not in self.account_events:
             raise ValueError("account_events must include account_opened")
@@ -587,7 +589,8 @@ def load_profile(folder: Path) -> Profile:
         raise _explain(policy_path, policy_lines, exc) from None
     if book.profile != folder.name:
         raise ProfileError(
-            f"{book_path}:{book_lines.get(('profile',), '?')} profile: {book.profile!r} must match its folder name {folder.name!r}"
+            f"{book_path}:{book_lines.get(('profile',), '?')} profile: {book.profile!r} must "
+            f"match its folder name {folder.name!r}"
         )
     versions = _resolve(book)
     models = frozenset(m for v in versions for (_, m) in v.rows if m is not None)
@@ -595,7 +598,8 @@ def load_profile(folder: Path) -> Profile:
     untuned = fine_tuned - models
     if untuned:
         raise ProfileError(
-            f"{book_path}: fine-tuned rows price a variant of {sorted(untuned)[0]!r}, which has no base row; "
+            f"{book_path}: fine-tuned rows price a variant of {sorted(untuned)[0]!r}, which has "
+            "no base row; "
             "model names the base model"
         )
     trial_by_model = {m: t for t in policy.trials for m in t.models}
@@ -604,7 +608,8 @@ def load_profile(folder: Path) -> Profile:
         if unknown:
             line = policy_lines.get(("trials", i, "models"), "?")
             raise ProfileError(
-                f"{policy_path}:{line} trials[{i}].models: {unknown[0]!r} has no price row in price_book.yaml"
+                f"{policy_path}:{line} trials[{i}].models: {unknown[0]!r} has no price row in "
+                "price_book.yaml"
             )
     if policy.daily_free:
         overlap = [

@@ -25,7 +25,8 @@ WHOLE_UNITS = frozenset({"call", "image"})
 @dataclass(frozen=True, slots=True)
 class RatingLine:
     component: str  # cache_hit, input, cache_write, output, reasoning, unit
-    units: Decimal  # tokens, or units of the row (calls, characters, minutes, GB-hours, images, seconds)
+    # tokens, or units of the row (calls, characters, minutes, GB-hours, images, seconds)
+    units: Decimal
     unit_price: Decimal  # currency per unit
     amount: Decimal
     credits_per_unit: Decimal | None = None  # credit-priced rows: what one unit costs in credits
@@ -45,7 +46,7 @@ class Rating:
 
     @property
     def token_units(self) -> int:
-        return int(sum((l.units for l in self.lines), ZERO)) if self.unit == "tokens" else 0
+        return int(sum((ln.units for ln in self.lines), ZERO)) if self.unit == "tokens" else 0
 
 
 def find_row(profile: Profile, event: UsageEvent, version) -> PriceRow:
@@ -90,7 +91,8 @@ def _tier(row: PriceRow, event: UsageEvent) -> TokenPrices:
         lower = t.up_to
     raise Rejected(
         "above_top_tier",
-        f"{event.model}: {event.input_tokens} input tokens is above the top tier; its tiers are {', '.join(bounds)} input tokens",
+        f"{event.model}: {event.input_tokens} input tokens is above the top tier; its tiers are "
+        f"{', '.join(bounds)} input tokens",
     )
 
 
@@ -160,7 +162,10 @@ def _rate_kb(
     takes = tuple(
         ZERO if used is None else min(event.quantity, max(ZERO, free - used)) for used in used_gb
     )
-    billed = sum(((event.quantity - take) * hours for take, (_, hours) in zip(takes, slots)), ZERO)
+    billed = sum(
+        ((event.quantity - take) * hours for take, (_, hours) in zip(takes, slots, strict=True)),
+        ZERO,
+    )
     first_free = takes[0] if takes else ZERO
     quantities = {
         "stored_gb": str(event.quantity),
@@ -184,7 +189,8 @@ def _credits_per_call(profile: Profile, row: PriceRow, event: UsageEvent) -> Dec
         if event.credits is not None and event.credits != row.credits:
             raise Rejected(
                 "credits_out_of_range",
-                f"{label} costs {row.credits} credits per {row.unit}, the event says {event.credits}",
+                f"{label} costs {row.credits} credits per {row.unit}, the event says "
+                f"{event.credits}",
             )
         return row.credits
     if event.credits is None:
@@ -193,7 +199,8 @@ def _credits_per_call(profile: Profile, row: PriceRow, event: UsageEvent) -> Dec
         raise Rejected(
             "credits_missing",
             f"{label} is priced by the credits each call consumed "
-            f"({row.credits_min} to {row.credits_max} per {row.unit}): the event must carry credits",
+            f"({row.credits_min} to {row.credits_max} per {row.unit}): the event must carry "
+            "credits",
         )
     if event.status != "failed" and not row.credits_min <= event.credits <= row.credits_max:
         raise Rejected(
@@ -251,20 +258,24 @@ def check_bounds(profile: Profile, event: UsageEvent) -> None:
         if total > limits.max_tokens_per_request:
             raise Rejected(
                 "quantity_out_of_range",
-                f"{total} tokens in one request (input {event.input_tokens} + output {event.output_tokens}) is above "
-                f"profile {profile.name!r}'s bound of {limits.max_tokens_per_request} tokens per request",
+                f"{total} tokens in one request (input {event.input_tokens} + output "
+                f"{event.output_tokens}) is above "
+                f"profile {profile.name!r}'s bound of {limits.max_tokens_per_request} tokens per "
+                "request",
             )
         return
     bound = limits.max_quantity_by_item.get(event.item, limits.max_quantity)
     if event.quantity is not None and event.quantity > bound:
         raise Rejected(
             "quantity_out_of_range",
-            f"{event.item} quantity {event.quantity} is above profile {profile.name!r}'s bound of {bound} per event",
+            f"{event.item} quantity {event.quantity} is above profile {profile.name!r}'s bound of "
+            f"{bound} per event",
         )
     if event.hours is not None and event.hours > limits.max_hours:
         raise Rejected(
             "quantity_out_of_range",
-            f"{event.item} hours {event.hours} is above profile {profile.name!r}'s bound of {limits.max_hours} hours per sample",
+            f"{event.item} hours {event.hours} is above profile {profile.name!r}'s bound of "
+            f"{limits.max_hours} hours per sample",
         )
 
 
@@ -282,7 +293,8 @@ def rate(
         first = profile.versions[0]
         raise Rejected(
             "no_price_in_force",
-            f"profile {profile.name!r} has no price version in force at the event time (first version {first.version} starts later)",
+            f"profile {profile.name!r} has no price version in force at the event time (first "
+            f"version {first.version} starts later)",
         )
     row = find_row(profile, event, version)
     takes: tuple[Decimal, ...] = ()

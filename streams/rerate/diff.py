@@ -131,7 +131,8 @@ class RerateResult:
     new_run: SimulationResult
 
     def summary(self) -> list[dict[str, Any]]:
-        """Per account, item and model: events, quantities, old and new amounts, bucket split, delta."""
+        """Per account, item and model: events, quantities, old and new amounts, bucket split,
+        delta."""
         groups: dict[tuple, dict[str, Any]] = {}
         for diff in self.diffs:
             d = diff.old
@@ -180,8 +181,8 @@ def rerun(
     allowed_lateness_ms: int,
     booked: Iterable[dict[str, Any]] = (),
 ) -> RerateResult:
-    """``events``: every input event from the start of the stream, in partition order, as
-    (event, decoded) pairs. ``booked``: adjustment deductions already booked (from the deductions topic)."""
+    """``events``: every input event from the start of the stream, in partition order, as (event,
+    decoded) pairs. ``booked``: adjustment deductions already booked (from the deductions topic)."""
     profile = profiles[rerating.profile].pinned(rerating.version, rerating.from_ms, rerating.to_ms)
     old = Simulation(BillingEngine(profiles, allowed_lateness_ms=allowed_lateness_ms), partitions)
     new = Simulation(
@@ -221,7 +222,8 @@ def rerun(
 
 
 def split_delta(diff: EventDiff) -> list[dict[str, Any]]:
-    """Bucket by bucket (kind, id, unit): new − what it replaces (``EventDiff.base``), non-zero only."""
+    """Bucket by bucket (kind, id, unit): new − what it replaces (``EventDiff.base``), non-zero
+    only."""
     acc: dict[tuple[str, str, str], list[Decimal]] = {}
 
     def add(d: dict[str, Any] | None, sign: int) -> None:
@@ -297,8 +299,8 @@ def settlement_lines(
 ) -> list[dict[str, Any]]:
     """Adjustment deductions -> settlement lines of type ``rerate``, one per account, period and
     item/model/variant. A line's id covers exactly its adjustments, so lines booked by an
-    interrupted run and by the run that completes it never replace one another. Each adjustment
-    is given the id of its line (``settlement_id``): the line lists no ids, it is found from them."""
+    interrupted run and by the run that completes it never replace one another. Each adjustment is
+    given the id of its line (``settlement_id``): the line lists no ids, it is found from them."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for a in adjusted:
         start, end = period_of(a["settlement_period"], a["event_time"], timezones[a["profile"]])

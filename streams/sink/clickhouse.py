@@ -5,10 +5,11 @@ A batch is inserted when it holds SINK_BATCH_MAX records or SINK_BATCH_WITHIN_MS
 Deductions go to ClickHouse as an Avro container of the bodies the workers wrote; ClickHouse decodes
 and maps them (migration 009). The other, smaller tables are decoded here and inserted column-wise.
 
-When ClickHouse is down the same batch is retried with backoff; nothing is committed, so nothing
-is lost. An insert ClickHouse rejects for good (a schema mismatch, a value that does not convert)
-stops the sink (InsertRejected, exit code 3, billing_sink_halted_total) instead of retrying it for ever. A retried insert carries the same deduplication token, and every table is a
-ReplacingMergeTree on the record's deterministic id, so nothing is counted twice either.
+When ClickHouse is down the same batch is retried with backoff; nothing is committed, so nothing is
+lost. An insert ClickHouse rejects for good (a schema mismatch, a value that does not convert) stops
+the sink (InsertRejected, exit code 3, billing_sink_halted_total) instead of retrying it for ever. A
+retried insert carries the same deduplication token, and every table is a ReplacingMergeTree on the
+record's deterministic id, so nothing is counted twice either.
 """
 
 from __future__ import annotations
@@ -52,9 +53,11 @@ def connect(settings: Settings):
 
 
 def migrate(client) -> list[str]:
-    """Apply the DDL files of infra/clickhouse in name order, each once. Returns what was applied."""
+    """Apply the DDL files of infra/clickhouse
+    in name order, each once. Returns what was applied."""
     client.command(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version String, applied_at DateTime64(3, "
+        "'UTC') DEFAULT now64(3)) "
         "ENGINE = ReplacingMergeTree ORDER BY version"
     )
     done = {
@@ -184,7 +187,7 @@ def deduction_values(d: dict[str, Any]) -> dict[str, Any]:
     v.update({f"{kind}_amount": amount for kind, amount in by_kind.items()})
     v.update(
         event_time=_ts(d["event_time"]),
-        units=ZERO if tokens else sum((Decimal(l["units"]) for l in d["lines"]), ZERO),
+        units=ZERO if tokens else sum((Decimal(ln["units"]) for ln in d["lines"]), ZERO),
         lines_json=orjson.dumps(d["lines"]).decode(),
         rated_amount=Decimal(d["rated_amount"]),
         unbilled_amount=Decimal(d["unbilled_amount"]),
@@ -666,7 +669,8 @@ class ClickHouseSink:
         if name != route.schema:
             self._halt(route.table, "unreadable_record")
             raise SinkHalted(
-                f"{tp.topic}[{tp.partition}]@{m.offset} holds a {name} record, expected {route.schema}"
+                f"{tp.topic}[{tp.partition}]@{m.offset} holds a {name} record, expected "
+                f"{route.schema}"
             )
         return record
 

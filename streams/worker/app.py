@@ -101,7 +101,8 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_interval=1.0,
         producer_acks=-1,
         key_serializer="raw",
-        value_serializer="raw",  # values are Avro (topics) or orjson bytes (table) we encode ourselves
+        # values are Avro (topics) or orjson bytes (table) that we encode ourselves
+        value_serializer="raw",
         **extra,
     )
     topics = settings.topics
@@ -155,9 +156,9 @@ def create_app(settings: Settings) -> faust.App:
     due: dict[
         int, dict[bytes, int]
     ] = {}  # partition -> account -> next clock at which advance() acts
-    # Stream time of each owned partition, and its recent history as (last offset of a round, clock).
-    # faust commits an offset only after flushing the changelog, so the history entry for the
-    # committed offset is always durable: a worker that (re)starts from there restores the exact
+    # Stream time of each owned partition, and its recent history as (last offset of a round,
+    # clock). faust commits an offset only after flushing the changelog, so the history entry for
+    # the committed offset is always durable: a worker that (re)starts from there restores the exact
     # clock the first run had at that point, whatever else of the last rounds was lost.
     part_clock: dict[int, int] = {}
     clock_history: dict[int, list[tuple[int, int]]] = {}
@@ -172,7 +173,8 @@ def create_app(settings: Settings) -> faust.App:
 
     def restored_through(part: int, first_offset: int) -> int | None:
         """Where in-order processing resumes: the end of the last durable round before the first
-        message seen, or, with no history, whatever comes first (faust seeks to the committed offset)."""
+        message seen, or, with no history, whatever comes first (faust seeks to the committed
+        offset)."""
         history = clock_history.get(part) or []
         return history[-1][0] if history else None
 
@@ -304,7 +306,8 @@ def create_app(settings: Settings) -> faust.App:
                 part_clock[part] = restore_clock(part, offset)
                 applied_through[part] = restored_through(part, offset)
             if part in resync:
-                continue  # after a jump, nothing more of this partition until it is re-read in order
+                # after a jump, nothing more of this partition until it is re-read in order
+                continue
             expected = applied_through.get(part)
             if expected is not None and offset > expected + 1:
                 attempts, since = jump_attempts.get((part, expected), (0, time.monotonic()))
@@ -604,7 +607,8 @@ class RoundTiming:
         work = sorted(r[0] for r in self.rounds)
         acks = sorted(r[1] for r in self.rounds)
         out = (
-            f"rounds={len(self.rounds)} events/round={sum(r[2] for r in self.rounds) / len(self.rounds):.0f} "
+            f"rounds={len(self.rounds)} "
+            f"events/round={sum(r[2] for r in self.rounds) / len(self.rounds):.0f} "
             f"age_at_start_ms p50={ages[len(ages) // 2]:.0f} max={ages[-1]:.0f} "
             f"process_ms p50={1000 * work[len(work) // 2]:.1f} max={1000 * work[-1]:.1f} "
             f"output_ack_ms p50={1000 * acks[len(acks) // 2]:.1f} max={1000 * acks[-1]:.1f}"

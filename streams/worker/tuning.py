@@ -23,7 +23,8 @@ from typing import Any
 from streams.config import Settings
 
 MIB = 1024 * 1024
-TABLES = 3  # "accounts", "partition-clocks" and "event-ids" (a test counts the app.Table calls of app.py)
+# "accounts", "partition-clocks" and "event-ids" (a test counts the app.Table calls of app.py)
+TABLES = 3
 MAX_WRITE_BUFFERS = 2
 
 

@@ -132,7 +132,8 @@ class Harness:
         return asyncio.run(go())
 
     def consume_sizes(self, topic, timeout=10.0):
-        """Sizes in bytes of every message value of a topic, read from the start until it is quiet."""
+        """Sizes in bytes of every message
+        value of a topic, read from the start until it is quiet."""
 
         async def go():
             c = AIOKafkaConsumer(

@@ -80,7 +80,8 @@ def wait_until_landed(h, sim, timeout=240):
             print(log_tail(w))
     assert ok, (
         f"seed {SEED}: deductions {h.count('deductions', acc)}/{len(sim.deductions)}, settlements "
-        f"{h.count('settlements', acc)}/{len(sim.settlements)}, alerts {h.count('alerts', acc)}/{len(sim.alerts)}"
+        f"{h.count('settlements', acc)}/{len(sim.settlements)}, alerts "
+        f"{h.count('alerts', acc)}/{len(sim.alerts)}"
     )
 
 
@@ -124,7 +125,8 @@ def assert_identical_to_simulate(h, sim):
     deductions = {
         r[0]: r[1:]
         for r in q(
-            f"SELECT deduction_id, event_id, toString(rated_amount), toString(cash_amount), toString(unbilled_amount), split_bucket_id "
+            "SELECT deduction_id, event_id, toString(rated_amount), toString(cash_amount), "
+            "toString(unbilled_amount), split_bucket_id "
             f"FROM deductions FINAL WHERE main_account_id LIKE '{acc}'"
         ).result_rows
     }
@@ -149,7 +151,8 @@ def assert_identical_to_simulate(h, sim):
     lines = {
         r[0]: (r[1], Decimal(r[2]), r[3])
         for r in q(
-            f"SELECT settlement_id, line_type, toString(gross_amount), event_count FROM settlements FINAL "
+            "SELECT settlement_id, line_type, toString(gross_amount), event_count FROM "
+            "settlements FINAL "
             f"WHERE main_account_id LIKE '{acc}'"
         ).result_rows
     }
@@ -160,7 +163,8 @@ def assert_identical_to_simulate(h, sim):
     # each deduction names its line, as simulate's does
     named = dict(
         q(
-            f"SELECT deduction_id, settlement_id FROM deductions FINAL WHERE main_account_id LIKE '{acc}'"
+            "SELECT deduction_id, settlement_id FROM deductions FINAL WHERE main_account_id LIKE "
+            f"'{acc}'"
         ).result_rows
     )
     assert named == {d["deduction_id"]: d["settlement_id"] for d in sim.deductions}, (
@@ -236,7 +240,8 @@ def test_every_event_delivered_two_or_three_times(harness):
     assert_identical_to_simulate(h, sim)
 
 
-# ------------------------------------------------------------------------------ 3. two workers, one killed, one joins
+# ------------------------------------------------------------------------------ 3. two workers, one
+# killed, one joins
 
 
 def test_two_workers_one_killed_rebalance_then_one_joins(harness):
@@ -259,7 +264,8 @@ def test_two_workers_one_killed_rebalance_then_one_joins(harness):
     assert_identical_to_simulate(h, sim)
 
 
-# ------------------------------------------------------------------------------ 4. the sink and ClickHouse
+# ------------------------------------------------------------------------------ 4. the sink and
+# ClickHouse
 
 
 def test_sink_killed_and_clickhouse_unavailable_mid_stream(harness):
@@ -291,7 +297,8 @@ def test_sink_killed_and_clickhouse_unavailable_mid_stream(harness):
     assert_identical_to_simulate(h, sim)
 
 
-# ------------------------------------------------------------------------------ 5. 10,000 malformed messages
+# ------------------------------------------------------------------------------ 5. 10,000 malformed
+# messages
 
 
 def malformed_messages(rng, tag, n, accounts):
@@ -342,7 +349,8 @@ def malformed_messages(rng, tag, n, accounts):
         elif kind == 3:
             ghost = f"{tag}-ghost-{i}"
             ghost_rec = dict(rec, account_id=ghost, main_account_id=ghost)
-            # a well-formed event of an unknown account: its time moves stream time, live and offline
+            # a well-formed event of an unknown account: its time moves stream time, live and
+            # offline
             out.append(
                 (
                     ghost.encode(),
@@ -393,13 +401,15 @@ def test_ten_thousand_malformed_messages_are_dead_lettered_and_counts_reconcile(
     h = harness
     rng = random.Random(SEED + 5)
     lines = stream(h, SEED + 5)
-    accounts = sorted({orjson.loads(l)["main_account_id"] for l in lines})
+    accounts = sorted({orjson.loads(ln)["main_account_id"] for ln in lines})
     bad = malformed_messages(rng, h.tag, 10_000, accounts)
     from streams.ingest.producer import encode_line
 
     messages = [
         (k, v, None, raw)
-        for (k, v, _), raw in zip((encode_line(registry(), raw) for raw in lines), lines)
+        for (k, v, _), raw in zip(
+            (encode_line(registry(), raw) for raw in lines), lines, strict=True
+        )
     ]
     for k, v, codes, sim_line in bad:  # spread through the stream; the good events keep their order
         messages.insert(rng.randint(0, len(messages)), (k, v, codes, sim_line))
@@ -442,13 +452,15 @@ def test_ten_thousand_malformed_messages_are_dead_lettered_and_counts_reconcile(
     got = {
         (r[0], r[1]): r[2]
         for r in h.ch.query(
-            f"SELECT source_partition, source_offset, reason_code FROM dead_letters FINAL WHERE source_topic = '{topic}'"
+            "SELECT source_partition, source_offset, reason_code FROM dead_letters FINAL WHERE "
+            f"source_topic = '{topic}'"
         ).result_rows
     }
     assert len(got) == sim.counts["rejected"], f"seed {SEED}: {len(got)} dead letters"
     for position, codes in expected_codes.items():
         assert got.get(position) in codes, (
-            f"seed {SEED}: message at {position} dead-lettered as {got.get(position)}, expected {codes}"
+            f"seed {SEED}: message at {position} dead-lettered as {got.get(position)}, expected "
+            f"{codes}"
         )
     assert len(set(got.values())) >= 8
     assert worker.alive(), "the worker must never stop on bad input"
@@ -456,7 +468,8 @@ def test_ten_thousand_malformed_messages_are_dead_lettered_and_counts_reconcile(
     worker.terminate()
     text = worker.log_path.read_text()
     final = re.findall(
-        r"worker stopped after [\d.]+s: messages=(\d+) consumed=(\d+) rated=(\d+) applied=(\d+) rejected=(\d+) duplicates=(\d+)",
+        r"worker stopped after [\d.]+s: messages=(\d+) consumed=(\d+) rated=(\d+) applied=(\d+) "
+        r"rejected=(\d+) duplicates=(\d+)",
         text,
     )
     assert final, "the worker did not report its counts"
@@ -469,7 +482,8 @@ def test_ten_thousand_malformed_messages_are_dead_lettered_and_counts_reconcile(
     )
 
 
-# ------------------------------------------------------------------------------ 6. a worker that stalls
+# ------------------------------------------------------------------------------ 6. a worker that
+# stalls
 
 # Loaded by the first worker's interpreter (PYTHONPATH): its first round with outputs never
 # finishes, the way a worker sits after a rebalance that faust never completes. The flag file

@@ -107,8 +107,9 @@ def scenario(tag):
             input_tokens=1000,
         ),
     ]
-    # issue 18 item 11: a top-up dated 09:30 that arrives just after the 10:00 charge put the account
-    # in arrears: the clearing and the resumed status take effect at 10:00, after what they replace
+    # issue 18 item 11: a top-up dated 09:30 that arrives just after the 10:00 charge put the
+    # account in arrears: the clearing and the resumed status take effect at 10:00, after what they
+    # replace
     latetop = f"{tag}-latetop"
     manual += [
         line(
@@ -197,8 +198,10 @@ def test_finance_queries_return_the_simulated_figures(one_partition_harness):
         timeout=90,
     )
     assert landed, (
-        f"deductions {h.count('deductions', acc)}/{len(sim.deductions)}, settlements {h.count('settlements', acc)}/"
-        f"{len(sim.settlements)}, alerts {h.count('alerts', acc)}/{len(sim.alerts)}; worker log {h.pipeline.workers[0].log_path}"
+        f"deductions {h.count('deductions', acc)}/{len(sim.deductions)}, settlements "
+        f"{h.count('settlements', acc)}/"
+        f"{len(sim.settlements)}, alerts {h.count('alerts', acc)}/{len(sim.alerts)}; worker log "
+        f"{h.pipeline.workers[0].log_path}"
     )
     assert h.count("deductions", acc) == len(sim.deductions)
     assert h.count("settlements", acc) == len(sim.settlements)
@@ -259,7 +262,8 @@ def test_finance_queries_return_the_simulated_figures(one_partition_harness):
             got[k] = delta
     assert got == dict(want)
 
-    # --- accounts in arrears: the one never cleared is there (reminded, then released); the topped-up one is not
+    # --- accounts in arrears: the one never cleared is there (reminded, then released); the
+    # topped-up one is not
     as_of = datetime(2026, 6, 1, tzinfo=UTC)
     arrears = {
         r["main_account_id"]: r
@@ -284,7 +288,8 @@ def test_finance_queries_return_the_simulated_figures(one_partition_harness):
     started, cleared = (
         r
         for r in h.ch.query(
-            f"SELECT kind, event_time, sequence FROM alerts FINAL WHERE main_account_id = '{latetop}' "
+            "SELECT kind, event_time, sequence FROM alerts FINAL WHERE main_account_id = "
+            f"'{latetop}' "
             "AND kind IN ('arrears_started', 'arrears_cleared') ORDER BY sequence"
         ).result_rows
     )
@@ -292,7 +297,8 @@ def test_finance_queries_return_the_simulated_figures(one_partition_harness):
         1
     ] >= started[1]
     statuses = h.ch.query(
-        f"SELECT status, since, sequence FROM account_status FINAL WHERE main_account_id = '{latetop}' "
+        "SELECT status, since, sequence FROM account_status FINAL WHERE main_account_id = "
+        f"'{latetop}' "
         "ORDER BY sequence"
     ).result_rows
     assert [r[0] for r in statuses] == ["active", "suspended", "active"]
@@ -329,14 +335,16 @@ def test_finance_queries_return_the_simulated_figures(one_partition_harness):
         for col in ("gross", "free", "trial", "pack", "voucher", "cash", "unbilled"):
             assert got[currency][col] - before.get(col, D(0)) == w[col], (currency, col)
 
-    # --- reconciliation: no mismatch; the late event is an adjustment; open periods are the simulator's
+    # --- reconciliation: no mismatch; the late event is an adjustment; open periods are the
+    # simulator's
     rec = [r for r in rows("reconciliation") if r["main_account_id"].startswith(h.tag)]
     assert [r for r in rec if r["state"] == "MISMATCH"] == []
     open_periods = sum(len(s.periods) for s in sim.states.values())
     assert sum(1 for r in rec if r["state"] == "open") == open_periods
     assert sum(1 for r in rec if r["state"] == "ok") > 20
     adjustments = h.ch.query(
-        "SELECT d.event_id FROM settlements AS s FINAL INNER JOIN (SELECT * FROM deductions FINAL) AS d "
+        "SELECT d.event_id FROM settlements AS s FINAL INNER JOIN (SELECT * FROM deductions "
+        "FINAL) AS d "
         "ON d.settlement_id = s.settlement_id AND d.main_account_id = s.main_account_id "
         f"WHERE s.line_type = 'adjustment' AND s.main_account_id LIKE '{acc}'"
     ).result_rows

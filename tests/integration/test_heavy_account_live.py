@@ -54,7 +54,8 @@ def test_one_account_twenty_thousand_requests_in_an_hour(harness):
     assert h.count("deductions", main) == REQUESTS + 1
     line = next(s for s in expected.settlements if s["event_count"] == REQUESTS)
     got = h.scalar(
-        f"SELECT sum(rated_amount) FROM deductions FINAL WHERE settlement_id = '{line['settlement_id']}'"
+        "SELECT sum(rated_amount) FROM deductions FINAL WHERE settlement_id = "
+        f"'{line['settlement_id']}'"
     )
     assert got == Decimal(line["gross_amount"])
     assert worker.alive() and len(h.pipeline.workers) == 1, "the worker must not have restarted"

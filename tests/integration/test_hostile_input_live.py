@@ -242,7 +242,8 @@ def test_ten_thousand_hostile_and_ordinary_messages(harness):
     deadline, line = time.monotonic() + 30, ""
     while time.monotonic() < deadline:
         found = re.findall(
-            r"counts messages=\d+ consumed=(\d+) rated=(\d+) applied=(\d+) rejected=(\d+) duplicates=(\d+)",
+            r"counts messages=\d+ consumed=(\d+) rated=(\d+) applied=(\d+) rejected=(\d+) "
+            r"duplicates=(\d+)",
             worker.log_path.read_text(errors="replace"),
         )
         if found and int(found[-1][0]) == len(lines):

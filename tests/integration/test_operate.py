@@ -94,7 +94,8 @@ def test_metrics_show_the_counts_of_a_known_stream(harness):
     assert sum(by_reason.values()) == 9 and len(by_reason) >= 3
     for reason, n in by_reason.items():
         assert total(m, "billing_events_rejected_total", reason=reason) == n, reason
-    # amounts per profile and currency agree with the exact sums (to float precision: dashboards only)
+    # amounts per profile and currency agree with the exact sums (to float precision: dashboards
+    # only)
     for profile in {d["profile"] for d in expected.deductions}:
         mine = [d for d in expected.deductions if d["profile"] == profile]
         assert total(m, "billing_deductions_total", profile=profile) == len(mine)
@@ -262,8 +263,8 @@ def test_cli_against_the_cluster(harness):
     assert "send its open_account event" in r.stdout or "open_account" in r.stdout
     assert "would still be rejected" in r.stdout
 
-    # fix the cause (open the account), then re-drive: charged once, and a second re-drive sends nothing
-    # before the fix, the letter would still be rejected: nothing to send
+    # fix the cause (open the account), then re-drive: charged once, and a second re-drive sends
+    # nothing before the fix, the letter would still be rejected: nothing to send
     r = rating(h, "dlq", "redrive", "--reason", "unknown_account", "--dry-run")
     assert r.returncode == 0 and "0 to send" in r.stdout, r.stdout
     asyncio.run(
@@ -374,7 +375,8 @@ def test_run_starts_workers_and_sink_on_the_configured_cluster(harness, tmp_path
         for part in r.stdout.split("rows inserted this run: ")[1].strip().split(", ")
     )
     assert int(inserted["deductions"]) >= len(expected.deductions)
-    # trace a settlement line from the same database (the run has exited, so this process may open it)
+    # trace a settlement line from the same database (the run has exited, so this process may open
+    # it)
     line = min(
         (
             x
@@ -426,7 +428,8 @@ def test_run_starts_workers_and_sink_on_the_configured_cluster(harness, tmp_path
 
 
 def test_demo_is_what_make_run_runs(tmp_path):
-    """`rating demo` starts its own broker, worker and sink; it fails unless ClickHouse equals simulate."""
+    """`rating demo` starts its own broker, worker and sink; it fails unless ClickHouse equals
+    simulate."""
     r = subprocess.run(
         [sys.executable, "-m", "streams.cli.main", "demo", "examples/demo.jsonl"],
         capture_output=True,
@@ -542,7 +545,8 @@ def test_topics_check_reports_what_differs_from_the_definitions(harness):
 
 
 def test_sink_stops_rather_than_skip_a_record_it_cannot_read(harness):
-    """An unknown schema id on an output topic (a newer writer than this sink): nothing committed."""
+    """An unknown schema id on an output
+    topic (a newer writer than this sink): nothing committed."""
     from aiokafka import AIOKafkaProducer
 
     from streams.kafka_client import client_kwargs

@@ -102,7 +102,8 @@ def test_stream_lands_exactly_and_equals_simulate(harness):
     )
     live_minutes = set(
         h.ch.query(
-            f"SELECT usage_minute_id, requests, tokens FROM usage_per_minute FINAL WHERE main_account_id LIKE '{accounts}'"
+            "SELECT usage_minute_id, requests, tokens FROM usage_per_minute FINAL WHERE "
+            f"main_account_id LIKE '{accounts}'"
         ).result_rows
     )
     assert live_minutes == {
@@ -132,10 +133,12 @@ def test_stream_lands_exactly_and_equals_simulate(harness):
     )
     assert hourly == rated
 
-    # every bad line is a dead letter with a specific reason; events that decode keep their id and code
+    # every bad line is a dead letter with a specific reason; events that decode keep their id and
+    # code
     reasons = dict(
         h.ch.query(
-            f"SELECT event_id, reason_code FROM dead_letters FINAL WHERE source_topic = '{dead_topic}' AND event_id != ''"
+            "SELECT event_id, reason_code FROM dead_letters FINAL WHERE source_topic = "
+            f"'{dead_topic}' AND event_id != ''"
         ).result_rows
     )
     sim_reasons = {d["event_id"]: d["reason_code"] for d in expected.dead_letters if d["event_id"]}
@@ -156,7 +159,8 @@ def test_stream_lands_exactly_and_equals_simulate(harness):
         "the worker must keep running after bad input"
     )
 
-    # redelivering the same events (same ids) changes no total; a sentinel per account shows they were processed
+    # redelivering the same events (same ids) changes no total; a sentinel per account shows they
+    # were processed
     assert asyncio_run(h.produce(good)) == len(good)
     names = sorted({d["main_account_id"] for d in expected.deductions})
     sentinels = [
@@ -171,7 +175,8 @@ def test_stream_lands_exactly_and_equals_simulate(harness):
     assert h.count("deductions", accounts) == len(expected.deductions) + len(sentinels)
     assert (
         h.scalar(
-            f"SELECT sum(rated_amount) FROM deductions FINAL WHERE main_account_id LIKE '{accounts}'"
+            "SELECT sum(rated_amount) FROM deductions FINAL WHERE main_account_id LIKE "
+            f"'{accounts}'"
         )
         == rated
     )

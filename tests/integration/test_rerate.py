@@ -23,7 +23,8 @@ CUT = """
   - version: "2026-05-cut"
     effective_from: "2027-01-01T00:00:00+08:00"
     rows:
-      - {item: tokens, model: claude-sonnet-4.5, per_tokens: 1000000, input: 1.5, output: 7.5, cache_hit: 0.15, cache_write: 1.875, example: true}
+      - {item: tokens, model: claude-sonnet-4.5, per_tokens: 1000000, input: 1.5, output: 7.5,
+         cache_hit: 0.15, cache_write: 1.875, example: true}
 """
 
 
@@ -121,10 +122,12 @@ def test_rerate_apply_books_the_diff_once(cut_harness, tmp_path):
     where = f"main_account_id = '{main}'"
     assert h.land(lambda: h.scalar(f"SELECT count() FROM deductions FINAL WHERE {where}") == 4)
     before = h.ch.query(
-        f"SELECT sum(rated_amount), sum(cash_amount), sum(voucher_amount) FROM deductions FINAL WHERE {where}"
+        "SELECT sum(rated_amount), sum(cash_amount), sum(voucher_amount) FROM deductions FINAL "
+        f"WHERE {where}"
     ).result_rows[0]
 
-    # the sink archived the input messages: re-rating from ClickHouse sees the same events as from Kafka
+    # the sink archived the input messages: re-rating from ClickHouse sees the same events as from
+    # Kafka
     from streams.cli.rerate import events_from_clickhouse, events_from_topic
 
     topic = h.settings.topics.events
@@ -174,7 +177,8 @@ def test_rerate_apply_books_the_diff_once(cut_harness, tmp_path):
         )
     )
     after = h.ch.query(
-        f"SELECT sum(rated_amount), sum(cash_amount), sum(voucher_amount) FROM deductions FINAL WHERE {where}"
+        "SELECT sum(rated_amount), sum(cash_amount), sum(voucher_amount) FROM deductions FINAL "
+        f"WHERE {where}"
     ).result_rows[0]
     assert (
         after[0] - before[0] == D("-0.018")
@@ -187,12 +191,14 @@ def test_rerate_apply_books_the_diff_once(cut_harness, tmp_path):
     assert r.returncode == 0 and "nothing to book" in r.stdout, r.stdout + r.stderr
     h.land(lambda: False, timeout=5)  # let anything that was sent land
     again = h.ch.query(
-        f"SELECT sum(rated_amount), sum(cash_amount), sum(voucher_amount) FROM deductions FINAL WHERE {where}"
+        "SELECT sum(rated_amount), sum(cash_amount), sum(voucher_amount) FROM deductions FINAL "
+        f"WHERE {where}"
     ).result_rows[0]
     assert again == after
     assert h.scalar(f"SELECT count() FROM deductions FINAL WHERE {adjusted}") == 3
 
-    # finance SQL: the re-rating per run, no reconciliation mismatch, and the trace from a rerate line
+    # finance SQL: the re-rating per run, no reconciliation mismatch, and the trace from a rerate
+    # line
     runs = [
         r
         for r in h.ch.query(Q["rerate_adjustments"]).named_results()
@@ -215,7 +221,8 @@ def test_rerate_apply_books_the_diff_once(cut_harness, tmp_path):
     ]
     assert mismatches == []
     line_id = h.scalar(
-        f"SELECT settlement_id FROM settlements FINAL WHERE {where} AND line_type = 'rerate' ORDER BY period_start LIMIT 1"
+        f"SELECT settlement_id FROM settlements FINAL WHERE {where} AND line_type = 'rerate' "
+        "ORDER BY period_start LIMIT 1"
     )
     traced = list(
         h.ch.query(

@@ -97,7 +97,8 @@ def test_an_old_deduction_version_lands_through_the_avro_path(ch):
     sink = ClickHouseSink(Settings(), client=ch)
     land(sink, messages([reg.encode("deduction", d, schema_id=v1_id)]), "sc2-old")
     got = ch.query(
-        f"SELECT kind, settlement_id FROM deductions FINAL WHERE deduction_id = '{d['deduction_id']}'"
+        "SELECT kind, settlement_id FROM deductions FINAL WHERE deduction_id = "
+        f"'{d['deduction_id']}'"
     ).result_rows
     assert got == [("usage", "")]
 

@@ -155,14 +155,17 @@ def test_migrate_applies_each_file_once(tmp_path):
     import os
 
     env = {**os.environ, "CHDB_PATH": str(tmp_path / "chdb")}
-    run = lambda: subprocess.run(
-        [sys.executable, "-m", "streams.cli.main", "migrate"],
-        capture_output=True,
-        text=True,  # noqa: E731
-        cwd=ROOT,
-        env=env,
-        timeout=120,
-    )
+
+    def run():
+        return subprocess.run(
+            [sys.executable, "-m", "streams.cli.main", "migrate"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=env,
+            timeout=120,
+        )
+
     first = run()
     assert first.returncode == 0, first.stderr
     files = sorted(p.name for p in (ROOT / "infra" / "clickhouse").glob("*.sql"))
@@ -171,7 +174,8 @@ def test_migrate_applies_each_file_once(tmp_path):
     assert second.returncode == 0 and "nothing (up to date)" in second.stdout
 
 
-# ---------------------------------------------------------------- issue 17: the operator's tools (CliRunner)
+# ---------------------------------------------------------------- issue 17: the operator's tools
+# (CliRunner)
 
 import json  # noqa: E402
 import os  # noqa: E402
@@ -315,7 +319,7 @@ def test_columns_is_respected_when_output_is_not_a_terminal():
         env={**os.environ, "COLUMNS": "60"},
         timeout=60,
     )
-    assert r.returncode == 0 and max(len(l) for l in r.stdout.splitlines()) <= 60
+    assert r.returncode == 0 and max(len(ln) for ln in r.stdout.splitlines()) <= 60
 
 
 # 3. the run-file of an embedded `rating run`

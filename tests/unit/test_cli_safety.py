@@ -84,7 +84,7 @@ def _hostile_jsonl(tmp_path: Path) -> Path:
         },
     ]
     path = tmp_path / "[x] [b].jsonl"
-    path.write_bytes(b"\n".join(orjson.dumps(l) for l in lines) + b"\n")
+    path.write_bytes(b"\n".join(orjson.dumps(ln) for ln in lines) + b"\n")
     return path
 
 
@@ -170,7 +170,8 @@ def test_account_render_escapes_ids(capsys):
     assert "account [/x]" in out and "[bold]sub" in out
 
 
-# ---------------------------------------------------------------- dlq redrive: only what would pass now
+# ---------------------------------------------------------------- dlq redrive: only what would pass
+# now
 
 
 def _letter(offset: int, reason: str, obj: dict):

@@ -9,7 +9,7 @@ README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 def test_readme_documents_every_setting_with_its_default():
     for name, (default, _) in SETTINGS.items():
-        row = next((l for l in README.splitlines() if l.startswith(f"| `{name}` |")), None)
+        row = next((ln for ln in README.splitlines() if ln.startswith(f"| `{name}` |")), None)
         assert row is not None, f"README lacks {name}"
         assert (f"`{default}`" if default else "*(empty)*") in row, (
             f"README default of {name} differs"

@@ -222,7 +222,8 @@ def usage_fields(draw, offer: Offer) -> dict[str, Any]:
         cw = draw(st.one_of(st.just(0), st.integers(0, inp - ch)))
         out = rs = 0
         if offer.item == "tokens":
-            # now and then a very long answer, so that 500k/1M-token trial quotas run out mid-request
+            # now and then a very long answer, so that 500k/1M-token trial quotas run out
+            # mid-request
             out = draw(
                 st.one_of(
                     st.integers(0, 2_000), st.integers(0, 150_000), st.integers(100_000, 400_000)
@@ -396,8 +397,8 @@ def scenarios(draw, max_accounts: int = 3, max_events: int = 30, invalid: bool =
             d.update(type="voucher_granted", amount=positive_money(draw))
             expires = draw(
                 st.one_of(
-                    st.integers(MINUTE, 60 * DAY).map(lambda x: clock + x),
-                    st.integers(1, 30).map(lambda k: (clock // DAY + k) * DAY),
+                    st.integers(MINUTE, 60 * DAY).map(lambda x, c=clock: c + x),
+                    st.integers(1, 30).map(lambda k, c=clock: (c // DAY + k) * DAY),
                 )
             )
             d["expires_at"] = fmt_time(draw, expires)
@@ -415,8 +416,8 @@ def scenarios(draw, max_accounts: int = 3, max_events: int = 30, invalid: bool =
             d.update(type="pack_purchased", pack_kind="coze_unified", amount=points)
             expires = draw(
                 st.one_of(
-                    st.integers(MINUTE, 90 * DAY).map(lambda x: clock + x),
-                    st.integers(1, 20).map(lambda k: (clock // DAY + k) * DAY),
+                    st.integers(MINUTE, 90 * DAY).map(lambda x, c=clock: c + x),
+                    st.integers(1, 20).map(lambda k, c=clock: (c // DAY + k) * DAY),
                 )
             )
             d["expires_at"] = fmt_time(draw, expires)
@@ -606,9 +607,9 @@ def replay(
     keep_steps: bool = True,
     close_all_after_ms: int | None = None,
 ) -> Run:
-    """Apply the events in order exactly as ``simulate`` does: advance the account to its partition's
-    clock, apply the event, keep ``outcome.state``; at the end advance every account to its partition's
-    final clock (plus ``close_all_after_ms``, to close every settlement period).
+    """Apply the events in order exactly as ``simulate`` does: advance the account to its
+    partition's clock, apply the event, keep ``outcome.state``; at the end advance every account to
+    its partition's final clock (plus ``close_all_after_ms``, to close every settlement period).
     ``restore_each_step`` continues from ``AccountState.loads(state.dumps())`` after every call (a
     changelog restore between any two events)."""
     engine = BillingEngine(PROFILES)
@@ -673,7 +674,7 @@ def test_conservation_of_every_rated_amount(sc: Scenario):
         unbilled = D(d["unbilled_amount"])
         splits = d["splits"]
         assert rated == sum((D(sp["amount"]) for sp in splits), Decimal(0)) + unbilled, d
-        assert rated == sum((D(l["amount"]) for l in d["lines"]), Decimal(0)), d
+        assert rated == sum((D(ln["amount"]) for ln in d["lines"]), Decimal(0)), d
         for line in d["lines"]:
             assert D(line["amount"]) == D(line["units"]) * D(line["unit_price"]), line
         assert rated >= 0 and unbilled >= 0, d
@@ -692,7 +693,7 @@ def test_conservation_of_every_rated_amount(sc: Scenario):
         assert s0.cash - s1.cash == by_id.get(("cash", "cash"), Decimal(0)), d
         for kind, b0s, b1s in (("pack", s0.packs, s1.packs), ("voucher", s0.vouchers, s1.vouchers)):
             assert [b.id for b in b0s] == [b.id for b in b1s]
-            for b0, b1 in zip(b0s, b1s):
+            for b0, b1 in zip(b0s, b1s, strict=True):
                 assert b0.remaining - b1.remaining == by_id.get((kind, b0.id), Decimal(0)), (
                     b0,
                     b1,
@@ -870,7 +871,8 @@ def check_no_bucket_below_zero(sc: Scenario) -> None:
                     k = (key, sp["bucket_id"])
                     free_per_day[k] = free_per_day.get(k, Decimal(0)) + D(sp["amount"])
                     assert free_per_day[k] <= COZE_DAILY_GRANT, (
-                        f"{free_per_day[k]} CNY of free points paid from {k}, more than the daily grant "
+                        f"{free_per_day[k]} CNY of free points paid from {k}, more than the daily "
+                        "grant "
                         f"{COZE_DAILY_GRANT} (500 points); last by {step.raw}"
                     )
 
@@ -893,14 +895,15 @@ def _pack_in_scope(profile: str, kind: str, item: str, model: str | None) -> boo
 def _expected_trial_cover(
     d: dict[str, Any], remaining: Decimal, unit: str, per: Decimal | None
 ) -> tuple[Decimal, Decimal]:
-    """(units of the quota used, amount covered) under the §3 decision, from the deduction's lines."""
+    """(units of the quota used, amount
+    covered) under the §3 decision, from the deduction's lines."""
     lines = sorted(
         d["lines"],
-        key=lambda l: COVER_ORDER.index(l["component"]) if l["component"] in COVER_ORDER else 0,
+        key=lambda ln: COVER_ORDER.index(ln["component"]) if ln["component"] in COVER_ORDER else 0,
     )
     used, amount = Decimal(0), Decimal(0)
-    for l in lines:
-        units, price = D(l["units"]), D(l["unit_price"])
+    for ln in lines:
+        units, price = D(ln["units"]), D(ln["unit_price"])
         if unit == "tokens":
             n = min(remaining - used, units)
             cost = n
@@ -951,7 +954,7 @@ def check_order_of_deduction(sc: Scenario) -> None:
             assert not splits and D(d["rated_amount"]) == 0
             continue
         rated = D(d["rated_amount"])
-        later = lambda rank: any(r > rank for r in ranks)  # noqa: E731
+        later = lambda rank, ranks=ranks: any(r > rank for r in ranks)  # noqa: E731
 
         # -- 1. daily free points (coze-pro)
         free_applicable = p == "coze-pro" and coze_platform_scope(ev.item, ev.model) and rated > 0
@@ -959,9 +962,9 @@ def check_order_of_deduction(sc: Scenario) -> None:
         if free_applicable:
             used0 = free_paid.get((s1.main_account_id, day), Decimal(0))
             want = min(rated, COZE_DAILY_GRANT - used0)
-            # Documented decision (README, ledger.FREE_DAYS_KEPT): the ledger remembers the free points
-            # of the last 3 calendar days (Asia/Shanghai) up to stream time, the clock the event met;
-            # an event of an older day counts its day as used up.
+            # Documented decision (README, ledger.FREE_DAYS_KEPT): the ledger remembers the free
+            # points of the last 3 calendar days (Asia/Shanghai) up to stream time, the clock the
+            # event met; an event of an older day counts its day as used up.
             stream_day = date.fromisoformat(
                 shanghai_day(max(s0.settled_until, s0.stream_time, now))
             )
@@ -979,7 +982,8 @@ def check_order_of_deduction(sc: Scenario) -> None:
                 ), (want, d)
             else:
                 assert not got, (
-                    f"{day} had {used0} of its {COZE_DAILY_GRANT} free already used, yet paid free again: {d}"
+                    f"{day} had {used0} of its {COZE_DAILY_GRANT} free already used, yet paid "
+                    f"free again: {d}"
                 )
             used1 = used0 + (D(got[0]["amount"]) if got else Decimal(0))
             free_paid[(s1.main_account_id, day)] = used1
@@ -1020,7 +1024,7 @@ def check_order_of_deduction(sc: Scenario) -> None:
                 if later(1):
                     left = s1.trials[quota.id].remaining
                     if quota.unit == "credits":
-                        units = sum((D(l["units"]) for l in d["lines"]), Decimal(0))
+                        units = sum((D(ln["units"]) for ln in d["lines"]), Decimal(0))
                         whole_units_covered = used == units.to_integral_value(ROUND_FLOOR) * per
                         assert left < per or whole_units_covered, (
                             f"trial {quota.id} still had {left} credits: {d}"
@@ -1032,7 +1036,8 @@ def check_order_of_deduction(sc: Scenario) -> None:
         if not trial_live:
             assert trial_split is None, d
 
-        # -- 3. packs: live, in scope, (expires_at, purchase time, id) order, each drained before the next
+        # -- 3. packs: live, in scope, (expires_at, purchase time, id) order, each drained before
+        # the next
         packs0 = {b.id: b for b in s0.packs}
         packs1 = {b.id: b for b in s1.packs}
         used_packs = [sp["bucket_id"] for sp in splits if sp["bucket_kind"] == "pack"]
@@ -1118,7 +1123,7 @@ def test_redelivered_events_change_nothing(sc: Scenario, data):
     assert twice.statuses == once.statuses
     assert _dedupe(twice.dead) == once.dead  # a redelivered bad event is the same dead letter
     assert twice.final_states() == once.final_states()
-    for first, second in zip(twice.steps[0::2], twice.steps[1::2]):
+    for first, second in zip(twice.steps[0::2], twice.steps[1::2], strict=True):
         if first.outcome.rejected is None:
             assert second.outcome.duplicate, (
                 f"redelivery of an applied event was not recognised: {second.raw}"
@@ -1143,9 +1148,10 @@ def test_redelivered_events_change_nothing(sc: Scenario, data):
         at = data.draw(st.integers(i, n - 1), label=f"redeliver event {i} after")
         keyed.append(((at, 1, j), sc.raws[i]))
     later = replay([raw for _, raw in sorted(keyed, key=lambda kv: kv[0])], keep_steps=False)
-    # A redelivered event still moves its account to the partition clock (``simulate`` and the worker
-    # call ``advance`` before ``apply``), so records that come due may be emitted at the redelivery
-    # instead of at the account's next event: the same records in the same order per account.
+    # A redelivered event still moves its account to the partition clock (``simulate`` and the
+    # worker call ``advance`` before ``apply``), so records that come due may be emitted at the
+    # redelivery instead of at the account's next event: the same records in the same order per
+    # account.
     assert later.outputs_per_account() == once.outputs_per_account()
     # a redelivery more than the dedupe horizon behind stream time is a dead letter of its own
     # (``event_too_old``), never a charge; every other redelivery is silent
@@ -1323,10 +1329,10 @@ def test_token_rating_deterministic_nonnegative_additive(req):
     r1 = rate(profile, _token_event(o, inp, ch, cw, out, rs))
     r2 = rate(profile, _token_event(o, inp, ch, cw, out, rs))
     assert r1 == r2
-    assert r1.amount >= 0 and all(l.amount >= 0 and l.unit_price >= 0 for l in r1.lines)
-    assert r1.amount == sum((l.amount for l in r1.lines), Decimal(0))
+    assert r1.amount >= 0 and all(ln.amount >= 0 and ln.unit_price >= 0 for ln in r1.lines)
+    assert r1.amount == sum((ln.amount for ln in r1.lines), Decimal(0))
     assert (
-        sum((l.units for l in r1.lines), Decimal(0)) == inp + out
+        sum((ln.units for ln in r1.lines), Decimal(0)) == inp + out
     )  # every token billed exactly once
     # the request rated as a whole == its components rated alone (same tier)
     parts = [
@@ -1338,15 +1344,15 @@ def test_token_rating_deterministic_nonnegative_additive(req):
     ]
     rated_parts = [rate(profile, e) for e in parts]
     assert r1.amount == sum((r.amount for r in rated_parts), Decimal(0)), (r1, rated_parts)
-    whole = {l.component: l.amount for l in r1.lines}
-    for component, r in zip(COVER_ORDER, rated_parts):
-        assert sum((l.amount for l in r.lines), Decimal(0)) == whole.get(component, Decimal(0)), (
+    whole = {ln.component: ln.amount for ln in r1.lines}
+    for component, r in zip(COVER_ORDER, rated_parts, strict=False):
+        assert sum((ln.amount for ln in r.lines), Decimal(0)) == whole.get(component, Decimal(0)), (
             component,
             r1,
             r,
         )
     # the lines come out in the order a trial quota covers them
-    order = [COVER_ORDER.index(l.component) for l in r1.lines]
+    order = [COVER_ORDER.index(ln.component) for ln in r1.lines]
     assert order == sorted(order)
 
 
@@ -1410,7 +1416,7 @@ def test_tier_boundary_hy_instruct(inp, tier):
     profile = PROFILES["tokenhub"]
     r = rate(profile, _token_event(HY_INSTRUCT, inp=inp, out=1_000))
     in_price, out_price = HY_TIERS[tier]
-    assert {l.component: l.unit_price for l in r.lines} == {
+    assert {ln.component: ln.unit_price for ln in r.lines} == {
         "input": in_price / 1_000_000,
         "output": out_price / 1_000_000,
     }

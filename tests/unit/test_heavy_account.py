@@ -114,7 +114,7 @@ def test_a_message_built_to_hurt_makes_a_small_dead_letter():
     r = simulate(lines, BillingEngine(Profiles()), source="hostile")
     assert [d["reason_code"] for d in r.dead_letters] == ["invalid_id", "invalid_json"]
     reg = registry()
-    for (n, raw), letter in zip(lines, r.dead_letters):
+    for (_, raw), letter in zip(lines, r.dead_letters, strict=True):
         assert letter["payload_size_bytes"] == len(raw) and letter["payload_truncated"]
         assert letter["payload_sha256"] == hashlib.sha256(raw).hexdigest()
         assert len(reg.encode("dead_letter", letter)) <= MAX_RECORD_BYTES

@@ -207,7 +207,8 @@ def secret() -> dict[str, str]:
 
 
 def effective_env(container: dict) -> dict[str, str]:
-    """What the process sees: SETTINGS defaults, the image's ENV, the ConfigMap, the container's env."""
+    """What the process sees: SETTINGS defaults, the image's ENV, the ConfigMap, the container's
+    env."""
     env = {name: default for name, (default, _) in SETTINGS.items()} | docker_env()
     for source in container.get("envFrom", []):
         if "configMapRef" in source:
@@ -695,7 +696,8 @@ def documented(series: str) -> str | None:
 
 def test_promql_names_sees_metrics_and_labels():
     names, labels = promql_names(
-        'histogram_quantile(0.99, sum by (le, table) (rate(billing_sink_insert_seconds_bucket{table=~"$t"}[5m]))) or vector(0)'
+        "histogram_quantile(0.99, sum by (le, table) "
+        '(rate(billing_sink_insert_seconds_bucket{table=~"$t"}[5m]))) or vector(0)'
     )
     assert names == {"billing_sink_insert_seconds_bucket"} and labels == {"le", "table"}
     assert documented("billing_sink_insert_seconds_bucket") == "billing_sink_insert_seconds"
@@ -781,7 +783,8 @@ def test_alert_rules_are_complete_and_the_operator_manifest_matches():
     assert (rule["apiVersion"], rule["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")
     assert rule["metadata"]["namespace"] == "billing"
     assert rule["spec"]["groups"] == yaml.safe_load(ALERTS_FILE.read_text())["groups"], (
-        "infra/k8s/prometheus-rules.yaml is out of step with infra/prometheus/alerts.yml (regenerate it: see its header)"
+        "infra/k8s/prometheus-rules.yaml is out of step with infra/prometheus/alerts.yml "
+        "(regenerate it: see its header)"
     )
 
 
@@ -792,7 +795,8 @@ def test_alert_rules_use_only_exported_or_listed_metrics_and_their_labels():
         metrics = {documented(n) or n for n in names}
         unknown = metrics - set(known)
         assert not unknown, (
-            f"{r['alert']}: {unknown} is neither exported by streams/observability/metrics.py nor listed"
+            f"{r['alert']}: {unknown} is neither exported by streams/observability/metrics.py nor "
+            "listed"
         )
         allowed = set().union(*(known[m] for m in metrics)) | TARGET_LABELS
         allowed |= {"le"} if any(n.endswith("_bucket") for n in names) else set()

@@ -284,7 +284,7 @@ def _live_reasons(lines: list[bytes], batch: int = 1) -> list[str | None]:
 def test_the_corpus_expectations_hold_offline():
     lines = [_line(o) for o in OPENINGS] + [_line(obj) for _, obj, _ in CORPUS]
     got = _offline_reasons(lines)[len(OPENINGS) :]
-    for (label, _, want), have in zip(CORPUS, got):
+    for (label, _, want), have in zip(CORPUS, got, strict=True):
         assert have == want, f"{label}: simulate gives {have}, expected {want}"
 
 
@@ -294,7 +294,7 @@ def test_live_and_offline_give_the_same_reason_for_every_bad_input():
     live = _live_reasons(lines)
     assert len(live) == len(offline)
     for (label, _, _), off, on in zip(
-        [("opening", None, None)] * len(OPENINGS) + CORPUS, offline, live
+        [("opening", None, None)] * len(OPENINGS) + CORPUS, offline, live, strict=True
     ):
         assert on == off, f"{label}: live gives {on}, simulate gives {off}"
 

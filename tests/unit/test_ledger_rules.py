@@ -30,7 +30,8 @@ def kinds(result):
 
 
 def test_free_points_then_cash_for_tts():
-    # free points left 30; a TTS request of 100 characters = 50 points: 30 free, 20 points (0.02 CNY) cash
+    # free points left 30; a TTS request of 100 characters = 50 points: 30 free, 20 points (0.02
+    # CNY) cash
     r = run(
         account("c", "account_opened", profile="coze-pro", amount="10"),
         usage("c", "agent_call", quantity="235", t="2026-05-01T09:00:00+08:00"),  # 470 points
@@ -248,7 +249,8 @@ def test_trial_auto_claimed_once_and_covers_token_kinds_in_order():
 
 
 def test_trial_lapses_at_expiry_and_is_never_granted_again():
-    r = run(  # opened before its first usage (usage dated before the opening is before_account_opened)
+    # opened before its first usage (usage dated before the opening is before_account_opened)
+    r = run(
         account(
             "t",
             "account_opened",
@@ -474,7 +476,8 @@ def test_inference_limit_pauses_the_model_once_reached():
     assert r.states["a"].limits["deepseek-v3"].used_tokens == 3000  # batch is not counted
 
 
-# ---------------------------------------------------------------- §5 arrears (status as seen by the ledger)
+# ---------------------------------------------------------------- §5 arrears (status as seen by the
+# ledger)
 
 
 def test_arrears_suspend_and_top_up_resumes():

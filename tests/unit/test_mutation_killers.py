@@ -141,7 +141,8 @@ ACCOUNT_REJECTIONS = [
         jiekou,
         account("j", "pack_purchased", pack_kind="coze_unified", amount="1", expires_at=FAR),
         "not_supported_by_profile",
-        "pack_purchased is not an account event of profile 'jiekou' (it takes account_opened, top_up, voucher_granted, "
+        "pack_purchased is not an account event of profile 'jiekou' (it takes account_opened, "
+        "top_up, voucher_granted, "
         "post_paid_switched, balance_threshold_set, sub_account_linked)",
     ),
     (
@@ -154,7 +155,8 @@ ACCOUNT_REJECTIONS = [
         coze,
         account("c", "pack_purchased", pack_kind="gold", amount="1", expires_at=FAR, t=T),
         "unknown_pack_kind",
-        "profile 'coze-pro' sells no pack 'gold' (offered: coze_unified, legacy_agent, legacy_doubao)",
+        "profile 'coze-pro' sells no pack 'gold' (offered: coze_unified, legacy_agent, "
+        "legacy_doubao)",
     ),
     (
         coze,
@@ -205,7 +207,8 @@ ACCOUNT_REJECTIONS = [
             t="2025-02-13T00:00:00+08:00",
         ),
         "legacy_pack_withdrawn",
-        "legacy_agent packs can no longer be bought or renewed since 2025-02-12T16:00:00.000Z (billing-rules §3)",
+        "legacy_agent packs can no longer be bought or renewed since 2025-02-12T16:00:00.000Z "
+        "(billing-rules §3)",
     ),
     (
         ark,
@@ -260,13 +263,15 @@ ACCOUNT_REJECTIONS = [
             "a", "inference_limit_set", model="deepseek-v3", limit_tokens=10, tpm_guarantee=True
         ),
         "inference_limit_with_tpm_guarantee",
-        "an inference limit cannot be set on an endpoint with a TPM guarantee pack or model units (billing-rules §4)",
+        "an inference limit cannot be set on an endpoint with a TPM guarantee pack or model units "
+        "(billing-rules §4)",
     ),
     (
         ark,
         account("a", "inference_limit_set", model="deepseek-r1", limit_tokens=10),
         "inference_limit_model_not_activated",
-        "deepseek-r1 is not activated; inference limits need an activated, token post-paid model (billing-rules §4)",
+        "deepseek-r1 is not activated; inference limits need an activated, token post-paid model "
+        "(billing-rules §4)",
     ),
     (
         ark,
@@ -312,7 +317,8 @@ def test_model_type_rejection_names_the_model():
     )
     assert (exc.code, exc.message) == (
         "inference_limit_model_type",
-        "doubao-embedding is not billed by tokens; inference limits need a token post-paid model (billing-rules §4)",
+        "doubao-embedding is not billed by tokens; inference limits need a token post-paid model "
+        "(billing-rules §4)",
     )
 
 
@@ -492,7 +498,8 @@ def test_inference_limit_spacing_counts_from_the_removal_too():
     )
     assert exc.code == "inference_limit_too_soon"
     assert exc.message == (
-        "the inference limit of deepseek-v3 was changed at 2026-05-01T03:00:00.000Z; it can be changed "
+        "the inference limit of deepseek-v3 was changed at 2026-05-01T03:00:00.000Z; it can be "
+        "changed "
         "again from 2026-05-01T05:00:00.000Z (at least 2 hours apart, billing-rules §4)"
     )
     assert (

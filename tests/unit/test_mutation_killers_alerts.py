@@ -466,8 +466,10 @@ PARSE_REJECTIONS = [
             "type": "explode",
         },
         "unknown_event_type",
-        "account event type 'explode' is not one of account_opened, balance_threshold_set, inference_limit_removed, "
-        "inference_limit_set, model_activated, pack_purchased, post_paid_switched, sub_account_linked, top_up, "
+        "account event type 'explode' is not one of account_opened, balance_threshold_set, "
+        "inference_limit_removed, "
+        "inference_limit_set, model_activated, pack_purchased, post_paid_switched, "
+        "sub_account_linked, top_up, "
         "trial_claimed, voucher_granted",
     ),
     (

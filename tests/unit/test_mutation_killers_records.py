@@ -82,11 +82,11 @@ def test_rating_line_component_and_quantities_of_unit_items():
         return rate(PROFILES[profile], parse_json_event(raw))
 
     r = rated("coze-pro", item="agent_call", quantity="3")
-    assert [l.component for l in r.lines] == ["unit"] and r.quantities == {"quantity": "3"}
+    assert [ln.component for ln in r.lines] == ["unit"] and r.quantities == {"quantity": "3"}
     r = rated("coze-pro", item="kb_storage", quantity="12.5", hours="2")
     assert r.quantities == {"stored_gb": "12.5", "hours": "2", "free_gb": "10"}
     r = rated("tokenhub", item="video", model="HY-Video-1.5", quantity="1")
-    assert [(l.component, l.credits_per_unit) for l in r.lines] == [("unit", D("1.5"))]
+    assert [(ln.component, ln.credits_per_unit) for ln in r.lines] == [("unit", D("1.5"))]
 
 
 def test_unit_item_with_one_variantless_row_takes_it_and_unknown_variants_are_listed():

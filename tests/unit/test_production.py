@@ -258,7 +258,8 @@ def test_migrate_retries_connection_failures_for_a_bounded_time(monkeypatch):
 
 
 def test_clickhouse_ca_file_is_taken_from_the_url(monkeypatch):
-    """ClickHouse over TLS to a private CA: `?ca_cert=/path` in CLICKHOUSE_URL reaches the client."""
+    """ClickHouse over TLS to a
+    private CA: `?ca_cert=/path` in CLICKHOUSE_URL reaches the client."""
     import clickhouse_connect.driver as driver
 
     seen = {}

@@ -59,7 +59,10 @@ def test_a_policy_number_is_checked_too(tmp_path):
     policy.write_text(policy.read_text().replace("margin_fraction: 0.01", "margin_fraction: .nan"))
     with pytest.raises(
         ProfileError,
-        match=rf"{policy}:{_line_of(policy, 'margin_fraction')} safe_trial.margin_fraction: .*finite",
+        match=(
+            rf"{policy}:{_line_of(policy, 'margin_fraction')} safe_trial.margin_fraction: "
+            rf".*finite"
+        ),
     ):
         Profiles(root)
 

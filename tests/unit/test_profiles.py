@@ -29,7 +29,7 @@ def test_error_names_file_line_and_key(tmp_path):
     path = folder / "price_book.yaml"
     text = path.read_text().replace("output: 3}", "output: -3}")
     path.write_text(text)
-    line = next(i for i, l in enumerate(text.splitlines(), 1) if "output: -3" in l)
+    line = next(i for i, ln in enumerate(text.splitlines(), 1) if "output: -3" in ln)
     with pytest.raises(ProfileError) as info:
         load_profile(folder)
     message = str(info.value)
@@ -71,7 +71,8 @@ def test_event_is_rated_with_the_version_in_force_at_its_event_time(tmp_path):
         + '  - version: "2026-06-01"\n'
         + '    effective_from: "2026-06-01T00:00:00+08:00"\n'
         + "    rows:\n"
-        + "      - {item: tokens, model: kimi-k2.5, per_tokens: 1000000, input: 5, output: 25, cache_hit: 1}\n"
+        + "      - {item: tokens, model: kimi-k2.5, per_tokens: 1000000, input: 5, output: 25,\n"
+        + "         cache_hit: 1}\n"
     )
     profile = load_profile(folder)
 
@@ -135,7 +136,8 @@ def test_engine_reload_rates_later_events_with_the_new_version(tmp_path):
     path.write_text(
         path.read_text()
         + '  - version: "2026-06-05"\n    effective_from: "2026-06-05T00:00:00+08:00"\n'
-        "    rows:\n      - {item: tokens, model: Deepseek-r1-0528, per_tokens: 1000000, input: 3, output: 12, cache_hit: 1}\n"
+        "    rows:\n      - {item: tokens, model: Deepseek-r1-0528, per_tokens: 1000000, input: "
+        "3, output: 12, cache_hit: 1}\n"
     )
     engine.reload(Profiles(root))
     assert charge("2026-06-04T23:00:00+08:00") == (

@@ -27,7 +27,7 @@ def test_kimi_with_cache_hits():
         cache_hit_tokens=50_000,
         output_tokens=3_000,
     )
-    assert [(l.component, l.amount) for l in r.lines] == [
+    assert [(ln.component, ln.amount) for ln in r.lines] == [
         ("cache_hit", Decimal("0.035")),
         ("input", Decimal("0.6")),
         ("output", Decimal("0.063")),
@@ -39,7 +39,7 @@ def test_hy_instruct_second_tier():
     r = rated(
         "tokenhub", item="tokens", model="HY 2.0 Instruct", input_tokens=40_000, output_tokens=1_000
     )
-    assert [l.amount for l in r.lines] == [Decimal("0.1802"), Decimal("0.01113")]
+    assert [ln.amount for ln in r.lines] == [Decimal("0.1802"), Decimal("0.01113")]
     assert r.amount == Decimal("0.19133")
 
 
@@ -55,7 +55,8 @@ def test_coze_doubao_256k_in_points():
     assert P["coze-pro"].to_price_unit(r.amount) == 68
 
 
-# --------------------------------------------------------------- one table-driven case per item kind
+# --------------------------------------------------------------- one table-driven case per item
+# kind
 
 CASES = [
     ("coze-pro", dict(item="agent_call", quantity="3"), "0.006"),
@@ -165,7 +166,7 @@ CASES = [
 def test_item_kinds(profile, kw, expected):
     r = rated(profile, **kw)
     assert r.amount == Decimal(expected)
-    assert r.amount == sum((l.amount for l in r.lines), Decimal(0))
+    assert r.amount == sum((ln.amount for ln in r.lines), Decimal(0))
 
 
 def test_ark_model_in_coze_is_billed_elsewhere():

@@ -57,7 +57,7 @@ def test_console_example_runs_as_written(command, expected, tmp_path):
 def test_the_input_format_example_is_accepted_line_by_line(tmp_path):
     marker = README.index("<!-- example: every line is accepted")
     block = re.search(r"```json\n(.*?)```", README[marker:], flags=re.S).group(1)
-    lines = [l for l in block.splitlines() if l.strip()]
+    lines = [ln for ln in block.splitlines() if ln.strip()]
     assert len(lines) >= 13
     (tmp_path / "input.jsonl").write_text(block)
     r = subprocess.run(
@@ -84,4 +84,4 @@ def test_the_input_format_example_is_accepted_line_by_line(tmp_path):
     assert counts.get("rejected", 0) == 0 and counts.get("duplicate", 0) == 0, (
         tmp_path / "out" / "dead_letters.jsonl"
     ).read_text()
-    assert counts.get("rated", 0) == sum('"kind":"usage"' in l for l in lines)
+    assert counts.get("rated", 0) == sum('"kind":"usage"' in ln for ln in lines)

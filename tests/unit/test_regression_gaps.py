@@ -1,10 +1,11 @@
 """Targeted tests for the regressions issue 20 found unguarded: hand-made mutations of the core that
-the unit tests did not notice. Each expected value is computed by hand from billing-rules.md and
-the shipped price books (the arithmetic is in the comments), never copied from an output.
+the unit tests did not notice. Each expected value is computed by hand from billing-rules.md and the
+shipped price books (the arithmetic is in the comments), never copied from an output.
 
 Prices used (per 1M tokens): tokenhub Deepseek-r1-0528 input 4 CNY (no trial); jiekou
 claude-sonnet-4.5 input 3, cache hit 0.3, cache write 3.75 USD; jiekou claude-opus-4.5 cache hit
-0.5, cache write 6.25 USD. coze-pro: agent_call 2 points, 1 CNY = 1000 points, 500 free points a day.
+0.5, cache write 6.25 USD. coze-pro: agent_call 2 points, 1 CNY = 1000 points, 500 free points a
+day.
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ def test_cache_tokens_equal_to_input_tokens_leave_no_negative_line():
         )
     )
     rating = rate(PROFILES["jiekou"], event)
-    assert [(l.component, l.units, l.amount) for l in rating.lines] == [
+    assert [(ln.component, ln.units, ln.amount) for ln in rating.lines] == [
         ("cache_hit", D(60), D("0.00003")),
         ("cache_write", D(40), D("0.00025")),
     ]
@@ -207,7 +208,8 @@ def test_a_cache_write_overflow_never_reaches_the_ledger_as_a_negative_charge():
     assert a.deductions == [] and a.cash == 1
 
 
-# ---------------------------------------------------------------- the state is unchanged after a rejection
+# ---------------------------------------------------------------- the state is unchanged after a
+# rejection
 
 
 def _coze_account() -> Account:

@@ -17,7 +17,8 @@ CUT = """
   - version: "2026-05-cut"
     effective_from: "2027-01-01T00:00:00+08:00"
     rows:
-      - {item: tokens, model: claude-sonnet-4.5, per_tokens: 1000000, input: 1.5, output: 7.5, cache_hit: 0.15, cache_write: 1.875, example: true}
+      - {item: tokens, model: claude-sonnet-4.5, per_tokens: 1000000, input: 1.5, output: 7.5,
+         cache_hit: 0.15, cache_write: 1.875, example: true}
 """
 
 
@@ -99,9 +100,10 @@ def by_event(result):
 def test_retroactive_price_cut_gives_the_hand_computed_diff(profiles):
     result = rerun(decoded(stream()), profiles, WINDOW, partitions=4, allowed_lateness_ms=300_000)
     diffs = by_event(result)
-    # old: 1000 input x 3 + 1000 output x 15 per 1M = 0.018 USD per event; new: 1.5 and 7.5 -> 0.009.
-    # The 0.02 voucher pays first: old e1 0.018 voucher; e2 0.002 voucher + 0.016 cash; e3 0.018 cash.
-    # New: e1 0.009 voucher, e2 0.009 voucher (0.002 left), e3 (after the window, old price) 0.002 voucher + 0.016 cash.
+    # old: 1000 input x 3 + 1000 output x 15 per 1M = 0.018 USD per event; new: 1.5 and 7.5 ->
+    # 0.009. The 0.02 voucher pays first: old e1 0.018 voucher; e2 0.002 voucher + 0.016 cash; e3
+    # 0.018 cash. New: e1 0.009 voucher, e2 0.009 voucher (0.002 left), e3 (after the window, old
+    # price) 0.002 voucher + 0.016 cash.
     assert set(diffs) == {"e1", "e2", "e3"}
     assert diffs["e1"].delta == {
         "rated": D("-0.009"),
@@ -174,7 +176,8 @@ def test_adjustments_book_the_delta_once(profiles):
         events, profiles, WINDOW, partitions=4, allowed_lateness_ms=300_000, booked=booked
     )
     assert adjustments(second) == [] and second.total_delta == 0
-    # ids are deterministic: a concurrent second apply would write the same ids (and be deduplicated)
+    # ids are deterministic: a concurrent second apply would write the same ids (and be
+    # deduplicated)
     assert [a["deduction_id"] for a in adjustments(first)] == [a["deduction_id"] for a in booked]
 
 
@@ -200,9 +203,10 @@ def test_accounts_filter_and_unknown_version(profiles):
 
 def test_a_rerating_never_undoes_another_and_an_undo_gets_ids_of_its_own(profiles):
     events = decoded(stream())
-    run = lambda rr, booked: rerun(
-        events, profiles, rr, partitions=4, allowed_lateness_ms=300_000, booked=booked
-    )  # noqa: E731
+
+    def run(rr, booked):
+        return rerun(events, profiles, rr, partitions=4, allowed_lateness_ms=300_000, booked=booked)
+
     a = adjustments(run(WINDOW, []))
     # another re-rating whose period holds none of these events books nothing for them
     april = Rerating(

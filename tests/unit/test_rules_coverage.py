@@ -87,7 +87,7 @@ def test_2_cache_write_without_its_own_price_is_billed_at_the_input_price_and_re
         )
     )
     r = rate(PROFILES["jiekou"], e)
-    assert [(l.component, l.units, l.amount) for l in r.lines] == [
+    assert [(ln.component, ln.units, ln.amount) for ln in r.lines] == [
         ("input", D(600), D("0.00075")),
         ("cache_write", D(400), D("0.0005")),
         ("output", D(60), D("0.0006")),
@@ -103,7 +103,7 @@ def test_2_the_tier_is_chosen_by_total_input_including_cached_tokens():
         usage("j", "tokens", model="gemini-2.5-pro", input_tokens=200_001, cache_hit_tokens=200_000)
     )
     r = rate(PROFILES["jiekou"], e)
-    assert [(l.component, l.amount) for l in r.lines] == [
+    assert [(ln.component, ln.amount) for ln in r.lines] == [
         ("cache_hit", D("0.125")),
         ("input", D("0.0000025")),
     ]
@@ -227,8 +227,8 @@ def test_3_2_ark_free_quota_covers_inference_tokens_only():
 
 
 def test_3_2_the_3d_pack_is_one_allowance_for_three_models_covering_whole_calls():
-    # 100 credits: 4 x HY-3D-3.0 text_to_3d (20 credits) = 80 -> 9.6 CNY covered; then
-    # 2 x HY-3D-Express (15 credits): 20 credits left cover 1 call (1.8), the other is charged (1.8);
+    # 100 credits: 4 x HY-3D-3.0 text_to_3d (20 credits) = 80 -> 9.6 CNY covered; then 2 x
+    # HY-3D-Express (15 credits): 20 credits left cover 1 call (1.8), the other is charged (1.8);
     # then HY-3D-3.1 finds 5 credits, less than its 20 a call: all charged (2.4)
     a = Account()
     a.send(account("t", "account_opened", profile="tokenhub", post_paid=True, amount="100"))
@@ -533,7 +533,8 @@ def test_5_coze_suspends_in_arrears_once_the_free_points_are_used_up_despite_leg
 
 
 def test_5_trial_expiring_notice_once_at_the_notice_time_and_not_for_a_used_up_trial():
-    # kimi-k2.5 claimed 2026-04-10 10:00 +08:00, 90 days: expires 2026-07-09 10:00, notice 7 days before
+    # kimi-k2.5 claimed 2026-04-10 10:00 +08:00, 90 days: expires 2026-07-09 10:00, notice 7 days
+    # before
     a = Account()
     a.send(
         account(
@@ -604,7 +605,8 @@ def test_5_alerts_and_deductions_lead_back_to_the_event_and_its_trace():
     assert out.status["source_event_id"] == "u-traced"
 
 
-# ---------------------------------------------------------------- account events that must be refused
+# ---------------------------------------------------------------- account events that must be
+# refused
 
 
 @pytest.mark.parametrize(

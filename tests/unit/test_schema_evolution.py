@@ -56,7 +56,7 @@ def test_ids_are_never_reused_and_files_exist():
 @pytest.mark.parametrize("name", sorted(versions()))
 def test_every_version_follows_the_compatibility_rule(name):
     vs = versions()[name]
-    for (_, _, older), (version, _, newer) in zip(vs, vs[1:]):
+    for (_, _, older), (version, _, newer) in zip(vs, vs[1:], strict=False):
         old_fields = {f["name"]: f for f in older["fields"]}
         new_fields = {f["name"]: f for f in newer["fields"]}
         removed = set(old_fields) - set(new_fields)
@@ -82,7 +82,7 @@ def test_every_version_follows_the_compatibility_rule(name):
 def test_records_written_with_an_older_version_read_with_the_current_one(name):
     reg = registry()
     current = versions()[name][-1]
-    for version, schema_id, raw in versions()[name][:-1]:
+    for _version, schema_id, raw in versions()[name][:-1]:
         parsed = reg.by_id[schema_id].parsed
         for record in generate_many(parsed, 50):
             framed = reg.encode(name, record, schema_id=schema_id)
@@ -106,7 +106,7 @@ def test_records_written_with_an_older_version_read_with_the_current_one(name):
                 if name == "event_batch" and field == "events":
                     # nested records: each event comes back as (record name, event) with the
                     # fields the newer usage_event adds at their defaults
-                    for (_, got), sent in zip(decoded[field], record[field]):
+                    for (_, got), sent in zip(decoded[field], record[field], strict=True):
                         sent = sent[1] if isinstance(sent, tuple) else sent
                         assert {k: plain(got[k]) for k in sent} == sent
                         assert all(got[k] in (None, False) for k in set(got) - set(sent))

@@ -40,7 +40,8 @@ def use_up_free_points(a: Account, t="2026-05-01T09:00:00+08:00") -> None:
 
 
 def test_main_and_sub_account_share_the_10_gb_of_one_hour():
-    # seed 001: 10 GB free per MAIN account. 8 GB + 8 GB in the same hour: (16 - 10) x 1.5 = 9 points
+    # seed 001: 10 GB free per MAIN account. 8 GB + 8 GB in the same hour: (16 - 10) x 1.5 = 9
+    # points
     a = coze()
     use_up_free_points(a)
     d1 = a.send(

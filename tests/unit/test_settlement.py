@@ -62,7 +62,8 @@ def test_hour_closes_after_end_plus_lateness_and_sums_its_deductions():
         False,
         False,
     ]
-    # the 11:00 hour is closed by the end-of-input advance only if the clock passed 12:10: it did not
+    # the 11:00 hour is closed by the end-of-input advance only if the clock passed 12:10: it did
+    # not
     assert len(regular) == 1
 
 
