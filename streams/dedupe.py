@@ -45,9 +45,8 @@ def content_fingerprint(event: object) -> bytes:
     """What an event says, in 8 bytes: a retry has the same, a reused id with other content not.
     Decimals are normalized so that ``"1.50"`` and ``"1.5"`` say the same; ``repr`` of the tuple
     quotes every string, so no two different events print the same."""
-    values = tuple(
-        v.normalize() if isinstance(v, Decimal) else v for v in _fields_of(type(event))(event)
-    )
+    fields_of = _fields_of(type(event))  # type: ignore[arg-type]  # a class is hashable
+    values = tuple(v.normalize() if isinstance(v, Decimal) else v for v in fields_of(event))
     # Fields added by a later schema version count only when set: an event written before they
     # existed keeps its fingerprint, so its retry after an upgrade is a duplicate, not a conflict.
     added = getattr(type(event), "ADDED_FIELDS", ())

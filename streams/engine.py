@@ -311,9 +311,10 @@ class BillingEngine:
                 AccountState.loads(before),
                 rejected=Rejected("internal_error", f"{type(exc).__name__}: {exc}"[:500]),
             )
-        status = self._status(state, event) if fx.status_changed else None
-        number_records(state, fx.alerts, status)
-        settlements, minutes = [], []
+        changed = self._status(state, event) if fx.status_changed else None
+        number_records(state, fx.alerts, changed)
+        settlements: list[dict[str, Any]] = []
+        minutes: list[dict[str, Any]] = []
         if fx.deduction is not None:
             tz = self.profiles[state.profile].timezone
             line, settlements = settle(
@@ -336,7 +337,7 @@ class BillingEngine:
             state,
             deduction=fx.deduction,
             alerts=fx.alerts,
-            status=status,
+            status=changed,
             settlements=settlements,
             usage_minutes=minutes,
         )

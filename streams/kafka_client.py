@@ -100,18 +100,16 @@ async def read_topic(
             batch = await consumer.getmany(*pending, timeout_ms=500, max_records=5000)
             for tp in list(pending):
                 if tp not in batch and await consumer.position(tp) >= end[tp]:
-                    batch.update(
-                        await consumer.getmany(tp, timeout_ms=300)
-                    )  # one more look, for this partition alone
+                    # one more look, for this partition alone
+                    batch.update(await consumer.getmany(tp, timeout_ms=300))
                     if tp not in batch:
                         pending.discard(tp)
             for tp, messages in batch.items():
                 for m in messages:
                     if m.offset >= end[tp]:
                         if m.timestamp > started_ms + SNAPSHOT_SLACK_MS:
-                            pending.discard(
-                                tp
-                            )  # written after the read began: the snapshot ends here
+                            # written after the read began: the snapshot ends here
+                            pending.discard(tp)
                             break
                         end[tp] = m.offset + 1
                         total += 1
@@ -119,9 +117,12 @@ async def read_topic(
                     yield m
                 last_progress = time.monotonic()
             if pending and time.monotonic() - last_progress > STALL_SECONDS:
+                # a list: str.join cannot take the async generator an await in a genexp makes
                 stuck = ", ".join(
-                    f"{tp.partition}@{await consumer.position(tp)}/{end[tp]}"
-                    for tp in sorted(pending)
+                    [
+                        f"{tp.partition}@{await consumer.position(tp)}/{end[tp]}"
+                        for tp in sorted(pending)
+                    ]
                 )
                 raise ReadStalled(
                     f"reading {topic} stalled for {STALL_SECONDS:.0f}s at partition@position/end "

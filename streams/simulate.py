@@ -149,6 +149,7 @@ def _collect(result: SimulationResult, outcome: Outcome) -> None:
 
 
 def _reject(result: SimulationResult, decoded: Decoded, source: str, number: int) -> None:
+    assert decoded.rejected is not None
     result.counts["rejected"] += 1
     result.counts[f"rejected:{decoded.rejected.code}"] += 1
     result.dead_letters.append(

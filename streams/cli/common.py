@@ -272,9 +272,8 @@ def require_free_port(s: Settings) -> None:
     if not s.metrics_port:
         return
     with socket.socket(socket.AF_INET6 if ":" in s.metrics_host else socket.AF_INET) as sock:
-        sock.setsockopt(
-            socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
-        )  # as the server binds: TIME_WAIT is no clash
+        # as the server binds: TIME_WAIT is no clash
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((s.metrics_host, s.metrics_port))
         except OSError as exc:

@@ -66,9 +66,8 @@ def run_demo(events: Path, *, batch: int, timeout: float, console: Console) -> N
     from streams.cli.main import UserError
 
     run_dir = Path(".run") / "demo"
-    shutil.rmtree(
-        run_dir, ignore_errors=True
-    )  # a second run starts clean: no lock, port or data clash
+    # a second run starts clean: no lock, port or data clash
+    shutil.rmtree(run_dir, ignore_errors=True)
     started = time.monotonic()
     lines = [raw for _, raw in read_lines(events)]
 

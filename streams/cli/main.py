@@ -212,9 +212,8 @@ def quote(
         if exc.code in ("unknown_item", "unknown_model", "unknown_variant"):
             from streams.ingest.events import to_millis
 
-            check_names(
-                p, item, model, variant, to_millis(raw["event_time"], "--at")
-            )  # names the nearest ones
+            # names the nearest ones
+            check_names(p, item, model, variant, to_millis(raw["event_time"], "--at"))
         raise UserError(f"{exc.code}: {exc.message}") from None
     table = Table(title=f"{_s(profile)} {_s(model or '')} {_s(item)} ({_s(rating.price_version)})")
     table.add_column("component")

@@ -215,9 +215,8 @@ def rerate_command(
         to_ms,
         frozenset(a.strip() for a in (accounts or "").split(",") if a.strip()),
     )
-    profiles[profile].pinned(
-        prices, from_ms, to_ms
-    )  # an unknown version fails here, before any reading
+    # an unknown version fails here, before any reading
+    profiles[profile].pinned(prices, from_ms, to_ms)
     if input_file is not None and from_clickhouse:
         raise UserError("--input and --from-clickhouse both name the events; give one")
     if input_file is not None:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Literal, overload
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
@@ -193,6 +193,10 @@ def millis_to_iso(ms: int) -> str:
     return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+@overload
+def _string(raw: Mapping[str, Any], name: str, required: Literal[True] = True) -> str: ...
+@overload
+def _string(raw: Mapping[str, Any], name: str, required: bool) -> str | None: ...
 def _string(raw: Mapping[str, Any], name: str, required: bool = True) -> str | None:
     value = raw.get(name)
     if value is None or value == "":
@@ -348,6 +352,7 @@ def parse_decimal(value: Any, name: str, *, allow_negative: bool = False) -> Dec
             f"{name}={shown} is out of range: at most {MAX_QUANTITY} in absolute value",
         )
     sign, digits, exponent = dec.as_tuple()
+    assert isinstance(exponent, int)  # a finite number (checked above) has an integer exponent
     trailing = _trailing_zeros(digits)
     scale = 0 if dec.is_zero() else max(0, -(exponent + trailing))
     if scale > MAX_DECIMAL_SCALE:

@@ -8,6 +8,7 @@ re-encoded, so it can be re-driven after a fix.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,10 @@ from streams.ingest.events import (
 from streams.ingest.partitioner import partition_for
 
 INPUT_SCHEMAS = ("usage_event", "account_event", "event_batch")
-_PARSERS = {"usage_event": parse_usage, "account_event": parse_account}
+_PARSERS: dict[str, Callable[[Any], Event]] = {
+    "usage_event": parse_usage,
+    "account_event": parse_account,
+}
 _BRANCH = {"billing.v1.UsageEvent": "usage_event", "billing.v1.AccountEvent": "account_event"}
 
 
@@ -64,6 +68,8 @@ def decode_message(
             if judged is not None:
                 return [judged]
         return [Decoded(None, Rejected(exc.code, str(exc)), value or b"")]
+    assert value is not None  # a null value does not decode
+    parts: list[tuple[str, Any, bytes | None]]
     if name == "event_batch":
         parts = [(_BRANCH[branch], rec, None) for branch, rec in record["events"]]
         if not parts:

@@ -26,13 +26,14 @@ from streams.kafka_client import producer_kwargs
 _SCHEMA_FOR_KIND = {"usage": "usage_event", "account": "account_event"}
 _BRANCH = {"usage_event": "billing.v1.UsageEvent", "account_event": "billing.v1.AccountEvent"}
 _TIME_FIELDS = ("event_time", "expires_at", "effective_time")
+# decimal strings in Avro
 _DECIMAL_FIELDS = (
     "quantity",
     "hours",
     "amount",
     "balance_threshold",
     "credits",
-)  # decimal strings in Avro
+)
 
 
 def avro_record(obj: Any, reg: Registry | None = None) -> tuple[str, dict[str, Any]] | None:
@@ -148,6 +149,7 @@ class EventProducer:
         topic = self.settings.topics.events
         futures = []
         total = 0
+        messages: Iterator[tuple[bytes | None, bytes, int | list[bytes]]]
         if batch_size <= 1:
             messages = ((k, v, 1) for k, v, _ in (encode_line(self.registry, raw) for raw in lines))
         else:

@@ -231,6 +231,7 @@ class Ledger:
                 "inference_limit_not_offered", f"profile {profile.name!r} has no inference limits"
             )
         self._known_model(profile, e)
+        assert e.model is not None  # _known_model rejects an event without one
         last = s.limit_changed_at.get(e.model)
         spacing = rules.min_spacing_hours * HOUR_MS
         if last is not None and e.event_time - last < spacing:
@@ -417,6 +418,7 @@ class Ledger:
         # fine-tuned variant of it: README "Fine-tuned models")
         quota = profile.trial_by_model.get(e.model) if e.model and not e.fine_tuned else None
         if quota is not None and remaining > 0:
+            assert e.model is not None  # a trial quota is found by model
             trial = s.trials.get(quota.id)
             if trial is None:
                 trial = self._claim(s, profile, quota, now)  # auto-claimed on first use
@@ -530,6 +532,7 @@ class Ledger:
         """The event's local day's free points, if that day is still within the window (README
         'Decisions'); the exhaustion alert once per account and day."""
         daily = profile.policy.daily_free
+        assert daily is not None  # called only for profiles with daily free points
         day = local_day(profile.timezone, e.event_time)
         self._prune_free_days(s, profile.timezone, stream_clock(s, e.event_time))
         if s.free_horizon is not None and day < s.free_horizon:

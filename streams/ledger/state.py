@@ -7,6 +7,7 @@ the record of which events were applied change together in one changelog record.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Any
@@ -248,7 +249,7 @@ class AccountState:
         for name, conv in decimals.items():
             if name in values:
                 values[name] = conv(values[name])
-        convert = {
+        convert: dict[str, Callable[[Any], Any]] = {
             "vouchers": lambda v: [Bucket.from_dict(x) for x in v],
             "packs": lambda v: [Bucket.from_dict(x) for x in v],
             "free_used": lambda v: {k: Decimal(x) for k, x in v.items()},

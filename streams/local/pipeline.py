@@ -58,9 +58,8 @@ class LocalPipeline:
     settings: Settings | None = None
     workers: list[WorkerProcess] = field(default_factory=list)
     env_overrides: dict[str, str] = field(default_factory=dict)
-    stall_restarts: list[Path] = field(
-        default_factory=list
-    )  # logs of workers replaced after a stall
+    # logs of workers replaced after a stall
+    stall_restarts: list[Path] = field(default_factory=list)
 
     def start_broker(self, bootstrap: str | None = None) -> Settings:
         """Start a local broker, or use a running one at ``bootstrap`` (tests share one)."""

@@ -70,6 +70,7 @@ def _bounded(value: Decimal) -> Decimal:
     if not value.is_zero() and value.adjusted() >= PROFILE_DECIMAL_MAX.adjusted():
         raise ValueError(f"{value} is out of range (below 10^12)")
     _, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)  # finite (checked above)
     trailing_zeros = len(digits) - len("".join(map(str, digits)).rstrip("0"))
     if not value.is_zero() and exponent + trailing_zeros < -PROFILE_DECIMAL_SCALE:
         raise ValueError(f"{value} has more than {PROFILE_DECIMAL_SCALE} digits after the point")
@@ -259,6 +260,8 @@ class PriceRow(_Strict):
     def token_tiers(self) -> tuple[TokenPrices, ...]:
         if self.tiers is not None:
             return self.tiers
+        # a token row without tiers has input and output prices (checked by _shape)
+        assert self.input is not None and self.output is not None
         return (
             TokenPrices(
                 up_to=None,
@@ -494,11 +497,13 @@ class Profile:
 
     def to_currency(self, amount_in_price_unit: Decimal) -> Decimal:
         if self.book.price_unit == "points":
+            assert self.book.points_per_currency_unit is not None  # required for points (checked)
             return amount_in_price_unit / self.book.points_per_currency_unit
         return amount_in_price_unit
 
     def to_price_unit(self, amount_in_currency: Decimal) -> Decimal:
         if self.book.price_unit == "points":
+            assert self.book.points_per_currency_unit is not None  # required for points (checked)
             return amount_in_currency * self.book.points_per_currency_unit
         return amount_in_currency
 

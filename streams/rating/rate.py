@@ -87,6 +87,7 @@ def _tier(row: PriceRow, event: UsageEvent) -> TokenPrices:
             return tier
     bounds, lower = [], 0
     for t in tiers:
+        assert t.up_to is not None  # only the top tier may be unbounded, and it was not reached
         bounds.append(f"({lower}, {t.up_to}]")
         lower = t.up_to
     raise Rejected(
@@ -100,6 +101,7 @@ def _rate_tokens(
     profile: Profile, row: PriceRow, event: UsageEvent
 ) -> tuple[tuple[RatingLine, ...], dict[str, str]]:
     tier = _tier(row, event)
+    assert row.per_tokens is not None  # token rows need it (checked by PriceRow._shape)
     per = Decimal(row.per_tokens)
 
     def unit_price(value: Decimal) -> Decimal:
@@ -142,9 +144,11 @@ def _rate_tokens(
 def kb_hours(event: UsageEvent) -> list[tuple[int, Decimal]]:
     """The clock hours a kb_storage sample covers, as (hour index since the epoch, hours of it):
     from the hour of its event time, one per started hour of ``hours`` (1.5 h: 1 and 0.5)."""
+    hours = event.hours
+    assert hours is not None  # kb_storage samples carry hours (checked at ingest)
     first = event.event_time // HOUR_MS
-    count = int(event.hours.to_integral_value(ROUND_CEILING))
-    return [(first + k, min(ONE, event.hours - k)) for k in range(count)]
+    count = int(hours.to_integral_value(ROUND_CEILING))
+    return [(first + k, min(ONE, hours - k)) for k in range(count)]
 
 
 def _rate_kb(
@@ -155,15 +159,17 @@ def _rate_kb(
     each of those hours (None for an hour whose allowance is no longer known: none left; no list:
     a sample alone)."""
     free = row.free_gb or ZERO
+    quantity = event.quantity
+    assert quantity is not None  # a unit item carries its quantity (checked at ingest)
     slots = kb_hours(event)
     if used_gb is None:
         used_gb = [ZERO] * len(slots)
     assert len(used_gb) == len(slots), "one allowance figure per hour of the sample"
     takes = tuple(
-        ZERO if used is None else min(event.quantity, max(ZERO, free - used)) for used in used_gb
+        ZERO if used is None else min(quantity, max(ZERO, free - used)) for used in used_gb
     )
     billed = sum(
-        ((event.quantity - take) * hours for take, (_, hours) in zip(takes, slots, strict=True)),
+        ((quantity - take) * hours for take, (_, hours) in zip(takes, slots, strict=True)),
         ZERO,
     )
     first_free = takes[0] if takes else ZERO
@@ -202,6 +208,7 @@ def _credits_per_call(profile: Profile, row: PriceRow, event: UsageEvent) -> Dec
             f"({row.credits_min} to {row.credits_max} per {row.unit}): the event must carry "
             "credits",
         )
+    assert row.credits_min is not None and row.credits_max is not None  # a credit-range row
     if event.status != "failed" and not row.credits_min <= event.credits <= row.credits_max:
         raise Rejected(
             "credits_out_of_range",
@@ -218,6 +225,7 @@ def _rate_units(
     kb_used_gb: Sequence[Decimal | None] | None = None,
 ) -> tuple[tuple[RatingLine, ...], dict[str, str], tuple[Decimal, ...]]:
     quantity = event.quantity
+    assert quantity is not None  # a unit item carries its quantity (checked at ingest)
     if row.unit in WHOLE_UNITS and quantity != quantity.to_integral_value():
         raise Rejected(
             "invalid_quantity",
@@ -240,11 +248,13 @@ def _rate_units(
     if credits is not None:
         if row.credits_from_event:
             quantities["credits_per_call"] = str(credits)
+        assert row.credit_kind is not None  # a credit-priced row names its kind (checked)
         price = credits * profile.book.credit_values[row.credit_kind]
         line = RatingLine(
             "unit", quantity, price, quantize_amount(quantity * price), credits_per_unit=credits
         )
     else:
+        assert row.price is not None  # a unit row has a price or credits (checked)
         price = profile.to_currency(row.price)
         line = RatingLine("unit", quantity, price, quantize_amount(quantity * price))
     return ((line,) if quantity else ()), quantities, takes
@@ -303,6 +313,7 @@ def rate(
         unit = "tokens"
     else:
         lines, quantities, takes = _rate_units(profile, row, event, kb_used_gb)
+        assert row.unit is not None  # per-unit rows name their unit (checked)
         unit = row.unit
     amount = sum((line.amount for line in lines), ZERO)
     return Rating(

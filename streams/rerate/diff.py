@@ -63,9 +63,8 @@ class EventDiff:
     old: dict[str, Any]  # the deduction as billed
     new: dict[str, Any] | None  # as re-rated; None when the new price version cannot rate it
     new_rejection: str | None = None
-    booked: list[dict[str, Any]] = field(
-        default_factory=list
-    )  # adjustments already booked for it, by any re-rating
+    # adjustments already booked for it, by any re-rating
+    booked: list[dict[str, Any]] = field(default_factory=list)
     rerate_id: str = ""
     in_window: bool = (
         True  # False: outside the period, same price, but the buckets it found changed (knock-on)
@@ -252,6 +251,7 @@ def adjustments(result: RerateResult) -> list[dict[str, Any]]:
         if not diff.changed:
             continue
         delta, new = diff.delta, diff.new
+        assert new is not None  # a changed diff has a re-rated record
         # the id names what this adjustment comes after: the same re-rating applied again finds
         # nothing to book, and one applied after another (to undo it, say) gets ids of its own
         after = hashlib.sha256(

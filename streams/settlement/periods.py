@@ -137,9 +137,9 @@ def settle(
     granularity = d["settlement_period"]
     start, end = period_of(granularity, d["event_time"], tz)
     if end + lateness_ms <= settled_until:
-        acc = _new_period(granularity, start, end, d)
-        _add(acc, d)
-        line = _line(main, acc, "adjustment", lateness_ms, suffix=d["event_id"])
+        late = _new_period(granularity, start, end, d)
+        _add(late, d)
+        line = _line(main, late, "adjustment", lateness_ms, suffix=d["event_id"])
         return line["settlement_id"], [line]
     key = _key(granularity, start, d)
     acc = periods.get(key)

@@ -40,16 +40,18 @@ log = logging.getLogger("streams.sink")
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "infra" / "clickhouse"
 INSERT_SETTINGS = {"async_insert": 0, "wait_for_async_insert": 1}
 ZERO = Decimal(0)
-UTC = UTC
 
 
 def connect(settings: Settings):
     if settings.embedded_clickhouse:
         settings.chdb_path.mkdir(parents=True, exist_ok=True)
         return clickhouse_connect.get_client(dsn=f"chdb://{settings.chdb_path.resolve()}")
-    return clickhouse_connect.get_client(
-        dsn=settings.clickhouse_url, password=settings.clickhouse_password or None
-    )
+    # a password given apart from the URL; an empty one must not override the URL's
+    if settings.clickhouse_password:
+        return clickhouse_connect.get_client(
+            dsn=settings.clickhouse_url, password=settings.clickhouse_password
+        )
+    return clickhouse_connect.get_client(dsn=settings.clickhouse_url)
 
 
 def migrate(client) -> list[str]:
@@ -176,9 +178,8 @@ def deduction_values(d: dict[str, Any]) -> dict[str, Any]:
     by_kind = {"free": ZERO, "trial": ZERO, "pack": ZERO, "voucher": ZERO, "cash": ZERO}
     splits = d["splits"]
     for s in splits:
-        by_kind[s["bucket_kind"]] += Decimal(
-            s["amount"]
-        )  # an unknown kind is a KeyError: a bad record
+        # an unknown kind is a KeyError: a bad record
+        by_kind[s["bucket_kind"]] += Decimal(s["amount"])
     q = d["quantities"]
     tokens = d["item"] in TOKEN_ITEMS
     v: dict[str, Any] = {c: d[c] for c in SAME_NAME}
@@ -266,9 +267,8 @@ ALERT_COLUMNS = [
 
 def alert_values(a: dict[str, Any]) -> dict[str, Any]:
     v = {c: a[c] for c in ALERT_COLUMNS if c != "sequence"}
-    v.update(
-        event_time=_ts(a["event_time"]), model=a["model"] or "", sequence=a.get("sequence", 0)
-    )  # 0: written before alert v2 (the reader's default)
+    # 0: written before alert v2 (the reader's default)
+    v.update(event_time=_ts(a["event_time"]), model=a["model"] or "", sequence=a.get("sequence", 0))
     return v
 
 

@@ -22,6 +22,7 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Hashable
 from dataclasses import replace
 from typing import Any
 
@@ -106,7 +107,7 @@ def create_app(settings: Settings) -> faust.App:
         **extra,
     )
     topics = settings.topics
-    raw = {
+    raw: dict[str, Any] = {
         "key_type": bytes,
         "value_type": bytes,
         "key_serializer": "raw",
@@ -280,6 +281,7 @@ def create_app(settings: Settings) -> faust.App:
                         for o in outcomes:
                             outputs_for(o, key, produce)
                         continue
+                assert d.rejected is not None  # neither an event nor a tick: a rejection
                 counts["rejected"] += 1
                 counts[f"rejected:{d.rejected.code}"] += 1
                 log.info(
@@ -329,7 +331,8 @@ def create_app(settings: Settings) -> faust.App:
                     offset,
                 )
                 gaps.append((ev.message.tp, expected + 1, offset - 1))
-            jump_attempts.pop((part, expected), None)
+            if expected is not None:
+                jump_attempts.pop((part, expected), None)
             applied_through[part] = max(offset, expected if expected is not None else offset)
             handle(ev)
             # where the first run recorded the clock after this offset, that is the clock
@@ -369,6 +372,7 @@ def create_app(settings: Settings) -> faust.App:
         #    has not reached (a crash between 2 and 3) is not taken for a duplicate.
         for key, ev in anchors.items():
             state = states[key]
+            assert state is not None  # an anchored key was stepped, so it has a state
             write_as(ev)
             stored = check_record_size(
                 "account state", state.main_account_id, state.dumps(), MAX_STATE_BYTES
@@ -426,7 +430,8 @@ def create_app(settings: Settings) -> faust.App:
         for part in owned:
             await events_topic.send(value=tick_value, partition=part, force=True)
 
-    @app.on_rebalance_complete.connect
+    # faust's signal types want a ``signal`` parameter its own receivers do not declare
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]
     async def forget_due_index(sender, **kwargs) -> None:
         due.clear()
         decoded.clear()
@@ -490,23 +495,23 @@ def create_app(settings: Settings) -> faust.App:
             if not tps:
                 watch.observe(time.monotonic(), {})
                 return
-            recovery = app.tables.recovery
+            # faust's TableManager has it, its interface type TableManagerT not
+            recovery = app.tables.recovery  # type: ignore[attr-defined]
             recovering = (
                 ("recovery", sum(recovery.active_offsets.values()))
                 if recovery.in_recovery
                 else None
             )
-            owned = {}
+            owned: dict[int, tuple[Hashable, bool]] = {}
             try:
                 ends = await asyncio.wait_for(app.consumer.highwaters(*tps), timeout=10.0)
                 for tp in tps:
                     end, position = ends.get(tp), await next_to_handle(tp)
                     waiting = end is not None and position is not None and end > position
                     owned[tp.partition] = (recovering or last_offset.get(tp.partition), waiting)
-            except Exception as exc:  # noqa: BLE001 - offsets unknown (broker away, rebalance): no verdict,
-                log.debug(
-                    "stall check skipped: %s", exc
-                )  # and the clock starts again once they are known
+            except Exception as exc:  # noqa: BLE001 - offsets unknown (broker away, rebalance):
+                # no verdict, and the clock starts again once they are known
+                log.debug("stall check skipped: %s", exc)
                 watch.observe(time.monotonic(), {})
                 return
             now = time.monotonic()
@@ -523,23 +528,21 @@ def create_app(settings: Settings) -> faust.App:
                     EXIT_STALLED,
                 )
                 logging.shutdown()
-                os._exit(
-                    EXIT_STALLED
-                )  # a crash, as far as the ledger is concerned: nothing is lost
+                # a crash, as far as the ledger is concerned: nothing is lost
+                os._exit(EXIT_STALLED)
 
     def ready() -> bool:
-        recovery = app.tables.recovery
+        recovery = app.tables.recovery  # type: ignore[attr-defined]  # see stall check
         return recovery.completed.is_set() and not recovery.in_recovery and not app.rebalancing
 
     if settings.metrics_port:
 
         @app.task
         async def serve_metrics() -> None:
-            app.metrics_runner = await serve(
-                settings.metrics_host, settings.metrics_port, metrics, ready
-            )  # type: ignore[attr-defined]
+            runner = await serve(settings.metrics_host, settings.metrics_port, metrics, ready)
+            app.metrics_runner = runner  # type: ignore[attr-defined]
 
-    @app.on_before_shutdown.connect
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # see forget_due_index
     async def close_outputs(sender, **kwargs) -> None:
         if outputs.producer is not None:
             await outputs.producer.stop()
@@ -676,6 +679,5 @@ def run_worker(settings: Settings) -> None:
     try:
         worker.execute_from_commandline()
     finally:
-        log.info(
-            "worker stopped after %.1fs: %s", time.monotonic() - started, app.billing_counts.line()
-        )  # type: ignore[attr-defined]
+        counts = app.billing_counts  # type: ignore[attr-defined]
+        log.info("worker stopped after %.1fs: %s", time.monotonic() - started, counts.line())

@@ -19,7 +19,6 @@ from streams.sink.queries import load_queries
 pytestmark = pytest.mark.integration
 Q = load_queries()
 SH = ZoneInfo("Asia/Shanghai")
-UTC = UTC
 D = Decimal
 
 
@@ -218,9 +217,8 @@ def test_finance_queries_return_the_simulated_figures(one_partition_harness):
     )
     want = defaultdict(lambda: defaultdict(D))
     for d in mine:
-        local = datetime.fromtimestamp(
-            d["event_time"] / 1000, SH
-        )  # display only; money stays Decimal
+        # display only; money stays Decimal
+        local = datetime.fromtimestamp(d["event_time"] / 1000, SH)
         if d["main_account_id"] == account and local.strftime("%Y%m") == "202605":
             g = want[(d["item"], d["model"] or "", d["variant"] or "")]
             g["events"] += 1
@@ -302,9 +300,8 @@ def test_finance_queries_return_the_simulated_figures(one_partition_harness):
         "ORDER BY sequence"
     ).result_rows
     assert [r[0] for r in statuses] == ["active", "suspended", "active"]
-    assert [r[1] for r in statuses] == sorted(
-        r[1] for r in statuses
-    )  # never dated before the status replaced
+    # never dated before the status replaced
+    assert [r[1] for r in statuses] == sorted(r[1] for r in statuses)
 
     # --- each alert exactly once, the same as simulated
     live_alerts = {

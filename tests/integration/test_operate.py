@@ -522,9 +522,8 @@ def test_topics_check_reports_what_differs_from_the_definitions(harness):
         and "broker has cleanup.policy=" in r.stdout
         and "missing" in r.stdout
     )
-    r = rating(
-        h, "topics", env_extra={"KAFKA_TOPIC_PREFIX": prefix}
-    )  # creates what is missing, cannot fix the rest
+    # creates what is missing, cannot fix the rest
+    r = rating(h, "topics", env_extra={"KAFKA_TOPIC_PREFIX": prefix})
     assert r.returncode == 1 and "created" in r.stdout and "2 partitions, expected 4" in r.stdout
     # production durability against topics created with replication 1 and min ISR 1
     r = rating(

@@ -70,9 +70,8 @@ def small_stream(main):
         usage(1, "2026-05-01T10:00:00+08:00"),
         usage(2, "2026-05-01T11:00:00+08:00"),
         usage(3, "2026-05-02T10:00:00+08:00"),
-        usage(
-            4, "2026-05-03T10:00:00+08:00", model="claude-opus-4.5"
-        ),  # outside the window, another model: untouched
+        # outside the window, another model: untouched
+        usage(4, "2026-05-03T10:00:00+08:00", model="claude-opus-4.5"),
     ]
 
 
@@ -151,9 +150,8 @@ def test_rerate_apply_books_the_diff_once(cut_harness, tmp_path):
     assert "total delta -0.018" in r.stdout
     import csv
 
-    [got] = list(
-        csv.DictReader(open(tmp_path / "diff.csv"))
-    )  # the opus event is outside the window: no row
+    # the opus event is outside the window: no row
+    [got] = list(csv.DictReader(open(tmp_path / "diff.csv")))
     assert (got["main_account_id"], got["model"], got["events"]) == (main, "claude-sonnet-4.5", "3")
     assert (
         got["old_amount"],

@@ -33,9 +33,8 @@ def kinds(alerts, kind):
 
 def test_free_quota_exhausted_fires_once_per_day_even_for_late_events():
     a = coze()
-    a.send(
-        usage("c", "agent_call", quantity="250", t="2026-05-01T10:00:00+08:00")
-    )  # the day's 500 points
+    # the day's 500 points
+    a.send(usage("c", "agent_call", quantity="250", t="2026-05-01T10:00:00+08:00"))
     a.send(usage("c", "agent_call", quantity="250", t="2026-05-02T10:00:00+08:00"))
     first = kinds(a.alerts, "free_quota_exhausted")
     assert [x["episode"] for x in first] == ["2026-05-01", "2026-05-02"]
@@ -73,9 +72,8 @@ def test_threshold_and_arrears_alerts_fire_once_per_episode():
                 t=f"2026-05-01T10:0{i}:00+08:00",
             )
         )
-    assert (
-        len(kinds(a.alerts, "balance_below_threshold")) == 1
-    )  # below from u1 on (0.4 < 0.5), never recovered
+    # below from u1 on (0.4 < 0.5), never recovered
+    assert len(kinds(a.alerts, "balance_below_threshold")) == 1
     assert len(kinds(a.alerts, "arrears_started")) == 1  # at or below 0 from u3 on
     a.send(account("j", "top_up", amount="5", t="2026-05-01T11:00:00+08:00"))
     a.send(
@@ -169,9 +167,8 @@ def late_top_up():
             t="2026-05-03T10:00:00+08:00",
         )
     )
-    a.send(
-        account("t", "top_up", amount="49", t="2026-05-03T09:30:00+08:00")
-    )  # dated before, arrives after
+    # dated before, arrives after
+    a.send(account("t", "top_up", amount="49", t="2026-05-03T09:30:00+08:00"))
     return a
 
 
@@ -195,9 +192,8 @@ def test_sequences_are_strictly_increasing_across_alerts_and_statuses_per_accoun
     records = sorted(a.alerts + a.statuses, key=lambda r: r["sequence"])
     seqs = [r["sequence"] for r in records]
     assert seqs == sorted(set(seqs)) and seqs[0] >= 1  # unique: a total order per account
-    assert a.statuses[-1] is max(
-        a.statuses, key=lambda r: r["sequence"]
-    )  # the last written is the latest
+    # the last written is the latest
+    assert a.statuses[-1] is max(a.statuses, key=lambda r: r["sequence"])
 
 
 def test_an_account_restarting_numbering_after_replay_gives_the_same_sequences():

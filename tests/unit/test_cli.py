@@ -345,13 +345,11 @@ def test_run_file_is_found_by_clients_and_ignored_once_its_process_is_gone(tmp_p
     s, record = attached_settings({}, path)
     assert record and s.kafka_bootstrap_servers == "127.0.0.1:40404" and s.kafka_partitions == 6
     assert s.chdb_path == (tmp_path / "chdb").resolve()
-    s, record = attached_settings(
-        {"KAFKA_BOOTSTRAP_SERVERS": "k:9092"}, path
-    )  # the environment wins
+    # the environment wins
+    s, record = attached_settings({"KAFKA_BOOTSTRAP_SERVERS": "k:9092"}, path)
     assert record is None and s.kafka_bootstrap_servers == "k:9092"
-    assert (
-        "PASSWORD" not in path.read_text() and "CLICKHOUSE_URL" not in path.read_text()
-    )  # never a secret
+    # never a secret
+    assert "PASSWORD" not in path.read_text() and "CLICKHOUSE_URL" not in path.read_text()
     remove_run_file(path)
     assert not path.exists()
     path.write_text(
@@ -394,9 +392,8 @@ def test_amounts_are_rounded_for_presentation_and_never_in_exponent_form():
     from streams.cli.common import amount, exact
 
     assert amount(Decimal("1E+2")) == "100.000000" and amount(Decimal("1.5E-9")) == "0.000000"
-    assert (
-        amount(Decimal("0.0000005")) == "0.000000" and amount(Decimal("0.0000015")) == "0.000002"
-    )  # half-even
+    # half-even
+    assert amount(Decimal("0.0000005")) == "0.000000" and amount(Decimal("0.0000015")) == "0.000002"
     assert exact(Decimal("1.5E-9")) == "0.0000000015" and exact(Decimal("1E+2")) == "100"
 
 

@@ -231,23 +231,26 @@ def test_redrive_check_passes_only_what_would_now_be_accepted():
     check = Verdicts(Settings.from_env({}), {"open": opened})
     late_open = dict(open_, event_id="o-2", account_id="late", main_account_id="late")
     cases = [
+        # still never opened
         (
             _letter(1, "unknown_account", _usage("u-1", "ghost")),
             False,
             "unknown_account",
-        ),  # still never opened
+        ),
         (_letter(2, "unknown_account", _usage("u-2", "open")), True, "rates now"),  # opened since
+        # cause unchanged
         (
             _letter(3, "unknown_model", _usage("u-3", "open", model="gpt-9")),
             False,
             "unknown_model",
-        ),  # cause unchanged
+        ),
         (_letter(4, "unknown_account", late_open), True, "applies now"),  # an opening letter ...
+        # ... lets its usage pass
         (
             _letter(5, "unknown_account", _usage("u-5", "late")),
             True,
             "rates now",
-        ),  # ... lets its usage pass
+        ),
     ]
     for letter, ok, fragment in cases:
         passed, verdict = check.check(letter)

@@ -57,7 +57,6 @@ SETTINGS = settings(
 MINUTE = 60_000
 HOUR = 60 * MINUTE
 DAY = 24 * HOUR
-UTC = UTC
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -75,9 +74,8 @@ LAST_MS = ms_of("2026-12-20T00:00:00+08:00")
 KIND_RANK = {"free": 0, "trial": 1, "pack": 2, "voucher": 3, "cash": 4}
 COVER_ORDER = ("cache_hit", "input", "cache_write", "output", "reasoning")  # §3 trial decision
 COZE_DAILY_GRANT = Decimal("0.5")  # 500 points a day, 1 CNY = 1000 points
-COZE_FINE_TUNED: set[str] = (
-    set()
-)  # fine-tuned calls are a flag on the event now (none generated here)
+# fine-tuned calls are a flag on the event now (none generated here)
+COZE_FINE_TUNED: set[str] = set()
 # §3: the unified Coze pack covers agent calls, knowledge base overage, models (except fine-tuned
 # and Ark models), voice and RTC; the daily free points have the same scope.
 COZE_PLATFORM_ITEMS = {
@@ -551,9 +549,8 @@ def snapshot(state: AccountState) -> dict[str, Any]:
 class Step:
     raw: dict[str, Any]
     event: Any
-    before: (
-        AccountState | None
-    )  # a copy of the state the event met (advanced to its clock, if accepted)
+    # a copy of the state the event met (advanced to its clock, if accepted)
+    before: AccountState | None
     outcome: Outcome
     after: dict[str, Any] | None  # a snapshot of ``outcome.state``
 
@@ -632,9 +629,8 @@ def replay(
             assert advanced.deduction is None and advanced.rejected is None
             run.collect(advanced)
         if before is not None and outcome.rejected is None and not outcome.duplicate:
-            engine.advance(
-                before, run.clocks[part]
-            )  # what the event met: the account advanced to its clock
+            # what the event met: the account advanced to its clock
+            engine.advance(before, run.clocks[part])
         if outcome.rejected is not None:
             assert outcome.rejected.code != "internal_error", (
                 f"engine crashed on {raw}: {outcome.rejected.message}"
@@ -803,18 +799,15 @@ def _late_free_points_scenario() -> Scenario:
                 post_paid=True,
                 amount="100",
             ),
-            ev(
-                1, "2026-05-01T09:00:00+08:00", item="agent_call", quantity="250"
-            ),  # 500 points: 05-01 used up
+            # 500 points: 05-01 used up
+            ev(1, "2026-05-01T09:00:00+08:00", item="agent_call", quantity="250"),
             ev(2, "2026-05-02T09:00:00+08:00", item="agent_call", quantity="1"),
             ev(3, "2026-05-03T09:00:00+08:00", item="agent_call", quantity="1"),
             ev(4, "2026-05-04T09:00:00+08:00", item="agent_call", quantity="1"),
-            ev(
-                5, "2026-05-01T10:00:00+08:00", item="agent_call", quantity="250"
-            ),  # late, for 05-01
-            ev(
-                6, "2026-05-01T11:00:00+08:00", item="agent_call", quantity="250"
-            ),  # late, for 05-01
+            # late, for 05-01
+            ev(5, "2026-05-01T10:00:00+08:00", item="agent_call", quantity="250"),
+            # late, for 05-01
+            ev(6, "2026-05-01T11:00:00+08:00", item="agent_call", quantity="250"),
         ],
         set(),
     )
@@ -1331,9 +1324,8 @@ def test_token_rating_deterministic_nonnegative_additive(req):
     assert r1 == r2
     assert r1.amount >= 0 and all(ln.amount >= 0 and ln.unit_price >= 0 for ln in r1.lines)
     assert r1.amount == sum((ln.amount for ln in r1.lines), Decimal(0))
-    assert (
-        sum((ln.units for ln in r1.lines), Decimal(0)) == inp + out
-    )  # every token billed exactly once
+    # every token billed exactly once
+    assert sum((ln.units for ln in r1.lines), Decimal(0)) == inp + out
     # the request rated as a whole == its components rated alone (same tier)
     parts = [
         _token_event(o, inp=ch, ch=ch),

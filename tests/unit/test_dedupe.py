@@ -161,9 +161,8 @@ def test_sweep_forgets_expired_entries_of_anchored_partitions_a_bounded_number_a
         expired += batch
     assert sorted(k[2] for k, _ in expired) == [0, 1, 2, 3]  # event times 0..3 days < 9 - 5
     assert {a for _, a in expired} == {"anchor0"}
-    assert (
-        sweep.expired(table.keys, table.get, clocks, {0: "a", 1: "b"}) == []
-    )  # walk done, not due
+    # walk done, not due
+    assert sweep.expired(table.keys, table.get, clocks, {0: "a", 1: "b"}) == []
     now[0] = 61.0
     again = []
     for _ in range(5):

@@ -111,9 +111,8 @@ def test_account_events_come_from_the_main_account_only():
         account("j", "sub_account_linked", sub_account_id="stranger", account_id="stranger"),
         usage("j", "tokens", model="claude-sonnet-4.5", input_tokens=10_000, account_id="stranger"),
         account("j", "sub_account_linked", sub_account_id="j-dev"),
-        account(
-            "j", "sub_account_linked", sub_account_id="j-dev2", account_id="j-dev"
-        ),  # a sub cannot link
+        # a sub cannot link
+        account("j", "sub_account_linked", sub_account_id="j-dev2", account_id="j-dev"),
         usage("j", "tokens", model="claude-sonnet-4.5", input_tokens=10_000, account_id="j-dev"),
     )
     assert [d["reason_code"] for d in r.dead_letters] == ["not_a_main_account"] * 4 + [

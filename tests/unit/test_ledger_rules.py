@@ -48,12 +48,10 @@ def test_free_points_then_cash_for_tts():
 def test_free_points_reset_at_local_midnight_without_carry_over():
     r = run(
         account("c", "account_opened", profile="coze-pro", amount="10"),
-        usage(
-            "c", "agent_call", quantity="300", t="2026-05-01T23:59:00+08:00"
-        ),  # 600 points: 500 free + 100 cash
-        usage(
-            "c", "agent_call", quantity="1", t="2026-05-02T00:00:00+08:00"
-        ),  # a new day in Asia/Shanghai
+        # 600 points: 500 free + 100 cash
+        usage("c", "agent_call", quantity="300", t="2026-05-01T23:59:00+08:00"),
+        # a new day in Asia/Shanghai
+        usage("c", "agent_call", quantity="1", t="2026-05-02T00:00:00+08:00"),
     )
     assert splits(r.deductions[0]) == [
         ("free", "daily:2026-05-01", D("0.5")),
@@ -101,9 +99,8 @@ def test_pack_expiring_first_is_used_first():
             amount="100",
             expires_at="2026-05-20T00:00:00+08:00",
         ),
-        usage(
-            "c", "rtc_video", variant="4k", quantity="3"
-        ),  # 756 points: 500 free, 100 may, 156 july
+        # 756 points: 500 free, 100 may, 156 july
+        usage("c", "rtc_video", variant="4k", quantity="3"),
     )
     assert splits(r.deductions[0]) == [
         ("free", "daily:2026-05-01", D("0.5")),
@@ -143,9 +140,8 @@ def test_pack_ties_break_by_purchase_time_then_id():
             expires_at=exp,
             t="2026-05-01T08:30:00+08:00",
         ),
-        usage(
-            "c", "agent_call", quantity="265"
-        ),  # 530 points: 500 free, then 10 a, 10 b, 10 0-late
+        # 530 points: 500 free, then 10 a, 10 b, 10 0-late
+        usage("c", "agent_call", quantity="265"),
     )
     assert [s[1] for s in splits(r.deductions[0])] == ["daily:2026-05-01", "a", "b", "0-late"]
 
@@ -164,9 +160,8 @@ def test_legacy_doubao_pack_covers_doubao_tokens_only():
             expires_at="2026-12-01T00:00:00+08:00",
             t="2025-02-01T09:00:00+08:00",
         ),
-        usage(
-            "c", "agent_call", quantity="300"
-        ),  # 600 points: 500 free, then cash (the Doubao pack does not cover agents)
+        # 600 points: 500 free, then cash (the Doubao pack does not cover agents)
+        usage("c", "agent_call", quantity="300"),
         usage(
             "c",
             "tokens",
@@ -262,9 +257,10 @@ def test_trial_lapses_at_expiry_and_is_never_granted_again():
         usage(
             "t", "tokens", model="Deepseek-v3.2", input_tokens=1000, t="2026-04-10T10:00:00+08:00"
         ),
+        # 90 days later
         usage(
             "t", "tokens", model="Deepseek-v3.2", input_tokens=1000, t="2026-07-09T10:00:00+08:00"
-        ),  # 90 days later
+        ),
         account("t", "trial_claimed", model="Deepseek-v3.2", t="2026-07-10T10:00:00+08:00"),
     )
     assert [s[0] for s in splits(r.deductions[0])] == ["trial"]
@@ -276,9 +272,8 @@ def test_shared_video_pack_covers_whole_units_of_several_models():
     r = run(
         account("t", "account_opened", profile="tokenhub", post_paid=True, amount="100"),
         usage("t", "video", model="YT-Video-2.0", variant="720p", quantity="9"),  # 45 credits
-        usage(
-            "t", "video", model="YT-Video-HumanActor", variant="1080p", quantity="4"
-        ),  # 8 credits, 5 left: 2 s covered
+        # 8 credits, 5 left: 2 s covered
+        usage("t", "video", model="YT-Video-HumanActor", variant="1080p", quantity="4"),
     )
     assert splits(r.deductions[0]) == [("trial", "video-pack", D("54"))]
     assert splits(r.deductions[1]) == [
@@ -522,9 +517,8 @@ def test_late_event_for_a_forgotten_day_gets_no_second_grant():
         *[
             usage("c", "agent_call", quantity="250", t=f"{d}T10:00:00+08:00") for d in days
         ],  # 500 free points each day
-        usage(
-            "c", "agent_call", quantity="250", t="2026-05-01T11:00:00+08:00"
-        ),  # late, for a day no longer kept
+        # late, for a day no longer kept
+        usage("c", "agent_call", quantity="250", t="2026-05-01T11:00:00+08:00"),
     )
     assert [s[0] for s in splits(r.deductions[-1])] == ["cash"]
     assert r.states["c"].free_horizon == "2026-05-02"

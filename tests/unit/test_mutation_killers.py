@@ -545,9 +545,8 @@ def test_late_free_points_window_is_three_calendar_days_not_three_days_with_usag
 
 def test_dead_letter_ids_are_deterministic_per_reason_and_event():
     first = dead_letter_id("unknown_item", "e1", "p0@5")
-    assert first == dead_letter_id(
-        "unknown_item", "e1", "p9@9"
-    )  # the event id decides, not the position
+    # the event id decides, not the position
+    assert first == dead_letter_id("unknown_item", "e1", "p9@9")
     assert (
         len(
             {

@@ -253,11 +253,12 @@ def test_grace_reminder_and_release_fire_exactly_at_their_deadlines_and_release_
             t="2026-05-01T00:00:00Z",
         )
     )
+    # arrears
     a.send(
         usage(
             "t", "tokens", model="Deepseek-r1-0528", input_tokens=10_000, t="2026-05-01T10:00:00Z"
         )
-    )  # arrears
+    )
     grace_end = ms("2026-05-16T10:00:00Z")  # 15 days
     reminder = grace_end - 4 * 3_600_000
     a.advance(reminder - 1)

@@ -27,6 +27,7 @@ def test_deduction_record_shape():
 def test_settlement_line_names_profile_currency_variant_and_price_versions():
     a = Account()
     a.send(account("j", "account_opened", profile="jiekou", amount="10", t="2026-05-01T00:00:00Z"))
+    # 0.28
     a.send(
         usage(
             "j",
@@ -36,7 +37,7 @@ def test_settlement_line_names_profile_currency_variant_and_price_versions():
             quantity="1",
             t="2026-05-01T10:00:00Z",
         )
-    )  # 0.28
+    )
     a.advance("2026-05-01T11:05:00Z")
     (line,) = a.settlements
     assert (
@@ -120,6 +121,7 @@ def test_unit_item_with_one_variantless_row_takes_it_and_unknown_variants_are_li
 @pytest.mark.parametrize(
     "kw,ok",
     [
+        # exactly 4M
         (
             dict(
                 item="tokens",
@@ -128,7 +130,7 @@ def test_unit_item_with_one_variantless_row_takes_it_and_unknown_variants_are_li
                 output_tokens=1_000_000,
             ),
             True,
-        ),  # exactly 4M
+        ),
         (
             dict(
                 item="tokens",
@@ -281,11 +283,12 @@ def test_next_due_is_the_earliest_of_minute_period_and_deadline():
         )
     )
     assert a.engine.next_due(a.state) is None
+    # arrears
     a.send(
         usage(
             "t", "tokens", model="Deepseek-r1-0528", input_tokens=10_000, t="2026-05-01T10:00:10Z"
         )
-    )  # arrears
+    )
     # the 10:00 minute is due at 10:06, the 10:00 hour at 11:05, the grace reminder 15 days - 4 h on
     assert a.engine.next_due(a.state) == ms("2026-05-01T10:06:00Z")
     a.advance("2026-05-01T10:06:00Z")
@@ -311,10 +314,8 @@ def test_next_due_includes_a_trials_expiring_notice():
             t="2026-04-10T09:00:00+08:00",
         )
     )
-    a.send(
-        usage("t", "image", model="HY-Image-V3.0", quantity="1", t="2026-04-10T10:00:00+08:00")
-    )  # claims, 365 days
+    # claims, 365 days
+    a.send(usage("t", "image", model="HY-Image-V3.0", quantity="1", t="2026-04-10T10:00:00+08:00"))
     a.advance("2026-04-10T12:00:00+08:00")  # the hour and the minute closed
-    assert a.engine.next_due(a.state) == ms(
-        "2027-04-03T10:00:00+08:00"
-    )  # expiry 2027-04-10 10:00 minus 7 days
+    # expiry 2027-04-10 10:00 minus 7 days
+    assert a.engine.next_due(a.state) == ms("2027-04-03T10:00:00+08:00")

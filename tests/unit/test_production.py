@@ -320,9 +320,8 @@ def test_event_age_grows_from_the_last_handled_message_and_follows_ownership(mon
 
     m = PipelineMetrics()
     monkeypatch.setattr(module.time, "time", lambda: 1000.0)
-    m.mark_handled(
-        "billing-rating", "billing.events", {0: 990.0, 1: 999.5}
-    )  # faust timestamps are seconds
+    # faust timestamps are seconds
+    m.mark_handled("billing-rating", "billing.events", {0: 990.0, 1: 999.5})
     assert ages(m) == {"0": 10.0, "1": 0.5}
     monkeypatch.setattr(module.time, "time", lambda: 1060.0)  # nothing handled since: the age grows
     assert ages(m) == {"0": 70.0, "1": 60.5}

@@ -140,8 +140,9 @@ def test_engine_reload_rates_later_events_with_the_new_version(tmp_path):
         "3, output: 12, cache_hit: 1}\n"
     )
     engine.reload(Profiles(root))
+    # before its effective time
     assert charge("2026-06-04T23:00:00+08:00") == (
         Decimal(4),
         "tokenhub@2026-04-03",
-    )  # before its effective time
+    )
     assert charge("2026-06-05T00:00:00+08:00") == (Decimal(3), "tokenhub@2026-06-05")

@@ -68,11 +68,12 @@ CASES = [
     ("coze-pro", dict(item="rtc_audio", variant="conversational_ai", quantity="1.5"), "0.0135"),
     ("coze-pro", dict(item="rtc_video", variant="4k", quantity="2"), "0.504"),
     ("coze-pro", dict(item="rtc_video", variant="360p", quantity="60"), "0.84"),
+    # (12.5-10) GB x 2 h x 1.5 points
     (
         "coze-pro",
         dict(item="kb_storage", quantity="12.5", hours="2"),
         "0.0075",
-    ),  # (12.5-10) GB x 2 h x 1.5 points
+    ),
     ("coze-pro", dict(item="kb_storage", quantity="9", hours="24"), "0"),  # under the free 10 GB
     (
         "coze-pro",
@@ -86,11 +87,12 @@ CASES = [
     ),
     ("tokenhub", dict(item="image", model="HY-Image-V3.0", quantity="4"), "0.8"),
     ("tokenhub", dict(item="image", model="HY-Image-Lite", quantity="3", status="failed"), "0"),
+    # 1.5 credits x 1.2
     (
         "tokenhub",
         dict(item="video", model="HY-Video-1.5", quantity="1"),
         "1.8",
-    ),  # 1.5 credits x 1.2
+    ),
     ("tokenhub", dict(item="video", model="YT-Video-2.0", variant="480p", quantity="1"), "2.4"),
     (
         "tokenhub",
@@ -102,11 +104,12 @@ CASES = [
         dict(item="video", model="YT-Video-2.0", variant="1080p", quantity="1", status="failed"),
         "0",
     ),
+    # 15 x 0.12
     (
         "tokenhub",
         dict(item="3d", model="HY-3D-Express", variant="text_to_3d", quantity="1", credits="15"),
         "1.8",
-    ),  # 15 x 0.12
+    ),
     (
         "tokenhub",
         dict(

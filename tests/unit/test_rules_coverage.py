@@ -169,9 +169,10 @@ def test_3_1_free_points_do_not_cover_fine_tuned_models():
 def test_3_1_free_quota_exhausted_alert_exactly_when_500_points_are_used():
     a = Account()
     a.send(account("c", "account_opened", profile="coze-pro", amount="1"))
+    # 498 points
     assert (
         a.send(usage("c", "agent_call", quantity="249", t="2026-05-01T10:00:00+08:00")).alerts == []
-    )  # 498 points
+    )
     alerts = a.send(
         usage("c", "agent_call", quantity="1", t="2026-05-01T10:01:00+08:00")
     ).alerts  # 500: used up
@@ -258,6 +259,7 @@ def test_3_3_legacy_agent_pack_covers_agent_calls_and_knowledge_base_only():
             "c", "account_opened", profile="coze-pro", amount="10", t="2025-02-01T08:00:00+08:00"
         )
     )
+    # before the withdrawal
     a.send(
         account(
             "c",
@@ -268,7 +270,7 @@ def test_3_3_legacy_agent_pack_covers_agent_calls_and_knowledge_base_only():
             expires_at="2026-12-01T00:00:00+08:00",
             t="2025-02-12T23:59:59+08:00",
         )
-    )  # before the withdrawal
+    )
     assert codes(a) == []
     # 300 calls = 600 points: 500 free, 100 from the pack (0.1 CNY)
     d = a.send(usage("c", "agent_call", quantity="300", t="2026-05-01T10:00:00+08:00")).deduction
@@ -336,9 +338,8 @@ def test_4_safe_trial_pauses_only_below_the_margin_not_at_it():
     a.send(account("a", "account_opened", profile="ark", amount="100", safe_trial_mode=True))
     first = a.send(usage("a", "tokens", model="deepseek-v3", input_tokens=0, output_tokens=495_000))
     assert first.alerts == []
-    second = a.send(
-        usage("a", "tokens", model="deepseek-v3", input_tokens=0, output_tokens=1)
-    )  # 4,999 left
+    # 4,999 left
+    second = a.send(usage("a", "tokens", model="deepseek-v3", input_tokens=0, output_tokens=1))
     assert [x["kind"] for x in second.alerts] == ["model_paused"]
     assert second.alerts[0]["details"]["reason"] == "safe_trial_mode"
     assert [s[0] for s in splits(second.deduction)] == ["trial"]
@@ -424,6 +425,7 @@ def test_5_3d_generation_settles_daily_in_the_platform_time_zone():
             t="2026-05-01T00:00:00+08:00",
         )
     )
+    # 9.6 trial
     a.send(
         usage(
             "t",
@@ -434,7 +436,8 @@ def test_5_3d_generation_settles_daily_in_the_platform_time_zone():
             quantity="4",
             t="2026-05-01T01:00:00+08:00",
         )
-    )  # 9.6 trial
+    )
+    # 2.4: 20 credits left
     a.send(
         usage(
             "t",
@@ -445,7 +448,7 @@ def test_5_3d_generation_settles_daily_in_the_platform_time_zone():
             quantity="1",
             t="2026-05-01T23:00:00+08:00",
         )
-    )  # 2.4: 20 credits left
+    )
     a.advance("2026-05-02T00:04:59+08:00")
     assert a.settlements == []
     a.advance("2026-05-02T00:05:00+08:00")
@@ -466,24 +469,28 @@ def test_5_3d_generation_settles_daily_in_the_platform_time_zone():
 def test_5_settlement_lines_are_per_model_per_hour():
     a = Account()
     a.send(account("j", "account_opened", profile="jiekou", amount="10", t="2026-05-01T00:00:00Z"))
+    # 0.03
     a.send(
         usage(
             "j", "tokens", model="claude-sonnet-4.5", input_tokens=10_000, t="2026-05-01T10:00:00Z"
         )
-    )  # 0.03
+    )
+    # 0.05
     a.send(
         usage("j", "tokens", model="claude-opus-4.5", input_tokens=10_000, t="2026-05-01T10:30:00Z")
-    )  # 0.05
+    )
+    # 0.03
     a.send(
         usage(
             "j", "tokens", model="claude-sonnet-4.5", input_tokens=10_000, t="2026-05-01T10:59:59Z"
         )
-    )  # 0.03
+    )
+    # next hour
     a.send(
         usage(
             "j", "tokens", model="claude-sonnet-4.5", input_tokens=10_000, t="2026-05-01T11:00:00Z"
         )
-    )  # next hour
+    )
     a.advance("2026-05-01T11:05:00Z")
     got = sorted(
         (s["model"], s["period_start"], s["gross_amount"], s["event_count"]) for s in a.settlements
@@ -546,9 +553,10 @@ def test_5_trial_expiring_notice_once_at_the_notice_time_and_not_for_a_used_up_t
             t="2026-04-10T09:00:00+08:00",
         )
     )
+    # auto-claim
     a.send(
         usage("t", "tokens", model="kimi-k2.5", input_tokens=1000, t="2026-04-10T10:00:00+08:00")
-    )  # auto-claim
+    )
     a.advance("2026-07-02T09:59:59+08:00")
     assert "trial_expiring" not in a.kinds()
     a.advance("2026-07-02T10:00:00+08:00")

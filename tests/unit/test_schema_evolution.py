@@ -86,9 +86,8 @@ def test_records_written_with_an_older_version_read_with_the_current_one(name):
         parsed = reg.by_id[schema_id].parsed
         for record in generate_many(parsed, 50):
             framed = reg.encode(name, record, schema_id=schema_id)
-            assert framed[1:5] == schema_id.to_bytes(
-                4, "big"
-            )  # the wire names the writer's version
+            # the wire names the writer's version
+            assert framed[1:5] == schema_id.to_bytes(4, "big")
             decoded_name, decoded = reg.decode(framed)
             assert decoded_name == name
             added = {

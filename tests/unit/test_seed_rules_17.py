@@ -128,9 +128,8 @@ def test_closed_hours_are_forgotten_and_get_no_second_allowance():
     use_up_free_points(a)
     a.send(usage("c", "kb_storage", quantity="10", hours="1", t="2026-05-01T10:05:00+08:00"))
     assert a.state.kb_free_used  # the open hour is kept
-    a.send(
-        usage("c", "agent_call", quantity="1", t="2026-05-01T13:00:00+08:00")
-    )  # stream time moves on
+    # stream time moves on
+    a.send(usage("c", "agent_call", quantity="1", t="2026-05-01T13:00:00+08:00"))
     assert a.state.kb_free_used == {}  # bounded: only open hours are kept
     late = a.send(
         usage(

@@ -34,12 +34,14 @@ def test_hour_closes_after_end_plus_lateness_and_sums_its_deductions():
         usage(
             "j", "tokens", model="claude-sonnet-4.5", input_tokens=2000, t="2026-05-01T10:55:00Z"
         ),
+        # 10:00 still open
         usage(
             "j", "tokens", model="claude-sonnet-4.5", input_tokens=1000, t="2026-05-01T11:09:59Z"
-        ),  # 10:00 still open
+        ),
+        # closes 10:00
         usage(
             "j", "tokens", model="claude-sonnet-4.5", input_tokens=1000, t="2026-05-01T11:10:00Z"
-        ),  # closes 10:00
+        ),
     )
     regular = [s for s in r.settlements if s["line_type"] == "regular"]
     first = regular[0]
@@ -76,9 +78,10 @@ def test_late_event_after_close_is_an_adjustment_line():
         usage(
             "j", "tokens", model="claude-sonnet-4.5", input_tokens=1000, t="2026-05-01T12:00:00Z"
         ),
+        # late
         usage(
             "j", "tokens", model="claude-sonnet-4.5", input_tokens=3000, t="2026-05-01T10:30:00Z"
-        ),  # late
+        ),
     )
     lines = [(s["period_start"], s["line_type"], s["gross_amount"]) for s in r.settlements]
     assert (1777629600000, "regular", "0.003") in lines
@@ -163,18 +166,21 @@ def test_arrears_reminder_and_release_follow_partition_stream_time():
             t="2026-05-01T00:00:00Z",
         ),
         account("j", "account_opened", profile="jiekou", amount="100", t="2026-05-01T00:00:00Z"),
+        # arrears from here
         usage(
             "t", "tokens", model="Deepseek-r1-0528", input_tokens=10_000, t="2026-05-01T10:00:00Z"
-        ),  # arrears from here
+        ),
         usage(
             "j", "tokens", model="claude-sonnet-4.5", input_tokens=1000, t="2026-05-16T05:59:59Z"
         ),
+        # 4 h before the end
         usage(
             "j", "tokens", model="claude-sonnet-4.5", input_tokens=1000, t="2026-05-16T06:00:00Z"
-        ),  # 4 h before the end
+        ),
+        # 15 days
         usage(
             "j", "tokens", model="claude-sonnet-4.5", input_tokens=1000, t="2026-05-16T10:00:00Z"
-        ),  # 15 days
+        ),
         partitions=1,
     )
     t_alerts = [(a["kind"], a["event_time"]) for a in r.alerts if a["main_account_id"] == "t"]
@@ -236,6 +242,7 @@ def test_requests_and_tokens_per_minute_are_published_per_model():
             "j", "tokens", model="claude-sonnet-4.5", input_tokens=2000, t="2026-05-01T10:00:59Z"
         ),
         usage("j", "tokens", model="claude-opus-4.5", input_tokens=5, t="2026-05-01T10:00:30Z"),
+        # not a token call
         usage(
             "j",
             "media_call",
@@ -243,10 +250,9 @@ def test_requests_and_tokens_per_minute_are_published_per_model():
             variant="video",
             quantity="1",
             t="2026-05-01T10:00:31Z",
-        ),  # not a token call
-        usage(
-            "j", "tokens", model="claude-sonnet-4.5", input_tokens=1, t="2026-05-01T10:11:00Z"
-        ),  # closes 10:00 (+10 min)
+        ),
+        # closes 10:00 (+10 min)
+        usage("j", "tokens", model="claude-sonnet-4.5", input_tokens=1, t="2026-05-01T10:11:00Z"),
     )
     got = {
         (m["model"], m["minute_start"], m["line_type"]): (m["requests"], m["tokens"])

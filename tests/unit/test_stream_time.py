@@ -141,9 +141,8 @@ def test_idle_watermark_follows_the_wall_clock_only_when_quiet():
     assert w.clock(0, 1_000_000, now_s=100.0) == 1_000_000  # first sight: idleness counts from here
     w.moved(0, 2_000_000, now_s=110.0)
     assert w.clock(0, 2_000_000, now_s=169.0) == 2_000_000  # 59 s quiet: not yet
-    assert (
-        w.clock(0, 2_000_000, now_s=170.0) == 2_060_000
-    )  # 60 s quiet: the clock runs with the wall
+    # 60 s quiet: the clock runs with the wall
+    assert w.clock(0, 2_000_000, now_s=170.0) == 2_060_000
     assert w.clock(0, 2_060_000, now_s=200.0) == 2_090_000  # and keeps running, from the last event
     w.moved(0, 2_095_000, now_s=201.0)
     assert w.clock(0, 2_095_000, now_s=202.0) == 2_095_000
