@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test unit integration bench install clean mutate
+.PHONY: run test lint unit integration bench install clean mutate
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,10 +18,18 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/rating demo examples/demo.jsonl
 
-## Unit tests (pure core) then integration tests (real Tansu broker, faust subprocesses, chDB).
-test: $(STAMP)
+## Lint (ruff, mypy), unit tests (pure core), then integration tests (real Tansu broker, faust
+## subprocesses, chDB).
+test: lint
 	$(BIN)/python -m pytest tests/unit -q
 	$(BIN)/python -m pytest tests/integration -q
+
+## ruff (lint and format, lines of at most 100 columns) and mypy, on the whole tree (config in
+## pyproject.toml).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 ## Benchmark: prints a table and writes bench-results/bench.json (ratios against a same-run baseline).
 bench: $(STAMP)
