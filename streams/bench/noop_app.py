@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import faust
 
@@ -21,6 +22,11 @@ def main() -> None:
     out = Path(os.environ["BENCH_OUT"])
     set_fetch_max_wait(s.kafka_fetch_max_wait_ms)  # the same consumer as the rating worker's
     kafka_url = ";".join(f"kafka://{h.strip()}" for h in s.kafka_bootstrap_servers.split(","))
+    extra: dict[str, Any] = (
+        {"producer_max_batch_size": s.kafka_producer_max_batch_size}
+        if s.kafka_producer_max_batch_size
+        else {}
+    )
     app = faust.App(
         s.worker_app_id,
         broker=kafka_url,
@@ -35,11 +41,7 @@ def main() -> None:
         broker_commit_interval=1.0,
         key_serializer="raw",
         value_serializer="raw",
-        **(
-            {"producer_max_batch_size": s.kafka_producer_max_batch_size}
-            if s.kafka_producer_max_batch_size
-            else {}
-        ),
+        **extra,
     )
     topic = app.topic(
         s.topics.events, key_type=bytes, value_type=bytes, partitions=s.kafka_partitions

@@ -52,6 +52,14 @@ class Figure:
 
 
 @dataclass
+class BenchPipeline(LocalPipeline):
+    """A pipeline on its own slice of the shared broker: ``tag`` prefixes its topics, groups and
+    account ids."""
+
+    tag: str = ""
+
+
+@dataclass
 class Bench:
     run_dir: Path
     console: Console
@@ -66,10 +74,10 @@ class Bench:
         self.console.print(f"  {fig.name}: {fig.value:,.1f} {fig.unit}{r} {fig.note}")
         return fig
 
-    def slice(self, broker, **env) -> LocalPipeline:
+    def slice(self, broker, **env) -> BenchPipeline:
         self.n += 1
         tag = f"b{self.n}"
-        p = LocalPipeline(
+        p = BenchPipeline(
             self.run_dir / tag,
             env_overrides={
                 **EXTRA_ENV,
@@ -80,10 +88,10 @@ class Bench:
                 "WORKER_TICK_INTERVAL_MS": "1000",
                 **env,
             },
+            tag=tag,
         )
-        p.start_broker(broker.bootstrap)
-        p.tag = tag  # type: ignore[attr-defined]
-        asyncio.run(create_topics(p.settings))
+        settings = p.start_broker(broker.bootstrap)
+        asyncio.run(create_topics(settings))
         return p
 
 
@@ -155,6 +163,8 @@ def measure_pipeline(b: Bench, broker, ch, batch: int, workers: int = 1) -> Pipe
     """Events/s from the first produce to the last deduction in ClickHouse, and the workers' CPU
     microseconds per event over the same span (machine-independent, unlike events/s)."""
     p = b.slice(broker)
+    settings = p.settings
+    assert settings is not None  # slice started it
     lines = generate(seed=3, accounts=b.accounts, usage_events=b.events, prefix=p.tag)
     if batch > 1:
         lines = delivery_order(lines, batch)
@@ -167,13 +177,13 @@ def measure_pipeline(b: Bench, broker, ch, batch: int, workers: int = 1) -> Pipe
         logs.append(w.log_path)
     if workers > 1:
         time.sleep(6)  # the group settles after the second member joins
-    sink = ClickHouseSink(p.settings, client=ch)
+    sink = ClickHouseSink(settings, client=ch)
 
     async def go() -> float:
         await sink.start()
         try:
             t0 = time.time()
-            async with EventProducer(p.settings) as producer:
+            async with EventProducer(settings) as producer:
                 await producer.send_lines(lines, batch_size=batch)
             while True:
                 await sink.step()
@@ -189,8 +199,10 @@ def measure_pipeline(b: Bench, broker, ch, batch: int, workers: int = 1) -> Pipe
         cpu_before = [process_cpu_s(pid) for pid in pids]
         seconds = asyncio.run(go())
         cpu_after = [process_cpu_s(pid) for pid in pids]
-        known = None not in cpu_before and None not in cpu_after
-        cpu_s = sum(a - c for a, c in zip(cpu_after, cpu_before, strict=True)) if known else None  # type: ignore[operator]
+        before = [c for c in cpu_before if c is not None]
+        after = [c for c in cpu_after if c is not None]
+        known = len(before) == len(cpu_before) and len(after) == len(cpu_after)
+        cpu_s = sum(a - c for a, c in zip(after, before, strict=True)) if known else None
     finally:
         p.stop()  # a worker logs its final counts, changelog bytes included, as it stops
     written: dict[str, float] = {}
@@ -206,6 +218,8 @@ def measure_aiokafka_loop(b: Bench, broker, lines: list[bytes]) -> float:
     """Second baseline: a plain aiokafka loop that consumes the input and produces one record per
     event to an output topic (no faust, no rating), so the bench shows what faust itself costs."""
     p = b.slice(broker)
+    settings = p.settings
+    assert settings is not None  # slice started it
 
     async def go() -> float:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -213,23 +227,23 @@ def measure_aiokafka_loop(b: Bench, broker, lines: list[bytes]) -> float:
         from streams.kafka_client import client_kwargs, producer_kwargs
 
         consumer = AIOKafkaConsumer(
-            p.settings.topics.events,
-            **client_kwargs(p.settings),
+            settings.topics.events,
+            **client_kwargs(settings),
             group_id=f"{p.tag}-loop",
             auto_offset_reset="earliest",
             enable_auto_commit=False,
-            fetch_max_wait_ms=p.settings.kafka_fetch_max_wait_ms,
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         )
-        producer = AIOKafkaProducer(**producer_kwargs(p.settings))
+        producer = AIOKafkaProducer(**producer_kwargs(settings))
         await consumer.start()
         await producer.start()
         try:
-            t0 = await produce_timed(p.settings, lines, 1)
+            t0 = await produce_timed(settings, lines, 1)
             seen = 0
             while seen < len(lines):
                 batches = await consumer.getmany(timeout_ms=100, max_records=500)
                 futures = [
-                    await producer.send(p.settings.topics.deductions, key=m.key, value=m.value)
+                    await producer.send(settings.topics.deductions, key=m.key, value=m.value)
                     for msgs in batches.values()
                     for m in msgs
                 ]
@@ -280,6 +294,7 @@ def measure_latency(
     b: Bench, broker, ch, lines: list[bytes], rate: float
 ) -> tuple[list[float], list[float], dict[str, float]]:
     p = b.slice(broker)
+    assert p.settings is not None  # slice started it
     w = p.start_worker()
     wait_ready(w.log_path)
     sink = ClickHouseSink(p.settings, client=ch)
@@ -386,6 +401,7 @@ def measure_sink(b: Bench, broker, ch, deductions: list[dict], rows: int) -> tup
         await prod.stop()
 
     asyncio.run(fill())
+    assert p.settings is not None  # slice started it
     sink = ClickHouseSink(p.settings, client=ch)
 
     async def drain() -> float:
@@ -614,6 +630,7 @@ def run_bench(
                 ">= 0.8x baseline",
             )
         )
+        assert single.ratio is not None  # its baseline is a measured rate
         single.met = single.ratio >= 0.8
         b.add(
             Figure(
@@ -637,6 +654,7 @@ def run_bench(
                 ">= 3x baseline",
             )
         )
+        assert batched.ratio is not None  # its baseline is a measured rate
         batched.met = batched.ratio >= 3
         if run100.worker_cpu_us_per_event is not None:
             b.add(
@@ -699,6 +717,7 @@ def run_bench(
                 note="(baseline: 1 worker)",
             )
         )
+        assert two.ratio is not None  # its baseline is a measured rate
         two.met = two.ratio >= 1.4
         if run2.worker_cpu_us_per_event is not None and run1.worker_cpu_us_per_event:
             f = b.add(
@@ -711,6 +730,7 @@ def run_bench(
                     note="(baseline: 1 worker)",
                 )
             )
+            assert f.ratio is not None  # run1's CPU per event, checked non-zero above
             f.met = f.ratio <= 1.15
 
     console.print(
@@ -732,6 +752,7 @@ def run_bench(
             note="(ratio: vs the no-op faust agent)",
         )
     )
+    assert rate.ratio is not None  # its baseline is a measured rate
     rate.met = rate.ratio >= 8
     b.add(Figure("core CPU per event (simulate)", cpu_us, "us"))
 
@@ -747,6 +768,7 @@ def run_bench(
             note="(baseline: its first 100,000)",
         )
     )
+    assert f.ratio is not None  # its baseline is a measured rate
     f.met = f.ratio >= 0.9
     f = b.add(
         Figure("heavy account, largest output record", largest, "bytes", target="<= 65,536 bytes")
@@ -754,15 +776,15 @@ def run_bench(
     f.met = largest <= 65_536
     b.add(Figure("heavy account, state after all its events", state_bytes, "bytes"))
 
-    table = Table(
+    report = Table(
         title=(
             f"rating bench ({os.cpu_count()} cores; ratios against a baseline measured in this run)"
         )
     )
     for col in ("measure", "value", "baseline", "ratio", "target", "met"):
-        table.add_column(col, justify="right" if col in ("value", "baseline", "ratio") else "left")
+        report.add_column(col, justify="right" if col in ("value", "baseline", "ratio") else "left")
     for f in b.figures:
-        table.add_row(
+        report.add_row(
             f.name,
             f"{f.value:,.1f} {f.unit}",
             "" if f.baseline is None else f"{f.baseline:,.1f}",
@@ -770,7 +792,7 @@ def run_bench(
             f.target,
             "" if f.met is None else ("[green]yes[/]" if f.met else "[red]no[/]"),
         )
-    console.print(table)
+    console.print(report)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(

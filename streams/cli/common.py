@@ -102,7 +102,12 @@ def input_file(path, what: str = "input"):
                 if hasattr(sys.stdin, "buffer")
                 else sys.stdin.read().encode()
             )
-        atexit.register(lambda: os.path.exists(name) and os.unlink(name))
+
+        def remove_copy() -> None:
+            if os.path.exists(name):
+                os.unlink(name)
+
+        atexit.register(remove_copy)
         return Path(name)
     path = Path(path)
     if not path.is_file():
@@ -329,8 +334,9 @@ def hide_flag_types() -> None:
     def display_type_rich(self, ctx):
         return "" if self.is_flag else shown_type(self, ctx)
 
-    TyperOption.display_type_rich = display_type_rich
-    TyperOption._rating_flags_plain = True
+    # patching typer's class: mypy rejects assigning to a method and to an attribute it lacks
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+    TyperOption._rating_flags_plain = True  # type: ignore[attr-defined]
 
 
 def chdb_locked(exc: BaseException) -> bool:

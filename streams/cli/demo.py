@@ -247,7 +247,7 @@ def live_totals(client) -> Totals:
         "SELECT currency, toString(sum(gross_amount)) FROM settlements FINAL GROUP BY currency"
     ).result_rows:
         out.setdefault(cur, [Decimal(0)] * 3)[2] = Decimal(gross)
-    return {k: tuple(v) for k, v in out.items()}
+    return {k: (v[0], v[1], v[2]) for k, v in out.items()}
 
 
 def simulated_totals(result) -> Totals:
@@ -260,4 +260,4 @@ def simulated_totals(result) -> Totals:
         )
     for line in result.settlements:
         out.setdefault(line["currency"], [Decimal(0)] * 3)[2] += Decimal(line["gross_amount"])
-    return {k: tuple(v) for k, v in out.items()}
+    return {k: (v[0], v[1], v[2]) for k, v in out.items()}

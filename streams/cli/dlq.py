@@ -570,7 +570,8 @@ def redrive(
             continue  # the same event dead-lettered twice (a producer retry): send it once
         seen.add((r["main_account_id"], r["event_id"]))
         fresh.append(letter)
-    permanent, sendable, unsendable, still = [], [], [], []
+    permanent, sendable, unsendable = [], [], []
+    still: list[Letter] = []
     verdict: dict[int, str] = {}
     for letter in fresh:
         if not force and not explain_code(letter.record["reason_code"])[2]:
@@ -589,7 +590,7 @@ def redrive(
     if sendable and not force:
         states = asyncio.run(load_states(s, {ln.record["main_account_id"] for ln in sendable}))
         check = Verdicts(s, states)
-        ready = []
+        ready: list[Letter] = []
         for letter in sendable:
             ok, verdict[letter.offset] = check.check(letter)
             (ready if ok else still).append(letter)

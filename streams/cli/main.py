@@ -555,9 +555,14 @@ EXAMPLES = {
 def add_examples(typer_app: typer.Typer, prefix: str = "") -> None:
     """Every subcommand's help ends with an example (typer's epilog), from one table."""
     for info in typer_app.registered_commands:
-        name = prefix + (info.name or info.callback.__name__.replace("_", "-"))
+        if info.name:
+            name = prefix + info.name
+        else:
+            assert info.callback is not None  # every command here is registered from a function
+            name = prefix + info.callback.__name__.replace("_", "-")
         info.epilog = f"Example: {EXAMPLES[name]}"
     for group in typer_app.registered_groups:
+        assert group.typer_instance is not None  # every group here is added as a typer app
         add_examples(group.typer_instance, f"{group.name} ")
 
 

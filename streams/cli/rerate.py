@@ -73,7 +73,7 @@ def events_from_messages(
     offset order: each account lives in one partition, so this is the order the workers applied
     them in. Ticks and what cannot be decoded (dead letters, never charged) are left out."""
     reg = registry()
-    out = []
+    out: list[tuple[Any, Decoded]] = []
     for _, _, key, value in sorted(messages, key=lambda m: (m[0], m[1])):
         if reg.is_clock_tick(value):
             continue

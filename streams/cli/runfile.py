@@ -34,7 +34,7 @@ ATTACHED_FIELDS = (
 
 def write_run_file(s: Settings, path: Path = RUN_FILE) -> Path:
     env = s.to_env()
-    record = {
+    record: dict[str, Any] = {
         "pid": os.getpid(),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "settings": {name.upper(): env[name.upper()] for name in ATTACHED_FIELDS},

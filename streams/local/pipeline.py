@@ -86,6 +86,7 @@ class LocalPipeline:
         n = len(self.workers)
         log_path = self.run_dir / f"worker-{n}.log"
         env = self.worker_env()
+        assert self.settings is not None  # worker_env checked it
         # each worker process keeps its own local table store
         env["WORKER_DATA_DIR"] = str(self.run_dir / f"worker-{n}")
         # several workers share this host: each gets a free port for its endpoints

@@ -33,7 +33,8 @@ TOKEN_MODELS = {
     "ark": ["doubao-seed-1.6", "deepseek-v3", "deepseek-r1"],
     "jiekou": ["claude-opus-4.5", "claude-sonnet-4.5", "deepseek-r1", "gemini-2.5-pro"],
 }
-UNIT_ITEMS = {
+# (item, model, variant, quantity) of the unit-priced calls of each profile
+UNIT_ITEMS: dict[str, list[tuple[str, str | None, str | None, str]]] = {
     "coze-pro": [
         ("agent_call", None, None, "1"),
         ("tts", None, None, "120"),
@@ -136,7 +137,7 @@ def generate(
                 }
             )
             continue
-        base = {
+        base: dict[str, object] = {
             "kind": "usage",
             "event_id": next_id("u"),
             "trace_id": f"tr-{seq}",

@@ -104,7 +104,7 @@ def start_broker(
         start_new_session=True,  # our signal handling, not the terminal's
         preexec_fn=child_preexec(),  # and it ends when we do, however we end
     )
-    if log_path:
+    if not isinstance(out, int):  # a log file we opened (not DEVNULL)
         out.close()  # the broker has its own copy of the descriptor
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

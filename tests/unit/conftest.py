@@ -59,9 +59,10 @@ if PROFILE == "quick":
     try:
         from hypothesis.internal.conjecture import engine as _engine
     except ImportError:  # pragma: no cover - depends on the installed Hypothesis
-        _engine = None
-    if _engine is not None and hasattr(_engine, "MAX_SHRINKING_SECONDS"):
-        _engine.MAX_SHRINKING_SECONDS = QUICK_SHRINK_SECONDS
+        pass
+    else:
+        if hasattr(_engine, "MAX_SHRINKING_SECONDS"):
+            _engine.MAX_SHRINKING_SECONDS = QUICK_SHRINK_SECONDS
 
 
 def pytest_collection_modifyitems(items):

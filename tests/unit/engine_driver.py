@@ -78,6 +78,7 @@ class Account:
 
     @property
     def cash(self) -> Decimal:
+        assert self.state is not None, "no account yet: send its account_opened first"
         return self.state.cash
 
     def kinds(self) -> list[str]:

@@ -22,6 +22,7 @@ computed with ``zoneinfo``, the unified Coze pack's scope and the tier prices ar
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
@@ -139,7 +140,10 @@ def _catalog(name: str) -> tuple[Offer, ...]:
                     Offer(item, model, variant, None, max_input=top if top is not None else 200_000)
                 )
             else:
-                ranged = (row.credits_min, row.credits_max) if row.credits_from_event else None
+                ranged: tuple[Decimal, Decimal] | None = None
+                if row.credits_from_event:  # a credit-range row has both bounds (checked on load)
+                    assert row.credits_min is not None and row.credits_max is not None
+                    ranged = (row.credits_min, row.credits_max)
                 out.append(
                     Offer(item, model, variant, row.unit, credits=row.credits, credits_range=ranged)
                 )
@@ -154,7 +158,9 @@ ARK_MODELS = sorted({o.model for o in CATALOG["ark"] if o.model})
 
 
 def price_row(profile: str, item: str, model: str | None, variant: str | None, at_ms: int):
-    rows = PROFILES[profile].version_at(at_ms).rows[(item, model)]
+    version = PROFILES[profile].version_at(at_ms)
+    assert version is not None, (profile, at_ms)  # every generated event is within a price book
+    rows = version.rows[(item, model)]
     return rows[variant] if variant in rows else rows[None]
 
 
@@ -285,6 +291,16 @@ BAD_KINDS = [
 ]
 
 
+def _plus(start: int) -> Callable[[int], int]:
+    """x -> start + x (a strategy's map, bound to the clock of the moment)."""
+    return lambda x: start + x
+
+
+def _midnight_plus(start: int) -> Callable[[int], int]:
+    """k -> the UTC midnight k days after the day of ``start``."""
+    return lambda k: (start // DAY + k) * DAY
+
+
 @st.composite
 def scenarios(draw, max_accounts: int = 3, max_events: int = 30, invalid: bool = False) -> Scenario:
     counter = itertools.count()
@@ -395,8 +411,8 @@ def scenarios(draw, max_accounts: int = 3, max_events: int = 30, invalid: bool =
             d.update(type="voucher_granted", amount=positive_money(draw))
             expires = draw(
                 st.one_of(
-                    st.integers(MINUTE, 60 * DAY).map(lambda x, c=clock: c + x),
-                    st.integers(1, 30).map(lambda k, c=clock: (c // DAY + k) * DAY),
+                    st.integers(MINUTE, 60 * DAY).map(_plus(clock)),
+                    st.integers(1, 30).map(_midnight_plus(clock)),
                 )
             )
             d["expires_at"] = fmt_time(draw, expires)
@@ -414,8 +430,8 @@ def scenarios(draw, max_accounts: int = 3, max_events: int = 30, invalid: bool =
             d.update(type="pack_purchased", pack_kind="coze_unified", amount=points)
             expires = draw(
                 st.one_of(
-                    st.integers(MINUTE, 90 * DAY).map(lambda x, c=clock: c + x),
-                    st.integers(1, 20).map(lambda k, c=clock: (c // DAY + k) * DAY),
+                    st.integers(MINUTE, 90 * DAY).map(_plus(clock)),
+                    st.integers(1, 20).map(_midnight_plus(clock)),
                 )
             )
             d["expires_at"] = fmt_time(draw, expires)
@@ -490,18 +506,15 @@ def scenarios(draw, max_accounts: int = 3, max_events: int = 30, invalid: bool =
                 )
         elif kind == "bad_variant":
             d = base(acc, "usage")
-            d.update(
-                {
-                    "coze-pro": dict(item="rtc_video", variant="8k", quantity="1"),
-                    "tokenhub": dict(
-                        item="video", model="YT-Video-2.0", variant="4k", quantity="1"
-                    ),
-                    "jiekou": dict(
-                        item="media_call", model="flux-1-schnell", variant="video", quantity="1"
-                    ),
-                    "ark": dict(item="tokens", model="doubao-seed-1.6-ft", input_tokens=5),
-                }[p]
-            )
+            wrong_variant: dict[str, dict[str, Any]] = {
+                "coze-pro": dict(item="rtc_video", variant="8k", quantity="1"),
+                "tokenhub": dict(item="video", model="YT-Video-2.0", variant="4k", quantity="1"),
+                "jiekou": dict(
+                    item="media_call", model="flux-1-schnell", variant="video", quantity="1"
+                ),
+                "ark": dict(item="tokens", model="doubao-seed-1.6-ft", input_tokens=5),
+            }
+            d.update(wrong_variant[p])
         elif kind == "bad_stranger":
             d = base(acc, "usage", account_id=f"stranger-{acc.id}")
             d.update(usage_fields(draw, draw(st.sampled_from(CATALOG[p]))))
@@ -516,16 +529,15 @@ def scenarios(draw, max_accounts: int = 3, max_events: int = 30, invalid: bool =
             d.update(item="agent_call", quantity="1")
         elif kind == "bad_whole_units":  # calls and images are counted in whole units
             d = base(acc, "usage")
-            d.update(
-                {
-                    "coze-pro": dict(item="agent_call", quantity="1.5"),
-                    "tokenhub": dict(item="image", model="HY-Image-Lite", quantity="2.5"),
-                    "jiekou": dict(
-                        item="media_call", model="kling-v2", variant="video", quantity="0.5"
-                    ),
-                    "ark": dict(item="tokens", model="no-such-model", input_tokens=1),
-                }[p]
-            )
+            fractional: dict[str, dict[str, Any]] = {
+                "coze-pro": dict(item="agent_call", quantity="1.5"),
+                "tokenhub": dict(item="image", model="HY-Image-Lite", quantity="2.5"),
+                "jiekou": dict(
+                    item="media_call", model="kling-v2", variant="video", quantity="0.5"
+                ),
+                "ark": dict(item="tokens", model="no-such-model", input_tokens=1),
+            }
+            d.update(fractional[p])
         else:  # pragma: no cover
             raise AssertionError(kind)
         if kind.startswith("bad_"):
@@ -653,7 +665,7 @@ def usage_steps(run: Run):
     for s in run.steps:
         if s.outcome.deduction is not None:
             assert s.event.kind == "usage"
-            assert s.before is not None and s.outcome.state is not None
+            assert s.before is not None and s.outcome.state is not None and s.after is not None
             # a snapshot: outcome.state is the live object that later events keep changing
             yield s, s.outcome.deduction, s.before, AccountState.from_dict(s.after)
 
@@ -907,6 +919,7 @@ def _expected_trial_cover(
             )
             cost = n
         else:
+            assert per is not None  # credits: the caller passes the credits of one call
             n = min(
                 ((remaining - used) / per).to_integral_value(ROUND_FLOOR),
                 units.to_integral_value(ROUND_FLOOR),
@@ -1017,6 +1030,7 @@ def check_order_of_deduction(sc: Scenario) -> None:
                 if later(1):
                     left = s1.trials[quota.id].remaining
                     if quota.unit == "credits":
+                        assert per is not None  # set for a credits quota above
                         units = sum((D(ln["units"]) for ln in d["lines"]), Decimal(0))
                         whole_units_covered = used == units.to_integral_value(ROUND_FLOOR) * per
                         assert left < per or whole_units_covered, (
@@ -1268,7 +1282,7 @@ TOKEN_OFFERS = [
     (name, o)
     for name in PROFILE_NAMES
     for o in CATALOG[name]
-    if o.unit is None and not o.model.startswith("ark/")
+    if o.unit is None and not (o.model or "").startswith("ark/")
 ]
 UNIT_OFFERS = [
     (name, o)

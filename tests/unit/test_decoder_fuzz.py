@@ -29,8 +29,10 @@ VALID = REG.encode(
     },
 )
 # Cheap examples: at least 400 whatever the profile, more under HYPOTHESIS_PROFILE=thorough.
+_PROFILE = settings.default
+assert _PROFILE is not None  # conftest loaded one
 FUZZ = settings(
-    max_examples=max(400, settings.default.max_examples),
+    max_examples=max(400, _PROFILE.max_examples),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )

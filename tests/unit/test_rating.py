@@ -1,4 +1,5 @@
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -58,7 +59,7 @@ def test_coze_doubao_256k_in_points():
 # --------------------------------------------------------------- one table-driven case per item
 # kind
 
-CASES = [
+CASES: list[tuple[str, dict[str, Any], str]] = [
     ("coze-pro", dict(item="agent_call", quantity="3"), "0.006"),
     ("coze-pro", dict(item="tts", quantity="100"), "0.05"),
     ("coze-pro", dict(item="asr_streaming", quantity="2"), "0.15"),
