@@ -171,7 +171,7 @@ class BillingEngine:
             outcome = self._apply_new(None, event)
             self._record(outcome, event, store, checked)
             return [outcome], (clock if outcome.rejected is None else clock_ms)
-        before = state.dumps()
+        before = state.clone()
         advanced = self.advance(state, clock)
         outcome = self._apply_new(state, event, before=before)
         if outcome.rejected is not None:
@@ -247,7 +247,7 @@ class BillingEngine:
             store.put(key, Entry(event.event_time, outcome.state.applied_events, content))
 
     def _apply_new(
-        self, state: AccountState | None, event: Event, before: bytes | None = None
+        self, state: AccountState | None, event: Event, before: AccountState | None = None
     ) -> Outcome:
         """The ledger's part. ``before`` is the state to roll back to on rejection (default: as
         the state is now)."""
@@ -268,7 +268,7 @@ class BillingEngine:
             )
         if state.main_account_id != event.main_account_id:
             return Outcome(
-                AccountState.loads(before) if before is not None else state,
+                before if before is not None else state,
                 rejected=Rejected(
                     "wrong_account",
                     "event main_account_id does not match the state it was routed to",
@@ -276,7 +276,7 @@ class BillingEngine:
             )
         if event.event_time < state.opened_at:
             return Outcome(
-                AccountState.loads(before) if before is not None else state,
+                before if before is not None else state,
                 rejected=Rejected(
                     "before_account_opened",
                     f"event time {millis_to_iso(event.event_time)} is before the account was "
@@ -284,7 +284,7 @@ class BillingEngine:
                 ),
             )
         if before is None:
-            before = state.dumps()
+            before = state.clone()
         fx = Effects()
         cash_before = state.cash
         try:
@@ -296,7 +296,7 @@ class BillingEngine:
                 self.ledger.apply_account_event(state, event, fx)
                 check_buckets(state)
         except Rejected as exc:
-            return Outcome(AccountState.loads(before), rejected=exc)
+            return Outcome(before, rejected=exc)
         except Exception as exc:  # a bug must not take the account's money with it: roll back
             log.exception(
                 "internal error applying event %s",
@@ -308,7 +308,7 @@ class BillingEngine:
                 },
             )
             return Outcome(
-                AccountState.loads(before),
+                before,
                 rejected=Rejected("internal_error", f"{type(exc).__name__}: {exc}"[:500]),
             )
         changed = self._status(state, event) if fx.status_changed else None

@@ -44,7 +44,23 @@ def dead_letter_id(
 
 
 def money(value: Decimal) -> str:
-    """Canonical exact decimal string: no exponent, no trailing zeros (0.698, 68, 0.00002)."""
+    """Canonical exact decimal string: no exponent, no trailing zeros (0.698, 68, 0.00002).
+    A function of the value alone (1.50, 1.5 and 15E-1 print alike), so equal Decimals may share
+    a cache entry: prices, zeros and round sums repeat on almost every event."""
+    text = _MONEY_CACHE.get(value)
+    if text is None:
+        text = _money(value)
+        if len(_MONEY_CACHE) >= _MONEY_CACHE_SIZE:
+            _MONEY_CACHE.clear()  # bounded; refilled by the values that keep recurring
+        _MONEY_CACHE[value] = text
+    return text
+
+
+_MONEY_CACHE: dict[Decimal, str] = {}
+_MONEY_CACHE_SIZE = 8192
+
+
+def _money(value: Decimal) -> str:
     if value == 0:
         return "0"
     text = format(value, "f")

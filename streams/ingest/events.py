@@ -222,6 +222,10 @@ def id_problem(value: str) -> str | None:
         return "is empty"
     if len(value) > MAX_ID_LENGTH:
         return f"is {len(value)} characters long (at most {MAX_ID_LENGTH})"
+    if value.isascii() and value.isprintable() and " " not in value:
+        # the usual id: of ASCII, only controls (Cc) and the space (Zs) are forbidden, and ASCII
+        # is always NFC; this skips the per-character walk (a test checks the two paths agree)
+        return None
     for i, ch in enumerate(value):
         category = unicodedata.category(ch)
         if category in _ID_FORBIDDEN_CATEGORIES:

@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -22,6 +22,9 @@ STATE_VERSION = 2  # 1: kept a window of the last 1,024 event ids; 2: ids live i
 def legacy_fingerprint(event_id: str) -> str:
     """How version 1 recorded an event id in the account record (read for upgrades only)."""
     return hashlib.blake2b(event_id.encode(), digest_size=12).hexdigest()
+
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -284,6 +287,46 @@ class AccountState:
     def dumps(self) -> bytes:
         return orjson.dumps(self.to_dict())
 
+    def clone(self) -> AccountState:
+        """An independent copy, to roll back to: every container and bucket copied, immutable
+        values (str, int, Decimal) shared. About a tenth of the cost of ``dumps`` plus ``loads``
+        (the engine takes one per event); a test walks both object graphs for shared mutables."""
+        c = _shallow(self)
+        c.vouchers = [_shallow(b) for b in self.vouchers]
+        c.packs = [_shallow(b) for b in self.packs]
+        c.free_used = dict(self.free_used)
+        c.free_exhausted_days = list(self.free_exhausted_days)
+        c.trials = {k: _shallow(t) for k, t in self.trials.items()}
+        c.activated_models = set(self.activated_models)
+        c.limits = {k: _shallow(v) for k, v in self.limits.items()}
+        c.limit_changed_at = dict(self.limit_changed_at)
+        c.sub_accounts = set(self.sub_accounts)
+        c.stopped_models = set(self.stopped_models)
+        c.safe_paused_models = set(self.safe_paused_models)
+        c.legacy_event_ids = list(self.legacy_event_ids)
+        c.offsets = dict(self.offsets)
+        c.periods = {k: _copy_record(v) for k, v in self.periods.items()}
+        c.minutes = {k: dict(v) for k, v in self.minutes.items()}  # flat: ints and strings
+        c.kb_free_used = dict(self.kb_free_used)
+        return c
+
     @classmethod
     def loads(cls, data: bytes) -> AccountState:
         return cls.from_dict(orjson.loads(data))
+
+
+def _shallow(obj: _T) -> _T:
+    """A shallow copy of a plain dataclass instance, without copy.copy's reduce protocol."""
+    c = object.__new__(type(obj))
+    c.__dict__.update(obj.__dict__)
+    return c
+
+
+def _copy_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a period accumulator: its values are immutable leaves or flat containers of them
+    (``quantities``, ``price_versions``; ``event_ids`` in records of state version 1)."""
+    c = dict(record)
+    for name, value in record.items():
+        if type(value) is dict or type(value) is list:
+            c[name] = value.copy()
+    return c

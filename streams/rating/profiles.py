@@ -13,6 +13,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -258,6 +259,11 @@ class PriceRow(_Strict):
         return self.credits_min is not None
 
     def token_tiers(self) -> tuple[TokenPrices, ...]:
+        return self._token_tiers
+
+    @cached_property
+    def _token_tiers(self) -> tuple[TokenPrices, ...]:
+        # once per row: building a validated TokenPrices per event was an eighth of the core's time
         if self.tiers is not None:
             return self.tiers
         # a token row without tiers has input and output prices (checked by _shape)

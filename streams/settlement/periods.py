@@ -98,8 +98,9 @@ def line_id(main: str, acc: dict[str, Any], line_type: str, suffix: str | None =
 def _line(
     main: str, acc: dict[str, Any], line_type: str, lateness_ms: int, suffix: str | None = None
 ) -> dict[str, Any]:
+    sid = acc.get("settlement_id") if line_type == "regular" else None  # kept by settle()
     return {
-        "settlement_id": line_id(main, acc, line_type, suffix),
+        "settlement_id": sid if sid is not None else line_id(main, acc, line_type, suffix),
         "main_account_id": main,
         "period_start": acc["period_start"],
         "period_end": acc["period_end"],
