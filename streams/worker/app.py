@@ -46,12 +46,14 @@ from streams.rating.profiles import PROFILES_DIR, ProfileError, Profiles
 from streams.worker.clock_history import bounded_history
 from streams.worker.entry_sweep import EntrySweep
 from streams.worker.faust_internals import (
+    ChangelogAcks,
     committed_offset,
     declare_gap,
     disable_implicit_gaps,
     set_fetch_max_wait,
     write_as,
 )
+from streams.worker.gap_check import first_offset_at, offsets_absent
 from streams.worker.idle import IdleWatermark
 from streams.worker.stall import EXIT_ROUND_FAILED, EXIT_STALLED, StallWatch
 from streams.worker.tuning import faust_app_settings, table_options
@@ -145,6 +147,11 @@ def create_app(settings: Settings) -> faust.App:
         max_ahead_ms=settings.max_event_ahead_s * 1000,
     )
     sweep = EntrySweep(engine.horizon_ms)
+    changelog = ChangelogAcks(accounts, clocks, event_ids_table)
+
+    async def read_first_offset(topic: str, partition: int, offset: int) -> int | None:
+        return await first_offset_at(settings, topic, partition, offset)
+
     idle = IdleWatermark(settings.worker_idle_advance_s)
     reg = registry()
     outputs = OutputProducer(settings)
@@ -184,6 +191,13 @@ def create_app(settings: Settings) -> faust.App:
         history = [tuple(x) for x in orjson.loads(stored)] if stored is not None else []
         clock_history[part] = [h for h in history if h[0] < first_offset]
         clock_marks[part] = {o: c for o, c in history if o >= first_offset}
+        log.info(
+            "partition %d: first message at offset %d; stored clock history %s; resuming after %s",
+            part,
+            first_offset,
+            f"{history[0][0]}..{history[-1][0]} ({len(history)} rounds)" if history else "empty",
+            clock_history[part][-1][0] if clock_history[part] else "nothing",
+        )
         return clock_history[part][-1][1] if clock_history[part] else 0
 
     def outputs_for(outcome, key: bytes, produce: list) -> None:
@@ -319,10 +333,31 @@ def create_app(settings: Settings) -> faust.App:
                     # the gap (stale messages already queued keep coming for a moment)
                     jump_attempts[(part, expected)] = (attempts + 1, since)
                     resync[part] = expected + 1
+                    if attempts == 0:
+                        log.info(
+                            "partition %d: offset %d arrived after %d; reading again from %d",
+                            part,
+                            offset,
+                            expected,
+                            expected + 1,
+                        )
                     counts["resyncs"] += 1
                     continue
-                # the broker keeps answering with the jump: the offsets really are absent
-                # (transaction markers, compaction), so faust may commit past them
+                # the jump outlived the re-reads: commit past it only if the broker confirms that
+                # nothing lies there (transaction markers, compaction); otherwise stop loudly
+                if not await offsets_absent(
+                    read_first_offset, ev.message.topic, part, expected + 1, offset
+                ):
+                    log.error(
+                        "partition %d: offsets %d..%d are in the log, but the consumer keeps "
+                        "jumping over them; exiting with code %d to be restarted",
+                        part,
+                        expected + 1,
+                        offset - 1,
+                        EXIT_STALLED,
+                    )
+                    logging.shutdown()
+                    os._exit(EXIT_STALLED)
                 log.warning(
                     "partition %d: offsets %d..%d are absent; continuing at %d",
                     part,
@@ -366,7 +401,7 @@ def create_app(settings: Settings) -> faust.App:
                 value = entry.encode()
                 event_ids_table[scoped] = value
                 counts["changelog_bytes:event-ids"] += len(scoped) + len(value)
-            await app.producer.flush()
+            await changelog.durable()
         # 3) ... the state that says they happened (the changelog partition is the
         #    message's partition, which is the account's). An entry whose sequence the state
         #    has not reached (a crash between 2 and 3) is not taken for a duplicate.
@@ -406,12 +441,26 @@ def create_app(settings: Settings) -> faust.App:
             value = orjson.dumps(history)
             clocks[b"partition:%d" % part] = value
             counts["changelog_bytes:partition-clocks"] += len(value)
+        # 4) the round's events are acked (and so committable) only when this returns: every
+        #    table write of the round acknowledged first (see faust_internals.ChangelogAcks)
+        await changelog.durable()
 
     @app.agent(events_topic, name="rate-events")
     async def rate_events(stream):
         async for round_events in stream.take_events(settings.worker_batch_max, within=within):
             try:
                 await rate_round(round_events)
+            except asyncio.CancelledError:
+                # take_events acks a round's events in a `finally`, so a round cancelled half-way
+                # (a rebalance restarting the agent, a shutdown) would be committed as if it had
+                # been applied. Exit before faust can commit; the round is replayed.
+                log.error(
+                    "round of %d events cancelled before it completed; exiting with code %d",
+                    len(round_events),
+                    EXIT_ROUND_FAILED,
+                )
+                logging.shutdown()
+                os._exit(EXIT_ROUND_FAILED)
             except Exception:  # noqa: BLE001 - a round that cannot complete must not be moved past:
                 # faust would restart the agent and commit beyond it. Exit; the supervisor starts a
                 # worker that replays the round from the last commit.

@@ -61,3 +61,74 @@ def test_committed_offsets_are_kept_per_partition_by_the_consumer():
     consumer = type("C", (), {"_committed_offset": {"tp": 41}})()
     assert faust_internals.committed_offset(consumer, "tp") == 41
     assert faust_internals.committed_offset(consumer, "other") is None
+
+
+def test_a_table_write_asks_send_changelog_for_its_future_and_faust_flush_may_return_early():
+    """Why ChangelogAcks exists: a table assignment calls ``self.send_changelog`` (an instance
+    attribute wins) and drops the future it returns, and faust's buffer flush gives up after a
+    0.1 s pause with messages still buffered."""
+    from faust.tables.table import Table
+    from faust.transport.producer import ProducerBuffer
+
+    assert "self.send_changelog(" in inspect.getsource(Table.on_key_set)
+    assert "self.send_changelog(" in inspect.getsource(Table.on_key_del)
+    flush = inspect.getsource(ProducerBuffer.flush_atmost)
+    assert "except asyncio.TimeoutError" in flush and "return flushed_messages" in flush
+
+
+def test_changelog_acks_wait_for_every_write_and_raise_its_error():
+    import asyncio
+
+    class FakeTable:
+        def __init__(self) -> None:
+            self.sent: list[asyncio.Future] = []
+
+        def send_changelog(self, *args: object, **kwargs: object) -> asyncio.Future:
+            fut = asyncio.get_running_loop().create_future()
+            self.sent.append(fut)
+            return fut
+
+    async def go() -> None:
+        table = FakeTable()
+        acks = faust_internals.ChangelogAcks(table, timeout_s=0.2)
+        table.send_changelog("p", b"k", b"v")
+        table.send_changelog("p", b"k2", b"v")
+        waiter = asyncio.ensure_future(acks.durable())
+        await asyncio.sleep(0.01)
+        assert not waiter.done()  # one write is not acknowledged yet
+        table.sent[0].set_result(None)
+        await asyncio.sleep(0.01)
+        assert not waiter.done()
+        table.sent[1].set_result(None)
+        await waiter
+        assert acks.pending == []
+        table.send_changelog("p", b"k3", b"v")
+        table.sent[2].set_exception(RuntimeError("broker said no"))
+        try:
+            await acks.durable()
+        except RuntimeError as exc:
+            assert "broker said no" in str(exc)
+        else:
+            raise AssertionError("a failed write must fail the round")
+        table.send_changelog("p", b"k4", b"v")  # never acknowledged
+        try:
+            await acks.durable()
+        except TimeoutError:
+            pass
+        else:
+            raise AssertionError("an unacknowledged write must time out, not hang")
+
+    asyncio.run(go())
+
+
+def test_take_events_acks_a_round_in_a_finally_so_a_cancelled_round_must_exit():
+    """Why the worker exits when a round is cancelled half-way: faust acks the events it handed
+    out in a ``finally`` around the ``yield``, applied or not."""
+    from faust.streams import Stream
+
+    source = inspect.getsource(Stream.take_events)
+    after_yield = source[source.index("yield list(events)") :]
+    assert after_yield.lstrip().startswith("finally:") or "finally:" in after_yield[:200]
+    assert "await self.ack(event)" in after_yield[:400]
+    worker_source = inspect.getsource(__import__("streams.worker.app", fromlist=["x"]))
+    assert "except asyncio.CancelledError:" in worker_source
