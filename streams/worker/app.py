@@ -47,6 +47,7 @@ from streams.worker.clock_history import bounded_history
 from streams.worker.entry_sweep import EntrySweep
 from streams.worker.faust_internals import (
     ChangelogAcks,
+    cap_commits,
     committed_offset,
     declare_gap,
     disable_implicit_gaps,
@@ -148,6 +149,7 @@ def create_app(settings: Settings) -> faust.App:
     )
     sweep = EntrySweep(engine.horizon_ms)
     changelog = ChangelogAcks(accounts, clocks, event_ids_table)
+    commit_ceilings: dict[int, int] = {}  # input partition -> first offset not durably applied
 
     async def read_first_offset(topic: str, partition: int, offset: int) -> int | None:
         return await first_offset_at(settings, topic, partition, offset)
@@ -442,8 +444,15 @@ def create_app(settings: Settings) -> faust.App:
             clocks[b"partition:%d" % part] = value
             counts["changelog_bytes:partition-clocks"] += len(value)
         # 4) the round's events are acked (and so committable) only when this returns: every
-        #    table write of the round acknowledged first (see faust_internals.ChangelogAcks)
+        #    table write of the round acknowledged first (see faust_internals.ChangelogAcks) ...
         await changelog.durable()
+        # ... and faust commits no offset of a message not applied yet (one set aside after a
+        #    jump is acked all the same): only below what this worker has durably applied
+        cap_commits(app.consumer, topics.events, commit_ceilings)
+        for part in clock_anchor:
+            through = applied_through.get(part)
+            if through is not None:
+                commit_ceilings[part] = through + 1
 
     @app.agent(events_topic, name="rate-events")
     async def rate_events(stream):
@@ -490,6 +499,7 @@ def create_app(settings: Settings) -> faust.App:
         clock_marks.clear()
         applied_through.clear()
         jump_attempts.clear()
+        commit_ceilings.clear()  # set again by the next round of each partition
 
     profiles_root = settings.profiles_dir or PROFILES_DIR
     watched = {"fingerprint": profile_fingerprint(profiles_root)}

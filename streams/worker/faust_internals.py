@@ -24,6 +24,12 @@ upgrade that moves one fails a unit test instead of the exactly-once guarantee.
   ``ChangelogAcks`` keeps those futures, so a round ends only once its writes are acknowledged.
 - ``Stream.take_events`` acks the events it handed out in a ``finally``, so a round cancelled
   half-way would be committed as applied; the worker exits instead (``rate_events``).
+- ``Consumer._new_offset`` (with ``_acked``): the offset faust commits for a partition is the end
+  of the run of acked offsets. take_events also acks the messages a round set aside to re-read in
+  order (after a jump), so faust could commit past messages that were never applied; a SIGKILL then
+  lost them (the fault suite's restarted worker found its committed offset ~400 messages past the
+  last applied round). ``cap_commits`` makes faust commit, on the input topic, only below the
+  first offset the worker has not durably applied.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 _FAUST_CREATE_WORKER_CONSUMER = AIOKafkaConsumerThread._create_worker_consumer
 
 _FAUST_ADD_GAP = FaustConsumer._add_gap
+
+_FAUST_NEW_OFFSET = FaustConsumer._new_offset
 
 
 async def _no_implicit_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
@@ -99,3 +107,28 @@ class ChangelogAcks:
         pending, self.pending = self.pending, []
         if pending:
             await asyncio.wait_for(asyncio.gather(*pending), timeout=self.timeout_s)
+
+
+def _capped_new_offset(self: Any, tp: Any) -> int | None:
+    """faust's ``_new_offset`` with the acked offsets at or above the partition's ceiling held
+    back (they stay acked, and are committed once the ceiling passes them)."""
+    governed = getattr(self, "_billing_commit_ceilings", None)
+    if governed is None or tp.topic != governed[0]:
+        return _FAUST_NEW_OFFSET(self, tp)
+    ceiling = governed[1].get(tp.partition)
+    acked = self._acked[tp]
+    held = [o for o in acked if ceiling is None or o >= ceiling]
+    if held:
+        acked[:] = [o for o in acked if ceiling is not None and o < ceiling]
+    try:
+        return _FAUST_NEW_OFFSET(self, tp)
+    finally:
+        if held:
+            acked.extend(held)
+
+
+def cap_commits(consumer: Any, topic: str, ceilings: dict[int, int]) -> None:
+    """faust commits ``topic`` only below ``ceilings[partition]`` (nothing for a partition
+    without one): the worker sets each to one past the last offset durably applied."""
+    consumer._billing_commit_ceilings = (topic, ceilings)
+    FaustConsumer._new_offset = _capped_new_offset  # type: ignore[method-assign]

@@ -132,3 +132,52 @@ def test_take_events_acks_a_round_in_a_finally_so_a_cancelled_round_must_exit():
     assert "await self.ack(event)" in after_yield[:400]
     worker_source = inspect.getsource(__import__("streams.worker.app", fromlist=["x"]))
     assert "except asyncio.CancelledError:" in worker_source
+
+
+def fake_consumer(acked: list[int], committed: int | None = None):
+    from collections import defaultdict
+
+    from faust.types import TP
+    from intervaltree import IntervalTree
+
+    c = type("FakeConsumer", (), {})()
+    tp = TP("in", 0)
+    c._acked = defaultdict(list, {tp: list(acked)})
+    c._acked_index = defaultdict(set, {tp: set(acked)})
+    c._committed_offset = defaultdict(lambda: None, {tp: committed})
+    c._gap = defaultdict(IntervalTree)
+    return c, tp
+
+
+def test_faust_commits_only_below_the_ceiling_and_keeps_the_rest_acked():
+    c, tp = fake_consumer([5, 6, 7, 8, 9, 10], committed=5)
+    ceilings = {0: 8}
+    faust_internals.cap_commits(c, "in", ceilings)
+    new_offset = faust_internals._capped_new_offset
+    assert new_offset(c, tp) == 8  # 5..7 applied: commit up to them, not 8..10
+    c._committed_offset[tp] = 8  # as faust's commit records it
+    assert sorted(c._acked[tp]) == [8, 9, 10] and {8, 9, 10} <= c._acked_index[tp]
+    assert new_offset(c, tp) is None  # nothing more until the ceiling moves
+    ceilings[0] = 11
+    assert new_offset(c, tp) == 11 and c._acked[tp] == []
+
+
+def test_a_partition_without_a_ceiling_commits_nothing_and_other_topics_are_untouched():
+    from faust.types import TP
+
+    c, tp = fake_consumer([3, 4])
+    faust_internals.cap_commits(c, "in", {})
+    assert faust_internals._capped_new_offset(c, tp) is None and sorted(c._acked[tp]) == [3, 4]
+    other = TP("elsewhere", 0)
+    c._acked[other] = [1, 2]
+    assert faust_internals._capped_new_offset(c, other) == 3
+
+
+def test_the_worker_commit_cap_is_installed_on_faust_s_consumer_class():
+    from faust.transport.consumer import Consumer as FaustConsumer
+
+    source = inspect.getsource(faust_internals._FAUST_NEW_OFFSET)
+    assert "acked = self._acked[tp]" in source and "consecutive_numbers(acked)" in source
+    c, _ = fake_consumer([])
+    faust_internals.cap_commits(c, "in", {})
+    assert FaustConsumer._new_offset is faust_internals._capped_new_offset
