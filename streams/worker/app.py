@@ -448,7 +448,6 @@ def create_app(settings: Settings) -> faust.App:
         await changelog.durable()
         # ... and faust commits no offset of a message not applied yet (one set aside after a
         #    jump is acked all the same): only below what this worker has durably applied
-        cap_commits(app.consumer, topics.events, commit_ceilings)
         for part in clock_anchor:
             through = applied_through.get(part)
             if through is not None:
@@ -456,6 +455,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(events_topic, name="rate-events")
     async def rate_events(stream):
+        cap_commits(app.consumer, topics.events, commit_ceilings)  # once: the consumer exists now
         async for round_events in stream.take_events(settings.worker_batch_max, within=within):
             try:
                 await rate_round(round_events)
