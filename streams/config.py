@@ -145,6 +145,14 @@ class Settings:
     kafka_producer_max_batch_size: int | None = setting(
         None, "producer batch bytes; the embedded broker sets 16 (Tansu high-water-mark bug)"
     )
+    local_broker_max_memory_mb: int = setting(
+        0,
+        "embedded broker only: `rating run` stops cleanly once the broker's resident memory "
+        "reaches this many MB (0: half of the machine's memory), or the machine has less than "
+        "1 GiB available; the embedded broker keeps every record in memory",
+        minimum=0,
+        zero="half of the machine's memory",
+    )
     worker_app_id: str = setting(
         "billing-rating", "faust application id (consumer group and changelog names)"
     )

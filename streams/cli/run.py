@@ -17,6 +17,7 @@ from rich.console import Console
 from streams.cli.common import shown as _s
 from streams.config import Settings
 from streams.kafka_admin import create_topics
+from streams.local.memory_guard import MIB, MemoryGuard, meminfo_bytes, rss_bytes
 from streams.local.pipeline import LocalPipeline
 from streams.observability.metrics import serve
 from streams.sink.clickhouse import ClickHouseSink
@@ -114,12 +115,32 @@ async def _sink_loop(
                 break
             if time.monotonic() >= next_report:
                 next_report += 10
+                broker = broker_memory_line(pipeline)
                 console.print(
                     "rows so far: "
                     + (", ".join(f"{t} {n}" for t, n in sorted(sink.stats.rows.items())) or "none")
+                    + broker
                 )
+                reason = memory_stop_reason(s, pipeline)
+                if reason:
+                    console.print(f"[red]stopping:[/] {reason}")
+                    break
     finally:
         await sink.stop()
         if runner is not None:
             await runner.cleanup()
     return dict(sink.stats.rows)
+
+
+def broker_memory_line(pipeline: LocalPipeline) -> str:
+    if pipeline.broker is None:
+        return ""
+    return f"; embedded broker {rss_bytes(pipeline.broker.process.pid) / MIB:,.0f} MB"
+
+
+def memory_stop_reason(s: Settings, pipeline: LocalPipeline) -> str | None:
+    """Why an embedded run must stop now (its broker keeps every record in memory), or None."""
+    if pipeline.broker is None:
+        return None
+    guard = MemoryGuard(s.local_broker_max_memory_mb * MIB)
+    return guard.verdict(rss_bytes(pipeline.broker.process.pid), meminfo_bytes("MemAvailable"))

@@ -6,6 +6,7 @@ process that sinks). Used by ``rating demo`` and by the integration tests.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ class WorkerProcess:
     log_path: Path
     metrics_port: int = 0  # 0: no endpoint
     replaced: bool = False  # by restart_stalled
+    data_dir: Path | None = None  # its local table store (RocksDB), kept for its replacement
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -65,6 +67,11 @@ class LocalPipeline:
         """Start a local broker, or use a running one at ``bootstrap`` (tests share one)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if bootstrap is None:
+            # a new embedded broker starts empty: table stores of an earlier run (RocksDB keeps
+            # changelog offsets) would be taken for current state
+            for old in self.run_dir.glob("worker-*"):
+                if old.is_dir():
+                    shutil.rmtree(old)
             self.broker = start_broker(log_path=self.run_dir / "broker.log")
             bootstrap = self.broker.bootstrap
         env = {k: v for k, v in os.environ.items()}
@@ -82,13 +89,16 @@ class LocalPipeline:
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
-    def start_worker(self) -> WorkerProcess:
+    def start_worker(self, data_dir: Path | None = None) -> WorkerProcess:
+        """A worker process with a table store of its own, or ``data_dir``: the store of a worker
+        it replaces, as a pod of a StatefulSet keeps its volume (RocksDB then restores only what
+        the changelog holds past the store's own offsets)."""
         n = len(self.workers)
         log_path = self.run_dir / f"worker-{n}.log"
         env = self.worker_env()
         assert self.settings is not None  # worker_env checked it
-        # each worker process keeps its own local table store
-        env["WORKER_DATA_DIR"] = str(self.run_dir / f"worker-{n}")
+        data_dir = data_dir or self.run_dir / f"worker-{n}"
+        env["WORKER_DATA_DIR"] = str(data_dir)
         # several workers share this host: each gets a free port for its endpoints
         port = free_port() if self.settings.metrics_port else 0
         env["METRICS_PORT"] = str(port)
@@ -102,7 +112,7 @@ class LocalPipeline:
                 # a worker ends with its parent, however the parent ends
                 preexec_fn=child_preexec(),
             )
-        w = WorkerProcess(proc, log_path, port)
+        w = WorkerProcess(proc, log_path, port, data_dir=data_dir)
         self.workers.append(w)
         return w
 
@@ -113,7 +123,7 @@ class LocalPipeline:
         for w in list(self.workers):
             if w.exited_stalled() and not w.replaced:
                 w.replaced = True
-                fresh.append(self.start_worker())
+                fresh.append(self.start_worker(w.data_dir))
                 self.stall_restarts.append(w.log_path)
         return fresh
 

@@ -6,8 +6,10 @@ account. The same seed gives the same lines.
 
 from __future__ import annotations
 
+import itertools
 import random
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -60,12 +62,23 @@ def iso(t: datetime) -> str:
 def generate(
     seed: int, accounts: int, usage_events: int, prefix: str = "acct", max_gap_s: int = 900
 ) -> list[bytes]:
+    return list(stream_events(seed, accounts, usage_events, prefix, max_gap_s))
+
+
+def stream_events(
+    seed: int,
+    accounts: int,
+    usage_events: int | None = None,
+    prefix: str = "acct",
+    max_gap_s: int = 900,
+) -> Iterator[bytes]:
+    """The lines of ``generate``, one at a time; without ``usage_events``, without end (a soak
+    takes as many as its run needs). A prefix of the endless stream is the finite one."""
     rng = random.Random(seed)
     profiles = list(TOKEN_MODELS)
     names = [f"{prefix}-{i:05d}" for i in range(accounts)]
     profile_of = {n: profiles[i % len(profiles)] for i, n in enumerate(names)}
     clock = {n: START for n in names}
-    out: list[dict] = []
     seq = 0
 
     def next_id(kind: str) -> str:
@@ -75,7 +88,7 @@ def generate(
 
     for n in names:
         p = profile_of[n]
-        out.append(
+        yield _line(
             {
                 "kind": "account",
                 "event_id": next_id("open"),
@@ -91,7 +104,7 @@ def generate(
             }
         )
         if p == "coze-pro" and rng.random() < 0.5:
-            out.append(
+            yield _line(
                 {
                     "kind": "account",
                     "event_id": next_id("pack"),
@@ -106,7 +119,7 @@ def generate(
                 }
             )
         if p == "jiekou" and rng.random() < 0.5:
-            out.append(
+            yield _line(
                 {
                     "kind": "account",
                     "event_id": next_id("voucher"),
@@ -119,13 +132,13 @@ def generate(
                     "expires_at": iso(START + timedelta(days=30)),
                 }
             )
-    for _ in range(usage_events):
+    for _ in range(usage_events) if usage_events is not None else itertools.count():
         n = rng.choice(names)
         p = profile_of[n]
         clock[n] += timedelta(seconds=rng.randint(1, max_gap_s))
         t = iso(clock[n])
         if rng.random() < 0.02:
-            out.append(
+            yield _line(
                 {
                     "kind": "account",
                     "event_id": next_id("topup"),
@@ -164,8 +177,11 @@ def generate(
                 output_tokens=out_tokens,
                 reasoning_tokens=reasoning,
             )
-        out.append(base)
-    return [orjson.dumps({k: v for k, v in e.items() if v is not None}) for e in out]
+        yield _line(base)
+
+
+def _line(event: dict) -> bytes:
+    return orjson.dumps({k: v for k, v in event.items() if v is not None})
 
 
 def malformed(seed: int, count: int, known_account: str) -> list[bytes]:

@@ -32,7 +32,7 @@ from aiokafka import AIOKafkaProducer
 from faust.types import TP
 
 from streams.config import Settings
-from streams.dedupe import RoundEntries, id_key, partition_scope
+from streams.dedupe import RoundEntries, id_key, partition_scope, scope_partition
 from streams.engine import BillingEngine
 from streams.ingest.codec import registry
 from streams.ingest.messages import Decoded, dead_letter_record, decode_message
@@ -51,12 +51,18 @@ from streams.worker.faust_internals import (
     committed_offset,
     declare_gap,
     disable_implicit_gaps,
+    on_partition_of,
     set_fetch_max_wait,
-    write_as,
+    size_changelog_buffer,
 )
-from streams.worker.gap_check import first_offset_at, offsets_absent
+from streams.worker.gap_check import first_offset_at, offsets_absent, seek_due
 from streams.worker.idle import IdleWatermark
-from streams.worker.stall import EXIT_ROUND_FAILED, EXIT_STALLED, StallWatch
+from streams.worker.stall import (
+    EXIT_ROUND_FAILED,
+    EXIT_STALLED,
+    StallWatch,
+    exit_code_after_crash,
+)
 from streams.worker.tuning import faust_app_settings, table_options
 
 log = logging.getLogger("streams.worker")
@@ -179,6 +185,7 @@ def create_app(settings: Settings) -> faust.App:
     # applied from the clock history), and how often a forward jump was met at the same place.
     applied_through: dict[int, int | None] = {}
     jump_attempts: dict[tuple[int, int], tuple[int, float]] = {}
+    seeks_issued: dict[int, tuple[int, float]] = {}  # partition -> (offset, when), see seek_due
     gaps: list[tuple[Any, int, int]] = []
 
     def restored_through(part: int, first_offset: int) -> int | None:
@@ -248,6 +255,7 @@ def create_app(settings: Settings) -> faust.App:
             return states[key]
 
         def handle(ev) -> None:
+            on_partition_of(ev)  # its key's state and dedupe entries live in its partition
             msg = ev.message
             key, part, offset = msg.key, msg.partition, msg.offset
             clock_anchor[part] = ev
@@ -318,12 +326,14 @@ def create_app(settings: Settings) -> faust.App:
                 anchors[key] = ev
 
         resync: dict[int, int] = {}  # partition -> offset to seek back to after this round
+        set_aside: set[int] = set()  # partitions waiting for a re-read in order
         for ev in round_events:
             part, offset = ev.message.partition, ev.message.offset
             if part not in part_clock:
+                on_partition_of(ev)
                 part_clock[part] = restore_clock(part, offset)
                 applied_through[part] = restored_through(part, offset)
-            if part in resync:
+            if part in set_aside:
                 # after a jump, nothing more of this partition until it is re-read in order
                 continue
             expected = applied_through.get(part)
@@ -332,18 +342,23 @@ def create_app(settings: Settings) -> faust.App:
                 if attempts < JUMP_RETRIES or time.monotonic() - since < GAP_CONFIRM_SECONDS:
                     # faust may hand over messages fetched before a rebalance's seek, ahead of
                     # offsets not yet processed: never apply them out of order; read again from
-                    # the gap (stale messages already queued keep coming for a moment)
-                    jump_attempts[(part, expected)] = (attempts + 1, since)
-                    resync[part] = expected + 1
-                    if attempts == 0:
+                    # the gap. Messages fetched before the seek keep coming for a moment; they
+                    # are set aside without seeking again (see seek_due)
+                    set_aside.add(part)
+                    counts["set_aside"] += 1
+                    if seek_due(seeks_issued, part, expected + 1, time.monotonic()):
+                        jump_attempts[(part, expected)] = (attempts + 1, since)
+                        resync[part] = expected + 1
+                        counts["resyncs"] += 1
                         log.info(
-                            "partition %d: offset %d arrived after %d; reading again from %d",
+                            "partition %d: offset %d arrived after %d; reading again from %d "
+                            "(seek %d)",
                             part,
                             offset,
                             expected,
                             expected + 1,
+                            attempts + 1,
                         )
-                    counts["resyncs"] += 1
                     continue
                 # the jump outlived the re-reads: commit past it only if the broker confirms that
                 # nothing lies there (transaction markers, compaction); otherwise stop loudly
@@ -370,6 +385,7 @@ def create_app(settings: Settings) -> faust.App:
                 gaps.append((ev.message.tp, expected + 1, offset - 1))
             if expected is not None:
                 jump_attempts.pop((part, expected), None)
+                seeks_issued.pop(part, None)
             applied_through[part] = max(offset, expected if expected is not None else offset)
             handle(ev)
             # where the first run recorded the clock after this offset, that is the clock
@@ -399,7 +415,7 @@ def create_app(settings: Settings) -> faust.App:
         # 2) ... then the dedupe entries of the events applied, acknowledged before ...
         if entries.written:
             for scoped, (entry, ev) in entries.written.items():
-                write_as(ev)
+                on_partition_of(ev)
                 value = entry.encode()
                 event_ids_table[scoped] = value
                 counts["changelog_bytes:event-ids"] += len(scoped) + len(value)
@@ -410,7 +426,7 @@ def create_app(settings: Settings) -> faust.App:
         for key, ev in anchors.items():
             state = states[key]
             assert state is not None  # an anchored key was stepped, so it has a state
-            write_as(ev)
+            on_partition_of(ev)
             stored = check_record_size(
                 "account state", state.main_account_id, state.dumps(), MAX_STATE_BYTES
             )
@@ -427,14 +443,20 @@ def create_app(settings: Settings) -> faust.App:
         timing.rounds.append(
             (processed - round_started, time.time() - processed, len(round_events))
         )
+
+        def entry_on_its_partition(scoped: bytes) -> bytes | None:
+            # the sweep reads keys of every partition; it visits only those anchored this round
+            on_partition_of(clock_anchor[scope_partition(scoped)])
+            return event_ids_table.get(scoped)
+
         for scoped, ev in sweep.expired(
-            event_ids_table.keys, event_ids_table.get, part_clock, clock_anchor
+            event_ids_table.keys, entry_on_its_partition, part_clock, clock_anchor
         ):
-            write_as(ev)
+            on_partition_of(ev)
             del event_ids_table[scoped]
         counts["ids_forgotten"] = sweep.forgotten
         for part, ev in clock_anchor.items():
-            write_as(ev)
+            on_partition_of(ev)
             history = clock_history.setdefault(part, [])
             history.append((last_offset[part], part_clock[part]))
             history[:] = bounded_history(
@@ -456,6 +478,11 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(events_topic, name="rate-events")
     async def rate_events(stream):
         cap_commits(app.consumer, topics.events, commit_ceilings)  # once: the consumer exists now
+        app.billing_rating = True  # a crash from now on: restart
+        size_changelog_buffer(
+            app.producer,
+            2 * settings.worker_batch_max + settings.kafka_partitions + sweep.budget,
+        )
         async for round_events in stream.take_events(settings.worker_batch_max, within=within):
             try:
                 await rate_round(round_events)
@@ -499,6 +526,7 @@ def create_app(settings: Settings) -> faust.App:
         clock_marks.clear()
         applied_through.clear()
         jump_attempts.clear()
+        seeks_issued.clear()
         commit_ceilings.clear()  # set again by the next round of each partition
 
     profiles_root = settings.profiles_dir or PROFILES_DIR
@@ -737,6 +765,18 @@ def run_worker(settings: Settings) -> None:
     log.info("worker starting (app id %s, store %s)", settings.worker_app_id, settings.worker_store)
     try:
         worker.execute_from_commandline()
+    except SystemExit as exit_:
+        crash = worker.crash_reason or app.crash_reason
+        code = exit_code_after_crash(exit_.code, crash, getattr(app, "billing_rating", False))
+        if code != exit_.code:
+            log.error(
+                "a faust service crashed while the worker was rating (%r); exiting with code %d "
+                "to be restarted",
+                crash,
+                code,
+            )
+            raise SystemExit(code) from crash
+        raise
     finally:
         counts = app.billing_counts  # type: ignore[attr-defined]
         log.info("worker stopped after %.1fs: %s", time.monotonic() - started, counts.line())

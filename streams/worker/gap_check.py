@@ -52,3 +52,27 @@ async def offsets_absent(
     ``target`` or later. No answer is not taken for absence."""
     got = await first_offset(topic, partition, first)
     return got is not None and got >= target
+
+
+RESEEK_AFTER_S = 1.0
+
+
+def seek_due(
+    issued: dict[int, tuple[int, float]],
+    partition: int,
+    offset: int,
+    now_s: float,
+    reseek_after_s: float = RESEEK_AFTER_S,
+) -> bool:
+    """Whether to seek ``partition`` back to ``offset`` now, recording the seek when it is due.
+
+    Not again within ``reseek_after_s`` of a seek to the same offset: messages fetched before it
+    keep arriving for a moment, and seeking on each of them restarts the fetch every round. A seek
+    can still be lost: faust's drain loop drops any message below the highest offset it has handed
+    over, so a stale message passed after the seek hides the re-read. Hence a repeat after the
+    pause, once the stale messages have drained."""
+    last = issued.get(partition)
+    if last is not None and last[0] == offset and now_s - last[1] < reseek_after_s:
+        return False
+    issued[partition] = (offset, now_s)
+    return True

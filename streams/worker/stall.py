@@ -14,9 +14,22 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 EXIT_STALLED = 4
-EXIT_ROUND_FAILED = (
-    5  # a round could not complete (a produce error, a record over the limit): never skipped
-)
+# a round could not complete (a produce error, a record over the limit, a faust service crashed
+# under a running worker): never skipped, a restart replays it
+EXIT_ROUND_FAILED = 5
+
+
+def exit_code_after_crash(code: object, crash: BaseException | None, rating: bool) -> object:
+    """The exit code of a worker whose faust run ended with ``code``.
+
+    A faust or aiokafka service that crashes under a running worker (seen in CI: the fetcher on a
+    KeyError just after a seek) ends faust with code 1, which supervisors such as ``rating run``
+    do not restart, since a crash at start (bad settings) would only repeat. Once the worker is
+    rating, nothing past its last durable round is committed and a restart replays it: such a
+    crash exits with EXIT_ROUND_FAILED."""
+    if code and crash is not None and rating:
+        return EXIT_ROUND_FAILED
+    return code
 
 
 @dataclass

@@ -170,6 +170,14 @@ def harness(tmp_path, broker, ch):
 
 
 @pytest.fixture
+def rocksdb_harness(tmp_path, broker, ch):
+    """Workers on the production table store (one RocksDB database per table partition)."""
+    h = Harness(tmp_path, broker, ch, WORKER_STORE="rocksdb://")
+    yield h
+    h.stop()
+
+
+@pytest.fixture
 def one_partition_harness(tmp_path, broker, ch):
     h = Harness(tmp_path, broker, ch, KAFKA_PARTITIONS="1")
     yield h

@@ -28,7 +28,7 @@ def test_current_event_is_the_context_variable_tables_read():
     assert isinstance(faust.streams._current_event, type(faust_internals._current_event))
     assert "current_event" in inspect.getsource(base.Collection.partition_for_key)
     marker = object.__new__(type("Ev", (), {}))
-    faust_internals.write_as(marker)
+    faust_internals.on_partition_of(marker)
     assert faust.streams._current_event.get()() is marker
     assert isinstance(faust.streams._current_event.get(), weakref.ref)
 
@@ -181,3 +181,39 @@ def test_the_worker_commit_cap_is_installed_on_faust_s_consumer_class():
     c, _ = fake_consumer([])
     faust_internals.cap_commits(c, "in", {})
     assert FaustConsumer._new_offset is faust_internals._capped_new_offset
+
+
+def test_the_rocksdb_store_reads_the_database_of_the_current_events_partition():
+    """Why the worker calls on_partition_of before it reads a key (not only before it writes)."""
+    from faust.stores.rocksdb import Store
+
+    for method in (Store._get, Store._set, Store._contains):
+        source = inspect.getsource(method)
+        assert "current_event()" in source and "event.message.partition" in source
+
+
+def test_the_changelog_buffer_is_sized_to_a_round_and_warns_only_past_it(caplog):
+    import asyncio
+    import contextlib
+    import logging
+    from types import SimpleNamespace
+
+    from faust.transport.producer import ProducerBuffer
+
+    async def go():
+        buffer = ProducerBuffer()
+        buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))
+        assert buffer.max_messages == 100  # faust's fixed default, too small for a round
+        faust_internals.size_changelog_buffer(SimpleNamespace(buffer=buffer), 1_500)
+        for _ in range(1_200):
+            buffer.pending.put_nowait(object())
+        with caplog.at_level(logging.WARNING):
+            await buffer.wait_until_ebb()
+        assert "producer buffer full" not in caplog.text
+        assert buffer.size == 1_200  # within its size: left for the round to await
+        faust_internals.size_changelog_buffer(SimpleNamespace(buffer=buffer), 1_000)
+        with caplog.at_level(logging.WARNING), contextlib.suppress(RuntimeError):
+            await buffer.wait_until_ebb()  # then drains, which needs a running producer
+        assert "producer buffer full size 1200" in caplog.text
+
+    asyncio.run(go())

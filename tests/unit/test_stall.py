@@ -4,7 +4,12 @@ import subprocess
 import sys
 
 from streams.local.pipeline import LocalPipeline, WorkerProcess
-from streams.worker.stall import EXIT_STALLED, StallWatch
+from streams.worker.stall import (
+    EXIT_ROUND_FAILED,
+    EXIT_STALLED,
+    StallWatch,
+    exit_code_after_crash,
+)
 
 
 def test_waiting_without_progress_past_the_timeout_is_a_stall():
@@ -47,8 +52,10 @@ def test_partitions_lost_in_a_rebalance_are_forgotten_and_new_ones_start_fresh()
 def test_a_worker_that_exited_stalled_is_replaced_once_and_others_are_not(tmp_path, monkeypatch):
     pipeline = LocalPipeline(tmp_path)
     started = []
+    stores = []
 
-    def start_worker():
+    def start_worker(data_dir=None):
+        stores.append(data_dir)
         w = WorkerProcess(
             subprocess.Popen([sys.executable, "-c", "pass"]),
             tmp_path / f"worker-{len(started)}.log",
@@ -60,6 +67,7 @@ def test_a_worker_that_exited_stalled_is_replaced_once_and_others_are_not(tmp_pa
     stalled = WorkerProcess(
         subprocess.Popen([sys.executable, "-c", f"raise SystemExit({EXIT_STALLED})"]),
         tmp_path / "a.log",
+        data_dir=tmp_path / "worker-a",
     )
     crashed = WorkerProcess(
         subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"]), tmp_path / "b.log"
@@ -69,5 +77,17 @@ def test_a_worker_that_exited_stalled_is_replaced_once_and_others_are_not(tmp_pa
     crashed.process.wait()
     assert pipeline.restart_stalled() == started and len(started) == 1
     assert stalled.replaced and not crashed.replaced
+    assert stores == [tmp_path / "worker-a"]  # the replacement keeps the store, as a pod its volume
     assert pipeline.restart_stalled() == []
     assert pipeline.stall_restarts == [tmp_path / "a.log"]
+
+
+def test_a_service_crash_under_a_rating_worker_asks_to_be_restarted():
+    crash = KeyError("events-3")
+    assert exit_code_after_crash(1, crash, rating=True) == EXIT_ROUND_FAILED
+    # at start (bad settings, no broker) a restart would only repeat: faust's code stands
+    assert exit_code_after_crash(1, crash, rating=False) == 1
+    # a clean stop, or an exit without a crash, keeps its code
+    assert exit_code_after_crash(0, None, rating=True) == 0
+    assert exit_code_after_crash(None, None, rating=True) is None
+    assert exit_code_after_crash(1, None, rating=True) == 1
