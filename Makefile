@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint unit integration bench install clean mutate
+.PHONY: run test lint unit integration bench soak install clean mutate
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ lint: $(STAMP)
 ## Benchmark: prints a table and writes bench-results/bench.json (ratios against a same-run baseline).
 bench: $(STAMP)
 	$(BIN)/rating bench
+
+## Soak: the embedded pipeline for SOAK_MINUTES (30) at half the rate it drains in a burst; samples
+## every process's memory, lag and warnings, then compares ClickHouse with `rating simulate` row for
+## row. Writes bench-results/soak.json. Not part of `make test`.
+SOAK_MINUTES ?= 30
+soak: $(STAMP)
+	$(BIN)/python -m streams.bench.soak --minutes $(SOAK_MINUTES)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q

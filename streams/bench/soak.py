@@ -54,6 +54,7 @@ WARNINGS = {
 class Sample:
     at_s: float  # since the steady phase began
     rss_mb: dict[str, float]
+    cpu_pct: dict[str, float]  # of one core, since the previous sample
     produced: int
     consumed: int  # by the workers, from their metrics
     sink_rows: int
@@ -159,6 +160,7 @@ class Probe:
         self.read_to: dict[Path, int] = {}
         self.counted: dict[str, int] = {}
         self.last_age_ms: float | None = None
+        self.cpu_seen: dict[str, tuple[float, float]] = {}
 
     def workers(self) -> list[WorkerProcess]:
         return [w for w in self.pipeline.workers if not w.replaced]
@@ -171,12 +173,28 @@ class Probe:
     def sink_rows(self) -> int:
         return int(scrape(self.sink_port, "billing_sink_rows_total"))
 
-    def rss(self) -> dict[str, float]:
+    def pids(self) -> dict[str, int]:
         assert self.pipeline.broker is not None
-        out = {"broker": rss_mb(self.pipeline.broker.process.pid)}
+        out = {"broker": self.pipeline.broker.process.pid}
         for i, w in enumerate(self.workers()):
-            out[f"worker-{i}"] = rss_mb(w.process.pid)
-        out["sink"] = rss_mb(self.sink.pid)
+            out[f"worker-{i}"] = w.process.pid
+        out["sink"] = self.sink.pid
+        out["driver"] = os.getpid()  # this process: the producer of the input
+        return out
+
+    def rss(self) -> dict[str, float]:
+        return {name: rss_mb(pid) for name, pid in self.pids().items()}
+
+    def cpu_pct(self) -> dict[str, float]:
+        from streams.bench.run import process_cpu_s
+
+        now = time.monotonic()
+        out = {}
+        for name, pid in self.pids().items():
+            cpu = process_cpu_s(pid) or 0.0
+            before, at = self.cpu_seen.get(name, (cpu, now))
+            out[name] = round((cpu - before) / (now - at) * 100, 1) if now > at else 0.0
+            self.cpu_seen[name] = (cpu, now)
         return out
 
     def age_at_start_ms(self) -> float | None:
@@ -241,6 +259,7 @@ async def steady(
             s = Sample(
                 round(now - start, 1),
                 probe.rss(),
+                probe.cpu_pct(),
                 feed.sent,
                 probe.consumed(),
                 probe.sink_rows(),
@@ -255,7 +274,7 @@ async def steady(
 
 
 def sample_line(s: Sample) -> str:
-    rss = ", ".join(f"{k} {v:,.0f} MB" for k, v in s.rss_mb.items())
+    rss = ", ".join(f"{k} {v:,.0f} MB {s.cpu_pct.get(k, 0):.0f}% CPU" for k, v in s.rss_mb.items())
     age = f", age at round start {s.age_at_start_ms:,.0f} ms" if s.age_at_start_ms else ""
     return (
         f"{s.at_s / 60:5.1f} min  sent {s.produced:,}  lag {s.produced - s.consumed:,}  "
@@ -448,7 +467,7 @@ def growth(samples: list[Sample]) -> dict[str, float]:
 
 def print_report(report: SoakReport, console: Console) -> None:
     t = Table(title=f"soak: {report.minutes:g} min at {report.rate_events_per_s:,.0f} events/s")
-    for col in ("process", "RSS at start", "at half", "at end", "growth, second half"):
+    for col in ("process", "RSS at start", "at half", "at end", "growth, second half", "CPU"):
         t.add_column(col, justify="right" if col != "process" else "left")
     first, last = report.samples[0], report.samples[-1]
     mid = report.samples[len(report.samples) // 2]
@@ -459,6 +478,7 @@ def print_report(report: SoakReport, console: Console) -> None:
             f"{mid.rss_mb.get(name, 0):,.0f} MB",
             f"{last.rss_mb.get(name, 0):,.0f} MB",
             f"{report.growth_mb_per_h.get(name, 0):+,.1f} MB/h",
+            f"{mean_cpu_pct(report.samples, name):.0f}% of a core",
         )
     console.print(t)
     lags = [s.produced - s.consumed for s in report.samples]
@@ -474,6 +494,11 @@ def print_report(report: SoakReport, console: Console) -> None:
         console.print(f"{name}: " + ", ".join(f"{k} {v:,}" for k, v in c.items()))
     verdict = "[green]equal to simulate, row for row[/]" if report.exact else "[red]NOT equal[/]"
     console.print(f"ClickHouse {verdict}")
+
+
+def mean_cpu_pct(samples: list[Sample], name: str) -> float:
+    values = [s.cpu_pct.get(name, 0.0) for s in samples[1:]]  # the first has no interval
+    return sum(values) / len(values) if values else 0.0
 
 
 def write_report(report: SoakReport, path: Path = Path("bench-results/soak.json")) -> Path:
