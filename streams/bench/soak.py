@@ -75,6 +75,8 @@ class SoakReport:
     growth_mb_per_h: dict[str, float] = field(default_factory=dict)
     store: str = ""
     exact: bool = False
+    broker_mb_at_end: float = 0.0
+    topic_bytes: dict[str, list[int]] = field(default_factory=dict)  # topic -> [records, bytes]
 
 
 def rss_mb(pid: int) -> float:
@@ -282,6 +284,42 @@ def sample_line(s: Sample) -> str:
     )
 
 
+async def topic_bytes(settings: Settings, prefix: str = "") -> dict[str, list[int]]:
+    """Records and bytes (keys and values) each topic holds, read back from the broker: what the
+    run wrote, changelogs included (the embedded broker keeps all of it)."""
+    from aiokafka import AIOKafkaConsumer
+
+    from streams.kafka_client import client_kwargs
+
+    probe = AIOKafkaConsumer(**client_kwargs(settings))
+    await probe.start()
+    names = sorted(t for t in await probe.topics() if t.startswith(prefix) and "__" not in t)
+    await probe.stop()
+    out: dict[str, list[int]] = {}
+    for name in names:
+        c = AIOKafkaConsumer(
+            name,
+            **client_kwargs(settings),
+            group_id=None,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=4 << 20,
+        )
+        await c.start()
+        records = size = empty = 0
+        try:
+            while empty < 3:  # the local broker's high-water marks are unreliable: read to quiet
+                batch = await c.getmany(timeout_ms=500, max_records=50_000)
+                empty = 0 if batch else empty + 1
+                for msgs in batch.values():
+                    records += len(msgs)
+                    size += sum(len(m.key or b"") + len(m.value or b"") for m in msgs)
+        finally:
+            await c.stop()
+        out[name] = [records, size]
+    return out
+
+
 async def drain(probe: Probe, sent: int, timeout_s: float = 600) -> None:
     """Until the workers have consumed everything and the sink's row count has stood still."""
     if not await wait_consumed(probe, sent, timeout_s):
@@ -409,6 +447,9 @@ def run_soak(
             sink.terminate()
             sink.wait(timeout=60)
         report.warnings = probe.warnings()
+        report.broker_mb_at_end = rss_mb(probe.pids()["broker"])
+        console.print("reading back what each topic holds ...")
+        report.topic_bytes = asyncio.run(topic_bytes(settings))
     report.accounts, report.store = accounts, store
     report.simulated_days = _simulated_days(feed.last_line)
     console.print("comparing ClickHouse with `rating simulate` on the lines sent ...")
@@ -489,11 +530,40 @@ def print_report(report: SoakReport, console: Console) -> None:
         f"events/s; lag at most {max(lags):,}; event age at round start p50 "
         f"{min(ages, default=0):,.0f}..{max(ages, default=0):,.0f} ms"
     )
+    print_topic_bytes(report, console)
     console.print("warnings: " + ", ".join(f"{k} {v}" for k, v in report.warnings.items()))
     for name, c in report.comparison.items():
         console.print(f"{name}: " + ", ".join(f"{k} {v:,}" for k, v in c.items()))
     verdict = "[green]equal to simulate, row for row[/]" if report.exact else "[red]NOT equal[/]"
     console.print(f"ClickHouse {verdict}")
+
+
+def print_topic_bytes(report: SoakReport, console: Console) -> None:
+    if not report.topic_bytes or not report.produced:
+        return
+    t = Table(title="what the broker holds, per input event")
+    t.add_column("topic", no_wrap=True)
+    for col in ("records", "bytes", "records/event", "bytes/event"):
+        t.add_column(col, justify="right")
+    total = 0
+    for name, (records, size) in report.topic_bytes.items():
+        total += size
+        t.add_row(
+            name,
+            f"{records:,}",
+            f"{size:,}",
+            f"{records / report.produced:.2f}",
+            f"{size / report.produced:,.0f}",
+        )
+    console.print(t)
+    first = report.samples[0]
+    grown = (report.broker_mb_at_end - first.rss_mb["broker"]) * MIB
+    per_event = grown / max(report.produced - first.produced, 1)
+    console.print(
+        f"payload {total / report.produced:,.0f} bytes per input event; the broker's resident "
+        f"memory grew {per_event:,.0f} bytes per input event after the first sample "
+        f"({(1 << 30) / max(per_event, 1):,.0f} events per GB)"
+    )
 
 
 def mean_cpu_pct(samples: list[Sample], name: str) -> float:
