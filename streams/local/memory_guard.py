@@ -38,13 +38,24 @@ def meminfo_bytes(field: str) -> int:
     return 0
 
 
+def machine_bytes() -> int:
+    """The memory this process may use: the machine's, or its container's limit (cgroup v2
+    ``memory.max``) where that is lower."""
+    total = meminfo_bytes("MemTotal")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return total
+    return min(total, int(limit)) if limit.isdigit() and total else total
+
+
 @dataclass(frozen=True)
 class MemoryGuard:
     max_broker_bytes: int  # the broker may hold this much; 0: half of the machine's memory
     min_available_bytes: int = 1024 * MIB
 
     def limit_bytes(self) -> int:
-        return self.max_broker_bytes or meminfo_bytes("MemTotal") // 2
+        return self.max_broker_bytes or machine_bytes() // 2
 
     def verdict(self, broker_bytes: int, available_bytes: int) -> str | None:
         """Why the run must stop now, or None. ``available_bytes`` 0 means unknown (not Linux)."""
@@ -53,7 +64,8 @@ class MemoryGuard:
             return (
                 f"the embedded broker holds {broker_bytes / MIB:,.0f} MB, at its limit of "
                 f"{limit / MIB:,.0f} MB (LOCAL_BROKER_MAX_MEMORY_MB): it keeps every record in "
-                "memory; everything sent so far is rated and in ClickHouse, start again to go on"
+                "memory. What reached ClickHouse stays there; events not yet rated or sunk are "
+                "lost with the broker and must be sent again"
             )
         if available_bytes and available_bytes < self.min_available_bytes:
             return (

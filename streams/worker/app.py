@@ -286,6 +286,10 @@ def create_app(settings: Settings) -> faust.App:
                         id_key(d.event.main_account_id, d.event.event_id)
                     ):
                         part_clock[part] = max(part_clock[part], d.event.event_time)
+                # written again all the same: a local store (RocksDB) holds a round's states
+                # before the changelog acknowledges them, and a worker killed in between leaves
+                # its store ahead of its changelog; a restore elsewhere would go back in time
+                states[key], anchors[key] = state, ev
                 return
             wall_ms = int(time.time() * 1000)
             for i, d in enumerate(decoded):
@@ -333,9 +337,6 @@ def create_app(settings: Settings) -> faust.App:
                 on_partition_of(ev)
                 part_clock[part] = restore_clock(part, offset)
                 applied_through[part] = restored_through(part, offset)
-            if part in set_aside:
-                # after a jump, nothing more of this partition until it is re-read in order
-                continue
             expected = applied_through.get(part)
             if expected is not None and offset > expected + 1:
                 attempts, since = jump_attempts.get((part, expected), (0, time.monotonic()))
@@ -386,6 +387,11 @@ def create_app(settings: Settings) -> faust.App:
             if expected is not None:
                 jump_attempts.pop((part, expected), None)
                 seeks_issued.pop(part, None)
+            if part in set_aside:
+                # the re-read arrived behind the stale messages in this same round: no seek back
+                # into what is applied now
+                set_aside.discard(part)
+                resync.pop(part, None)
             applied_through[part] = max(offset, expected if expected is not None else offset)
             handle(ev)
             # where the first run recorded the clock after this offset, that is the clock
@@ -478,7 +484,6 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(events_topic, name="rate-events")
     async def rate_events(stream):
         cap_commits(app.consumer, topics.events, commit_ceilings)  # once: the consumer exists now
-        app.billing_rating = True  # a crash from now on: restart
         size_changelog_buffer(
             app.producer,
             2 * settings.worker_batch_max + settings.kafka_partitions + sweep.budget,
@@ -486,6 +491,7 @@ def create_app(settings: Settings) -> faust.App:
         async for round_events in stream.take_events(settings.worker_batch_max, within=within):
             try:
                 await rate_round(round_events)
+                app.billing_rating = True  # a service crash from now on: exit to be restarted
             except asyncio.CancelledError:
                 # take_events acks a round's events in a `finally`, so a round cancelled half-way
                 # (a rebalance restarting the agent, a shutdown) would be committed as if it had
