@@ -423,6 +423,7 @@ def run_soak(
     accounts: int = 240,
     burst_events: int = 20_000,
     fraction: float = 0.5,
+    rate: float = 0.0,
     store: str = "rocksdb://",
     run_dir: Path = Path(".run/soak"),
     console: Console,
@@ -441,7 +442,9 @@ def run_soak(
             run_dir / "sent.jsonl",
         )
         try:
-            report = asyncio.run(_phases(probe, feed, minutes, burst_events, fraction, console))
+            report = asyncio.run(
+                _phases(probe, feed, minutes, burst_events, rate, fraction, console)
+            )
         finally:
             feed.close()
             sink.terminate()
@@ -462,12 +465,18 @@ def run_soak(
 
 
 async def _phases(
-    probe: Probe, feed: Feed, minutes: float, burst_events: int, fraction: float, console: Console
+    probe: Probe,
+    feed: Feed,
+    minutes: float,
+    burst_events: int,
+    rate: float,
+    fraction: float,
+    console: Console,
 ) -> SoakReport:
     async with EventProducer(feed.settings) as producer:
         await wait_ready(probe)
         burst_rate = await burst(probe, feed, producer, burst_events)
-        rate = burst_rate * fraction
+        rate = rate or burst_rate * fraction
         console.print(
             f"burst: {burst_events:,} events drained at {burst_rate:,.0f} events/s; "
             f"steady phase at {rate:,.0f} events/s for {minutes:g} min"
@@ -584,9 +593,23 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=float(os.environ.get("SOAK_MINUTES", 30)))
     ap.add_argument("--accounts", type=int, default=240)
     ap.add_argument("--store", default=os.environ.get("SOAK_STORE", "rocksdb://"))
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=float(os.environ.get("SOAK_RATE") or 0),
+        help="steady events/s (default: --fraction of the burst rate)",
+    )
+    ap.add_argument("--fraction", type=float, default=0.5)
     args = ap.parse_args()
     console = Console()
-    report = run_soak(args.minutes, accounts=args.accounts, store=args.store, console=console)
+    report = run_soak(
+        args.minutes,
+        accounts=args.accounts,
+        store=args.store,
+        rate=args.rate,
+        fraction=args.fraction,
+        console=console,
+    )
     print_report(report, console)
     console.print(f"written to {write_report(report)}")
     return 0 if report.exact else 1
