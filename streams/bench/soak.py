@@ -413,8 +413,18 @@ _AMOUNT = re.compile(r"-?\d+(\.\d+)?")
 
 def soak_env(store: str) -> dict[str, str]:
     """The embedded pipeline's settings, with stream time from events only (as `rating simulate`
-    without --until), so that ClickHouse can equal simulate row for row."""
-    return {"WORKER_IDLE_ADVANCE_S": "0", "WORKER_STORE": store, "METRICS_PORT": "1"}
+    without --until), so that ClickHouse can equal simulate row for row. Fetches wait up to
+    1,500 ms (faust's own default) unless KAFKA_FETCH_MAX_WAIT_MS says otherwise: the embedded
+    broker holds every fetch for the full wait and lists every batch of the partition on each, so
+    its CPU is fetches per second times what it holds. At the 20 ms default (kept for latency in
+    short runs) it was at a full core after 33,000 events at 150 events/s; at 100 ms after 44,000;
+    at 500 ms the lag grew from 45,000 events on at 463 events/s (README "Long runs")."""
+    return {
+        "WORKER_IDLE_ADVANCE_S": "0",
+        "WORKER_STORE": store,
+        "METRICS_PORT": "1",
+        "KAFKA_FETCH_MAX_WAIT_MS": os.environ.get("KAFKA_FETCH_MAX_WAIT_MS", "1500"),
+    }
 
 
 def run_soak(
