@@ -3,6 +3,9 @@
 -- tests/integration/test_finance_sql.py against data that went through the pipeline.
 -- All read with FINAL: rows delivered twice are counted once (ReplacingMergeTree on the id).
 -- Money columns are Decimal128(12) in the account's currency; round only for display.
+-- Time parameters are platform (Asia/Shanghai) time, as the days these queries group by: a
+-- parameter given as text ('2026-05-02 00:00:00') is Shanghai midnight, whatever the server's time
+-- zone; a client that sends an instant (a datetime with a time zone) gets exactly that instant.
 -- deductions.kind is 'usage' (one row per rated usage event) or 'rerate_adjustment' (a delta booked
 -- by `rating rerate --apply`): sums include both, event counts only usage rows.
 
@@ -26,14 +29,14 @@ ORDER BY item, model, variant;
 -- name: revenue_per_model_per_day
 -- Revenue per model and day: gross rated, and what was paid with money (packs, vouchers, cash).
 -- Models billed elsewhere (Ark models used from Coze) are left out.
--- params: from DateTime64(3), to DateTime64(3)
+-- params: from DateTime64(3, 'Asia/Shanghai'), to DateTime64(3, 'Asia/Shanghai')
 SELECT toDate(event_time, 'Asia/Shanghai') AS day, currency, item, model,
        countIf(kind = 'usage')                        AS events,
        sum(rated_amount)                              AS gross,
        sum(pack_amount + voucher_amount + cash_amount) AS paid,
        sum(cash_amount)                               AS cash
 FROM deductions FINAL
-WHERE NOT billed_elsewhere AND event_time >= {from:DateTime64(3)} AND event_time < {to:DateTime64(3)}
+WHERE NOT billed_elsewhere AND event_time >= {from:DateTime64(3, 'Asia/Shanghai')} AND event_time < {to:DateTime64(3, 'Asia/Shanghai')}
 GROUP BY day, currency, item, model
 ORDER BY day, currency, item, model;
 
@@ -42,7 +45,7 @@ ORDER BY day, currency, item, model;
 -- their last charge, since when, and for how many days as of {as_of}; with their current status.
 -- "Last" is by the per-account sequence (processing order; rows before alert / account_status v2
 -- read 0 and fall back to time), since a late top-up can carry an earlier event time.
--- params: as_of DateTime64(3)
+-- params: as_of DateTime64(3, 'Asia/Shanghai')
 WITH episodes AS (
     SELECT main_account_id,
            argMax(kind, (sequence, event_time))      AS last_kind,
@@ -63,7 +66,7 @@ status AS (
     GROUP BY main_account_id
 )
 SELECT e.main_account_id AS main_account_id, b.currency AS currency, -b.balance AS owed, e.arrears_since AS arrears_since,
-       dateDiff('day', e.arrears_since, {as_of:DateTime64(3)}) AS days_in_arrears, s.status AS status
+       dateDiff('day', e.arrears_since, {as_of:DateTime64(3, 'Asia/Shanghai')}, 'Asia/Shanghai') AS days_in_arrears, s.status AS status
 FROM episodes AS e
 INNER JOIN balances AS b ON b.main_account_id = e.main_account_id
 LEFT JOIN status AS s ON s.main_account_id = e.main_account_id
@@ -72,7 +75,7 @@ ORDER BY days_in_arrears DESC, main_account_id;
 
 -- name: bucket_usage
 -- How usage was paid, per currency: free points, trial quotas, packs, vouchers, cash, unbilled.
--- params: from DateTime64(3), to DateTime64(3)
+-- params: from DateTime64(3, 'Asia/Shanghai'), to DateTime64(3, 'Asia/Shanghai')
 SELECT currency,
        sum(rated_amount)    AS gross,
        sum(free_amount)     AS free,
@@ -82,7 +85,7 @@ SELECT currency,
        sum(cash_amount)     AS cash,
        sum(unbilled_amount) AS unbilled
 FROM deductions FINAL
-WHERE event_time >= {from:DateTime64(3)} AND event_time < {to:DateTime64(3)}
+WHERE event_time >= {from:DateTime64(3, 'Asia/Shanghai')} AND event_time < {to:DateTime64(3, 'Asia/Shanghai')}
 GROUP BY currency
 ORDER BY currency;
 

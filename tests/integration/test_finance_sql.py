@@ -346,3 +346,33 @@ def test_finance_queries_return_the_simulated_figures(one_partition_harness):
         f"WHERE s.line_type = 'adjustment' AND s.main_account_id LIKE '{acc}'"
     ).result_rows
     assert (f"{h.tag}-late-u2",) in adjustments
+
+
+def test_time_parameters_given_as_text_are_platform_time(ch):
+    """Days are Shanghai days in these queries, so a window typed as text is Shanghai time too,
+    whatever the server's zone: 2026-09-01 16:30 UTC is 00:30 on 2 September in Shanghai."""
+    account = f"tz-{datetime.now(UTC).timestamp():.0f}"
+    rows = ", ".join(
+        f"('{account}-{n}', '{account}-{n}', '{account}', '{account}', '{at}', 'XTS', {n}, {n})"
+        for n, at in ((1, "2026-09-01 15:30:00"), (2, "2026-09-01 16:30:00"))
+    )
+    ch.command(
+        "INSERT INTO deductions (deduction_id, event_id, main_account_id, account_id, event_time, "
+        f"currency, rated_amount, cash_amount) VALUES {rows}"
+    )
+    as_text = {"from": "2026-09-02 00:00:00", "to": "2026-09-03 00:00:00"}
+    as_instants = {
+        "from": datetime(2026, 9, 2, tzinfo=ZoneInfo("Asia/Shanghai")),
+        "to": datetime(2026, 9, 3, tzinfo=ZoneInfo("Asia/Shanghai")),
+    }
+    for params in (as_text, as_instants):
+        for server_zone in ("UTC", "Asia/Shanghai", "America/New_York"):
+            got = {
+                r["currency"]: r["gross"]
+                for r in ch.query(
+                    Q["bucket_usage"],
+                    parameters=params,
+                    settings={"session_timezone": server_zone},
+                ).named_results()
+            }
+            assert got.get("XTS") == Decimal(2), (params, server_zone)  # the 16:30 UTC row only
