@@ -91,16 +91,21 @@ ORDER BY currency;
 
 -- name: reconciliation
 -- Per account, period and item/model/variant: deductions against settlement lines (regular plus
--- adjustments). state = 'ok' when counts and amounts agree, 'open' when the period has not
--- closed yet (no line), 'MISMATCH' otherwise: a healthy pipeline returns no MISMATCH row.
--- params: (none)
+-- adjustments). state = 'ok' when counts and amounts agree; 'open' when the period has no line
+-- yet and ended less than {grace_hours} before {as_of}; 'OVERDUE' when it has no line and ended
+-- longer ago than that (its partition stopped, or its stream time never passed it: a period that
+-- never closes is not left looking open); 'MISMATCH' otherwise. A healthy pipeline returns no
+-- MISMATCH and no OVERDUE row; a grace of a few hours covers the allowed lateness and the idle
+-- watermark (SETTLEMENT_ALLOWED_LATENESS_S, WORKER_IDLE_ADVANCE_S).
+-- params: as_of DateTime64(3, 'Asia/Shanghai'), grace_hours UInt32
 WITH d AS (
     SELECT main_account_id, item, model, variant,
            if(settlement_period = 'day', toUnixTimestamp(toStartOfDay(event_time, 'Asia/Shanghai')),
               toUnixTimestamp(toStartOfHour(event_time))) AS period,
+           if(settlement_period = 'day', 86400, 3600) AS period_s,
            countIf(kind = 'usage') AS deductions, sum(rated_amount) AS deducted
     FROM deductions FINAL
-    GROUP BY main_account_id, item, model, variant, period
+    GROUP BY main_account_id, item, model, variant, period, period_s
 ),
 s AS (
     SELECT main_account_id, item, model, variant, toUnixTimestamp(period_start) AS period,
@@ -109,7 +114,10 @@ s AS (
     GROUP BY main_account_id, item, model, variant, period
 )
 SELECT main_account_id, item, model, variant, period, deductions, settled_events, deducted, settled,
-       multiIf(lines = 0, 'open', deductions = settled_events AND deducted = settled, 'ok', 'MISMATCH') AS state
+       multiIf(lines = 0 AND period + period_s + {grace_hours:UInt32} * 3600
+                   > toUnixTimestamp({as_of:DateTime64(3, 'Asia/Shanghai')}), 'open',
+               lines = 0, 'OVERDUE',
+               deductions = settled_events AND deducted = settled, 'ok', 'MISMATCH') AS state
 FROM d FULL OUTER JOIN s USING (main_account_id, item, model, variant, period)
 ORDER BY main_account_id, period, item, model, variant
 SETTINGS join_use_nulls = 0;

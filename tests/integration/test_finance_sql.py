@@ -3,7 +3,7 @@ partition, a month of usage, arrears with reminder and release, a top-up that re
 event), and returns the figures computed independently from `rating simulate` on the same lines."""
 
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -334,11 +334,24 @@ def test_finance_queries_return_the_simulated_figures(one_partition_harness):
 
     # --- reconciliation: no mismatch; the late event is an adjustment; open periods are the
     # simulator's
-    rec = [r for r in rows("reconciliation") if r["main_account_id"].startswith(h.tag)]
-    assert [r for r in rec if r["state"] == "MISMATCH"] == []
+    last_event = datetime.fromtimestamp(max(d["event_time"] for d in mine) / 1000, UTC)
+
+    def reconciliation(as_of):
+        return [
+            r
+            for r in rows("reconciliation", as_of=as_of, grace_hours=26)
+            if r["main_account_id"].startswith(h.tag)
+        ]
+
+    rec = reconciliation(last_event)
+    assert [r for r in rec if r["state"] in ("MISMATCH", "OVERDUE")] == []
     open_periods = sum(len(s.periods) for s in sim.states.values())
     assert sum(1 for r in rec if r["state"] == "open") == open_periods
     assert sum(1 for r in rec if r["state"] == "ok") > 20
+    # the stream stopped there: a week on, the periods it left open are overdue, not open
+    later = reconciliation(last_event + timedelta(days=7))
+    assert sum(1 for r in later if r["state"] == "OVERDUE") == open_periods
+    assert [r for r in later if r["state"] == "open"] == []
     adjustments = h.ch.query(
         "SELECT d.event_id FROM settlements AS s FINAL INNER JOIN (SELECT * FROM deductions "
         "FINAL) AS d "
