@@ -39,7 +39,7 @@ bench: $(STAMP)
 ## it drains in a burst at the start); samples every process's memory, lag and warnings, then
 ## compares ClickHouse with `rating simulate` row for row. Writes bench-results/soak.json. Not part
 ## of `make test`. The embedded broker slows down as it fills (README "Long runs"): 30 minutes at
-## half the burst rate do not drain on it; SOAK_RATE=150 does on a 2-core machine.
+## half the burst rate do not drain on it; SOAK_RATE=35 does on a 2-core machine.
 SOAK_MINUTES ?= 30
 SOAK_RATE ?=
 soak: $(STAMP)

@@ -611,7 +611,7 @@ def main() -> int:
     )
     ap.add_argument("--fraction", type=float, default=0.5)
     args = ap.parse_args()
-    console = Console()
+    console = Console(width=max(Console().width, 120))  # the tables stay readable in a log
     report = run_soak(
         args.minutes,
         accounts=args.accounts,
