@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime
 from decimal import Decimal as D
 from pathlib import Path
 
@@ -214,7 +215,9 @@ def test_rerate_apply_books_the_diff_once(cut_harness, tmp_path):
     )
     mismatches = [
         r
-        for r in h.ch.query(Q["reconciliation"]).named_results()
+        for r in h.ch.query(
+            Q["reconciliation"], parameters={"as_of": datetime.now(UTC), "grace_hours": 26}
+        ).named_results()
         if r["main_account_id"] == main and r["state"] == "MISMATCH"
     ]
     assert mismatches == []
