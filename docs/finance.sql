@@ -41,10 +41,12 @@ GROUP BY day, currency, item, model
 ORDER BY day, currency, item, model;
 
 -- name: accounts_in_arrears
--- Accounts whose last arrears alert is `arrears_started` (not cleared since): what they owe as of
--- their last charge, since when, and for how many days as of {as_of}; with their current status.
--- "Last" is by the per-account sequence (processing order; rows before alert / account_status v2
--- read 0 and fall back to time), since a late top-up can carry an earlier event time.
+-- Accounts whose last arrears alert is `arrears_started` (not cleared since): what they owe now
+-- (their latest cash balance: after their last charge or their last top-up, whichever came last),
+-- since when, and for how many days as of {as_of}; with their current status.
+-- "Last" is by the per-account sequence (processing order, shared by deductions, alerts and
+-- status records; rows written before it existed read 0 and fall back to time), since a late
+-- top-up can carry an earlier event time, and a charge and a top-up can share a millisecond.
 -- params: as_of DateTime64(3, 'Asia/Shanghai')
 WITH episodes AS (
     SELECT main_account_id,
@@ -55,10 +57,20 @@ WITH episodes AS (
     GROUP BY main_account_id
 ),
 balances AS (
-    SELECT main_account_id, any(currency) AS currency, argMax(balance_after, event_time) AS balance
-    FROM deductions FINAL
-    WHERE kind = 'usage'
+    SELECT main_account_id, anyIf(currency, currency != '') AS currency,
+           argMax(balance, (sequence, at)) AS balance
+    FROM (
+        SELECT main_account_id, currency, balance_after AS balance, sequence, event_time AS at
+        FROM deductions FINAL
+        WHERE kind = 'usage'
+        UNION ALL
+        SELECT main_account_id, '' AS currency, assumeNotNull(cash_balance) AS balance, sequence,
+               since AS at
+        FROM account_status FINAL
+        WHERE cash_balance IS NOT NULL
+    )
     GROUP BY main_account_id
+    HAVING currency != ''
 ),
 status AS (
     SELECT main_account_id, argMax(status, (sequence, since)) AS status

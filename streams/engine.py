@@ -14,7 +14,7 @@ from decimal import localcontext
 from functools import wraps
 from typing import Any
 
-from streams.deduction.record import MONEY_CONTEXT
+from streams.deduction.record import MONEY_CONTEXT, money
 from streams.dedupe import (
     DEFAULT_HORIZON_MS,
     Entry,
@@ -62,10 +62,17 @@ class Outcome:
     deduction: dict[str, Any] | None = None
     alerts: list[dict[str, Any]] = field(default_factory=list)
     status: dict[str, Any] | None = None  # account status record, when it changed
+    # an account_status record with the status unchanged, when an account event moved the cash
+    balance: dict[str, Any] | None = None
     settlements: list[dict[str, Any]] = field(default_factory=list)
     usage_minutes: list[dict[str, Any]] = field(default_factory=list)
     rejected: Rejected | None = None
     duplicate: bool = False
+
+    @property
+    def status_records(self) -> list[dict[str, Any]]:
+        """What goes to the account_status topic: a status change, or a balance with none."""
+        return [r for r in (self.status, self.balance) if r is not None]
 
     @property
     def result(self) -> str:
@@ -312,7 +319,12 @@ class BillingEngine:
                 rejected=Rejected("internal_error", f"{type(exc).__name__}: {exc}"[:500]),
             )
         changed = self._status(state, event) if fx.status_changed else None
-        number_records(state, fx.alerts, changed)
+        balance = None
+        if changed is None and state.cash != cash_before and not isinstance(event, UsageEvent):
+            # a top-up that leaves the status as it was: finance reads the cash balance from the
+            # account_status records (deductions carry it for charges), so one is written anyway
+            balance = self._status_record(state, state.status_since, event.event_id)
+        number_records(state, fx.alerts, changed or balance, fx.deduction)
         settlements: list[dict[str, Any]] = []
         minutes: list[dict[str, Any]] = []
         if fx.deduction is not None:
@@ -340,6 +352,7 @@ class BillingEngine:
             status=changed,
             settlements=settlements,
             usage_minutes=minutes,
+            balance=balance,
         )
 
     @classmethod
@@ -359,4 +372,5 @@ class BillingEngine:
             "since": since,
             "source_event_id": source,
             "sequence": 0,  # set by number_records
+            "cash_balance": money(state.cash),
         }

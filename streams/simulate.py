@@ -142,8 +142,7 @@ def _collect(result: SimulationResult, outcome: Outcome) -> None:
     if outcome.deduction is not None:
         result.deductions.append(outcome.deduction)
     result.alerts.extend(outcome.alerts)
-    if outcome.status is not None:
-        result.statuses.append(outcome.status)
+    result.statuses.extend(outcome.status_records)
     result.settlements.extend(outcome.settlements)
     result.usage_minutes.extend(outcome.usage_minutes)
 

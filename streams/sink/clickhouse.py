@@ -139,6 +139,7 @@ DEDUCTION_COLUMNS = [
     "adjusts_deduction_id",
     "rerate_id",
     "settlement_id",
+    "sequence",
 ]
 TOKEN_ITEMS = ("tokens", "embedding", "rerank")
 TOKEN_COLUMNS = {
@@ -198,6 +199,7 @@ def deduction_values(d: dict[str, Any]) -> dict[str, Any]:
         split_amount=[Decimal(s["amount"]) for s in splits],
         split_units=[Decimal(s["units"]) for s in splits],
         split_unit=[s["unit"] for s in splits],
+        sequence=d.get("sequence", 0),  # 0: re-rating adjustments, records before deduction v4
     )
     return v
 
@@ -272,7 +274,15 @@ def alert_values(a: dict[str, Any]) -> dict[str, Any]:
     return v
 
 
-STATUS_COLUMNS = ["main_account_id", "status", "reason", "since", "source_event_id", "sequence"]
+STATUS_COLUMNS = [
+    "main_account_id",
+    "status",
+    "reason",
+    "since",
+    "source_event_id",
+    "sequence",
+    "cash_balance",
+]
 
 
 def status_values(s: dict[str, Any]) -> dict[str, Any]:
@@ -283,6 +293,8 @@ def status_values(s: dict[str, Any]) -> dict[str, Any]:
         "since": _ts(s["since"]),
         "source_event_id": s["source_event_id"],
         "sequence": s.get("sequence", 0),
+        # None: written before account_status v3 (the reader's default is "")
+        "cash_balance": Decimal(s["cash_balance"]) if s.get("cash_balance") else None,
     }
 
 

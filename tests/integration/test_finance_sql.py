@@ -133,7 +133,49 @@ def scenario(tag):
             input_tokens=10_000,
         ),
     ]
+    # a partial top-up dated before the charge that put the account in arrears, arriving after it:
+    # what the account owes is its balance after the top-up (later in processing order), not the
+    # balance after the charge (later in event time)
+    partial = f"{tag}-partial"
+    manual += [
+        line(
+            kind="account",
+            event_id=f"{partial}-open",
+            account_id=partial,
+            main_account_id=partial,
+            event_time="2026-05-01T00:00:00Z",
+            type="account_opened",
+            profile="tokenhub",
+            post_paid=True,
+            amount="0.01",
+        ),
+        line(
+            kind="usage",
+            event_id=f"{partial}-u1",
+            account_id=partial,
+            main_account_id=partial,
+            event_time="2026-05-02T10:00:00Z",
+            item="tokens",
+            model="Deepseek-r1-0528",
+            input_tokens=10_000,
+        ),
+    ]
     merged = sorted(lines + manual, key=lambda raw: orjson.loads(raw)["event_time"])
+    charged = next(
+        i for i, raw in enumerate(merged) if orjson.loads(raw)["event_id"] == f"{partial}-u1"
+    )
+    merged.insert(
+        charged + 1,
+        line(
+            kind="account",
+            event_id=f"{partial}-t1",
+            account_id=partial,
+            main_account_id=partial,
+            event_time="2026-05-02T09:00:00Z",
+            type="top_up",
+            amount="0.01",
+        ),
+    )
     charge = next(
         i for i, raw in enumerate(merged) if orjson.loads(raw)["event_id"] == f"{latetop}-u1"
     )
@@ -271,6 +313,8 @@ def test_finance_queries_return_the_simulated_figures(one_partition_harness):
     assert f"{h.tag}-arrears" in arrears and f"{h.tag}-topup" not in arrears
     row = arrears[f"{h.tag}-arrears"]
     assert row["owed"] == D("0.03") and row["days_in_arrears"] == 30 and row["status"] == "released"
+    partial = f"{h.tag}-partial"
+    assert arrears[partial]["owed"] == -sim.states[partial].cash == D("0.02")
     sim_in_arrears = set()
     # the latest arrears alert of an account is the one with the highest sequence (processing order)
     for a in sorted(
