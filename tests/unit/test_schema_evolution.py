@@ -128,7 +128,8 @@ def test_an_old_deduction_lands_in_clickhouse_as_usage():
     )
     _, decoded = reg.decode(reg.encode("deduction", record, schema_id=v1_id))
     row = deduction_row(decoded)
-    assert row[-4:] == ("usage", "", "", "")  # kind, adjusts_deduction_id, rerate_id, settlement_id
+    # kind, adjusts_deduction_id, rerate_id, settlement_id, sequence
+    assert row[-5:] == ("usage", "", "", "", 0)
 
 
 def test_readme_states_the_rule():
