@@ -243,6 +243,12 @@ class Settings:
         "fewer, larger parts)",
     )
     sink_group_id: str = setting("billing-clickhouse-sink", "consumer group of the ClickHouse sink")
+    sink_apply_migrations: bool = setting(
+        True,
+        "apply pending ClickHouse migrations when the sink starts (needs DDL rights); false: only "
+        "check schema_migrations and stop (exit 3) if one is missing, for a sink user without DDL "
+        "rights while the init step runs `rating migrate` (production)",
+    )
     sink_archive_events: bool = setting(
         True,
         "also keep every input message in ClickHouse (events_archive), for re-rating beyond Kafka "

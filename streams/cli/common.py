@@ -165,7 +165,7 @@ def friendly(fn):
 
         from streams.kafka_client import ReadStalled, TopicNotFound
         from streams.rating.profiles import ProfileError
-        from streams.sink.clickhouse import SinkHalted
+        from streams.sink.clickhouse import MigrationsPending, SinkHalted
 
         try:
             return fn(*args, **kwargs)
@@ -175,6 +175,8 @@ def friendly(fn):
             fail(str(exc))
         except (TopicNotFound, ReadStalled) as exc:
             fail(f"{exc}; check the cluster and KAFKA_TOPIC_PREFIX", code=3)
+        except MigrationsPending as exc:
+            fail(str(exc), code=3)
         except SinkHalted as exc:
             fail(f"sink stopped, nothing committed past the record: {exc}", code=3)
         except FileNotFoundError as exc:

@@ -54,19 +54,30 @@ def connect(settings: Settings):
     return clickhouse_connect.get_client(dsn=settings.clickhouse_url)
 
 
+MIGRATIONS_TABLE_DDL = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations (version String, applied_at DateTime64(3, "
+    "'UTC') DEFAULT now64(3)) "
+    "ENGINE = ReplacingMergeTree ORDER BY version"
+)
+
+
+def migration_files() -> list[Path]:
+    return sorted(MIGRATIONS_DIR.glob("*.sql"))
+
+
+def applied_migrations(client) -> set[str]:
+    return {
+        row[0] for row in client.query("SELECT version FROM schema_migrations FINAL").result_rows
+    }
+
+
 def migrate(client) -> list[str]:
     """Apply the DDL files of infra/clickhouse
     in name order, each once. Returns what was applied."""
-    client.command(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version String, applied_at DateTime64(3, "
-        "'UTC') DEFAULT now64(3)) "
-        "ENGINE = ReplacingMergeTree ORDER BY version"
-    )
-    done = {
-        row[0] for row in client.query("SELECT version FROM schema_migrations FINAL").result_rows
-    }
+    client.command(MIGRATIONS_TABLE_DDL)
+    done = applied_migrations(client)
     applied = []
-    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+    for path in migration_files():
         if path.name in done:
             continue
         for statement in _statements(path.read_text()):
@@ -76,6 +87,31 @@ def migrate(client) -> list[str]:
         )
         applied.append(path.name)
     return applied
+
+
+class MigrationsPending(RuntimeError):
+    """The sink may not apply DDL (SINK_APPLY_MIGRATIONS=false) and the database lacks some."""
+
+
+def pending_migrations(applied: set[str]) -> list[str]:
+    return [path.name for path in migration_files() if path.name not in applied]
+
+
+def check_migrations(client) -> None:
+    """What a sink without DDL rights does at start: read schema_migrations, apply nothing."""
+    try:
+        applied = applied_migrations(client)
+    except Exception as exc:  # noqa: BLE001 - no table yet is the same answer: nothing applied
+        if "schema_migrations" not in str(exc):
+            raise
+        applied = set()
+    pending = pending_migrations(applied)
+    if pending:
+        raise MigrationsPending(
+            f"ClickHouse lacks {len(pending)} migration(s), first {pending[0]}: run `rating "
+            "migrate` (the init step) with a user that may run DDL, or set "
+            "SINK_APPLY_MIGRATIONS=true"
+        )
 
 
 def _statements(sql: str) -> list[str]:
@@ -577,7 +613,8 @@ class ClickHouseSink:
         return orjson.dumps(orjson.loads((SCHEMAS_DIR / filename).read_bytes()))
 
     async def start(self) -> None:
-        await asyncio.to_thread(migrate, self.client)
+        prepare = migrate if self.settings.sink_apply_migrations else check_migrations
+        await asyncio.to_thread(prepare, self.client)
         self.consumer = AIOKafkaConsumer(
             *self.routes,
             **client_kwargs(self.settings),

@@ -44,6 +44,7 @@ from streams.limits import MAX_STATE_BYTES, check_record_size
 from streams.observability.metrics import PipelineMetrics, serve
 from streams.rating.profiles import PROFILES_DIR, ProfileError, Profiles
 from streams.worker.clock_history import bounded_history
+from streams.worker.due_index import DueIndex
 from streams.worker.entry_sweep import EntrySweep
 from streams.worker.faust_internals import (
     ChangelogAcks,
@@ -51,7 +52,9 @@ from streams.worker.faust_internals import (
     committed_offset,
     declare_gap,
     disable_implicit_gaps,
+    on_no_partition,
     on_partition_of,
+    partition_keys,
     set_fetch_max_wait,
     size_changelog_buffer,
 )
@@ -67,6 +70,9 @@ from streams.worker.tuning import faust_app_settings, table_options
 
 log = logging.getLogger("streams.worker")
 JUMP_RETRIES = 3
+# accounts decoded per step of a due index rebuild: about 8 ms of the loop at the ~76 us an
+# account of 1.2 KB takes (README "Worker state")
+DUE_INDEX_STEP = 100
 GAP_CONFIRM_SECONDS = 10.0  # a jump that outlives re-reads for this long is a real gap in the log
 
 disable_implicit_gaps()  # see streams/worker/faust_internals.py
@@ -169,9 +175,8 @@ def create_app(settings: Settings) -> faust.App:
     metrics = PipelineMetrics()
     timing = RoundTiming()
     within = settings.worker_batch_within_ms / 1000
-    due: dict[
-        int, dict[bytes, int]
-    ] = {}  # partition -> account -> next clock at which advance() acts
+    due = DueIndex(lambda key: next_due_of(accounts.get(key)))
+    rebuilds: set[asyncio.Future] = set()  # kept referenced until done (asyncio holds weak refs)
     # Stream time of each owned partition, and its recent history as (last offset of a round,
     # clock). faust commits an offset only after flushing the changelog, so the history entry for
     # the committed offset is always durable: a worker that (re)starts from there restores the exact
@@ -225,18 +230,55 @@ def create_app(settings: Settings) -> faust.App:
         for minute in outcome.usage_minutes:
             produce.append((topics.usage_per_minute, key, reg.encode("usage_minute", minute)))
 
-    def due_index(part: int) -> dict[bytes, int]:
-        """Accounts of a partition with something to close or fire; rebuilt from the table after
-        a start or a rebalance (it is derived state, not stored)."""
-        index = due.get(part)
-        if index is None:
-            index = due[part] = {}
-            for key, stored in list(accounts.items()):
-                if partition_for(key, settings.kafka_partitions) == part:
-                    when = engine.next_due(AccountState.loads(stored))
-                    if when is not None:
-                        index[key] = when
-        return index
+    def next_due_of(stored: bytes | None) -> int | None:
+        return engine.next_due(AccountState.loads(stored)) if stored is not None else None
+
+    async def rebuild_due_index(part: int, generation: int) -> None:
+        """The partition's due index from the table, in steps that leave the loop to rounds and
+        health checks between them (streams/worker/due_index.py)."""
+        on_no_partition()
+        keys = partition_keys(accounts, part)
+        if generation != due.generation:
+            return  # a rebalance came first; the next sweep of the partition starts again
+        if keys is None:  # the memory store: every partition's keys, hashed in steps
+            listing, every = list(accounts.keys()), settings.kafka_partitions
+            for i in range(0, len(listing), DUE_INDEX_STEP * 10):
+                if generation != due.generation:
+                    return
+                chunk = listing[i : i + DUE_INDEX_STEP * 10]
+                due.add_keys(part, [k for k in chunk if partition_for(k, every) == part])
+                await asyncio.sleep(0)
+        else:
+            due.add_keys(part, keys)
+        due.listed(part)
+        while generation == due.generation and due.build_step(part, DUE_INDEX_STEP) > 0:
+            await asyncio.sleep(0)
+        if generation == due.generation:
+            log.info(
+                "due index of partition %s rebuilt: %s accounts with something due",
+                part,
+                len(due.known.get(part, ())),
+            )
+
+    def rebuild_done(rebuild: asyncio.Future) -> None:
+        rebuilds.discard(rebuild)
+        if not rebuild.cancelled() and rebuild.exception() is not None:
+            # a state that does not decode: a round reading it would fail the same way
+            log.error(
+                "due index rebuild failed; exiting with code %d",
+                EXIT_ROUND_FAILED,
+                exc_info=rebuild.exception(),
+            )
+            logging.shutdown()
+            os._exit(EXIT_ROUND_FAILED)
+
+    def due_accounts(part: int, clock_ms: int) -> list[bytes]:
+        if not due.started(part):
+            due.start(part)
+            rebuild = asyncio.ensure_future(rebuild_due_index(part, due.generation))
+            rebuilds.add(rebuild)
+            rebuild.add_done_callback(rebuild_done)
+        return due.due(part, clock_ms)
 
     async def rate_round(round_events) -> None:
         round_started = time.time()
@@ -262,8 +304,8 @@ def create_app(settings: Settings) -> faust.App:
                 counts["ticks"] += 1
                 part_clock[part] = idle.clock(part, part_clock[part], time.monotonic())
                 now = part_clock[part]
-                for acct, when in list(due_index(part).items()):
-                    if when <= now and (state := load(acct)) is not None:
+                for acct in due_accounts(part, now):
+                    if (state := load(acct)) is not None:
                         outputs_for(engine.advance(state, now), acct, produce)
                         anchors[acct] = ev
                 return
@@ -438,12 +480,7 @@ def create_app(settings: Settings) -> faust.App:
             counts["changelog_bytes:accounts"] += len(key) + len(stored)
             decoded.keep(key, stored, state)
             part = ev.message.partition
-            when = engine.next_due(state)
-            index = due_index(part)
-            if when is None:
-                index.pop(key, None)
-            else:
-                index[key] = when
+            due.set(part, key, engine.next_due(state))
         timing.rounds.append(
             (processed - round_started, time.time() - processed, len(round_events))
         )
@@ -522,7 +559,7 @@ def create_app(settings: Settings) -> faust.App:
     # faust's signal types want a ``signal`` parameter its own receivers do not declare
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]
     async def forget_due_index(sender, **kwargs) -> None:
-        due.clear()
+        due.forget()
         decoded.clear()
         part_clock.clear()  # restored from the clock history at the next message of each partition
         idle.forget()

@@ -11,7 +11,11 @@ upgrade that moves one fails a unit test instead of the exactly-once guarantee.
   event*, and the RocksDB store reads and writes the database of that partition. The worker reads
   and writes states, dedupe entries and clocks for many events in one round, outside faust's
   per-event context, so it sets the event whose partition each read or write belongs to
-  (``on_partition_of``).
+  (``on_partition_of``). A background task with no event of the partition at hand clears it
+  (``on_no_partition``): the store then looks a key up in every partition's database.
+- ``RocksDB Store._dbs`` and ``_visible_keys``: the due index rebuild lists the keys of one
+  partition from that partition's database instead of hashing every key of every partition
+  (``partition_keys``).
 - ``AIOKafkaConsumerThread._create_worker_consumer``: faust builds its aiokafka consumer with
   ``fetch_max_wait_ms=1500`` hard-coded. A broker that holds a fetch for that long before
   answering (the embedded Tansu does, even with data waiting) adds up to 1.5 s to every event's
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 from faust.streams import _current_event
@@ -71,6 +76,25 @@ def on_partition_of(event: Any) -> None:
     of many events is whichever was set last: a read of another partition's key there finds
     nothing (the soak found accounts taken for unopened ones). The memory store ignores it."""
     _current_event.set(weakref.ref(event))
+
+
+def on_no_partition() -> None:
+    """Table reads that follow, in this task, look the key up in every partition's database (the
+    RocksDB store's behaviour without a current event): for a background task that reads keys of
+    one partition with no event of it at hand (the due index rebuild)."""
+    _current_event.set(None)
+
+
+def partition_keys(table: Any, partition: int) -> Iterator[bytes] | None:
+    """The keys of one partition of ``table``, read from that partition's database alone when the
+    store is RocksDB (``_dbs``: partition -> database; ``_visible_keys``: faust's own key listing
+    of one database). None for the memory store (one dict for every partition)."""
+    store = table.data
+    dbs = getattr(store, "_dbs", None)
+    if dbs is None:
+        return None
+    db = dbs.get(partition)
+    return iter(()) if db is None else store._visible_keys(db)
 
 
 def set_fetch_max_wait(fetch_max_wait_ms: int) -> None:

@@ -217,3 +217,30 @@ def test_the_changelog_buffer_is_sized_to_a_round_and_warns_only_past_it(caplog)
         assert "producer buffer full size 1200" in caplog.text
 
     asyncio.run(go())
+
+
+def test_partition_keys_lists_one_rocksdb_partition_and_leaves_the_memory_store_alone(tmp_path):
+    """The due index rebuild reads a partition's keys from its RocksDB database alone."""
+    from faust.stores.rocksdb import Store
+
+    assert "_dbs" in inspect.getsource(Store.__init__)
+    assert list(inspect.signature(Store._visible_keys).parameters) == ["self", "db"]
+
+    class FakeRocks:
+        _dbs = {3: ["k1", "k2"]}
+
+        def _visible_keys(self, db):
+            return iter(db)
+
+    table = type("T", (), {"data": FakeRocks()})()
+    assert list(faust_internals.partition_keys(table, 3)) == ["k1", "k2"]
+    assert list(faust_internals.partition_keys(table, 4)) == []
+    memory = type("T", (), {"data": {}})()
+    assert faust_internals.partition_keys(memory, 3) is None
+
+
+def test_on_no_partition_clears_the_current_event():
+    marker = object.__new__(type("Ev", (), {}))
+    faust_internals.on_partition_of(marker)
+    faust_internals.on_no_partition()
+    assert faust.streams.current_event() is None

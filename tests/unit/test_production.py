@@ -363,3 +363,39 @@ def test_passwords_can_come_from_files(tmp_path):
 def test_password_files_that_cannot_be_used_are_configuration_errors(env, fragment):
     with pytest.raises(ConfigError, match=re.escape(fragment)):
         Settings.from_env(env)
+
+
+def test_a_sink_without_ddl_rights_names_the_first_missing_migration():
+    """SINK_APPLY_MIGRATIONS=false: the sink reads schema_migrations and applies nothing."""
+    from streams.sink import clickhouse as sink
+
+    names = [p.name for p in sink.migration_files()]
+    assert sink.pending_migrations(set(names)) == []
+    assert sink.pending_migrations(set(names[1:])) == [names[0]]
+
+    class Client:
+        def __init__(self, applied):
+            self.applied, self.commands = applied, []
+
+        def query(self, sql):
+            if self.applied is None:
+                raise RuntimeError("Code: 60. Table billing.schema_migrations does not exist")
+            return type("R", (), {"result_rows": [(n,) for n in self.applied]})()
+
+        def command(self, sql):  # pragma: no cover - must not be called
+            self.commands.append(sql)
+
+    sink.check_migrations(Client(names))
+    for applied in (None, names[:-1]):
+        client = Client(applied)
+        with pytest.raises(sink.MigrationsPending, match=names[-1] if applied else names[0]):
+            sink.check_migrations(client)
+        assert client.commands == []
+    broken = Client(names)
+    broken.query = lambda sql: (_ for _ in ()).throw(RuntimeError("connection refused"))
+    with pytest.raises(RuntimeError, match="connection refused"):
+        sink.check_migrations(broken)
+    from streams.config import Settings
+
+    assert Settings.from_env({}).sink_apply_migrations is True
+    assert Settings.from_env({"SINK_APPLY_MIGRATIONS": "false"}).sink_apply_migrations is False
