@@ -8,9 +8,10 @@ import may appear under this module or the packages it uses (a test checks).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import localcontext
+from decimal import Context, getcontext, setcontext
 from functools import wraps
 from typing import Any
 
@@ -44,14 +45,32 @@ def clock_source(clock_ms: int) -> str:
     return f"clock {clock_ms}"
 
 
+_THREAD = threading.local()
+
+
+def _money_context() -> Context:
+    """This thread's copy of MONEY_CONTEXT (a context is per thread; its flags are never read)."""
+    ctx = getattr(_THREAD, "money_context", None)
+    if ctx is None:
+        ctx = _THREAD.money_context = MONEY_CONTEXT.copy()
+    return ctx
+
+
 def in_money_context(method: Callable) -> Callable:
-    """Every Decimal operation of the core
-    runs in MONEY_CONTEXT (60 digits): no implicit rounding."""
+    """Every Decimal operation of the core runs in MONEY_CONTEXT (60 digits): no implicit
+    rounding. The caller's context is put back after; a nested call finds it already set. (Not
+    ``localcontext``: it copies the context on every call, a twentieth of the core's time.)"""
 
     @wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with localcontext(MONEY_CONTEXT):
+        saved, ctx = getcontext(), _money_context()
+        if saved is ctx:
             return method(*args, **kwargs)
+        setcontext(ctx)
+        try:
+            return method(*args, **kwargs)
+        finally:
+            setcontext(saved)
 
     return wrapper
 

@@ -62,7 +62,7 @@ def records(n):
                     )
                 ),
             ).state
-        out.append((key.encode(), s.dumps()))
+        out.append((key.encode(), s.stored()))
     return out
 
 

@@ -518,7 +518,7 @@ def measure_state(accounts: int) -> tuple[float, float]:
     # one changelog record.
     import tracemalloc
 
-    blobs = {k.encode(): s.dumps() for k, s in states.items()}
+    blobs = {k.encode(): s.stored() for k, s in states.items()}  # as the worker's table holds them
     del states
     gc.collect()
     tracemalloc.start()

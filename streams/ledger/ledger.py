@@ -865,7 +865,7 @@ class Ledger:
                     )
                 )
         self._forget_expired_buckets(s, clock)
-        quotas = {q.id: q for q in profile.policy.trials}
+        quotas = profile.policy.trials_by_id
         for _, trial in sorted(s.trials.items()):  # in key order: the order a restored state has
             quota = quotas.get(trial.id)
             notice_at = trial.expires_at - (quota.expiring_notice_days if quota else 7) * DAY_MS
@@ -914,7 +914,7 @@ class Ledger:
                 if s.grace_reminded
                 else grace_end - arrears.reminder_hours_before * HOUR_MS
             )
-        quotas = {q.id: q for q in profile.policy.trials}
+        quotas = profile.policy.trials_by_id
         for t in s.trials.values():
             if not t.expiring_alerted and t.remaining > 0:
                 quota = quotas.get(t.id)

@@ -14,6 +14,9 @@ from typing import Any, TypeVar
 
 import orjson
 
+from streams.ledger.state_codec import pack_state, unpack_state
+from streams.limits import MAX_STATE_BYTES
+
 ZERO = Decimal(0)
 LEGACY_WINDOW_MS = 35 * 86_400_000  # the default dedupe horizon
 STATE_VERSION = 2  # 1: kept a window of the last 1,024 event ids; 2: ids live in the dedupe store
@@ -312,7 +315,13 @@ class AccountState:
 
     @classmethod
     def loads(cls, data: bytes) -> AccountState:
-        return cls.from_dict(orjson.loads(data))
+        """A state as ``dumps`` wrote it, or as stored (``stored``): both are read."""
+        return cls.from_dict(orjson.loads(unpack_state(data, MAX_STATE_BYTES)))
+
+    def stored(self) -> bytes:
+        """The table's value for this state: its JSON, compressed (streams/ledger/state_codec.py).
+        The size limit applies to the JSON (``check_record_size`` on ``dumps``), the larger."""
+        return pack_state(self.dumps())
 
 
 def _shallow(obj: _T) -> _T:

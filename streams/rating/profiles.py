@@ -418,6 +418,11 @@ class PolicyFile(_Strict):
     limits: Limits = Limits()
     daily_free: DailyFree | None = None
     trials: tuple[TrialQuota, ...] = ()
+
+    @cached_property
+    def trials_by_id(self) -> dict[str, TrialQuota]:
+        return {q.id: q for q in self.trials}
+
     scopes: dict[str, Scope] = {}
     packs: dict[str, PackKind] = {}
     safe_trial: SafeTrial | None = None
