@@ -44,8 +44,8 @@ ORDER BY day, currency, item, model;
 -- Accounts whose last arrears alert is `arrears_started` (not cleared since): what they owe now
 -- (their latest cash balance: after their last charge or their last top-up, whichever came last),
 -- since when, and for how many days as of {as_of}; with their current status.
--- "Last" is by the per-account sequence (processing order, shared by deductions, alerts and
--- status records; rows written before it existed read 0 and fall back to time), since a late
+-- "Last" is by the per-account sequence (processing order, shared by deductions, balance records,
+-- alerts and status records; rows written before it existed read 0 and fall back to time), since a late
 -- top-up can carry an earlier event time, and a charge and a top-up can share a millisecond.
 -- params: as_of DateTime64(3, 'Asia/Shanghai')
 WITH episodes AS (
@@ -57,20 +57,16 @@ WITH episodes AS (
     GROUP BY main_account_id
 ),
 balances AS (
-    SELECT main_account_id, anyIf(currency, currency != '') AS currency,
-           argMax(balance, (sequence, at)) AS balance
+    SELECT main_account_id, any(currency) AS currency, argMax(balance, (sequence, at)) AS balance
     FROM (
         SELECT main_account_id, currency, balance_after AS balance, sequence, event_time AS at
         FROM deductions FINAL
         WHERE kind = 'usage'
         UNION ALL
-        SELECT main_account_id, '' AS currency, assumeNotNull(cash_balance) AS balance, sequence,
-               since AS at
-        FROM account_status FINAL
-        WHERE cash_balance IS NOT NULL
+        SELECT main_account_id, currency, cash_balance AS balance, sequence, as_of AS at
+        FROM account_balances FINAL
     )
     GROUP BY main_account_id
-    HAVING currency != ''
 ),
 status AS (
     SELECT main_account_id, argMax(status, (sequence, since)) AS status

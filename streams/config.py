@@ -79,6 +79,10 @@ class Topics:
         return f"{self.prefix}account-status"
 
     @property
+    def account_balances(self) -> str:
+        return f"{self.prefix}account-balances"
+
+    @property
     def dead_letters(self) -> str:
         return f"{self.prefix}dead-letters"
 
@@ -98,6 +102,7 @@ class Topics:
             self.alerts,
             self.arrears_alerts,
             self.account_status,
+            self.account_balances,
             self.dead_letters,
             self.dead_letters_redriven,
             self.usage_per_minute,

@@ -81,17 +81,11 @@ class Outcome:
     deduction: dict[str, Any] | None = None
     alerts: list[dict[str, Any]] = field(default_factory=list)
     status: dict[str, Any] | None = None  # account status record, when it changed
-    # an account_status record with the status unchanged, when an account event moved the cash
-    balance: dict[str, Any] | None = None
+    balance: dict[str, Any] | None = None  # the cash balance, when an account event moved it
     settlements: list[dict[str, Any]] = field(default_factory=list)
     usage_minutes: list[dict[str, Any]] = field(default_factory=list)
     rejected: Rejected | None = None
     duplicate: bool = False
-
-    @property
-    def status_records(self) -> list[dict[str, Any]]:
-        """What goes to the account_status topic: a status change, or a balance with none."""
-        return [r for r in (self.status, self.balance) if r is not None]
 
     @property
     def result(self) -> str:
@@ -339,11 +333,9 @@ class BillingEngine:
             )
         changed = self._status(state, event) if fx.status_changed else None
         balance = None
-        if changed is None and state.cash != cash_before and not isinstance(event, UsageEvent):
-            # a top-up that leaves the status as it was: finance reads the cash balance from the
-            # account_status records (deductions carry it for charges), so one is written anyway
-            balance = self._status_record(state, state.status_since, event.event_id)
-        number_records(state, fx.alerts, changed or balance, fx.deduction)
+        if state.cash != cash_before and not isinstance(event, UsageEvent):
+            balance = self._balance_record(state, event)  # charges: the deduction carries it
+        number_records(state, fx.alerts, changed, fx.deduction, balance)
         settlements: list[dict[str, Any]] = []
         minutes: list[dict[str, Any]] = []
         if fx.deduction is not None:
@@ -391,5 +383,15 @@ class BillingEngine:
             "since": since,
             "source_event_id": source,
             "sequence": 0,  # set by number_records
+        }
+
+    @staticmethod
+    def _balance_record(state: AccountState, event: Event) -> dict[str, Any]:
+        return {
+            "main_account_id": state.main_account_id,
+            "currency": state.currency,
             "cash_balance": money(state.cash),
+            "as_of": event.event_time,
+            "source_event_id": event.event_id,
+            "sequence": 0,  # set by number_records
         }

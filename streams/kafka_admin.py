@@ -57,6 +57,12 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.arrears_alerts, n, {"retention.ms": year}, "arrears alerts only"),
         TopicSpec(t.account_status, n, compacted(), "latest status per main account (compacted)"),
         TopicSpec(
+            t.account_balances,
+            n,
+            {"retention.ms": year},
+            "cash balance after each account event that moved it",
+        ),
+        TopicSpec(
             t.dead_letters,
             n,
             {"retention.ms": year},

@@ -35,6 +35,7 @@ class SimulationResult:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     statuses: list[dict[str, Any]] = field(default_factory=list)
+    balances: list[dict[str, Any]] = field(default_factory=list)
     settlements: list[dict[str, Any]] = field(default_factory=list)
     usage_minutes: list[dict[str, Any]] = field(default_factory=list)
     states: dict[str, AccountState] = field(default_factory=dict)
@@ -142,7 +143,10 @@ def _collect(result: SimulationResult, outcome: Outcome) -> None:
     if outcome.deduction is not None:
         result.deductions.append(outcome.deduction)
     result.alerts.extend(outcome.alerts)
-    result.statuses.extend(outcome.status_records)
+    if outcome.status is not None:
+        result.statuses.append(outcome.status)
+    if outcome.balance is not None:
+        result.balances.append(outcome.balance)
     result.settlements.extend(outcome.settlements)
     result.usage_minutes.extend(outcome.usage_minutes)
 
@@ -188,6 +192,7 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
         "alerts": (out_dir / "alerts.jsonl", result.alerts),
         "dead_letters": (out_dir / "dead_letters.jsonl", result.dead_letters),
         "account_status": (out_dir / "account_status.jsonl", result.statuses),
+        "account_balances": (out_dir / "account_balances.jsonl", result.balances),
         "settlements": (out_dir / "settlements.jsonl", result.settlements),
         "usage_per_minute": (out_dir / "usage_per_minute.jsonl", result.usage_minutes),
     }

@@ -1,12 +1,25 @@
--- Balances that finance can order (deduction v4, account_status v3).
--- Deductions carry the account's record sequence, shared with the alert and account_status
--- records, and account_status records carry the cash balance; a top-up that leaves the status as
--- it was writes an account_status record too. So an account's latest balance is the balance_after
--- or cash_balance with the highest sequence, whatever the event times say (accounts_in_arrears).
--- Rows written before read sequence 0 and cash_balance NULL.
+-- Balances that finance can order (deduction v4, account_balance v1). Deductions carry the
+-- account's record sequence, shared with the alert, status and balance records, and every account
+-- event that moves the cash (a top-up) writes a balance record. So an account's latest balance is
+-- the balance_after or cash_balance with the highest sequence, whatever the event times say
+-- (accounts_in_arrears). Deductions written before read sequence 0.
 ALTER TABLE deductions ADD COLUMN IF NOT EXISTS sequence UInt64 DEFAULT 0;
 ALTER TABLE deductions_avro_in ADD COLUMN IF NOT EXISTS sequence UInt64 DEFAULT 0;
-ALTER TABLE account_status ADD COLUMN IF NOT EXISTS cash_balance Nullable(Decimal128(12));
+
+-- One row per balance record; the account event's id makes it unique, so a redelivered record
+-- counts once with FINAL.
+CREATE TABLE IF NOT EXISTS account_balances
+(
+    main_account_id  String,
+    currency         LowCardinality(String),
+    cash_balance     Decimal128(12),
+    as_of            DateTime64(3, 'UTC'),
+    source_event_id  String,
+    sequence         UInt64,
+    ingested_at      DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (main_account_id, source_event_id);
 
 -- The view of migration 009 with the new column. The new view is created before the old one is
 -- dropped, so an insert made while this runs lands (twice at worst, one row with FINAL), never

@@ -31,6 +31,7 @@ RECORD_NAMES = {
     "billing.v1.Alert": "alert",
     "billing.v1.DeadLetter": "dead_letter",
     "billing.v1.AccountStatus": "account_status",
+    "billing.v1.AccountBalance": "account_balance",
     "billing.v1.ClockTick": "clock_tick",
     "billing.v1.UsageMinute": "usage_minute",
 }

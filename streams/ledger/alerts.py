@@ -61,17 +61,18 @@ def number_records(
     alerts: list[dict[str, Any]],
     status: dict[str, Any] | None,
     deduction: dict[str, Any] | None = None,
+    balance: dict[str, Any] | None = None,
 ) -> None:
-    """Give an outcome's deduction, then its alerts, then its status record, the account's next
-    sequence numbers.
+    """Give an outcome's deduction or balance record, then its alerts, then its status record, the
+    account's next sequence numbers.
 
     The sequence follows processing order, so readers take an account's latest status or arrears
     alert by it: effective times can tie, or a late event can carry an earlier one. It never falls
     behind ``applied_events`` (the count of applied events), so it also says roughly which event
     produced a record, and it is part of the state, so a replay numbers the same records alike.
-    Deductions and status records share it so that the latest ``balance_after`` or
-    ``cash_balance`` of an account is the one with the highest sequence (finance's arrears)."""
-    first = [deduction] if deduction is not None else []
+    Deductions and balance records share it, so an account's latest ``balance_after`` or
+    ``cash_balance`` is the one with the highest sequence (finance's arrears)."""
+    first = [r for r in (deduction, balance) if r is not None]
     for record in [*first, *alerts, *([status] if status is not None else [])]:
         state.record_sequence = max(state.record_sequence, state.applied_events) + 1
         record["sequence"] = state.record_sequence

@@ -317,7 +317,6 @@ STATUS_COLUMNS = [
     "since",
     "source_event_id",
     "sequence",
-    "cash_balance",
 ]
 
 
@@ -329,8 +328,27 @@ def status_values(s: dict[str, Any]) -> dict[str, Any]:
         "since": _ts(s["since"]),
         "source_event_id": s["source_event_id"],
         "sequence": s.get("sequence", 0),
-        # None: written before account_status v3 (the reader's default is "")
-        "cash_balance": Decimal(s["cash_balance"]) if s.get("cash_balance") else None,
+    }
+
+
+BALANCE_COLUMNS = [
+    "main_account_id",
+    "currency",
+    "cash_balance",
+    "as_of",
+    "source_event_id",
+    "sequence",
+]
+
+
+def balance_values(b: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "main_account_id": b["main_account_id"],
+        "currency": b["currency"],
+        "cash_balance": Decimal(b["cash_balance"]),
+        "as_of": _ts(b["as_of"]),
+        "source_event_id": b["source_event_id"],
+        "sequence": b["sequence"],
     }
 
 
@@ -450,6 +468,9 @@ def routes(settings: Settings) -> dict[str, Route]:
         ),
         t.alerts: Route("alerts", "alert", ALERT_COLUMNS, alert_values),
         t.account_status: Route("account_status", "account_status", STATUS_COLUMNS, status_values),
+        t.account_balances: Route(
+            "account_balances", "account_balance", BALANCE_COLUMNS, balance_values
+        ),
         t.settlements: Route("settlements", "settlement", SETTLEMENT_COLUMNS, settlement_values),
         t.usage_per_minute: Route(
             "usage_per_minute", "usage_minute", USAGE_MINUTE_COLUMNS, usage_minute_values

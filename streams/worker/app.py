@@ -224,8 +224,14 @@ def create_app(settings: Settings) -> faust.App:
             produce.append((topics.alerts, key, value))
             if a["kind"] in ARREARS_KINDS:
                 produce.append((topics.arrears_alerts, key, value))
-        for status in outcome.status_records:
-            produce.append((topics.account_status, key, reg.encode("account_status", status)))
+        if outcome.status is not None:
+            produce.append(
+                (topics.account_status, key, reg.encode("account_status", outcome.status))
+            )
+        if outcome.balance is not None:
+            produce.append(
+                (topics.account_balances, key, reg.encode("account_balance", outcome.balance))
+            )
         for line in outcome.settlements:
             produce.append((topics.settlements, key, reg.encode("settlement", line)))
         for minute in outcome.usage_minutes:
