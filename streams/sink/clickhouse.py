@@ -54,9 +54,10 @@ def connect(settings: Settings):
     return clickhouse_connect.get_client(dsn=settings.clickhouse_url)
 
 
-def migrate(client) -> list[str]:
+def migrate(client, until: str | None = None) -> list[str]:
     """Apply the DDL files of infra/clickhouse
-    in name order, each once. Returns what was applied."""
+    in name order, each once (``until``: those whose name starts at most with that prefix, e.g.
+    "030", the schema before a later change). Returns what was applied."""
     client.command(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version String, applied_at DateTime64(3, "
         "'UTC') DEFAULT now64(3)) "
@@ -67,6 +68,8 @@ def migrate(client) -> list[str]:
     }
     applied = []
     for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        if until is not None and path.name[: len(until)] > until:
+            break
         if path.name in done:
             continue
         for statement in _statements(path.read_text()):
