@@ -7,6 +7,9 @@
 -- copy of a row lands in the same partition: each table's partition key is a function of columns
 -- that never change for the row's id (migrations 031, 032). Ids are found through id_lookup (033):
 -- an id gives the account and time that start the sorting keys.
+-- distributed_product_mode = 'local' (no effect on one server): on a cluster (CLICKHOUSE_CLUSTER)
+-- an IN or JOIN subquery on another table runs on each shard against its local table, which is
+-- correct because every table is sharded by main account (streams/sink/cluster.py).
 -- Money columns are Decimal128(12) in the account's currency; round only for display.
 -- Time parameters are platform (Asia/Shanghai) time, as the days these queries group by: a
 -- parameter given as text ('2026-05-02 00:00:00') is Shanghai midnight, whatever the server's time
@@ -83,7 +86,8 @@ INNER JOIN balances AS b ON b.main_account_id = e.main_account_id
 LEFT JOIN status AS s ON s.main_account_id = e.main_account_id
 WHERE e.last_kind = 'arrears_started'
 ORDER BY days_in_arrears DESC, main_account_id
-SETTINGS do_not_merge_across_partitions_select_final = 1;
+SETTINGS do_not_merge_across_partitions_select_final = 1,
+         distributed_product_mode = 'local';
 
 -- name: bucket_usage
 -- How usage was paid, per currency: free points, trial quotas, packs, vouchers, cash, unbilled.
@@ -157,7 +161,8 @@ INNER JOIN (SELECT * FROM deductions FINAL
                    OR has((SELECT any(deduction_ids) FROM line), deduction_id))
            ) AS d ON d.main_account_id = s.main_account_id
 ORDER BY d.event_time, d.deduction_id
-SETTINGS do_not_merge_across_partitions_select_final = 1;
+SETTINGS do_not_merge_across_partitions_select_final = 1,
+         distributed_product_mode = 'local';
 
 -- name: trace_request
 -- Everything about one request, by trace id or event id: its deductions (usage and re-rating
@@ -182,7 +187,8 @@ SELECT * FROM (
     SELECT 'dead_letter', dead_letter_id, reason_code, event_id, trace_id, '', reason
     FROM dead_letters FINAL WHERE event_id = {id:String} OR trace_id = {id:String}
 )
-SETTINGS do_not_merge_across_partitions_select_final = 1;
+SETTINGS do_not_merge_across_partitions_select_final = 1,
+         distributed_product_mode = 'local';
 
 -- name: rerate_adjustments
 -- What re-ratings booked, per run, account and model: the deltas, and how many events they touch.

@@ -72,7 +72,10 @@ SETTLEMENT_FIELDS = (
 # Each table read goes through id_lookup (migration 033): an id gives the account and time that
 # start the sorting keys, so only that range of the table is read, not the whole of it under FINAL.
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-FINAL_SETTINGS = "SETTINGS do_not_merge_across_partitions_select_final = 1"
+FINAL_SETTINGS = (
+    "SETTINGS do_not_merge_across_partitions_select_final = 1, "
+    "distributed_product_mode = 'local'"  # a cluster: id_lookup is sharded by account as well
+)
 KEYS = (
     "(main_account_id, {time}) IN (SELECT main_account_id, key_time FROM id_lookup "
     "WHERE id = {{id:String}})"

@@ -35,6 +35,7 @@ from streams.config import Settings
 from streams.ingest.codec import SCHEMAS_DIR, DecodeError, registry
 from streams.kafka_client import client_kwargs
 from streams.observability.metrics import PipelineMetrics, serve
+from streams.sink.cluster import SCHEMA_MIGRATIONS, cluster_statements
 
 log = logging.getLogger("streams.sink")
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "infra" / "clickhouse"
@@ -54,15 +55,14 @@ def connect(settings: Settings):
     return clickhouse_connect.get_client(dsn=settings.clickhouse_url)
 
 
-def migrate(client, until: str | None = None) -> list[str]:
+def migrate(client, until: str | None = None, cluster: str = "") -> list[str]:
     """Apply the DDL files of infra/clickhouse
     in name order, each once (``until``: those whose name starts at most with that prefix, e.g.
-    "030", the schema before a later change). Returns what was applied."""
-    client.command(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version String, applied_at DateTime64(3, "
-        "'UTC') DEFAULT now64(3)) "
-        "ENGINE = ReplacingMergeTree ORDER BY version"
-    )
+    "030", the schema before a later change). ``cluster`` (CLICKHOUSE_CLUSTER): each statement in
+    its cluster form (streams/sink/cluster.py), schema_migrations replicated on every node.
+    Returns what was applied."""
+    for statement in _forms(SCHEMA_MIGRATIONS, cluster):
+        client.command(statement)
     done = {
         row[0] for row in client.query("SELECT version FROM schema_migrations FINAL").result_rows
     }
@@ -73,12 +73,17 @@ def migrate(client, until: str | None = None) -> list[str]:
         if path.name in done:
             continue
         for statement in _statements(path.read_text()):
-            client.command(statement)
+            for form in _forms(statement, cluster):
+                client.command(form)
         client.insert(
             "schema_migrations", [(path.name,)], column_names=["version"], settings=INSERT_SETTINGS
         )
         applied.append(path.name)
     return applied
+
+
+def _forms(statement: str, cluster: str) -> list[str]:
+    return cluster_statements(statement, cluster) if cluster else [statement]
 
 
 def _statements(sql: str) -> list[str]:
@@ -568,7 +573,7 @@ class ClickHouseSink:
         return orjson.dumps(orjson.loads((SCHEMAS_DIR / filename).read_bytes()))
 
     async def start(self) -> None:
-        await asyncio.to_thread(migrate, self.client)
+        await asyncio.to_thread(migrate, self.client, None, self.settings.clickhouse_cluster)
         self.consumer = AIOKafkaConsumer(
             *self.routes,
             **client_kwargs(self.settings),
@@ -715,6 +720,9 @@ class ClickHouseSink:
     def _insert(self, table: TableBatch, token: str) -> None:
         route = table.route
         settings = {**INSERT_SETTINGS, "insert_deduplication_token": token}
+        if self.settings.clickhouse_cluster:
+            # acknowledged once the shards hold the rows, not when queued on this node
+            settings["insert_distributed_sync"] = 1
         if route.avro_landing:
             assert route.schema is not None
             # the token also deduplicates the block the view writes into the target table
