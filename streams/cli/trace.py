@@ -91,6 +91,29 @@ def _rows(client, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
     return list(client.query(sql, parameters=params).named_results())
 
 
+def _line_deductions(client, ident: str, lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A settlement line's deductions: those naming it, or listed by a line written before
+    settlement v2. The account and the line's period start the deductions' key: only that range
+    is read."""
+    return _rows(
+        client,
+        f"SELECT {', '.join(DEDUCTION_FIELDS)} FROM deductions FINAL "
+        "WHERE main_account_id = {account:String} "
+        "AND event_time >= fromUnixTimestamp64Milli({start:Int64}, 'UTC') "
+        "AND event_time < fromUnixTimestamp64Milli({end:Int64}, 'UTC') "
+        "AND (settlement_id = {id:String} "
+        "OR has({ids:Array(String)}, deduction_id)) ORDER BY event_time, deduction_id "
+        f"{FINAL_SETTINGS}",
+        {
+            "id": ident,
+            "ids": [d for line in lines for d in line["deduction_ids"]],
+            "account": lines[0]["main_account_id"],
+            "start": min(_epoch_ms(line["period_start"]) for line in lines),
+            "end": max(_epoch_ms(line["period_end"]) for line in lines),
+        },
+    )
+
+
 def find_chain(client, ident: str) -> dict[str, Any]:
     """The settlement lines and deductions an id reaches: a settlement line reaches exactly its
     deductions; a deduction, event or trace id reaches its deductions and the lines that hold them.
@@ -103,32 +126,11 @@ def find_chain(client, ident: str) -> dict[str, Any]:
         {"id": ident},
     )
     if lines:
-        legacy = [
-            d for line in lines for d in line["deduction_ids"]
-        ]  # lines before settlement v2 list them
-        # the account and the line's period start the deductions' key: only that range is read
-        deductions = _rows(
-            client,
-            f"SELECT {', '.join(DEDUCTION_FIELDS)} FROM deductions FINAL "
-            "WHERE main_account_id = {account:String} "
-            "AND event_time >= fromUnixTimestamp64Milli({start:Int64}, 'UTC') "
-            "AND event_time < fromUnixTimestamp64Milli({end:Int64}, 'UTC') "
-            "AND (settlement_id = {id:String} "
-            "OR has({ids:Array(String)}, deduction_id)) ORDER BY event_time, deduction_id "
-            f"{FINAL_SETTINGS}",
-            {
-                "id": ident,
-                "ids": legacy,
-                "account": lines[0]["main_account_id"],
-                "start": min(_epoch_ms(line["period_start"]) for line in lines),
-                "end": max(_epoch_ms(line["period_end"]) for line in lines),
-            },
-        )
         return {
             "query": ident,
             "found_as": "settlement line",
             "settlement_lines": lines,
-            "deductions": deductions,
+            "deductions": _line_deductions(client, ident, lines),
         }
     deductions = _rows(
         client,
