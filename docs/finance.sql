@@ -2,6 +2,14 @@
 -- description, and ClickHouse query parameters ({name:Type}). Every one of them runs in
 -- tests/integration/test_finance_sql.py against data that went through the pipeline.
 -- All read with FINAL: rows delivered twice are counted once (ReplacingMergeTree on the id).
+-- SETTINGS do_not_merge_across_partitions_select_final = 1: FINAL merges within each partition
+-- only, and a filter on the partition's time prunes the other partitions. Correct because every
+-- copy of a row lands in the same partition: each table's partition key is a function of columns
+-- that never change for the row's id (migrations 031, 032). Ids are found through id_lookup (033):
+-- an id gives the account and time that start the sorting keys.
+-- distributed_product_mode = 'local' (no effect on one server): on a cluster (CLICKHOUSE_CLUSTER)
+-- an IN or JOIN subquery on another table runs on each shard against its local table, which is
+-- correct because every table is sharded by main account (streams/sink/cluster.py).
 -- Money columns are Decimal128(12) in the account's currency; round only for display.
 -- Time parameters are platform (Asia/Shanghai) time, as the days these queries group by: a
 -- parameter given as text ('2026-05-02 00:00:00') is Shanghai midnight, whatever the server's time
@@ -22,9 +30,13 @@ SELECT item, model, variant, currency,
        sum(cash_amount)     AS cash,
        sum(unbilled_amount) AS unbilled
 FROM deductions FINAL
-WHERE main_account_id = {account:String} AND toYYYYMM(event_time, 'Asia/Shanghai') = {month:UInt32}
+WHERE main_account_id = {account:String}
+  AND event_time >= toDateTime64(makeDate(intDiv({month:UInt32}, 100), {month:UInt32} % 100, 1), 3, 'Asia/Shanghai')
+  AND event_time < toDateTime64(addMonths(makeDate(intDiv({month:UInt32}, 100), {month:UInt32} % 100, 1), 1), 3, 'Asia/Shanghai')
+  AND toYYYYMM(event_time, 'Asia/Shanghai') = {month:UInt32}
 GROUP BY item, model, variant, currency
-ORDER BY item, model, variant;
+ORDER BY item, model, variant
+SETTINGS do_not_merge_across_partitions_select_final = 1;
 
 -- name: revenue_per_model_per_day
 -- Revenue per model and day: gross rated, and what was paid with money (packs, vouchers, cash).
@@ -38,7 +50,8 @@ SELECT toDate(event_time, 'Asia/Shanghai') AS day, currency, item, model,
 FROM deductions FINAL
 WHERE NOT billed_elsewhere AND event_time >= {from:DateTime64(3, 'Asia/Shanghai')} AND event_time < {to:DateTime64(3, 'Asia/Shanghai')}
 GROUP BY day, currency, item, model
-ORDER BY day, currency, item, model;
+ORDER BY day, currency, item, model
+SETTINGS do_not_merge_across_partitions_select_final = 1;
 
 -- name: accounts_in_arrears
 -- Accounts whose last arrears alert is `arrears_started` (not cleared since): what they owe now
@@ -62,9 +75,11 @@ balances AS (
         SELECT main_account_id, currency, balance_after AS balance, sequence, event_time AS at
         FROM deductions FINAL
         WHERE kind = 'usage'
+          AND main_account_id IN (SELECT main_account_id FROM episodes WHERE last_kind = 'arrears_started')
         UNION ALL
         SELECT main_account_id, currency, cash_balance AS balance, sequence, as_of AS at
         FROM account_balances FINAL
+        WHERE main_account_id IN (SELECT main_account_id FROM episodes WHERE last_kind = 'arrears_started')
     )
     GROUP BY main_account_id
 ),
@@ -79,7 +94,9 @@ FROM episodes AS e
 INNER JOIN balances AS b ON b.main_account_id = e.main_account_id
 LEFT JOIN status AS s ON s.main_account_id = e.main_account_id
 WHERE e.last_kind = 'arrears_started'
-ORDER BY days_in_arrears DESC, main_account_id;
+ORDER BY days_in_arrears DESC, main_account_id
+SETTINGS do_not_merge_across_partitions_select_final = 1,
+         distributed_product_mode = 'local';
 
 -- name: bucket_usage
 -- How usage was paid, per currency: free points, trial quotas, packs, vouchers, cash, unbilled.
@@ -95,7 +112,8 @@ SELECT currency,
 FROM deductions FINAL
 WHERE event_time >= {from:DateTime64(3, 'Asia/Shanghai')} AND event_time < {to:DateTime64(3, 'Asia/Shanghai')}
 GROUP BY currency
-ORDER BY currency;
+ORDER BY currency
+SETTINGS do_not_merge_across_partitions_select_final = 1;
 
 -- name: reconciliation
 -- Per account, period and item/model/variant: deductions against settlement lines (regular plus
@@ -128,7 +146,7 @@ SELECT main_account_id, item, model, variant, period, deductions, settled_events
                deductions = settled_events AND deducted = settled, 'ok', 'MISMATCH') AS state
 FROM d FULL OUTER JOIN s USING (main_account_id, item, model, variant, period)
 ORDER BY main_account_id, period, item, model, variant
-SETTINGS join_use_nulls = 0;
+SETTINGS join_use_nulls = 0, do_not_merge_across_partitions_select_final = 1;
 
 -- name: trace_settlement_line
 -- "Why was I charged this?": one settlement line and every deduction behind it, with the usage
@@ -136,34 +154,50 @@ SETTINGS join_use_nulls = 0;
 -- A line's deductions are those naming it (deductions.settlement_id); lines written before
 -- settlement v2 list their deductions in the legacy column deduction_ids instead.
 -- params: settlement_id String
-WITH line AS (SELECT * FROM settlements FINAL WHERE settlement_id = {settlement_id:String})
+WITH line AS (SELECT * FROM settlements FINAL
+              WHERE (main_account_id, period_start) IN (SELECT main_account_id, key_time FROM id_lookup
+                                                        WHERE id = {settlement_id:String})
+                AND settlement_id = {settlement_id:String})
 SELECT s.settlement_id, s.period_start, s.line_type, d.deduction_id, d.kind, d.event_id, d.trace_id, d.account_id,
        d.event_time, d.item, d.model, d.variant, d.quantities, d.price_version, d.lines_json, d.rated_amount,
        arrayZip(d.split_bucket_kind, d.split_bucket_id, d.split_amount) AS bucket_split, d.unbilled_amount
 FROM line AS s
 INNER JOIN (SELECT * FROM deductions FINAL
             WHERE main_account_id IN (SELECT main_account_id FROM line)
+              AND event_time >= (SELECT min(period_start) FROM line)
+              AND event_time < (SELECT max(period_end) FROM line)
               AND (settlement_id = {settlement_id:String}
                    OR has((SELECT any(deduction_ids) FROM line), deduction_id))
            ) AS d ON d.main_account_id = s.main_account_id
-ORDER BY d.event_time, d.deduction_id;
+ORDER BY d.event_time, d.deduction_id
+SETTINGS do_not_merge_across_partitions_select_final = 1,
+         distributed_product_mode = 'local';
 
 -- name: trace_request
 -- Everything about one request, by trace id or event id: its deductions (usage and re-rating
 -- adjustments), the settlement lines that include them, and any dead letter.
 -- params: id String
-SELECT 'deduction' AS row, deduction_id AS id, kind AS type, event_id, trace_id, toString(rated_amount) AS amount, price_version AS detail
-FROM deductions FINAL WHERE event_id = {id:String} OR trace_id = {id:String} OR deduction_id = {id:String}
-UNION ALL
-SELECT 'settlement', settlement_id, line_type, '', '', toString(gross_amount), toString(period_start)
-FROM settlements FINAL
-WHERE settlement_id IN (SELECT settlement_id FROM deductions FINAL
-                        WHERE event_id = {id:String} OR trace_id = {id:String} OR deduction_id = {id:String})
-   OR hasAny(deduction_ids, (SELECT groupArray(deduction_id) FROM deductions FINAL
-                             WHERE event_id = {id:String} OR trace_id = {id:String} OR deduction_id = {id:String}))
-UNION ALL
-SELECT 'dead_letter', dead_letter_id, reason_code, event_id, trace_id, '', reason
-FROM dead_letters FINAL WHERE event_id = {id:String} OR trace_id = {id:String};
+WITH keys AS (SELECT main_account_id, key_time FROM id_lookup WHERE id = {id:String}),
+found AS (SELECT deduction_id, kind, event_id, trace_id, rated_amount, price_version, settlement_id
+          FROM deductions FINAL
+          WHERE (main_account_id, event_time) IN (SELECT main_account_id, key_time FROM keys)
+            AND (event_id = {id:String} OR trace_id = {id:String} OR deduction_id = {id:String}))
+SELECT * FROM (
+    SELECT 'deduction' AS row, deduction_id AS id, kind AS type, event_id, trace_id, toString(rated_amount) AS amount,
+           price_version AS detail
+    FROM found
+    UNION ALL
+    SELECT 'settlement', settlement_id, line_type, '', '', toString(gross_amount), toString(period_start)
+    FROM settlements FINAL
+    WHERE main_account_id IN (SELECT main_account_id FROM keys)
+      AND (settlement_id IN (SELECT settlement_id FROM found)
+           OR hasAny(deduction_ids, (SELECT groupArray(deduction_id) FROM found)))
+    UNION ALL
+    SELECT 'dead_letter', dead_letter_id, reason_code, event_id, trace_id, '', reason
+    FROM dead_letters FINAL WHERE event_id = {id:String} OR trace_id = {id:String}
+)
+SETTINGS do_not_merge_across_partitions_select_final = 1,
+         distributed_product_mode = 'local';
 
 -- name: rerate_adjustments
 -- What re-ratings booked, per run, account and model: the deltas, and how many events they touch.
@@ -174,4 +208,5 @@ SELECT rerate_id, main_account_id, model, currency, count() AS adjusted_events,
 FROM deductions FINAL
 WHERE kind = 'rerate_adjustment'
 GROUP BY rerate_id, main_account_id, model, currency
-ORDER BY rerate_id, main_account_id, model;
+ORDER BY rerate_id, main_account_id, model
+SETTINGS do_not_merge_across_partitions_select_final = 1;

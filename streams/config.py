@@ -14,6 +14,7 @@ no other code changes. Settings that only exist to work around the local broker'
 from __future__ import annotations
 
 import os
+import re
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -237,6 +238,12 @@ class Settings:
         ),
     )
     chdb_path: Path = setting(Path(".run/chdb"), "directory of the embedded chDB database")
+    clickhouse_cluster: str = setting(
+        "",
+        "name of a ClickHouse cluster (remote_servers): `rating migrate` creates Replicated "
+        "tables sharded by main account behind Distributed ones, ON CLUSTER, and the sink "
+        "inserts synchronously; empty = one server or embedded chDB, the DDL as written",
+    )
     sink_batch_max: int = setting(
         20000,
         "records per ClickHouse insert: a batch is inserted when it holds this many or "
@@ -292,6 +299,15 @@ class Settings:
             raise ConfigError(
                 "KAFKA_MIN_INSYNC_REPLICAS must not exceed KAFKA_REPLICATION_FACTOR: acks=all "
                 "writes would all fail"
+            )
+        if values["clickhouse_cluster"] and not values["clickhouse_url"]:
+            raise ConfigError("CLICKHOUSE_CLUSTER needs CLICKHOUSE_URL: embedded chDB is one node")
+        if values["clickhouse_cluster"] and not re.fullmatch(
+            r"[A-Za-z0-9_][A-Za-z0-9_.-]*", values["clickhouse_cluster"]
+        ):
+            raise ConfigError(
+                f"CLICKHOUSE_CLUSTER={values['clickhouse_cluster']!r} must be a cluster name "
+                "(letters, digits, _ . -)"
             )
         return cls(**values)
 

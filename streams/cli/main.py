@@ -399,7 +399,13 @@ def migrate(
     deadline, pause = time.monotonic() + wait, 1.0
     while True:
         try:  # only connection failures are retried: a wrong password or bad DDL fails at once
-            applied = apply(connect(s))
+            client = connect(s)
+            # the cluster form only when configured (single server and chDB: the files as written)
+            applied = (
+                apply(client, cluster=s.clickhouse_cluster)
+                if s.clickhouse_cluster
+                else apply(client)
+            )
             break
         except OperationalError as exc:
             if time.monotonic() + pause > deadline:

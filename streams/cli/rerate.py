@@ -269,7 +269,7 @@ def rerate_command(
         from streams.sink.clickhouse import connect, migrate
 
         client = connect(s)
-        migrate(client)
+        migrate(client, cluster=s.clickhouse_cluster)
         client.insert("rerate_diffs", diff_rows(result), column_names=DIFF_COLUMNS)
         note.print(
             f"diff inserted into rerate_diffs ({s.clickhouse_dsn_for_display()}), rerate_id "

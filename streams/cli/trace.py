@@ -6,6 +6,7 @@ trace_request).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -68,8 +69,49 @@ SETTLEMENT_FIELDS = (
 )
 
 
+# Each table read goes through id_lookup (migration 033): an id gives the account and time that
+# start the sorting keys, so only that range of the table is read, not the whole of it under FINAL.
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+FINAL_SETTINGS = (
+    "SETTINGS do_not_merge_across_partitions_select_final = 1, "
+    "distributed_product_mode = 'local'"  # a cluster: id_lookup is sharded by account as well
+)
+KEYS = (
+    "(main_account_id, {time}) IN (SELECT main_account_id, key_time FROM id_lookup "
+    "WHERE id = {{id:String}})"
+)
+
+
+def _epoch_ms(at: datetime) -> int:
+    """An instant read from a DateTime64(3, 'UTC') column (naive means UTC)."""
+    return ((at if at.tzinfo else at.replace(tzinfo=UTC)) - EPOCH) // timedelta(milliseconds=1)
+
+
 def _rows(client, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
     return list(client.query(sql, parameters=params).named_results())
+
+
+def _line_deductions(client, ident: str, lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A settlement line's deductions: those naming it, or listed by a line written before
+    settlement v2. The account and the line's period start the deductions' key: only that range
+    is read."""
+    return _rows(
+        client,
+        f"SELECT {', '.join(DEDUCTION_FIELDS)} FROM deductions FINAL "
+        "WHERE main_account_id = {account:String} "
+        "AND event_time >= fromUnixTimestamp64Milli({start:Int64}, 'UTC') "
+        "AND event_time < fromUnixTimestamp64Milli({end:Int64}, 'UTC') "
+        "AND (settlement_id = {id:String} "
+        "OR has({ids:Array(String)}, deduction_id)) ORDER BY event_time, deduction_id "
+        f"{FINAL_SETTINGS}",
+        {
+            "id": ident,
+            "ids": [d for line in lines for d in line["deduction_ids"]],
+            "account": lines[0]["main_account_id"],
+            "start": min(_epoch_ms(line["period_start"]) for line in lines),
+            "end": max(_epoch_ms(line["period_end"]) for line in lines),
+        },
+    )
 
 
 def find_chain(client, ident: str) -> dict[str, Any]:
@@ -78,34 +120,25 @@ def find_chain(client, ident: str) -> dict[str, Any]:
     """
     lines = _rows(
         client,
-        f"SELECT {', '.join(SETTLEMENT_FIELDS)} FROM settlements FINAL WHERE settlement_id = "
-        f"{{id:String}}",
+        f"SELECT {', '.join(SETTLEMENT_FIELDS)} FROM settlements FINAL "
+        f"WHERE {KEYS.format(time='period_start')} AND settlement_id = {{id:String}} "
+        f"{FINAL_SETTINGS}",
         {"id": ident},
     )
     if lines:
-        legacy = [
-            d for line in lines for d in line["deduction_ids"]
-        ]  # lines before settlement v2 list them
-        # the account is the first key of the deductions table: only its rows are read
-        deductions = _rows(
-            client,
-            f"SELECT {', '.join(DEDUCTION_FIELDS)} FROM deductions FINAL "
-            "WHERE main_account_id = {account:String} AND (settlement_id = {id:String} "
-            "OR has({ids:Array(String)}, deduction_id)) ORDER BY event_time, deduction_id",
-            {"id": ident, "ids": legacy, "account": lines[0]["main_account_id"]},
-        )
         return {
             "query": ident,
             "found_as": "settlement line",
             "settlement_lines": lines,
-            "deductions": deductions,
+            "deductions": _line_deductions(client, ident, lines),
         }
     deductions = _rows(
         client,
-        f"SELECT {', '.join(DEDUCTION_FIELDS)} FROM deductions FINAL WHERE deduction_id = "
-        f"{{id:String}} "
-        "OR event_id = {id:String} OR trace_id = {id:String} OR adjusts_deduction_id = {id:String} "
-        "ORDER BY event_time, kind DESC, deduction_id",
+        f"SELECT {', '.join(DEDUCTION_FIELDS)} FROM deductions FINAL "
+        f"WHERE {KEYS.format(time='event_time')} AND (deduction_id = {{id:String}} "
+        "OR event_id = {id:String} OR trace_id = {id:String} "
+        "OR adjusts_deduction_id = {id:String}) "
+        f"ORDER BY event_time, kind DESC, deduction_id {FINAL_SETTINGS}",
         {"id": ident},
     )
     if not deductions:
@@ -132,7 +165,8 @@ def find_chain(client, ident: str) -> dict[str, Any]:
         f"SELECT {', '.join(SETTLEMENT_FIELDS)} FROM settlements FINAL "
         "WHERE main_account_id IN {accounts:Array(String)} AND (settlement_id IN "
         "{lines:Array(String)} "
-        "OR hasAny(deduction_ids, {ids:Array(String)})) ORDER BY period_start, line_type",
+        "OR hasAny(deduction_ids, {ids:Array(String)})) ORDER BY period_start, line_type "
+        f"{FINAL_SETTINGS}",
         {
             "ids": [d["deduction_id"] for d in deductions],
             "accounts": sorted({d["main_account_id"] for d in deductions}),

@@ -35,6 +35,7 @@ from streams.config import Settings
 from streams.ingest.codec import SCHEMAS_DIR, DecodeError, registry
 from streams.kafka_client import client_kwargs
 from streams.observability.metrics import PipelineMetrics, serve
+from streams.sink.cluster import SCHEMA_MIGRATIONS, cluster_statements
 
 log = logging.getLogger("streams.sink")
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "infra" / "clickhouse"
@@ -54,13 +55,6 @@ def connect(settings: Settings):
     return clickhouse_connect.get_client(dsn=settings.clickhouse_url)
 
 
-MIGRATIONS_TABLE_DDL = (
-    "CREATE TABLE IF NOT EXISTS schema_migrations (version String, applied_at DateTime64(3, "
-    "'UTC') DEFAULT now64(3)) "
-    "ENGINE = ReplacingMergeTree ORDER BY version"
-)
-
-
 def migration_files() -> list[Path]:
     return sorted(MIGRATIONS_DIR.glob("*.sql"))
 
@@ -71,22 +65,33 @@ def applied_migrations(client) -> set[str]:
     }
 
 
-def migrate(client) -> list[str]:
+def migrate(client, until: str | None = None, cluster: str = "") -> list[str]:
     """Apply the DDL files of infra/clickhouse
-    in name order, each once. Returns what was applied."""
-    client.command(MIGRATIONS_TABLE_DDL)
+    in name order, each once (``until``: those whose name starts at most with that prefix, e.g.
+    "030", the schema before a later change). ``cluster`` (CLICKHOUSE_CLUSTER): each statement in
+    its cluster form (streams/sink/cluster.py), schema_migrations replicated on every node.
+    Returns what was applied."""
+    for statement in _forms(SCHEMA_MIGRATIONS, cluster):
+        client.command(statement)
     done = applied_migrations(client)
     applied = []
     for path in migration_files():
+        if until is not None and path.name[: len(until)] > until:
+            break
         if path.name in done:
             continue
         for statement in _statements(path.read_text()):
-            client.command(statement)
+            for form in _forms(statement, cluster):
+                client.command(form)
         client.insert(
             "schema_migrations", [(path.name,)], column_names=["version"], settings=INSERT_SETTINGS
         )
         applied.append(path.name)
     return applied
+
+
+def _forms(statement: str, cluster: str) -> list[str]:
+    return cluster_statements(statement, cluster) if cluster else [statement]
 
 
 class MigrationsPending(RuntimeError):
@@ -634,8 +639,11 @@ class ClickHouseSink:
         return orjson.dumps(orjson.loads((SCHEMAS_DIR / filename).read_bytes()))
 
     async def start(self) -> None:
-        prepare = migrate if self.settings.sink_apply_migrations else check_migrations
-        await asyncio.to_thread(prepare, self.client)
+        if self.settings.sink_apply_migrations:
+            cluster = self.settings.clickhouse_cluster
+            await asyncio.to_thread(migrate, self.client, None, cluster)
+        else:
+            await asyncio.to_thread(check_migrations, self.client)
         self.consumer = AIOKafkaConsumer(
             *self.routes,
             **client_kwargs(self.settings),
@@ -782,6 +790,9 @@ class ClickHouseSink:
     def _insert(self, table: TableBatch, token: str) -> None:
         route = table.route
         settings = {**INSERT_SETTINGS, "insert_deduplication_token": token}
+        if self.settings.clickhouse_cluster:
+            # acknowledged once the shards hold the rows, not when queued on this node
+            settings["insert_distributed_sync"] = 1
         if route.avro_landing:
             assert route.schema is not None
             # the token also deduplicates the block the view writes into the target table
