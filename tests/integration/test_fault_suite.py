@@ -488,7 +488,12 @@ def test_ten_thousand_malformed_messages_are_dead_lettered_and_counts_reconcile(
             f"seed {SEED}: message at {position} dead-lettered as {got.get(position)}, expected "
             f"{codes}"
         )
-    assert len(set(got.values())) >= 8
+    # every code that only one outcome could give is there, and at least one more from the kinds
+    # with several possible codes (which ones depends on the seed: random bytes starting with a
+    # zero byte are unknown_schema, others not_avro, so counting to a fixed 8 was luck)
+    forced = {next(iter(codes)) for codes in expected_codes.values() if len(codes) == 1}
+    assert len(forced) >= 6 and forced <= set(got.values()), f"seed {SEED}: {set(got.values())}"
+    assert len(set(got.values())) > len(forced), f"seed {SEED}: {set(got.values())}"
     assert worker.alive(), "the worker must never stop on bad input"
     # counts reconcile: consumed = rated + applied + rejected + duplicates (read from the worker)
     worker.terminate()
