@@ -737,8 +737,16 @@ def run_bench(
         f"[bold]state[/]: {state_accounts} accounts with live packs and trials, scaled to 100,000"
     )
     memory, changelog = measure_state(state_accounts)
-    b.add(Figure("memory per 100,000 accounts", memory / 1e6, "MB"))
-    b.add(Figure("changelog bytes per 100,000 accounts", changelog / 1e6, "MB"))
+    for name, size in (("memory", memory), ("changelog bytes", changelog)):
+        b.add(
+            Figure(
+                f"{name} per 100,000 accounts",
+                size / 1e6,
+                "MB",
+                target="<= 50 MB",
+                met=size <= 50e6,
+            )
+        )
 
     console.print(f"[bold]simulate[/]: {simulate_events:,} events")
     sim_rate, cpu_us = measure_simulate(run_dir, simulate_events)
