@@ -59,6 +59,7 @@ def wait_until_landed(h, sim, timeout=240):
             h.count("deductions", acc) >= len(sim.deductions)
             and h.count("settlements", acc) >= len(sim.settlements)
             and h.count("alerts", acc) >= len(sim.alerts)
+            and h.count("account_balances", acc) >= len(sim.balances)
         )
 
     ok = h.land(done, timeout=timeout)
@@ -160,16 +161,28 @@ def assert_identical_to_simulate(h, sim):
         s["settlement_id"]: (s["line_type"], Decimal(s["gross_amount"]), s["event_count"])
         for s in sim.settlements
     }, f"seed {SEED}: settlements differ"
-    # each deduction names its line, as simulate's does
-    named = dict(
-        q(
-            "SELECT deduction_id, settlement_id FROM deductions FINAL WHERE main_account_id LIKE "
-            f"'{acc}'"
+    # each deduction names its line, as simulate's does, and has the sequence simulate gave it:
+    # a worker restarted mid-stream numbers every record as the first run would have
+    named = {
+        r[0]: (r[1], r[2])
+        for r in q(
+            "SELECT deduction_id, settlement_id, sequence FROM deductions FINAL WHERE "
+            f"main_account_id LIKE '{acc}'"
         ).result_rows
-    )
-    assert named == {d["deduction_id"]: d["settlement_id"] for d in sim.deductions}, (
-        f"seed {SEED}: settlement ids differ"
-    )
+    }
+    assert named == {
+        d["deduction_id"]: (d["settlement_id"], d["sequence"]) for d in sim.deductions
+    }, f"seed {SEED}: settlement ids or sequences differ"
+    balances = {
+        r[0]: (Decimal(r[1]), r[2])
+        for r in q(
+            "SELECT source_event_id, toString(cash_balance), sequence FROM account_balances FINAL "
+            f"WHERE main_account_id LIKE '{acc}'"
+        ).result_rows
+    }
+    assert balances == {
+        b["source_event_id"]: (Decimal(b["cash_balance"]), b["sequence"]) for b in sim.balances
+    }, f"seed {SEED}: balance records differ"
 
     alerts = {
         r[0]: r[1]
