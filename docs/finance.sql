@@ -122,8 +122,10 @@ SETTINGS do_not_merge_across_partitions_select_final = 1;
 -- longer ago than that (its partition stopped, or its stream time never passed it: a period that
 -- never closes is not left looking open); 'MISMATCH' otherwise. A healthy pipeline returns no
 -- MISMATCH and no OVERDUE row; a grace of a few hours covers the allowed lateness and the idle
--- watermark (SETTLEMENT_ALLOWED_LATENESS_S, WORKER_IDLE_ADVANCE_S).
--- params: as_of DateTime64(3, 'Asia/Shanghai'), grace_hours UInt32
+-- watermark (SETTLEMENT_ALLOWED_LATENESS_S, WORKER_IDLE_ADVANCE_S). Only periods that start at or
+-- after {from} (whole periods: their deductions are read from the start of that Shanghai day), so
+-- a daily check reads the last days' partitions, not the whole history.
+-- params: from DateTime64(3, 'Asia/Shanghai'), as_of DateTime64(3, 'Asia/Shanghai'), grace_hours UInt32
 WITH d AS (
     SELECT main_account_id, item, model, variant,
            if(settlement_period = 'day', toUnixTimestamp(toStartOfDay(event_time, 'Asia/Shanghai')),
@@ -131,12 +133,15 @@ WITH d AS (
            if(settlement_period = 'day', 86400, 3600) AS period_s,
            countIf(kind = 'usage') AS deductions, sum(rated_amount) AS deducted
     FROM deductions FINAL
+    WHERE event_time >= toStartOfDay({from:DateTime64(3, 'Asia/Shanghai')}, 'Asia/Shanghai')
     GROUP BY main_account_id, item, model, variant, period, period_s
+    HAVING period >= toUnixTimestamp({from:DateTime64(3, 'Asia/Shanghai')})
 ),
 s AS (
     SELECT main_account_id, item, model, variant, toUnixTimestamp(period_start) AS period,
            sum(event_count) AS settled_events, sum(gross_amount) AS settled, count() AS lines
     FROM settlements FINAL
+    WHERE period_start >= {from:DateTime64(3, 'Asia/Shanghai')}
     GROUP BY main_account_id, item, model, variant, period
 )
 SELECT main_account_id, item, model, variant, period, deductions, settled_events, deducted, settled,

@@ -167,7 +167,11 @@ def parameters(client: Any) -> dict[str, dict[str, Any]]:
         "revenue_per_model_per_day": april,
         "accounts_in_arrears": {"as_of": datetime(2026, 6, 1, tzinfo=UTC)},
         "bucket_usage": april,
-        "reconciliation": {"as_of": datetime(2026, 6, 1, tzinfo=UTC), "grace_hours": 26},
+        "reconciliation": {
+            "from": datetime(2026, 4, 1, tzinfo=UTC),
+            "as_of": datetime(2026, 6, 1, tzinfo=UTC),
+            "grace_hours": 26,
+        },
         "trace_settlement_line": {"settlement_id": line},
         "trace_request": {"id": trace},
         "rerate_adjustments": {},

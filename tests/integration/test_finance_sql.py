@@ -380,10 +380,10 @@ def test_finance_queries_return_the_simulated_figures(one_partition_harness):
     # simulator's
     last_event = datetime.fromtimestamp(max(d["event_time"] for d in mine) / 1000, UTC)
 
-    def reconciliation(as_of):
+    def reconciliation(as_of, since=datetime(2000, 1, 1, tzinfo=UTC)):
         return [
             r
-            for r in rows("reconciliation", as_of=as_of, grace_hours=26)
+            for r in rows("reconciliation", **{"from": since}, as_of=as_of, grace_hours=26)
             if r["main_account_id"].startswith(h.tag)
         ]
 
@@ -396,6 +396,14 @@ def test_finance_queries_return_the_simulated_figures(one_partition_harness):
     later = reconciliation(last_event + timedelta(days=7))
     assert sum(1 for r in later if r["state"] == "OVERDUE") == open_periods
     assert [r for r in later if r["state"] == "open"] == []
+    # from a time on: exactly the periods that start then or later, each as the full check has it
+    # (mid-day, so the day periods that began before are left out whole, not half counted)
+    since = last_event.astimezone(SH).replace(hour=12, minute=0, second=0, microsecond=0)
+    since -= timedelta(days=3)
+    recent = reconciliation(last_event, since)
+    cut = int(since.timestamp())
+    assert recent == [r for r in rec if r["period"] >= cut]
+    assert 0 < len(recent) < len(rec)
     adjustments = h.ch.query(
         "SELECT d.event_id FROM settlements AS s FINAL INNER JOIN (SELECT * FROM deductions "
         "FINAL) AS d "

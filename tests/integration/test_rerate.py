@@ -216,7 +216,12 @@ def test_rerate_apply_books_the_diff_once(cut_harness, tmp_path):
     mismatches = [
         r
         for r in h.ch.query(
-            Q["reconciliation"], parameters={"as_of": datetime.now(UTC), "grace_hours": 26}
+            Q["reconciliation"],
+            parameters={
+                "from": datetime(2000, 1, 1, tzinfo=UTC),
+                "as_of": datetime.now(UTC),
+                "grace_hours": 26,
+            },
         ).named_results()
         if r["main_account_id"] == main and r["state"] == "MISMATCH"
     ]
