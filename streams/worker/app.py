@@ -27,7 +27,6 @@ from dataclasses import replace
 from typing import Any
 
 import faust
-import orjson
 from aiokafka import AIOKafkaProducer
 from faust.types import TP
 
@@ -38,13 +37,11 @@ from streams.ingest.codec import registry
 from streams.ingest.messages import Decoded, dead_letter_record, decode_message
 from streams.ingest.partitioner import partition_for
 from streams.kafka_client import producer_kwargs
-from streams.ledger.alerts import ARREARS_KINDS
 from streams.ledger.state import AccountState
 from streams.ledger.state_codec import pack_state
 from streams.limits import MAX_STATE_BYTES, check_record_size
 from streams.observability.metrics import PipelineMetrics, serve
 from streams.rating.profiles import PROFILES_DIR, ProfileError, Profiles
-from streams.worker.clock_history import bounded_history
 from streams.worker.due_index import DueIndex
 from streams.worker.entry_sweep import EntrySweep
 from streams.worker.faust_internals import (
@@ -59,8 +56,11 @@ from streams.worker.faust_internals import (
     set_fetch_max_wait,
     size_changelog_buffer,
 )
-from streams.worker.gap_check import first_offset_at, offsets_absent, seek_due
+from streams.worker.gap_check import first_offset_at, offsets_absent
 from streams.worker.idle import IdleWatermark
+from streams.worker.offset_order import OffsetOrder, Verdict
+from streams.worker.partition_clocks import PartitionClocks
+from streams.worker.round_outputs import RoundOutputs
 from streams.worker.stall import (
     EXIT_ROUND_FAILED,
     EXIT_STALLED,
@@ -70,11 +70,9 @@ from streams.worker.stall import (
 from streams.worker.tuning import faust_app_settings, table_options
 
 log = logging.getLogger("streams.worker")
-JUMP_RETRIES = 3
 # accounts decoded per step of a due index rebuild: about 8 ms of the loop at the ~76 us an
 # account of 1.2 KB takes (README "Worker state")
 DUE_INDEX_STEP = 100
-GAP_CONFIRM_SECONDS = 10.0  # a jump that outlives re-reads for this long is a real gap in the log
 
 disable_implicit_gaps()  # see streams/worker/faust_internals.py
 
@@ -178,64 +176,9 @@ def create_app(settings: Settings) -> faust.App:
     within = settings.worker_batch_within_ms / 1000
     due = DueIndex(lambda key: next_due_of(accounts.get(key)))
     rebuilds: set[asyncio.Future] = set()  # kept referenced until done (asyncio holds weak refs)
-    # Stream time of each owned partition, and its recent history as (last offset of a round,
-    # clock). faust commits an offset only after flushing the changelog, so the history entry for
-    # the committed offset is always durable: a worker that (re)starts from there restores the exact
-    # clock the first run had at that point, whatever else of the last rounds was lost.
-    part_clock: dict[int, int] = {}
-    clock_history: dict[int, list[tuple[int, int]]] = {}
-    last_offset: dict[int, int] = {}
-
-    clock_marks: dict[int, dict[int, int]] = {}  # replayed offsets -> the clock recorded after them
-    # Offsets are applied strictly in order per partition: the last offset applied (or known
-    # applied from the clock history), and how often a forward jump was met at the same place.
-    applied_through: dict[int, int | None] = {}
-    jump_attempts: dict[tuple[int, int], tuple[int, float]] = {}
-    seeks_issued: dict[int, tuple[int, float]] = {}  # partition -> (offset, when), see seek_due
+    pclocks = PartitionClocks()  # stream time per owned partition (partition_clocks.py)
+    order = OffsetOrder()  # offsets applied strictly in order (streams/worker/offset_order.py)
     gaps: list[tuple[Any, int, int]] = []
-
-    def restored_through(part: int, first_offset: int) -> int | None:
-        """Where in-order processing resumes: the end of the last durable round before the first
-        message seen, or, with no history, whatever comes first (faust seeks to the committed
-        offset)."""
-        history = clock_history.get(part) or []
-        return history[-1][0] if history else None
-
-    def restore_clock(part: int, first_offset: int) -> int:
-        stored = clocks.get(b"partition:%d" % part)
-        history = [tuple(x) for x in orjson.loads(stored)] if stored is not None else []
-        clock_history[part] = [h for h in history if h[0] < first_offset]
-        clock_marks[part] = {o: c for o, c in history if o >= first_offset}
-        log.info(
-            "partition %d: first message at offset %d; stored clock history %s; resuming after %s",
-            part,
-            first_offset,
-            f"{history[0][0]}..{history[-1][0]} ({len(history)} rounds)" if history else "empty",
-            clock_history[part][-1][0] if clock_history[part] else "nothing",
-        )
-        return clock_history[part][-1][1] if clock_history[part] else 0
-
-    def outputs_for(outcome, key: bytes, produce: list) -> None:
-        metrics.count_outcome(outcome, int(time.time() * 1000))
-        if outcome.deduction is not None:
-            produce.append((topics.deductions, key, reg.encode("deduction", outcome.deduction)))
-        for a in outcome.alerts:
-            value = reg.encode("alert", a)
-            produce.append((topics.alerts, key, value))
-            if a["kind"] in ARREARS_KINDS:
-                produce.append((topics.arrears_alerts, key, value))
-        if outcome.status is not None:
-            produce.append(
-                (topics.account_status, key, reg.encode("account_status", outcome.status))
-            )
-        if outcome.balance is not None:
-            produce.append(
-                (topics.account_balances, key, reg.encode("account_balance", outcome.balance))
-            )
-        for line in outcome.settlements:
-            produce.append((topics.settlements, key, reg.encode("settlement", line)))
-        for minute in outcome.usage_minutes:
-            produce.append((topics.usage_per_minute, key, reg.encode("usage_minute", minute)))
 
     def next_due_of(stored: bytes | None) -> int | None:
         return engine.next_due(AccountState.loads(stored)) if stored is not None else None
@@ -287,13 +230,38 @@ def create_app(settings: Settings) -> faust.App:
             rebuild.add_done_callback(rebuild_done)
         return due.due(part, clock_ms)
 
+    async def confirm_gap(ev, through: int) -> None:
+        """A jump past ``through`` that outlived the re-reads: moved past only if the broker
+        confirms that nothing lies there (transaction markers, compaction); otherwise the worker
+        stops loudly, to be restarted."""
+        part, offset = ev.message.partition, ev.message.offset
+        if not await offsets_absent(read_first_offset, ev.message.topic, part, through + 1, offset):
+            log.error(
+                "partition %d: offsets %d..%d are in the log, but the consumer keeps jumping over "
+                "them; exiting with code %d to be restarted",
+                part,
+                through + 1,
+                offset - 1,
+                EXIT_STALLED,
+            )
+            logging.shutdown()
+            os._exit(EXIT_STALLED)
+        log.warning(
+            "partition %d: offsets %d..%d are absent; continuing at %d",
+            part,
+            through + 1,
+            offset - 1,
+            offset,
+        )
+        gaps.append((ev.message.tp, through + 1, offset - 1))
+
     async def rate_round(round_events) -> None:
         round_started = time.time()
         timing.age_ms.append((round_started - round_events[0].message.timestamp) * 1000)
         states: dict[bytes, AccountState | None] = {}
         anchors: dict[bytes, Any] = {}
         clock_anchor: dict[int, Any] = {}
-        produce: list[tuple[str, bytes | None, bytes]] = []
+        outs = RoundOutputs(reg, topics, metrics)
         entries = RoundEntries(event_ids_table.get)
 
         def load(key: bytes) -> AccountState | None:
@@ -306,14 +274,13 @@ def create_app(settings: Settings) -> faust.App:
             msg = ev.message
             key, part, offset = msg.key, msg.partition, msg.offset
             clock_anchor[part] = ev
-            last_offset[part] = offset
+            pclocks.last_offset[part] = offset
             if msg.value == tick_value:
                 counts["ticks"] += 1
-                part_clock[part] = idle.clock(part, part_clock[part], time.monotonic())
-                now = part_clock[part]
+                pclocks.now[part] = now = idle.clock(part, pclocks.now[part], time.monotonic())
                 for acct in due_accounts(part, now):
                     if (state := load(acct)) is not None:
-                        outputs_for(engine.advance(state, now), acct, produce)
+                        outs.add(engine.advance(state, now), acct)
                         anchors[acct] = ev
                 return
             counts["messages"] += 1
@@ -332,7 +299,7 @@ def create_app(settings: Settings) -> faust.App:
                     if d.event is not None and entries.get(
                         id_key(d.event.main_account_id, d.event.event_id)
                     ):
-                        part_clock[part] = max(part_clock[part], d.event.event_time)
+                        pclocks.advance(part, d.event.event_time)
                 # written again all the same: a local store (RocksDB) holds a round's states
                 # before the changelog acknowledges them, and a worker killed in between leaves
                 # its store ahead of its changelog; a restore elsewhere would go back in time
@@ -342,10 +309,9 @@ def create_app(settings: Settings) -> faust.App:
             for i, d in enumerate(decoded):
                 if d.event is not None:
                     outcomes, clock = engine.step(
-                        state, d.event, clock_ms=part_clock[part], entries=entries, wall_ms=wall_ms
+                        state, d.event, clock_ms=pclocks.now[part], entries=entries, wall_ms=wall_ms
                     )
-                    if clock > part_clock[part]:
-                        part_clock[part] = clock
+                    if pclocks.advance(part, clock):
                         idle.moved(part, clock, time.monotonic())
                     outcome = outcomes[-1]
                     state = outcome.state
@@ -354,7 +320,7 @@ def create_app(settings: Settings) -> faust.App:
                     else:
                         counts[outcome.result] += 1
                         for o in outcomes:
-                            outputs_for(o, key, produce)
+                            outs.add(o, key)
                         continue
                 assert d.rejected is not None  # neither an event nor a tick: a rejection
                 counts["rejected"] += 1
@@ -370,81 +336,40 @@ def create_app(settings: Settings) -> faust.App:
                     key=key,
                     fallback_id=f"{msg.topic}:{part}:{offset}:{i}",
                 )
-                produce.append((topics.dead_letters, key, reg.encode("dead_letter", dl)))
+                outs.dead_letter(key, dl)
             if key is not None and state is not None:
                 state.offsets[str(part)] = offset
                 states[key] = state
                 anchors[key] = ev
 
-        resync: dict[int, int] = {}  # partition -> offset to seek back to after this round
-        set_aside: set[int] = set()  # partitions waiting for a re-read in order
+        order.start_round()
         for ev in round_events:
             part, offset = ev.message.partition, ev.message.offset
-            if part not in part_clock:
+            if not pclocks.owns(part):
                 on_partition_of(ev)
-                part_clock[part] = restore_clock(part, offset)
-                applied_through[part] = restored_through(part, offset)
-            expected = applied_through.get(part)
-            if expected is not None and offset > expected + 1:
-                attempts, since = jump_attempts.get((part, expected), (0, time.monotonic()))
-                if attempts < JUMP_RETRIES or time.monotonic() - since < GAP_CONFIRM_SECONDS:
-                    # faust may hand over messages fetched before a rebalance's seek, ahead of
-                    # offsets not yet processed: never apply them out of order; read again from
-                    # the gap. Messages fetched before the seek keep coming for a moment; they
-                    # are set aside without seeking again (see seek_due)
-                    set_aside.add(part)
-                    counts["set_aside"] += 1
-                    if seek_due(seeks_issued, part, expected + 1, time.monotonic()):
-                        jump_attempts[(part, expected)] = (attempts + 1, since)
-                        resync[part] = expected + 1
-                        counts["resyncs"] += 1
-                        log.info(
-                            "partition %d: offset %d arrived after %d; reading again from %d "
-                            "(seek %d)",
-                            part,
-                            offset,
-                            expected,
-                            expected + 1,
-                            attempts + 1,
-                        )
-                    continue
-                # the jump outlived the re-reads: commit past it only if the broker confirms that
-                # nothing lies there (transaction markers, compaction); otherwise stop loudly
-                if not await offsets_absent(
-                    read_first_offset, ev.message.topic, part, expected + 1, offset
-                ):
-                    log.error(
-                        "partition %d: offsets %d..%d are in the log, but the consumer keeps "
-                        "jumping over them; exiting with code %d to be restarted",
+                pclocks.restore(part, offset, clocks.get(pclocks.key(part)))
+                order.resume(part, pclocks.restored_through(part))
+            verdict = order.judge(part, offset, time.monotonic())
+            if verdict in (Verdict.SET_ASIDE, Verdict.SEEK):
+                counts["set_aside"] += 1
+                if verdict is Verdict.SEEK:
+                    counts["resyncs"] += 1
+                    log.info(
+                        "partition %d: offset %d arrived after %d; reading again from %d (seek %d)",
                         part,
-                        expected + 1,
-                        offset - 1,
-                        EXIT_STALLED,
+                        offset,
+                        order.resync[part] - 1,
+                        order.resync[part],
+                        order.attempts(part),
                     )
-                    logging.shutdown()
-                    os._exit(EXIT_STALLED)
-                log.warning(
-                    "partition %d: offsets %d..%d are absent; continuing at %d",
-                    part,
-                    expected + 1,
-                    offset - 1,
-                    offset,
-                )
-                gaps.append((ev.message.tp, expected + 1, offset - 1))
-            if expected is not None:
-                jump_attempts.pop((part, expected), None)
-                seeks_issued.pop(part, None)
-            if part in set_aside:
-                # the re-read arrived behind the stale messages in this same round: no seek back
-                # into what is applied now
-                set_aside.discard(part)
-                resync.pop(part, None)
-            applied_through[part] = max(offset, expected if expected is not None else offset)
+                continue
+            if verdict is Verdict.CONFIRM_GAP:
+                through = order.through[part]
+                assert through is not None  # a jump is measured from an offset applied
+                await confirm_gap(ev, through)
+            order.applied(part, offset)
             handle(ev)
-            # where the first run recorded the clock after this offset, that is the clock
-            mark = clock_marks.get(part, {}).pop(offset, None)
-            if mark is not None and mark > part_clock[part]:
-                part_clock[part] = mark
+            pclocks.passed(part, offset)
         processed = time.time()
         metrics.round_seconds.observe(processed - round_started)
         metrics.sync_counts(counts)
@@ -456,14 +381,12 @@ def create_app(settings: Settings) -> faust.App:
         for tp, first, last in gaps:
             await declare_gap(app.consumer, tp, first, last)
         gaps.clear()
-        for part, offset in resync.items():
+        for part, offset in order.resync.items():
             await app.consumer.seek(TP(topics.events, part), offset)
         # 1) outputs durable first ...
-        for topic, key, value in produce:
-            check_record_size(topic, key.decode("utf-8", "replace") if key else "", value)
-        if produce:
+        if records := outs.checked():
             producer = await outputs.started()
-            futures = [await producer.send(t, key=k, value=v) for t, k, v in produce]
+            futures = [await producer.send(t, key=k, value=v) for t, k, v in records]
             await asyncio.gather(*futures)
         # 2) ... then the dedupe entries of the events applied, acknowledged before ...
         if entries.written:
@@ -499,20 +422,16 @@ def create_app(settings: Settings) -> faust.App:
             return event_ids_table.get(scoped)
 
         for scoped, ev in sweep.expired(
-            event_ids_table.keys, entry_on_its_partition, part_clock, clock_anchor
+            event_ids_table.keys, entry_on_its_partition, pclocks.now, clock_anchor
         ):
             on_partition_of(ev)
             del event_ids_table[scoped]
         counts["ids_forgotten"] = sweep.forgotten
         for part, ev in clock_anchor.items():
             on_partition_of(ev)
-            history = clock_history.setdefault(part, [])
-            history.append((last_offset[part], part_clock[part]))
-            history[:] = bounded_history(
-                history, committed_offset(app.consumer, TP(topics.events, part))
-            )
-            value = orjson.dumps(history)
-            clocks[b"partition:%d" % part] = value
+            committed = committed_offset(app.consumer, TP(topics.events, part))
+            value = pclocks.record_round(part, committed)
+            clocks[pclocks.key(part)] = value
             counts["changelog_bytes:partition-clocks"] += len(value)
         # 4) the round's events are acked (and so committable) only when this returns: every
         #    table write of the round acknowledged first (see faust_internals.ChangelogAcks) ...
@@ -520,7 +439,7 @@ def create_app(settings: Settings) -> faust.App:
         # ... and faust commits no offset of a message not applied yet (one set aside after a
         #    jump is acked all the same): only below what this worker has durably applied
         for part in clock_anchor:
-            through = applied_through.get(part)
+            through = order.through.get(part)
             if through is not None:
                 commit_ceilings[part] = through + 1
 
@@ -569,13 +488,9 @@ def create_app(settings: Settings) -> faust.App:
     async def forget_due_index(sender, **kwargs) -> None:
         due.forget()
         decoded.clear()
-        part_clock.clear()  # restored from the clock history at the next message of each partition
+        pclocks.forget()  # restored from the clock history at the next message of each partition
         idle.forget()
-        clock_history.clear()
-        clock_marks.clear()
-        applied_through.clear()
-        jump_attempts.clear()
-        seeks_issued.clear()
+        order.forget()
         commit_ceilings.clear()  # set again by the next round of each partition
 
     profiles_root = settings.profiles_dir or PROFILES_DIR
@@ -601,7 +516,7 @@ def create_app(settings: Settings) -> faust.App:
 
     async def next_to_handle(tp) -> int | None:
         """The offset of the partition's next message to handle; None while not known yet."""
-        handled = last_offset.get(tp.partition)
+        handled = pclocks.last_offset.get(tp.partition)
         return handled + 1 if handled is not None else await app.consumer.position(tp)
 
     @app.timer(interval=2.0)
@@ -644,7 +559,8 @@ def create_app(settings: Settings) -> faust.App:
                 for tp in tps:
                     end, position = ends.get(tp), await next_to_handle(tp)
                     waiting = end is not None and position is not None and end > position
-                    owned[tp.partition] = (recovering or last_offset.get(tp.partition), waiting)
+                    handled = recovering or pclocks.last_offset.get(tp.partition)
+                    owned[tp.partition] = (handled, waiting)
             except Exception as exc:  # noqa: BLE001 - offsets unknown (broker away, rebalance):
                 # no verdict, and the clock starts again once they are known
                 log.debug("stall check skipped: %s", exc)
