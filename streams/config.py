@@ -149,7 +149,13 @@ class Settings:
         "embedded one does, adds it to each event's latency); lower means more idle fetch requests",
     )
     kafka_producer_max_batch_size: int | None = setting(
-        None, "producer batch bytes; the embedded broker sets 16 (Tansu high-water-mark bug)"
+        None, "batch bytes of the worker's changelog producer (16: one record per batch)"
+    )
+    kafka_end_offsets_from_last_batch: bool = setting(
+        False,
+        "table recovery takes each changelog's end from a read of its last record batch, not "
+        "from ListOffsets alone (the embedded broker sets it: Tansu answers the last batch's "
+        "first offset + 1)",
     )
     local_broker_max_memory_mb: int = setting(
         0,

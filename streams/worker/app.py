@@ -4,15 +4,17 @@ Exactly-once *effect* on an at-least-once broker, without Kafka transactions:
 
 1. Events are taken in rounds (``take_events``). Each account's state is read once per round from
    the ``accounts`` table and updated in memory by the pure ``BillingEngine``.
-2. All output records of the round (deductions, alerts, status, dead letters) are produced and
-   their acknowledgements awaited.
+2. All output records of the round (deductions, alerts, status, dead letters) and the dedupe
+   entries of its events (``event-ids`` table, streams/dedupe.py) are produced, and their
+   acknowledgements awaited together.
 3. Only then is each changed account written back to the table (one changelog record per account,
-   holding balances, the recent event ids and the input offset together).
-4. faust commits the input offsets after that, flushing the producer first.
+   holding balances, the account's sequence and the input offset together).
+4. faust commits the input offsets after that, below what this worker has durably applied.
 
-A crash before (3) replays the round from the old state: the same deterministic ids come out
-again and downstream dedupes them. A crash after (3) finds the offset in the state and skips the
-message. A producer duplicate (same event id, new offset) is caught by the recent-ids window.
+A crash before (3) replays the round from the old state: the entries it finds are ahead of the
+state's sequence and count for nothing, the same deterministic ids come out again and downstream
+dedupes them. A crash after (3) finds the offset in the state and skips the message. A producer
+duplicate (same event id, new offset) is caught by its dedupe entry, over the dedupe horizon.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from streams.worker.faust_internals import (
     ChangelogAcks,
     cap_commits,
     committed_offset,
+    correct_recovery_highwaters,
     declare_gap,
     disable_implicit_gaps,
     on_no_partition,
@@ -56,7 +59,7 @@ from streams.worker.faust_internals import (
     set_fetch_max_wait,
     size_changelog_buffer,
 )
-from streams.worker.gap_check import first_offset_at, offsets_absent
+from streams.worker.gap_check import first_offset_at, last_offsets_from, offsets_absent
 from streams.worker.idle import IdleWatermark
 from streams.worker.offset_order import OffsetOrder, Verdict
 from streams.worker.partition_clocks import PartitionClocks
@@ -97,6 +100,8 @@ def create_app(settings: Settings) -> faust.App:
         f"kafka://{s.strip()}" for s in settings.kafka_bootstrap_servers.split(",")
     )
     set_fetch_max_wait(settings.kafka_fetch_max_wait_ms)
+    if settings.kafka_end_offsets_from_last_batch:
+        correct_recovery_highwaters(lambda starts: last_offsets_from(settings, starts))
     extra: dict[str, Any] = {}
     if settings.kafka_producer_max_batch_size:
         extra["producer_max_batch_size"] = settings.kafka_producer_max_batch_size
@@ -383,22 +388,22 @@ def create_app(settings: Settings) -> faust.App:
         gaps.clear()
         for part, offset in order.resync.items():
             await app.consumer.seek(TP(topics.events, part), offset)
-        # 1) outputs durable first ...
+        # 1) the outputs and the dedupe entries of the events applied, both acknowledged
+        #    (together: an entry durable before its outputs is harmless, see 2) before ...
+        for scoped, (entry, ev) in entries.written.items():
+            on_partition_of(ev)
+            value = entry.encode()
+            event_ids_table[scoped] = value
+            counts["changelog_bytes:event-ids"] += len(scoped) + len(value)
+        acks = [changelog.durable()]
         if records := outs.checked():
             producer = await outputs.started()
-            futures = [await producer.send(t, key=k, value=v) for t, k, v in records]
-            await asyncio.gather(*futures)
-        # 2) ... then the dedupe entries of the events applied, acknowledged before ...
-        if entries.written:
-            for scoped, (entry, ev) in entries.written.items():
-                on_partition_of(ev)
-                value = entry.encode()
-                event_ids_table[scoped] = value
-                counts["changelog_bytes:event-ids"] += len(scoped) + len(value)
-            await changelog.durable()
-        # 3) ... the state that says they happened (the changelog partition is the
-        #    message's partition, which is the account's). An entry whose sequence the state
-        #    has not reached (a crash between 2 and 3) is not taken for a duplicate.
+            acks += [await producer.send(t, key=k, value=v) for t, k, v in records]
+        await asyncio.gather(*acks)
+        # 2) ... the state that says they happened (the changelog partition is the message's
+        #    partition, which is the account's). An entry whose sequence the state has not
+        #    reached (a crash before 2 is acknowledged) is not taken for a duplicate: the event
+        #    is applied again and its outputs, lost or not, are produced again with the same ids.
         for key, ev in anchors.items():
             state = states[key]
             assert state is not None  # an anchored key was stepped, so it has a state
@@ -433,7 +438,7 @@ def create_app(settings: Settings) -> faust.App:
             value = pclocks.record_round(part, committed)
             clocks[pclocks.key(part)] = value
             counts["changelog_bytes:partition-clocks"] += len(value)
-        # 4) the round's events are acked (and so committable) only when this returns: every
+        # 3) the round's events are acked (and so committable) only when this returns: every
         #    table write of the round acknowledged first (see faust_internals.ChangelogAcks) ...
         await changelog.durable()
         # ... and faust commits no offset of a message not applied yet (one set aside after a

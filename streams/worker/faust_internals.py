@@ -36,16 +36,25 @@ upgrade that moves one fails a unit test instead of the exactly-once guarantee.
   lost them (the fault suite's restarted worker found its committed offset ~400 messages past the
   last applied round). ``cap_commits`` makes faust commit, on the input topic, only below the
   first offset the worker has not durably applied.
+- ``Recovery._build_highwaters``: the end of each changelog partition that table recovery reads
+  up to, from ListOffsets. The embedded Tansu answers ListOffsets with the base offset of the
+  partition's last record batch plus one, so a changelog written in batches of several records
+  would be recovered short (a restarted worker silently loses the newest table writes). With
+  ``correct_recovery_highwaters`` (set for the embedded broker only) recovery reads the last
+  batch from there and takes its last offset instead. Before it, every changelog record was
+  made a batch of its own (``KAFKA_PRODUCER_MAX_BATCH_SIZE=16``), which cost one produce
+  request per record and partition: most of a round's acknowledgement wait.
 """
 
 from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from faust.streams import _current_event
+from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
@@ -54,6 +63,10 @@ _FAUST_CREATE_WORKER_CONSUMER = AIOKafkaConsumerThread._create_worker_consumer
 _FAUST_ADD_GAP = FaustConsumer._add_gap
 
 _FAUST_NEW_OFFSET = FaustConsumer._new_offset
+
+_FAUST_BUILD_HIGHWATERS = Recovery._build_highwaters
+
+LastOffsets = Callable[[dict[tuple[str, int], int]], Awaitable[dict[tuple[str, int], int]]]
 
 
 async def _no_implicit_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
@@ -112,6 +125,32 @@ def set_fetch_max_wait(fetch_max_wait_ms: int) -> None:
 def committed_offset(consumer: Any, tp: Any) -> int | None:
     """The offset faust last committed for ``tp``, None when it has committed none yet."""
     return consumer._committed_offset.get(tp)
+
+
+def correct_recovery_highwaters(last_offsets_from: LastOffsets) -> None:
+    """Table recovery reads each changelog partition up to its true last offset: faust's
+    highwater (the last offset by ListOffsets) is replaced by the last offset read from there,
+    when that is later. ``last_offsets_from`` maps (topic, partition) -> start offset to the
+    last offset read from each start (gap_check.last_offsets_from)."""
+
+    async def build(self: Any, consumer: Any, tps: Any, destination: Any, title: str) -> None:
+        await _FAUST_BUILD_HIGHWATERS(self, consumer, tps, destination, title)
+        starts = {(tp.topic, tp.partition): destination[tp] for tp in tps if destination[tp] >= 0}
+        found = await last_offsets_from(starts)
+        for tp in tps:
+            last = found.get((tp.topic, tp.partition))
+            if last is not None and last > destination[tp]:
+                self.log.info(
+                    "%s changelog %s[%d]: last offset %d, not %d as ListOffsets said",
+                    title,
+                    tp.topic,
+                    tp.partition,
+                    last,
+                    destination[tp],
+                )
+                destination[tp] = last
+
+    Recovery._build_highwaters = build  # type: ignore[method-assign]
 
 
 class ChangelogAcks:

@@ -76,3 +76,35 @@ def seek_due(
         return False
     issued[partition] = (offset, now_s)
     return True
+
+
+async def last_offsets_from(
+    settings: Settings, starts: dict[tuple[str, int], int]
+) -> dict[tuple[str, int], int]:
+    """The last offset a plain consumer reads in its first fetch from each ``(topic, partition)``
+    at its start offset; partitions that return nothing in the attempts are left out. Read from
+    the base offset of a partition's last record batch, that is the partition's last offset (see
+    streams/worker/faust_internals.py, ``correct_recovery_highwaters``)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    if not starts:
+        return {}
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = {TopicPartition(t, p): o for (t, p), o in starts.items()}
+        consumer.assign(list(tps))
+        for tp, offset in tps.items():
+            consumer.seek(tp, offset)
+        found: dict[tuple[str, int], int] = {}
+        for _ in range(ATTEMPTS):
+            batch = await consumer.getmany(*tps, timeout_ms=FETCH_TIMEOUT_MS)
+            for tp, records in batch.items():
+                if records and (tp.topic, tp.partition) not in found:
+                    found[(tp.topic, tp.partition)] = max(int(r.offset) for r in records)
+                    consumer.pause(tp)
+            if len(found) == len(tps):
+                break
+        return found
+    finally:
+        await consumer.stop()

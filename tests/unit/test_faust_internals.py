@@ -244,3 +244,41 @@ def test_on_no_partition_clears_the_current_event():
     faust_internals.on_partition_of(marker)
     faust_internals.on_no_partition()
     assert faust.streams.current_event() is None
+
+
+def test_recovery_reads_each_changelog_up_to_the_last_offset_of_its_last_batch(monkeypatch):
+    """faust takes a changelog's end from ListOffsets (minus one); the correction replaces it
+    with the last offset read from there when that is later (Tansu answers the last batch's first
+    offset + 1), and leaves empty partitions and correct answers alone."""
+    import asyncio
+    import logging
+    from collections import Counter
+
+    from faust.tables.recovery import Recovery
+    from faust.types import TP
+
+    source = inspect.getsource(faust_internals._FAUST_BUILD_HIGHWATERS)
+    assert "consumer.highwaters(" in source and "value - 1" in source
+    params = list(inspect.signature(faust_internals._FAUST_BUILD_HIGHWATERS).parameters)
+    assert params == ["self", "consumer", "tps", "destination", "title"]
+
+    a, b, empty = TP("t-changelog", 0), TP("t-changelog", 1), TP("t-changelog", 2)
+
+    class Consumer:
+        async def highwaters(self, *tps):
+            return {a: 41, b: 8, empty: 0}  # a: batch 40..44 holds the last records
+
+    asked = {}
+
+    async def last_offsets_from(starts):
+        asked.update(starts)
+        return {("t-changelog", 0): 44, ("t-changelog", 1): 7}
+
+    monkeypatch.setattr(Recovery, "_build_highwaters", faust_internals._FAUST_BUILD_HIGHWATERS)
+    faust_internals.correct_recovery_highwaters(last_offsets_from)
+    recovery = object.__new__(Recovery)
+    monkeypatch.setattr(Recovery, "log", logging.getLogger("test"), raising=False)
+    destination: Counter = Counter()
+    asyncio.run(recovery._build_highwaters(Consumer(), {a, b, empty}, destination, "active"))
+    assert asked == {("t-changelog", 0): 40, ("t-changelog", 1): 7}
+    assert destination == {a: 44, b: 7, empty: -1}
