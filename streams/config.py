@@ -172,10 +172,15 @@ class Settings:
     worker_store: str = setting("memory://", "faust table store: memory:// or rocksdb://")
     worker_batch_max: int = setting(500, "max events handled per state write round")
     worker_batch_within_ms: int = setting(
-        5,
-        "longest a round waits to fill after the previous one, milliseconds: each round waits "
-        "this long unless WORKER_BATCH_MAX events are already there, so it adds to every "
-        "event's latency; lower means smaller rounds and more CPU per event at light load",
+        20,
+        "longest a round keeps taking events after its first one, milliseconds (it starts "
+        "earlier once WORKER_BATCH_IDLE_MS pass without a new event, or at WORKER_BATCH_MAX)",
+    )
+    worker_batch_idle_ms: int = setting(
+        1,
+        "a round starts once no event has come for this long, milliseconds: the events queued "
+        "behind the last round are in",
+        minimum=1,
     )
     worker_tick_interval_ms: int = setting(
         5000, "how often idle partitions are ticked so periods close and deadlines fire"

@@ -2,8 +2,8 @@
 
 Exactly-once *effect* on an at-least-once broker, without Kafka transactions:
 
-1. Events are taken in rounds (``take_events``). Each account's state is read once per round from
-   the ``accounts`` table and updated in memory by the pure ``BillingEngine``.
+1. Events are taken in rounds (``take_rounds``, faust_internals.py). Each account's state is read
+   once per round from the ``accounts`` table and updated in memory by the pure ``BillingEngine``.
 2. All output records of the round (deductions, alerts, status, dead letters) and the dedupe
    entries of its events (``event-ids`` table, streams/dedupe.py) are produced, and their
    acknowledgements awaited together.
@@ -58,6 +58,7 @@ from streams.worker.faust_internals import (
     partition_keys,
     set_fetch_max_wait,
     size_changelog_buffer,
+    take_rounds,
 )
 from streams.worker.gap_check import first_offset_at, last_offsets_from, offsets_absent
 from streams.worker.idle import IdleWatermark
@@ -179,6 +180,7 @@ def create_app(settings: Settings) -> faust.App:
     metrics = PipelineMetrics()
     timing = RoundTiming()
     within = settings.worker_batch_within_ms / 1000
+    idle_s = settings.worker_batch_idle_ms / 1000
     due = DueIndex(lambda key: next_due_of(accounts.get(key)))
     rebuilds: set[asyncio.Future] = set()  # kept referenced until done (asyncio holds weak refs)
     pclocks = PartitionClocks()  # stream time per owned partition (partition_clocks.py)
@@ -455,14 +457,16 @@ def create_app(settings: Settings) -> faust.App:
             app.producer,
             2 * settings.worker_batch_max + settings.kafka_partitions + sweep.budget,
         )
-        async for round_events in stream.take_events(settings.worker_batch_max, within=within):
+        rounds = take_rounds(stream, settings.worker_batch_max, within, idle_s)
+        async for round_events in rounds:
             try:
                 await rate_round(round_events)
                 app.billing_rating = True  # a service crash from now on: exit to be restarted
             except asyncio.CancelledError:
-                # take_events acks a round's events in a `finally`, so a round cancelled half-way
-                # (a rebalance restarting the agent, a shutdown) would be committed as if it had
-                # been applied. Exit before faust can commit; the round is replayed.
+                # take_rounds (as take_events) acks a round's events in a `finally`, so a round
+                # cancelled half-way (a rebalance restarting the agent, a shutdown) would be
+                # committed as if it had been applied. Exit before faust can commit; the round is
+                # replayed.
                 log.error(
                     "round of %d events cancelled before it completed; exiting with code %d",
                     len(round_events),

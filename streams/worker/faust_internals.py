@@ -29,7 +29,15 @@ upgrade that moves one fails a unit test instead of the exactly-once guarantee.
   (the fault suite saw a restarted worker without the accounts opened before the kill).
   ``ChangelogAcks`` keeps those futures, so a round ends only once its writes are acknowledged.
 - ``Stream.take_events`` acks the events it handed out in a ``finally``, so a round cancelled
-  half-way would be committed as applied; the worker exits instead (``rate_events``).
+  half-way would be committed as applied; the worker exits instead (``rate_events``). The worker
+  takes its rounds with ``take_rounds``, a copy of ``take_events`` (same processor, passive
+  drain, acks and back-pressure: ``add_processor``, ``_enable_passive``, ``current_event``,
+  ``ack``, ``wait_for_stopped``) that differs in one thing: take_events waits the whole
+  ``within`` after every round, so a short ``within`` made rounds small under load (the events
+  queued during a round are moved into the buffer one by one, through the stream) and a long one
+  added its length to every event's latency. take_rounds starts a round once the buffer has
+  stopped growing for ``idle`` (the queue behind the last round is in), or ``within`` after its
+  first event, or at ``max_`` events.
 - ``Consumer._new_offset`` (with ``_acked``): the offset faust commits for a partition is the end
   of the run of acked offsets. take_events also acks the messages a round set aside to re-read in
   order (after a jump), so faust could commit past messages that were never applied; a SIGKILL then
@@ -50,13 +58,15 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from faust.streams import _current_event
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from mode.utils.aiter import aiter
+from mode.utils.futures import notify
 
 _FAUST_CREATE_WORKER_CONSUMER = AIOKafkaConsumerThread._create_worker_consumer
 
@@ -151,6 +161,71 @@ def correct_recovery_highwaters(last_offsets_from: LastOffsets) -> None:
                 destination[tp] = last
 
     Recovery._build_highwaters = build  # type: ignore[method-assign]
+
+
+async def take_rounds(
+    stream: Any, max_: int, within_s: float, idle_s: float
+) -> AsyncIterator[list[Any]]:
+    """Rounds of at most ``max_`` events: each starts once its first event is in and then no
+    event has come for ``idle_s``, or ``within_s`` after its first event, or at ``max_`` events.
+    Events are acked after the round, in a ``finally``, as faust's ``take_events`` does (see
+    above); while a round runs, nothing is added to the buffer."""
+    buffer: list[Any] = []
+    events: list[Any] = []
+    grew, full, consumed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    consuming: asyncio.Future | None = None
+
+    async def add_to_buffer(value: Any) -> Any:
+        nonlocal consuming
+        try:
+            if consuming is not None:
+                try:
+                    await consuming
+                finally:
+                    consuming = None
+            buffer.append(value)
+            event = stream.current_event
+            if event is None:
+                raise RuntimeError("take_rounds found current_event is None")
+            events.append(event)
+            grew.set()
+            if len(buffer) >= max_:
+                full.set()
+                consumed.clear()
+                await stream.wait(consumed)
+        except asyncio.CancelledError:  # pragma: no cover
+            raise
+        except Exception as exc:
+            stream.log.exception("Error adding to take buffer: %r", exc)
+            await stream.crash(exc)
+        return value
+
+    stream.enable_acks = False  # acked here, after each round
+    stream.add_processor(add_to_buffer)
+    stream._enable_passive(aiter(stream.channel))
+    loop = asyncio.get_running_loop()
+    while not stream.should_stop:
+        if not buffer:
+            grew.clear()
+            await stream.wait_for_stopped(grew, timeout=within_s)
+        first_at = loop.time()
+        while buffer and not full.is_set() and loop.time() - first_at < within_s:
+            before = len(buffer)
+            await asyncio.sleep(idle_s)
+            if len(buffer) == before:
+                break  # the queue behind the last round is in: go
+        if buffer:
+            consuming = loop.create_future()
+            try:
+                yield list(events)
+            finally:
+                buffer.clear()
+                for event in events:
+                    await stream.ack(event)
+                events.clear()
+                notify(consuming)
+                full.clear()
+                consumed.set()
 
 
 class ChangelogAcks:

@@ -282,3 +282,40 @@ def test_recovery_reads_each_changelog_up_to_the_last_offset_of_its_last_batch(m
     asyncio.run(recovery._build_highwaters(Consumer(), {a, b, empty}, destination, "active"))
     assert asked == {("t-changelog", 0): 40, ("t-changelog", 1): 7}
     assert destination == {a: 44, b: 7, empty: -1}
+
+
+def test_take_rounds_starts_a_round_once_the_queue_is_in_and_never_exceeds_max():
+    """The worker's rounds (faust_internals.take_rounds): every event once, in order, at most
+    ``max_`` per round, and a round starts as soon as no event has come for ``idle_s``, long
+    before ``within_s`` (5 s here) has passed."""
+    import asyncio
+
+    import faust
+
+    from streams.worker.faust_internals import take_rounds
+
+    app = faust.App("test-take-rounds", broker="kafka://localhost:1", web_enabled=False)
+    rounds: list[list[int]] = []
+
+    @app.agent()
+    async def agent(stream):
+        async for r in take_rounds(stream, 4, 5.0, 0.001):
+            rounds.append([e.value for e in r])
+
+    async def go() -> None:
+        async with agent.test_context() as ctx:
+            for i in range(6):
+                await ctx.put(i)
+            await asyncio.sleep(0.3)
+            taken_before_within = sum(map(len, rounds))
+            for i in range(6, 9):
+                await ctx.put(i)
+            await asyncio.sleep(0.3)
+        assert taken_before_within == 6
+
+    asyncio.run(go())
+    assert [v for r in rounds for v in r] == list(range(9))
+    assert all(1 <= len(r) <= 4 for r in rounds)
+    source = inspect.getsource(faust_internals.take_rounds)
+    after_yield = source[source.index("yield list(events)") :]
+    assert "finally:" in after_yield[:100] and "await stream.ack(event)" in after_yield[:300]
