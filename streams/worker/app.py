@@ -392,16 +392,15 @@ def create_app(settings: Settings) -> faust.App:
             await app.consumer.seek(TP(topics.events, part), offset)
         # 1) the outputs and the dedupe entries of the events applied, both acknowledged
         #    (together: an entry durable before its outputs is harmless, see 2) before ...
+        records = outs.checked()  # a record over the limit fails the round before any write
         for scoped, (entry, ev) in entries.written.items():
             on_partition_of(ev)
             value = entry.encode()
             event_ids_table[scoped] = value
             counts["changelog_bytes:event-ids"] += len(scoped) + len(value)
-        acks = [changelog.durable()]
-        if records := outs.checked():
-            producer = await outputs.started()
-            acks += [await producer.send(t, key=k, value=v) for t, k, v in records]
-        await asyncio.gather(*acks)
+        producer = await outputs.started() if records else None
+        sent = [await producer.send(t, key=k, value=v) for t, k, v in records] if producer else []
+        await asyncio.gather(changelog.durable(), *sent)
         # 2) ... the state that says they happened (the changelog partition is the message's
         #    partition, which is the account's). An entry whose sequence the state has not
         #    reached (a crash before 2 is acknowledged) is not taken for a duplicate: the event
