@@ -15,7 +15,7 @@ from decimal import Context, getcontext, setcontext
 from functools import wraps
 from typing import Any
 
-from streams.deduction.record import MONEY_CONTEXT, money
+from streams.deduction.record import MONEY_CONTEXT, Deduction, money
 from streams.dedupe import (
     DEFAULT_HORIZON_MS,
     Entry,
@@ -78,7 +78,7 @@ def in_money_context(method: Callable) -> Callable:
 @dataclass
 class Outcome:
     state: AccountState | None  # the account's state after the event (unchanged on rejection)
-    deduction: dict[str, Any] | None = None
+    deduction: Deduction | None = None
     alerts: list[dict[str, Any]] = field(default_factory=list)
     status: dict[str, Any] | None = None  # account status record, when it changed
     balance: dict[str, Any] | None = None  # the cash balance, when an account event moved it
@@ -136,7 +136,7 @@ class BillingEngine:
 
     def next_due(self, state: AccountState) -> int | None:
         """The earliest clock at which ``advance`` would do something for this account."""
-        times = [acc["period_end"] + self.lateness for acc in state.periods.values()]
+        times = [acc.period_end + self.lateness for acc in state.periods.values()]
         minute = usage_minutes.next_due(state.minutes, self.lateness)
         if minute is not None:
             times.append(minute)
@@ -348,7 +348,7 @@ class BillingEngine:
                 tz,
                 self.lateness,
             )
-            fx.deduction["settlement_id"] = line
+            fx.deduction.settlement_id = line
             minutes = usage_minutes.count(
                 state.minutes,
                 state.settled_until,

@@ -141,7 +141,7 @@ class Simulation:
 
 def _collect(result: SimulationResult, outcome: Outcome) -> None:
     if outcome.deduction is not None:
-        result.deductions.append(outcome.deduction)
+        result.deductions.append(outcome.deduction.to_record())
     result.alerts.extend(outcome.alerts)
     if outcome.status is not None:
         result.statuses.append(outcome.status)

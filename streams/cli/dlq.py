@@ -40,6 +40,7 @@ from streams.cli.common import (
     require_cluster,
 )
 from streams.cli.common import shown as _s
+from streams.deduction.record import money
 from streams.ingest.codec import DecodeError, registry
 from streams.ingest.events import millis_to_iso
 from streams.kafka_client import producer_kwargs, read_records, read_topic
@@ -516,8 +517,8 @@ class Verdicts:
         if outcome.state is not None:
             self.states[event.main_account_id] = outcome.state
         what = (
-            f"rates now at {outcome.deduction['rated_amount']} {outcome.deduction['currency']}"
-            if outcome.deduction
+            f"rates now at {money(outcome.deduction.rated_amount)} {outcome.deduction.currency}"
+            if outcome.deduction is not None
             else "applies now"
         )
         return True, f"{what}: ready to re-drive"

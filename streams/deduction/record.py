@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Context, Decimal, DivisionByZero, InvalidOperation, Overflow
 from typing import Any
+
+import msgspec
 
 from streams.ids import derived_id
 
@@ -74,8 +75,9 @@ def present(value: Decimal) -> Decimal:
     return value.quantize(PRESENTATION, rounding=ROUND_HALF_EVEN)
 
 
-@dataclass(frozen=True, slots=True)
-class Split:
+class Split(msgspec.Struct, frozen=True):
+    """One bucket's share of a charge."""
+
     bucket_kind: str  # free, trial, pack, voucher, cash
     bucket_id: str
     amount: Decimal
@@ -89,6 +91,87 @@ class Split:
             "amount": money(self.amount),
             "units": money(self.units),
             "unit": self.unit,
+        }
+
+
+class DeductionLine(msgspec.Struct, frozen=True):
+    """A rating line as a deduction carries it."""
+
+    component: str
+    units: Decimal
+    unit_price: Decimal
+    amount: Decimal
+
+    def to_record(self) -> dict[str, str]:
+        return {
+            "component": self.component,
+            "units": money(self.units),
+            "unit_price": money(self.unit_price),
+            "amount": money(self.amount),
+        }
+
+
+class Deduction(msgspec.Struct, kw_only=True):
+    """The one output of a rated usage event. Amounts are exact Decimals until ``to_record``
+    writes the wire form (schemas/deduction.avsc: money as canonical decimal strings); the core
+    reads them as numbers, so nothing is formatted and parsed back on the way (invariants,
+    settlement sums, metrics)."""
+
+    deduction_id: str
+    event_id: str
+    trace_id: str
+    account_id: str
+    main_account_id: str
+    event_time: int
+    profile: str
+    currency: str
+    price_version: str
+    item: str
+    model: str | None
+    variant: str | None
+    quantities: dict[str, str]
+    lines: tuple[DeductionLine, ...]
+    rated_amount: Decimal
+    splits: tuple[Split, ...]
+    unbilled_amount: Decimal
+    unbilled_reason: str | None
+    billed_elsewhere: bool
+    flags: list[str]
+    balance_after: Decimal
+    settlement_period: str  # "hour" or "day"
+    sequence: int = 0  # set by number_records, in processing order
+    settlement_id: str | None = None  # the settlement line the deduction is summed into
+
+    def to_record(self) -> dict[str, Any]:
+        """The wire form, keys in the order every earlier version wrote them."""
+        return {
+            "deduction_id": self.deduction_id,
+            "event_id": self.event_id,
+            "trace_id": self.trace_id,
+            "account_id": self.account_id,
+            "main_account_id": self.main_account_id,
+            "event_time": self.event_time,
+            "profile": self.profile,
+            "currency": self.currency,
+            "price_version": self.price_version,
+            "item": self.item,
+            "model": self.model,
+            "variant": self.variant,
+            "quantities": self.quantities,
+            "lines": [ln.to_record() for ln in self.lines],
+            "rated_amount": money(self.rated_amount),
+            "splits": [sp.to_record() for sp in self.splits],
+            "unbilled_amount": money(self.unbilled_amount),
+            "unbilled_reason": self.unbilled_reason,
+            "billed_elsewhere": self.billed_elsewhere,
+            "flags": self.flags,
+            "balance_after": money(self.balance_after),
+            "settlement_period": self.settlement_period,
+            "kind": "usage",
+            "adjusts_deduction_id": None,
+            "rerate_id": None,
+            "sequence": self.sequence,
+            "settlement_id": self.settlement_id,
         }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from streams.deduction.record import Deduction
 from streams.ids import derived_id
 
 ALERT_NAMESPACE = uuid.UUID("6f1c2f0e-6a1b-4d8e-9a51-1f0f1b5e2a10")
@@ -60,7 +61,7 @@ def number_records(
     state: Any,
     alerts: list[dict[str, Any]],
     status: dict[str, Any] | None,
-    deduction: dict[str, Any] | None = None,
+    deduction: Deduction | None = None,
     balance: dict[str, Any] | None = None,
 ) -> None:
     """Give an outcome's deduction or balance record, then its alerts, then its status record, the
@@ -72,7 +73,10 @@ def number_records(
     produced a record, and it is part of the state, so a replay numbers the same records alike.
     Deductions and balance records share it, so an account's latest ``balance_after`` or
     ``cash_balance`` is the one with the highest sequence (finance's arrears)."""
-    first = [r for r in (deduction, balance) if r is not None]
+    if deduction is not None:
+        state.record_sequence = max(state.record_sequence, state.applied_events) + 1
+        deduction.sequence = state.record_sequence
+    first = [balance] if balance is not None else []
     for record in [*first, *alerts, *([status] if status is not None else [])]:
         state.record_sequence = max(state.record_sequence, state.applied_events) + 1
         record["sequence"] = state.record_sequence

@@ -8,8 +8,8 @@ one event's charge in the dead-letter topic, never a wrong balance.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
 
+from streams.deduction.record import Deduction
 from streams.ledger.state import ZERO, AccountState
 
 
@@ -21,17 +21,17 @@ def _fail(state: AccountState, what: str) -> None:
     raise InvariantViolated(f"account {state.main_account_id!r}: {what}")
 
 
-def check_charge(state: AccountState, deduction: dict[str, Any], cash_before: Decimal) -> None:
-    rated, unbilled = Decimal(deduction["rated_amount"]), Decimal(deduction["unbilled_amount"])
-    paid = [Decimal(s["amount"]) for s in deduction["splits"]]
+def check_charge(state: AccountState, deduction: Deduction, cash_before: Decimal) -> None:
+    rated, unbilled = deduction.rated_amount, deduction.unbilled_amount
+    paid = [s.amount for s in deduction.splits]
     if rated < 0 or unbilled < 0 or any(p < 0 for p in paid):
-        _fail(state, f"negative amount in deduction {deduction['deduction_id']}")
+        _fail(state, f"negative amount in deduction {deduction.deduction_id}")
     if sum(paid, ZERO) + unbilled != rated:
         _fail(state, f"splits {sum(paid, ZERO)} + unbilled {unbilled} != rated {rated}")
     check_buckets(state)
     # post-paid here: the account's setting, or a model activated on a token-post-paid platform
     # (Ark)
-    post_paid = state.post_paid or deduction["model"] in state.activated_models
+    post_paid = state.post_paid or deduction.model in state.activated_models
     if not post_paid and state.cash < 0 and state.cash < cash_before:
         _fail(state, f"pre-paid cash went from {cash_before} to {state.cash}")
 

@@ -14,7 +14,14 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from streams.deduction.record import Split, deduction_id, money, settlement_period
+from streams.deduction.record import (
+    Deduction,
+    DeductionLine,
+    Split,
+    deduction_id,
+    money,
+    settlement_period,
+)
 from streams.ingest.events import AccountEvent, Rejected, UsageEvent, millis_to_iso
 from streams.ledger.alerts import alert
 from streams.ledger.state import ZERO, AccountState, Bucket, InferenceLimit, Trial
@@ -52,7 +59,7 @@ def stream_clock(s: AccountState, event_ms: int) -> int:
 class Effects:
     """What applying one event produced, besides the new state."""
 
-    deduction: dict[str, Any] | None = None
+    deduction: Deduction | None = None
     alerts: list[dict[str, Any]] = field(default_factory=list)
     status_changed: bool = False
     status_time: int | None = None  # when a deadline (not an event) changed the status
@@ -674,42 +681,34 @@ class Ledger:
 
     def _deduction(
         self, s, profile, e: UsageEvent, rating: Rating, splits, unbilled, reason, flags
-    ) -> dict[str, Any]:
-        return {
-            "deduction_id": deduction_id(s.main_account_id, e.event_id),
-            "event_id": e.event_id,
-            "trace_id": e.trace_id,
-            "account_id": e.account_id,
-            "main_account_id": s.main_account_id,
-            "event_time": e.event_time,
-            "profile": profile.name,
-            "currency": s.currency,
-            "price_version": rating.price_version,
-            "item": e.item,
-            "model": e.model,
-            "variant": e.variant,
-            "quantities": rating.quantities,
-            "lines": [
-                {
-                    "component": ln.component,
-                    "units": money(ln.units),
-                    "unit_price": money(ln.unit_price),
-                    "amount": money(ln.amount),
-                }
+    ) -> Deduction:
+        return Deduction(
+            deduction_id=deduction_id(s.main_account_id, e.event_id),
+            event_id=e.event_id,
+            trace_id=e.trace_id,
+            account_id=e.account_id,
+            main_account_id=s.main_account_id,
+            event_time=e.event_time,
+            profile=profile.name,
+            currency=s.currency,
+            price_version=rating.price_version,
+            item=e.item,
+            model=e.model,
+            variant=e.variant,
+            quantities=rating.quantities,
+            lines=tuple(
+                DeductionLine(ln.component, ln.units, ln.unit_price, ln.amount)
                 for ln in rating.lines
-            ],
-            "rated_amount": money(rating.amount),
-            "splits": [sp.to_record() for sp in splits],
-            "unbilled_amount": money(unbilled),
-            "unbilled_reason": reason,
-            "billed_elsewhere": rating.billed_elsewhere,
-            "flags": flags,
-            "balance_after": money(s.available_balance(e.event_time)),
-            "settlement_period": settlement_period(e.item),
-            "kind": "usage",
-            "adjusts_deduction_id": None,
-            "rerate_id": None,
-        }
+            ),
+            rated_amount=rating.amount,
+            splits=tuple(splits),
+            unbilled_amount=unbilled,
+            unbilled_reason=reason,
+            billed_elsewhere=rating.billed_elsewhere,
+            flags=flags,
+            balance_after=s.available_balance(e.event_time),
+            settlement_period=settlement_period(e.item),
+        )
 
     # ======================================================= balance-driven status and alerts
 

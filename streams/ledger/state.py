@@ -16,6 +16,7 @@ import orjson
 
 from streams.ledger.state_codec import pack_state, unpack_state
 from streams.limits import MAX_STATE_BYTES
+from streams.settlement.periods import OpenPeriod
 
 ZERO = Decimal(0)
 LEGACY_WINDOW_MS = 35 * 86_400_000  # the default dedupe horizon
@@ -168,7 +169,7 @@ class AccountState:
     legacy_event_ids: list[str] = field(default_factory=list)
     legacy_until: int = 0
     offsets: dict[str, int] = field(default_factory=dict)  # input partition -> last applied offset
-    periods: dict[str, dict[str, Any]] = field(default_factory=dict)  # open settlement periods
+    periods: dict[str, OpenPeriod] = field(default_factory=dict)  # open settlement periods
     settled_until: int = 0  # the partition clock this account has been advanced to
     minutes: dict[str, dict[str, Any]] = field(default_factory=dict)  # open per-minute usage counts
     # knowledge-base allowance: clock hour (index since the epoch, as a string) -> free GB already
@@ -233,7 +234,7 @@ class AccountState:
             "legacy_event_ids": list(self.legacy_event_ids),
             "legacy_until": self.legacy_until,
             "offsets": dict(sorted(self.offsets.items())),
-            "periods": dict(sorted(self.periods.items())),
+            "periods": {k: v.to_dict() for k, v in sorted(self.periods.items())},
             "settled_until": self.settled_until,
             "minutes": dict(sorted(self.minutes.items())),
             "kb_free_used": {
@@ -268,7 +269,7 @@ class AccountState:
             "safe_paused_models": set,
             "limit_changed_at": dict,
             "offsets": dict,
-            "periods": dict,
+            "periods": lambda v: {k: OpenPeriod.from_dict(x) for k, x in v.items()},
             "minutes": dict,
             "legacy_event_ids": list,
             "free_exhausted_days": list,
@@ -308,7 +309,7 @@ class AccountState:
         c.safe_paused_models = set(self.safe_paused_models)
         c.legacy_event_ids = list(self.legacy_event_ids)
         c.offsets = dict(self.offsets)
-        c.periods = {k: _copy_record(v) for k, v in self.periods.items()}
+        c.periods = {k: v.copy() for k, v in self.periods.items()}
         c.minutes = {k: dict(v) for k, v in self.minutes.items()}  # flat: ints and strings
         c.kb_free_used = dict(self.kb_free_used)
         return c
@@ -328,14 +329,4 @@ def _shallow(obj: _T) -> _T:
     """A shallow copy of a plain dataclass instance, without copy.copy's reduce protocol."""
     c = object.__new__(type(obj))
     c.__dict__.update(obj.__dict__)
-    return c
-
-
-def _copy_record(record: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a period accumulator: its values are immutable leaves or flat containers of them
-    (``quantities``, ``price_versions``; ``event_ids`` in records of state version 1)."""
-    c = dict(record)
-    for name, value in record.items():
-        if type(value) is dict or type(value) is list:
-            c[name] = value.copy()
     return c

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from decimal import Decimal
 from typing import Any
 
 from prometheus_client import (
@@ -189,14 +188,12 @@ class PipelineMetrics:
         """One engine outcome (apply or advance): deductions, alerts, settlement lines."""
         d = outcome.deduction
         if d is not None:
-            labels = (d["profile"], d["currency"])
+            labels = (d.profile, d.currency)
             self.deductions.labels(*labels).inc()
-            self.rated_amount.labels(*labels).inc(float(Decimal(d["rated_amount"])))
-            for split in d["splits"]:
-                self.bucket_amount.labels(*labels, split["bucket_kind"]).inc(
-                    float(Decimal(split["amount"]))
-                )
-            unbilled = Decimal(d["unbilled_amount"])
+            self.rated_amount.labels(*labels).inc(float(d.rated_amount))
+            for split in d.splits:
+                self.bucket_amount.labels(*labels, split.bucket_kind).inc(float(split.amount))
+            unbilled = d.unbilled_amount
             if unbilled:
                 self.bucket_amount.labels(*labels, "unbilled").inc(float(unbilled))
         for alert in outcome.alerts:

@@ -18,13 +18,16 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from streams.deduction.record import money
+import msgspec
+
+from streams.deduction.record import Deduction, money
 from streams.ids import derived_id
 
 SETTLEMENT_NAMESPACE = uuid.UUID("0c7d51a4-8f7e-4d0e-9f41-3c2b9a6d8e15")
 HOUR_MS = 3_600_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 BUCKETS = ("free", "trial", "pack", "voucher", "cash")
+ZERO = Decimal(0)
 
 
 @lru_cache(maxsize=4096)
@@ -42,122 +45,190 @@ def period_of(granularity: str, event_ms: int, tz: str) -> tuple[int, int]:
     return start, start + HOUR_MS
 
 
-def _key(granularity: str, start: int, d: dict[str, Any]) -> str:
-    return f"{granularity}|{start}|{d['item']}|{d['model'] or ''}|{d['variant'] or ''}"
+def _key(granularity: str, start: int, d: Deduction) -> str:
+    return f"{granularity}|{start}|{d.item}|{d.model or ''}|{d.variant or ''}"
 
 
-def _new_period(granularity: str, start: int, end: int, d: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "granularity": granularity,
-        "period_start": start,
-        "period_end": end,
-        "item": d["item"],
-        "model": d["model"],
-        "variant": d["variant"],
-        "profile": d["profile"],
-        "currency": d["currency"],
-        "quantities": {},
-        "gross": "0",
-        "unbilled": "0",
-        **{b: "0" for b in BUCKETS},
-        "event_count": 0,
-        "price_versions": [],
-    }
+class OpenPeriod(msgspec.Struct, kw_only=True):
+    """A settlement period's running sums in the account state: exact Decimals in memory, money
+    strings in the stored JSON (``to_dict``; the keys and format every earlier version wrote)."""
+
+    granularity: str
+    period_start: int
+    period_end: int
+    item: str
+    model: str | None
+    variant: str | None
+    profile: str
+    currency: str
+    quantities: dict[str, Decimal] = msgspec.field(default_factory=dict)
+    gross: Decimal = ZERO
+    unbilled: Decimal = ZERO
+    free: Decimal = ZERO
+    trial: Decimal = ZERO
+    pack: Decimal = ZERO
+    voucher: Decimal = ZERO
+    cash: Decimal = ZERO
+    event_count: int = 0
+    price_versions: list[str] = msgspec.field(default_factory=list)
+    settlement_id: str | None = None  # computed once, with the first deduction
+
+    def add(self, d: Deduction) -> None:
+        """Accumulate one deduction."""
+        q = self.quantities
+        for comp, value in d.quantities.items():
+            q[comp] = q.get(comp, ZERO) + Decimal(value)
+        self.gross += d.rated_amount
+        self.unbilled += d.unbilled_amount
+        for split in d.splits:
+            kind = split.bucket_kind
+            setattr(self, kind, getattr(self, kind) + split.amount)
+        self.event_count += 1
+        if d.price_version not in self.price_versions:
+            self.price_versions.append(d.price_version)
+
+    def copy(self) -> OpenPeriod:
+        return msgspec.structs.replace(
+            self, quantities=dict(self.quantities), price_versions=list(self.price_versions)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "granularity": self.granularity,
+            "period_start": self.period_start,
+            "period_end": self.period_end,
+            "item": self.item,
+            "model": self.model,
+            "variant": self.variant,
+            "profile": self.profile,
+            "currency": self.currency,
+            "quantities": {k: money(v) for k, v in self.quantities.items()},
+            "gross": money(self.gross),
+            "unbilled": money(self.unbilled),
+            **{b: money(getattr(self, b)) for b in BUCKETS},
+            "event_count": self.event_count,
+            "price_versions": list(self.price_versions),
+        }
+        if self.settlement_id is not None:
+            d["settlement_id"] = self.settlement_id
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> OpenPeriod:
+        """Reads every version's record (version 1 also listed ``event_ids``: dropped)."""
+        return cls(
+            granularity=d["granularity"],
+            period_start=d["period_start"],
+            period_end=d["period_end"],
+            item=d["item"],
+            model=d["model"],
+            variant=d["variant"],
+            profile=d["profile"],
+            currency=d["currency"],
+            quantities={k: Decimal(v) for k, v in d["quantities"].items()},
+            gross=Decimal(d["gross"]),
+            unbilled=Decimal(d["unbilled"]),
+            **{b: Decimal(d[b]) for b in BUCKETS},
+            event_count=d["event_count"],
+            price_versions=list(d["price_versions"]),
+            settlement_id=d.get("settlement_id"),
+        )
 
 
-def _add(acc: dict[str, Any], d: dict[str, Any]) -> None:
-    """Accumulate one deduction. Sums are kept as exact decimal strings (the state is JSON)."""
-    q = acc["quantities"]
-    for comp, value in d["quantities"].items():
-        q[comp] = money(Decimal(q.get(comp, "0")) + Decimal(value))
-    acc["gross"] = money(Decimal(acc["gross"]) + Decimal(d["rated_amount"]))
-    acc["unbilled"] = money(Decimal(acc["unbilled"]) + Decimal(d["unbilled_amount"]))
-    for s in d["splits"]:
-        acc[s["bucket_kind"]] = money(Decimal(acc[s["bucket_kind"]]) + Decimal(s["amount"]))
-    acc["event_count"] += 1
-    if d["price_version"] not in acc["price_versions"]:
-        acc["price_versions"].append(d["price_version"])
-    acc.pop("event_ids", None)  # kept by state version 1: a line no longer lists its events
+def _new_period(granularity: str, start: int, end: int, d: Deduction) -> OpenPeriod:
+    return OpenPeriod(
+        granularity=granularity,
+        period_start=start,
+        period_end=end,
+        item=d.item,
+        model=d.model,
+        variant=d.variant,
+        profile=d.profile,
+        currency=d.currency,
+    )
 
 
-def line_id(main: str, acc: dict[str, Any], line_type: str, suffix: str | None = None) -> str:
+def line_id(main: str, acc: OpenPeriod, line_type: str, suffix: str | None = None) -> str:
     """``suffix``: the event id of an adjustment line (None for a regular line)."""
     return derived_id(
         SETTLEMENT_NAMESPACE,
         main,
-        acc["granularity"],
-        acc["period_start"],
-        acc["item"],
-        acc["model"],
-        acc["variant"],
+        acc.granularity,
+        acc.period_start,
+        acc.item,
+        acc.model,
+        acc.variant,
         line_type,
         suffix,
     )
 
 
 def _line(
-    main: str, acc: dict[str, Any], line_type: str, lateness_ms: int, suffix: str | None = None
+    main: str, acc: OpenPeriod, line_type: str, lateness_ms: int, suffix: str | None = None
 ) -> dict[str, Any]:
-    sid = acc.get("settlement_id") if line_type == "regular" else None  # kept by settle()
+    """A closed period's settlement line, in its wire form."""
+    sid = acc.settlement_id if line_type == "regular" else None  # kept by settle()
     return {
         "settlement_id": sid if sid is not None else line_id(main, acc, line_type, suffix),
         "main_account_id": main,
-        "period_start": acc["period_start"],
-        "period_end": acc["period_end"],
-        "granularity": acc["granularity"],
+        "period_start": acc.period_start,
+        "period_end": acc.period_end,
+        "granularity": acc.granularity,
         "line_type": line_type,
-        "profile": acc["profile"],
-        "currency": acc["currency"],
-        "item": acc["item"],
-        "model": acc["model"],
-        "variant": acc["variant"],
-        "quantities": dict(sorted(acc["quantities"].items())),
-        "gross_amount": acc["gross"],
-        "free_amount": acc["free"],
-        "trial_amount": acc["trial"],
-        "pack_amount": acc["pack"],
-        "voucher_amount": acc["voucher"],
-        "cash_amount": acc["cash"],
-        "unbilled_amount": acc["unbilled"],
-        "event_count": acc["event_count"],
-        "price_versions": sorted(acc["price_versions"]),
-        "closed_at": acc["period_end"] + lateness_ms,
+        "profile": acc.profile,
+        "currency": acc.currency,
+        "item": acc.item,
+        "model": acc.model,
+        "variant": acc.variant,
+        "quantities": {k: money(v) for k, v in sorted(acc.quantities.items())},
+        "gross_amount": money(acc.gross),
+        "free_amount": money(acc.free),
+        "trial_amount": money(acc.trial),
+        "pack_amount": money(acc.pack),
+        "voucher_amount": money(acc.voucher),
+        "cash_amount": money(acc.cash),
+        "unbilled_amount": money(acc.unbilled),
+        "event_count": acc.event_count,
+        "price_versions": sorted(acc.price_versions),
+        "closed_at": acc.period_end + lateness_ms,
     }
 
 
 def settle(
-    periods: dict[str, dict],
+    periods: dict[str, OpenPeriod],
     settled_until: int,
     main: str,
-    d: dict[str, Any],
+    d: Deduction,
     tz: str,
     lateness_ms: int,
 ) -> tuple[str, list[dict]]:
     """Add a deduction to its open period, or make it an adjustment line of its own if the period
     has closed. Returns the id of the line the deduction is summed into, and the lines to emit."""
-    granularity = d["settlement_period"]
-    start, end = period_of(granularity, d["event_time"], tz)
+    granularity = d.settlement_period
+    start, end = period_of(granularity, d.event_time, tz)
     if end + lateness_ms <= settled_until:
         late = _new_period(granularity, start, end, d)
-        _add(late, d)
-        line = _line(main, late, "adjustment", lateness_ms, suffix=d["event_id"])
+        late.add(d)
+        line = _line(main, late, "adjustment", lateness_ms, suffix=d.event_id)
         return line["settlement_id"], [line]
     key = _key(granularity, start, d)
     acc = periods.get(key)
     if acc is None:
         acc = periods[key] = _new_period(granularity, start, end, d)
-    _add(acc, d)
-    sid = acc.get("settlement_id")
+    acc.add(d)
+    sid = acc.settlement_id
     if sid is None:  # computed once per period (states of version 1 lack it)
-        sid = acc["settlement_id"] = line_id(main, acc, "regular")
+        sid = acc.settlement_id = line_id(main, acc, "regular")
     return sid, []
 
 
-def close_due(periods: dict[str, dict], clock: int, main: str, lateness_ms: int) -> list[dict]:
+def close_due(
+    periods: dict[str, OpenPeriod], clock: int, main: str, lateness_ms: int
+) -> list[dict]:
     """Close every period whose end plus lateness the clock has reached, oldest first."""
     due = sorted(
-        (acc["period_end"], key)
+        (acc.period_end, key)
         for key, acc in periods.items()
-        if acc["period_end"] + lateness_ms <= clock
+        if acc.period_end + lateness_ms <= clock
     )
     return [_line(main, periods.pop(key), "regular", lateness_ms) for _, key in due]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from streams.deduction.record import Deduction
 from streams.ids import derived_id
 
 USAGE_MINUTE_NAMESPACE = uuid.UUID("5e2d9a61-0b7c-4f3e-8a2d-7c1e4b9f6a03")
@@ -32,24 +33,24 @@ def _record(
 
 
 def count(
-    minutes: dict[str, dict], settled_until: int, main: str, d: dict[str, Any], lateness_ms: int
+    minutes: dict[str, dict], settled_until: int, main: str, d: Deduction, lateness_ms: int
 ) -> list[dict]:
-    if d["item"] not in TOKEN_ITEMS or d["billed_elsewhere"]:
+    if d.item not in TOKEN_ITEMS or d.billed_elsewhere:
         return []
-    start = d["event_time"] - d["event_time"] % MINUTE_MS
-    tokens = sum(int(v) for v in d["quantities"].values())
+    start = d.event_time - d.event_time % MINUTE_MS
+    tokens = sum(int(v) for v in d.quantities.values())
     if start + MINUTE_MS + lateness_ms <= settled_until:
         return [
             _record(
                 main,
-                {"model": d["model"], "minute_start": start, "requests": 1, "tokens": tokens},
+                {"model": d.model, "minute_start": start, "requests": 1, "tokens": tokens},
                 "adjustment",
-                d["event_id"],
+                d.event_id,
             )
         ]
     acc = minutes.setdefault(
-        f"{d['model']}|{start}",
-        {"model": d["model"], "minute_start": start, "requests": 0, "tokens": 0},
+        f"{d.model}|{start}",
+        {"model": d.model, "minute_start": start, "requests": 0, "tokens": 0},
     )
     acc["requests"] += 1
     acc["tokens"] += tokens

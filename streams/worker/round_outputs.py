@@ -36,7 +36,7 @@ class RoundOutputs:
             self.metrics.count_outcome(outcome, int(time.time() * 1000))
         encode, out = self.reg.encode, self.records
         if outcome.deduction is not None:
-            out.append((self.deductions, key, encode("deduction", outcome.deduction)))
+            out.append((self.deductions, key, encode("deduction", outcome.deduction.to_record())))
         for a in outcome.alerts:
             value = encode("alert", a)
             out.append((self.alerts, key, value))

@@ -43,7 +43,7 @@ class Account:
 
     def _collect(self, out: Outcome) -> None:
         if out.deduction is not None:
-            self.deductions.append(out.deduction)
+            self.deductions.append(out.deduction.to_record())
         self.alerts.extend(out.alerts)
         if out.status is not None:
             self.statuses.append(out.status)

@@ -44,7 +44,7 @@ def test_free_quota_exhausted_fires_once_per_day_even_for_late_events():
                 "c", "agent_call", quantity="1", event_id=f"late-{i}", t="2026-05-01T11:00:00+08:00"
             )
         )
-        assert splits(out.deduction) == [("cash", "cash", D("0.002"))]
+        assert splits(out.deduction.to_record()) == [("cash", "cash", D("0.002"))]
         assert not out.alerts
     assert kinds(a.alerts, "free_quota_exhausted") == first  # the real trigger (10:00) is kept
 
@@ -109,7 +109,7 @@ def test_late_free_points_window_is_calendar_days_of_stream_time_with_sparse_usa
                 event_id=f"late-{n}",
                 t=f"2026-05-{21 - n:02d}T10:00:00+08:00",
             )
-        ).deduction
+        ).deduction.to_record()
         for n in (2, 3, 4, 20)
     }
     assert splits(late[2]) == [("free", "daily:2026-05-19", D("0.002"))]
@@ -138,7 +138,7 @@ def test_window_follows_the_partition_clock_not_the_account_own_events():
         ),
         clock_ms=ms("2026-05-21T10:00:00+08:00"),
     )
-    assert splits(outs[-1].deduction) == [
+    assert splits(outs[-1].deduction.to_record()) == [
         ("cash", "cash", D("0.002"))
     ]  # 3 calendar days before stream time
 

@@ -20,10 +20,10 @@ def test_a_top_up_that_leaves_arrears_writes_the_new_balance_after_the_charge_in
     a = Account()
     a.send(account("z", "account_opened", profile="tokenhub", post_paid=True, amount="0.01"))
     charged = a.send(r1("z"))  # 0.01 - 0.04 = -0.03: arrears
-    assert charged.deduction["balance_after"] == "-0.03" and charged.balance is None
+    assert charged.deduction.to_record()["balance_after"] == "-0.03" and charged.balance is None
     alerts = [al["sequence"] for al in charged.alerts]
     # the deduction is numbered first, then its alerts, then its status change
-    assert charged.deduction["sequence"] < min(alerts) < charged.status["sequence"]
+    assert charged.deduction.to_record()["sequence"] < min(alerts) < charged.status["sequence"]
     # a top-up dated before the charge, arriving after it: -0.03 + 0.01 = -0.02, still in arrears
     out = a.send(account("z", "top_up", amount="0.01", t="2026-05-01T09:00:00+08:00"))
     assert out.status is None and out.alerts == []  # no status change
@@ -50,12 +50,19 @@ def test_charges_and_events_that_move_no_cash_write_no_balance_record():
     first = a.send(r1("p"))
     second = a.send(r1("p"))
     assert first.balance is None and second.balance is None
-    assert (first.deduction["balance_after"], second.deduction["balance_after"]) == ("0.96", "0.92")
-    assert opened.status["sequence"] < first.deduction["sequence"] < second.deduction["sequence"]
+    assert (
+        first.deduction.to_record()["balance_after"],
+        second.deduction.to_record()["balance_after"],
+    ) == ("0.96", "0.92")
+    assert (
+        opened.status["sequence"]
+        < first.deduction.to_record()["sequence"]
+        < second.deduction.to_record()["sequence"]
+    )
     voucher = a.send(
         account("p", "voucher_granted", amount="5", expires_at="2026-06-01T00:00:00+08:00")
     )
     assert voucher.balance is None and voucher.status is None
     topped = a.send(account("p", "top_up", amount="2"))
     assert topped.balance["cash_balance"] == "2.92"
-    assert topped.balance["sequence"] > second.deduction["sequence"]
+    assert topped.balance["sequence"] > second.deduction.to_record()["sequence"]

@@ -580,7 +580,7 @@ class Run:
 
     def collect(self, outcome: Outcome) -> None:
         if outcome.deduction is not None:
-            self.deductions.append(outcome.deduction)
+            self.deductions.append(outcome.deduction.to_record())
         self.alerts.extend(outcome.alerts)
         if outcome.status is not None:
             self.statuses.append(outcome.status)
@@ -667,7 +667,7 @@ def usage_steps(run: Run):
             assert s.event.kind == "usage"
             assert s.before is not None and s.outcome.state is not None and s.after is not None
             # a snapshot: outcome.state is the live object that later events keep changing
-            yield s, s.outcome.deduction, s.before, AccountState.from_dict(s.after)
+            yield s, s.outcome.deduction.to_record(), s.before, AccountState.from_dict(s.after)
 
 
 # ---------------------------------------------------------------- 1. conservation
@@ -871,7 +871,7 @@ def check_no_bucket_below_zero(sc: Scenario) -> None:
             ), f"cash went from {s0.cash} to {s1.cash} on a pre-paid account: {step.raw}"
         d = step.outcome.deduction
         if d is not None:
-            for sp in d["splits"]:
+            for sp in d.to_record()["splits"]:
                 if sp["bucket_kind"] == "free":
                     k = (key, sp["bucket_id"])
                     free_per_day[k] = free_per_day.get(k, Decimal(0)) + D(sp["amount"])

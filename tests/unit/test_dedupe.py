@@ -1,6 +1,7 @@
 """Exact deduplication over a horizon (streams/dedupe.py), its crash cases, the account-state
 versions, and the run-time invariants on every charge."""
 
+from decimal import Decimal
 from pathlib import Path
 
 import orjson
@@ -218,7 +219,7 @@ def test_an_invariant_violation_rolls_back_and_is_an_internal_error(monkeypatch)
 
     def broken(*args, **kwargs):
         d = real(*args, **kwargs)
-        d["unbilled_amount"] = "1"  # splits + unbilled no longer equal the rated amount
+        d.unbilled_amount = Decimal(1)  # splits + unbilled no longer equal the rated amount
         return d
 
     monkeypatch.setattr(engine.ledger, "_deduction", broken)

@@ -68,4 +68,4 @@ def test_an_engine_step_leaves_the_callers_context_as_it_was():
         charge = usage("m", model="Deepseek-r1-0528", input_tokens=1000)
         outcomes, _ = engine.step(out.state, parse_json_event(charge), clock_ms=0)
         assert decimal.getcontext() is caller and caller.prec == 7
-    assert outcomes[-1].deduction["balance_after"] == "0.996"  # 1 - 1,000 x 4 CNY / 1M
+    assert outcomes[-1].deduction.to_record()["balance_after"] == "0.996"  # 1 - 1,000 x 4 CNY / 1M

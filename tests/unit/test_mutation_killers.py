@@ -410,13 +410,16 @@ def test_post_paid_switch_decides_between_charging_and_stopping():
     a.send(account("t", "post_paid_switched", post_paid=True))
     d = a.send(
         usage("t", "tokens", model="kimi-k2.5", input_tokens=600_000, t="2026-05-01T10:00:00+08:00")
-    ).deduction
+    ).deduction.to_record()
     assert splits(d) == [("trial", "kimi-k2.5", D(2)), ("cash", "cash", D("0.4"))]
     a.send(account("t", "post_paid_switched", post_paid=False, t="2026-05-01T10:01:00+08:00"))
     out = a.send(
         usage("t", "tokens", model="kimi-k2.5", input_tokens=1000, t="2026-05-01T10:02:00+08:00")
     )
-    assert out.deduction["splits"] == [] and out.deduction["unbilled_amount"] == "0.004"
+    assert (
+        out.deduction.to_record()["splits"] == []
+        and out.deduction.to_record()["unbilled_amount"] == "0.004"
+    )
     assert [x["kind"] for x in out.alerts] == ["service_stopped"]
 
 
@@ -436,7 +439,10 @@ def test_service_stopped_alert_names_the_sub_account_model_event_and_trace():
     )
     out = a.send(raw)
     # 50 free images (0.2 CNY each = 10), the 51st is unbilled: pre-paid, quota used up
-    assert (out.deduction["unbilled_amount"], out.deduction["unbilled_reason"]) == (
+    assert (
+        out.deduction.to_record()["unbilled_amount"],
+        out.deduction.to_record()["unbilled_reason"],
+    ) == (
         "0.2",
         "service_stopped",
     )
@@ -450,7 +456,14 @@ def test_service_stopped_alert_names_the_sub_account_model_event_and_trace():
         x["model"],
         x["source_event_ids"],
         x["trace_id"],
-    ) == ("t-dev", "t", out.deduction["event_time"], "HY-Image-V3.0", ["u-img"], "tr-img")
+    ) == (
+        "t-dev",
+        "t",
+        out.deduction.to_record()["event_time"],
+        "HY-Image-V3.0",
+        ["u-img"],
+        "tr-img",
+    )
     assert x["episode"] == "HY-Image-V3.0:u-img"
     assert x["message"] == (
         "HY-Image-V3.0 stopped: the free quota is used up and post-paid is not enabled; "
@@ -465,7 +478,7 @@ def test_an_ark_account_not_in_safe_trial_mode_is_stopped_not_paused():
     a.send(account("a", "account_opened", profile="ark", amount="10"))
     d = a.send(
         usage("a", "tokens", model="deepseek-v3", input_tokens=0, output_tokens=600_000)
-    ).deduction
+    ).deduction.to_record()
     # 500k output free (8 CNY / 1M -> 4 CNY covered), 100k unbilled = 0.8 CNY
     assert splits(d) == [("trial", "deepseek-v3", D(4))]
     assert (d["unbilled_amount"], d["unbilled_reason"]) == ("0.8", "service_stopped")
@@ -524,10 +537,14 @@ def test_late_event_within_the_last_three_days_uses_its_own_days_points():
     a = Account()
     a.send(account("c", "account_opened", profile="coze-pro", amount="10"))
     for day in days:
-        d = a.send(usage("c", "agent_call", quantity="250", t=f"{day}T10:00:00+08:00")).deduction
+        d = a.send(
+            usage("c", "agent_call", quantity="250", t=f"{day}T10:00:00+08:00")
+        ).deduction.to_record()
         assert splits(d) == [("free", f"daily:{day}", D("0.5"))]
     for day in ("2026-05-03", "2026-05-02"):
-        d = a.send(usage("c", "agent_call", quantity="1", t=f"{day}T11:00:00+08:00")).deduction
+        d = a.send(
+            usage("c", "agent_call", quantity="1", t=f"{day}T11:00:00+08:00")
+        ).deduction.to_record()
         assert splits(d) == [("cash", "cash", D("0.002"))], day
 
 
@@ -539,7 +556,9 @@ def test_late_free_points_window_is_three_calendar_days_not_three_days_with_usag
     a.send(account("c", "account_opened", profile="coze-pro", amount="10"))
     for day in ("2026-05-02", "2026-05-03", "2026-05-04"):
         a.send(usage("c", "agent_call", quantity="250", t=f"{day}T10:00:00+08:00"))
-    d = a.send(usage("c", "agent_call", quantity="1", t="2026-05-01T11:00:00+08:00")).deduction
+    d = a.send(
+        usage("c", "agent_call", quantity="1", t="2026-05-01T11:00:00+08:00")
+    ).deduction.to_record()
     assert splits(d) == [("cash", "cash", D("0.002"))]
 
 

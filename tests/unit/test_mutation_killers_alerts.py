@@ -55,7 +55,7 @@ def test_free_quota_exhausted_alert_fields():
             t="2026-05-01T10:00:00+08:00",
         )
     )
-    assert splits(out.deduction) == [("free", "daily:2026-05-01", D("0.5"))]
+    assert splits(out.deduction.to_record()) == [("free", "daily:2026-05-01", D("0.5"))]
     assert fields(only(out.alerts, "free_quota_exhausted")) == (
         "free_quota_exhausted",
         "c-dev",
@@ -88,11 +88,11 @@ def test_trial_exhausted_alert_fields_and_a_trial_with_one_token_left():
             t="2026-05-01T10:01:00+08:00",
         )
     )
-    assert splits(out.deduction) == [
+    assert splits(out.deduction.to_record()) == [
         ("trial", "kimi-k2.5", D("0.000004")),
         ("cash", "cash", D("0.000004")),
     ]
-    assert [s["unit"] for s in out.deduction["splits"]] == ["tokens", "CNY"]
+    assert [s["unit"] for s in out.deduction.to_record()["splits"]] == ["tokens", "CNY"]
     assert fields(only(out.alerts, "trial_exhausted")) == (
         "trial_exhausted",
         "t-dev",
@@ -152,7 +152,10 @@ def test_safe_trial_pauses_at_the_trials_expiry_instant():
     out = a.send(
         usage("a", "tokens", model="deepseek-v3", input_tokens=10, t="2027-05-01T10:00:00+08:00")
     )
-    assert out.deduction["splits"] == [] and out.deduction["unbilled_reason"] == "safe_trial_mode"
+    assert (
+        out.deduction.to_record()["splits"] == []
+        and out.deduction.to_record()["unbilled_reason"] == "safe_trial_mode"
+    )
     assert [x["kind"] for x in out.alerts if x["kind"] == "model_paused"] == ["model_paused"]
 
 
@@ -364,7 +367,7 @@ def test_a_voucher_expiring_at_the_events_instant_is_not_used_and_split_units_ar
             input_tokens=10_000,
             t="2026-05-01T10:00:00+08:00",
         )
-    ).deduction
+    ).deduction.to_record()
     assert splits(d) == [("voucher", "later", D("0.01")), ("cash", "cash", D("0.02"))]
     assert [s["unit"] for s in d["splits"]] == ["USD", "USD"]
 
@@ -393,7 +396,7 @@ def test_a_pack_that_covers_everything_leaves_the_next_pack_out_of_the_splits():
         )
     )
     # 300 calls = 600 points: 500 free, 100 points from the first pack, none from the second
-    d = a.send(usage("c", "agent_call", quantity="300")).deduction
+    d = a.send(usage("c", "agent_call", quantity="300")).deduction.to_record()
     assert splits(d) == [("free", "daily:2026-05-01", D("0.5")), ("pack", "first", D("0.1"))]
     assert [(s["units"], s["unit"]) for s in d["splits"]] == [("500", "points"), ("100", "points")]
 
@@ -407,7 +410,9 @@ def test_a_late_event_on_the_horizon_day_still_uses_that_days_points():
     a.send(usage("c", "agent_call", quantity="50", t="2026-05-02T10:00:00+08:00"))  # 100 points
     a.send(usage("c", "agent_call", quantity="250", t="2026-05-03T10:00:00+08:00"))
     a.send(usage("c", "agent_call", quantity="250", t="2026-05-04T10:00:00+08:00"))
-    d = a.send(usage("c", "agent_call", quantity="1", t="2026-05-02T11:00:00+08:00")).deduction
+    d = a.send(
+        usage("c", "agent_call", quantity="1", t="2026-05-02T11:00:00+08:00")
+    ).deduction.to_record()
     assert splits(d) == [("free", "daily:2026-05-02", D("0.002"))]
 
 

@@ -18,7 +18,7 @@ def test_deduction_record_shape():
     a.send(account("j", "account_opened", profile="jiekou", amount="1"))
     d = a.send(
         usage("j", "tokens", model="claude-sonnet-4.5", input_tokens=10, event_id="u-d")
-    ).deduction
+    ).deduction.to_record()
     assert d["deduction_id"] == deduction_id("j", "u-d") != deduction_id("k", "u-d")
     assert (d["kind"], d["adjusts_deduction_id"], d["rerate_id"]) == ("usage", None, None)
     assert {"KIND", "XXkindXX"}.isdisjoint(d)

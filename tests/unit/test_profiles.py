@@ -129,7 +129,9 @@ def test_engine_reload_rates_later_events_with_the_new_version(tmp_path):
             usage("r", "tokens", model="Deepseek-r1-0528", input_tokens=1_000_000, t=at)
         )
         out = engine.apply(state, e)
-        return Decimal(out.deduction["rated_amount"]), out.deduction["price_version"]
+        return Decimal(out.deduction.to_record()["rated_amount"]), out.deduction.to_record()[
+            "price_version"
+        ]
 
     assert charge("2026-06-02T00:00:00+08:00") == (Decimal(4), "tokenhub@2026-04-03")
     path = folder / "price_book.yaml"

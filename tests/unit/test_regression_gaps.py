@@ -37,22 +37,22 @@ def test_post_paid_account_charged_down_to_exactly_zero_is_in_arrears():
     a = Account()
     a.send(account("z", "account_opened", profile="tokenhub", post_paid=True, amount="0.04"))
     out = a.send(r1("z"))
-    assert splits(out.deduction) == [("cash", "cash", D("0.04"))]
-    assert out.deduction["balance_after"] == "0"
+    assert splits(out.deduction.to_record()) == [("cash", "cash", D("0.04"))]
+    assert out.deduction.to_record()["balance_after"] == "0"
     assert [al["kind"] for al in out.alerts] == ["arrears_started"]
     assert out.status is not None and (out.status["status"], out.status["reason"]) == (
         "suspended",
         "arrears",
     )
     # the next request is still rated and recorded, flagged as coming from a suspended account
-    assert a.send(r1("z")).deduction["flags"] == ["suspended"]
+    assert a.send(r1("z")).deduction.to_record()["flags"] == ["suspended"]
 
 
 def test_post_paid_account_left_above_zero_is_not_in_arrears():
     a = Account()
     a.send(account("z", "account_opened", profile="tokenhub", post_paid=True, amount="0.05"))
     out = a.send(r1("z"))
-    assert out.deduction["balance_after"] == "0.01"
+    assert out.deduction.to_record()["balance_after"] == "0.01"
     assert out.alerts == [] and out.status is None
 
 
@@ -70,7 +70,7 @@ def test_vouchers_count_in_the_available_balance_and_a_voucher_spent_to_zero_is_
         )
     )
     out = a.send(r1("z"))
-    assert splits(out.deduction) == [("voucher", "v", D("0.04"))]
+    assert splits(out.deduction.to_record()) == [("voucher", "v", D("0.04"))]
     assert [al["kind"] for al in out.alerts] == ["arrears_started"]
 
 
@@ -275,7 +275,7 @@ def test_usage_failing_part_way_leaves_the_full_state_unchanged(exc, code):
     engine.ledger.apply_usage = real
     again = a.send(raw)
     assert again.result == "rated"
-    assert splits(again.deduction) == [
+    assert splits(again.deduction.to_record()) == [
         ("free", "daily:2026-05-01", D("0.5")),
         ("pack", "p", D("1")),
         ("cash", "cash", D("0.1")),
@@ -327,7 +327,7 @@ def test_rejected_events_change_no_balance_and_no_later_charge():
         assert snapshot(out.state) == before, out.rejected.code
     # 250 calls = 500 points: exactly the day's free points, nothing from the pack or cash
     out = a.send(usage("c", "agent_call", quantity="250", t="2026-05-01T10:00:00+08:00"))
-    assert splits(out.deduction) == [("free", "daily:2026-05-01", D("0.5"))]
+    assert splits(out.deduction.to_record()) == [("free", "daily:2026-05-01", D("0.5"))]
 
 
 # ---------------------------------------------------------------- the same event twice charges once

@@ -38,7 +38,9 @@ def test_1_an_account_is_bound_to_its_price_books_currency():
     a.send(account("j", "account_opened", profile="jiekou", currency="CNY", amount="1"))
     assert codes(a) == ["currency_mismatch"] and a.state is None
     a.send(account("j", "account_opened", profile="jiekou", currency="USD", amount="1"))
-    d = a.send(usage("j", "tokens", model="claude-sonnet-4.5", input_tokens=10_000)).deduction
+    d = a.send(
+        usage("j", "tokens", model="claude-sonnet-4.5", input_tokens=10_000)
+    ).deduction.to_record()
     assert d["currency"] == "USD" and d["rated_amount"] == "0.03"
 
 
@@ -48,7 +50,7 @@ def test_1_amounts_are_not_rounded_while_rating_or_deducting():
     a.send(account("j", "account_opened", profile="jiekou", amount="1"))
     d = a.send(
         usage("j", "tokens", model="claude-sonnet-4.5", input_tokens=1, cache_hit_tokens=1)
-    ).deduction
+    ).deduction.to_record()
     assert d["rated_amount"] == "0.0000003"
     assert splits(d) == [("cash", "cash", D("0.0000003"))]
     assert a.cash == D("0.9999997") and d["balance_after"] == "0.9999997"
@@ -127,7 +129,7 @@ def test_2_coze_records_an_ark_model_with_zero_charge_billed_elsewhere():
     a.send(account("c", "account_opened", profile="coze-pro", amount="10"))
     d = a.send(
         usage("c", "tokens", model="ark/doubao-seed-1.6", input_tokens=10_000, output_tokens=1000)
-    ).deduction
+    ).deduction.to_record()
     assert (d["rated_amount"], d["splits"], d["billed_elsewhere"], d["flags"]) == (
         "0",
         [],
@@ -136,7 +138,7 @@ def test_2_coze_records_an_ark_model_with_zero_charge_billed_elsewhere():
     )
     assert a.cash == 10
     # the day's free points were not touched: 250 agent calls = 500 points still all free
-    d = a.send(usage("c", "agent_call", quantity="250")).deduction
+    d = a.send(usage("c", "agent_call", quantity="250")).deduction.to_record()
     assert splits(d) == [("free", "daily:2026-05-01", D("0.5"))]
 
 
@@ -157,11 +159,11 @@ def test_3_1_free_points_do_not_cover_fine_tuned_models():
             input_tokens=1000,
             output_tokens=1000,
         )
-    ).deduction
+    ).deduction.to_record()
     assert splits(ft) == [("cash", "cash", D("0.0056"))]
     base = a.send(
         usage("c", "tokens", model="Doubao-pro-32k", input_tokens=1000, output_tokens=1000)
-    ).deduction
+    ).deduction.to_record()
     assert splits(base) == [("free", "daily:2026-05-01", D("0.0028"))]
     assert base["splits"][0]["units"] == "2.8" and base["splits"][0]["unit"] == "points"
 
@@ -178,7 +180,7 @@ def test_3_1_free_quota_exhausted_alert_exactly_when_500_points_are_used():
     ).alerts  # 500: used up
     assert [x["kind"] for x in alerts] == ["free_quota_exhausted"]
     d = a.send(usage("c", "agent_call", quantity="1", t="2026-05-01T10:02:00+08:00"))
-    assert splits(d.deduction) == [("cash", "cash", D("0.002"))] and d.alerts == []
+    assert splits(d.deduction.to_record()) == [("cash", "cash", D("0.002"))] and d.alerts == []
 
 
 # ---------------------------------------------------------------- §3.2 trials
@@ -201,11 +203,11 @@ def test_3_2_trial_validity_counts_from_an_explicit_claim_not_the_first_use():
     # 1,000 input tokens x 4 CNY / 1M = 0.004 CNY
     inside = a.send(
         usage("t", "tokens", model="kimi-k2.5", input_tokens=1000, t="2026-07-09T09:59:59+08:00")
-    ).deduction
+    ).deduction.to_record()
     assert splits(inside) == [("trial", "kimi-k2.5", D("0.004"))]
     after = a.send(
         usage("t", "tokens", model="kimi-k2.5", input_tokens=1000, t="2026-07-09T10:00:00+08:00")
-    ).deduction
+    ).deduction.to_record()
     assert splits(after) == [("cash", "cash", D("0.004"))]
 
 
@@ -220,10 +222,12 @@ def test_3_2_ark_free_quota_covers_inference_tokens_only():
     # doubao-embedding has no free quota: 1M tokens x 0.5 CNY / 1M = 0.5 CNY from cash
     a = Account()
     a.send(account("a", "account_opened", profile="ark", amount="10"))
-    d = a.send(usage("a", "embedding", model="doubao-embedding", input_tokens=1_000_000)).deduction
+    d = a.send(
+        usage("a", "embedding", model="doubao-embedding", input_tokens=1_000_000)
+    ).deduction.to_record()
     assert splits(d) == [("cash", "cash", D("0.5"))]
     # an inference model right after: its 500k free tokens cover it
-    d = a.send(usage("a", "tokens", model="deepseek-v3", input_tokens=1000)).deduction
+    d = a.send(usage("a", "tokens", model="deepseek-v3", input_tokens=1000)).deduction.to_record()
     assert [s[0] for s in splits(d)] == ["trial"]
 
 
@@ -235,13 +239,13 @@ def test_3_2_the_3d_pack_is_one_allowance_for_three_models_covering_whole_calls(
     a.send(account("t", "account_opened", profile="tokenhub", post_paid=True, amount="100"))
     d1 = a.send(
         usage("t", "3d", model="HY-3D-3.0", variant="text_to_3d", credits="20", quantity="4")
-    ).deduction
+    ).deduction.to_record()
     d2 = a.send(
         usage("t", "3d", model="HY-3D-Express", variant="text_to_3d", credits="15", quantity="2")
-    ).deduction
+    ).deduction.to_record()
     d3 = a.send(
         usage("t", "3d", model="HY-3D-3.1", variant="text_to_3d", credits="20", quantity="1")
-    ).deduction
+    ).deduction.to_record()
     assert splits(d1) == [("trial", "3d-pack", D("9.6"))]
     assert splits(d2) == [("trial", "3d-pack", D("1.8")), ("cash", "cash", D("1.8"))]
     assert d2["splits"][0]["units"] == "15" and d2["splits"][0]["unit"] == "credits"
@@ -273,12 +277,14 @@ def test_3_3_legacy_agent_pack_covers_agent_calls_and_knowledge_base_only():
     )
     assert codes(a) == []
     # 300 calls = 600 points: 500 free, 100 from the pack (0.1 CNY)
-    d = a.send(usage("c", "agent_call", quantity="300", t="2026-05-01T10:00:00+08:00")).deduction
+    d = a.send(
+        usage("c", "agent_call", quantity="300", t="2026-05-01T10:00:00+08:00")
+    ).deduction.to_record()
     assert splits(d) == [("free", "daily:2026-05-01", D("0.5")), ("pack", "agent", D("0.1"))]
     # 12 GB for 1 hour: 2 GB above the free 10 x 1.5 points = 3 points = 0.003 CNY from the pack
     d = a.send(
         usage("c", "kb_storage", quantity="12", hours="1", t="2026-05-01T10:01:00+08:00")
-    ).deduction
+    ).deduction.to_record()
     assert splits(d) == [("pack", "agent", D("0.003"))]
     # Doubao-pro-32k tokens: 2.8 points, not in the agent pack's scope: cash
     d = a.send(
@@ -290,7 +296,7 @@ def test_3_3_legacy_agent_pack_covers_agent_calls_and_knowledge_base_only():
             output_tokens=1000,
             t="2026-05-01T10:02:00+08:00",
         )
-    ).deduction
+    ).deduction.to_record()
     assert splits(d) == [("cash", "cash", D("0.0028"))]
 
 
@@ -325,7 +331,9 @@ def test_3_3_an_expired_pack_is_not_used():
         )
     )
     # 300 calls = 600 points at the pack's expiry instant: 500 free, 100 points from cash
-    d = a.send(usage("c", "agent_call", quantity="300", t="2026-05-01T10:00:00+08:00")).deduction
+    d = a.send(
+        usage("c", "agent_call", quantity="300", t="2026-05-01T10:00:00+08:00")
+    ).deduction.to_record()
     assert splits(d) == [("free", "daily:2026-05-01", D("0.5")), ("cash", "cash", D("0.1"))]
 
 
@@ -342,10 +350,11 @@ def test_4_safe_trial_pauses_only_below_the_margin_not_at_it():
     second = a.send(usage("a", "tokens", model="deepseek-v3", input_tokens=0, output_tokens=1))
     assert [x["kind"] for x in second.alerts] == ["model_paused"]
     assert second.alerts[0]["details"]["reason"] == "safe_trial_mode"
-    assert [s[0] for s in splits(second.deduction)] == ["trial"]
+    assert [s[0] for s in splits(second.deduction.to_record())] == ["trial"]
     third = a.send(usage("a", "tokens", model="deepseek-v3", input_tokens=0, output_tokens=1))
     assert (
-        third.deduction["splits"] == [] and third.deduction["unbilled_reason"] == "safe_trial_mode"
+        third.deduction.to_record()["splits"] == []
+        and third.deduction.to_record()["unbilled_reason"] == "safe_trial_mode"
     )
     assert a.cash == 100
 
@@ -381,7 +390,12 @@ def test_4_inference_limit_counts_from_its_effective_time_and_pauses_at_the_limi
     ]
     assert [[x["kind"] for x in o.alerts] for o in outs] == [[], [], ["model_paused"], []]
     assert outs[2].alerts[0]["details"] == {"reason": "inference_limit", "used_tokens": "2000"}
-    assert [o.deduction["flags"] for o in outs] == [[], [], [], ["inference_limit_reached"]]
+    assert [o.deduction.to_record()["flags"] for o in outs] == [
+        [],
+        [],
+        [],
+        ["inference_limit_reached"],
+    ]
 
 
 def test_4_inference_limit_needs_a_token_model_and_a_profile_that_offers_it():
@@ -535,7 +549,7 @@ def test_5_coze_suspends_in_arrears_once_the_free_points_are_used_up_despite_leg
     assert [x["kind"] for x in out.alerts] == ["arrears_started"] and out.status is None
     # 250 calls = the day's 500 free points: used up, so suspended although the legacy pack remains
     out = a.send(usage("c", "agent_call", quantity="250", t="2026-05-01T10:01:00+08:00"))
-    assert splits(out.deduction) == [("free", "daily:2026-05-01", D("0.5"))]
+    assert splits(out.deduction.to_record()) == [("free", "daily:2026-05-01", D("0.5"))]
     assert (out.status["status"], out.status["reason"]) == ("suspended", "arrears")
 
 
@@ -605,7 +619,10 @@ def test_5_alerts_and_deductions_lead_back_to_the_event_and_its_trace():
         trace_id="tr-xyz",
     )
     out = a.send(raw)
-    assert (out.deduction["event_id"], out.deduction["trace_id"]) == ("u-traced", "tr-xyz")
+    assert (out.deduction.to_record()["event_id"], out.deduction.to_record()["trace_id"]) == (
+        "u-traced",
+        "tr-xyz",
+    )
     assert sorted(x["kind"] for x in out.alerts) == ["arrears_started", "balance_below_threshold"]
     assert all(
         x["source_event_ids"] == ["u-traced"] and x["trace_id"] == "tr-xyz" for x in out.alerts

@@ -46,7 +46,7 @@ def test_main_and_sub_account_share_the_10_gb_of_one_hour():
     use_up_free_points(a)
     d1 = a.send(
         usage("c", "kb_storage", quantity="8", hours="1", t="2026-05-01T10:05:00+08:00")
-    ).deduction
+    ).deduction.to_record()
     d2 = a.send(
         usage(
             "c",
@@ -56,7 +56,7 @@ def test_main_and_sub_account_share_the_10_gb_of_one_hour():
             hours="1",
             t="2026-05-01T10:40:00+08:00",
         )
-    ).deduction
+    ).deduction.to_record()
     assert d1["rated_amount"] == "0"
     assert D(d2["rated_amount"]) == D("0.009")  # 9 points
     assert d2["quantities"]["free_gb"] == "2"
@@ -67,7 +67,7 @@ def test_each_clock_hour_has_its_own_allowance():
     use_up_free_points(a)
     d1 = a.send(
         usage("c", "kb_storage", quantity="8", hours="1", t="2026-05-01T10:05:00+08:00")
-    ).deduction
+    ).deduction.to_record()
     d2 = a.send(
         usage(
             "c",
@@ -77,7 +77,7 @@ def test_each_clock_hour_has_its_own_allowance():
             hours="1",
             t="2026-05-01T11:05:00+08:00",
         )
-    ).deduction
+    ).deduction.to_record()
     assert d1["rated_amount"] == "0" and d2["rated_amount"] == "0"
 
 
@@ -88,7 +88,7 @@ def test_a_multi_hour_sample_takes_the_allowance_of_each_hour_it_covers():
     use_up_free_points(a)
     d1 = a.send(
         usage("c", "kb_storage", quantity="8", hours="2", t="2026-05-01T10:00:00+08:00")
-    ).deduction
+    ).deduction.to_record()
     d2 = a.send(
         usage(
             "c",
@@ -98,7 +98,7 @@ def test_a_multi_hour_sample_takes_the_allowance_of_each_hour_it_covers():
             hours="1",
             t="2026-05-01T11:10:00+08:00",
         )
-    ).deduction
+    ).deduction.to_record()
     assert d1["rated_amount"] == "0" and D(d2["rated_amount"]) == D("0.009")
 
 
@@ -108,7 +108,7 @@ def test_allowance_is_consumed_in_processing_order_even_out_of_order():
     use_up_free_points(a)
     late = a.send(
         usage("c", "kb_storage", quantity="12", hours="1", t="2026-05-01T10:50:00+08:00")
-    ).deduction
+    ).deduction.to_record()
     early = a.send(
         usage(
             "c",
@@ -118,7 +118,7 @@ def test_allowance_is_consumed_in_processing_order_even_out_of_order():
             hours="1",
             t="2026-05-01T10:10:00+08:00",
         )
-    ).deduction
+    ).deduction.to_record()
     assert D(late["rated_amount"]) == D("0.003")  # (12 - 10) x 1.5 points
     assert D(early["rated_amount"]) == D("0.006")  # 4 GB, no allowance left: 6 points
 
@@ -140,7 +140,7 @@ def test_closed_hours_are_forgotten_and_get_no_second_allowance():
             hours="1",
             t="2026-05-01T10:30:00+08:00",
         )
-    ).deduction
+    ).deduction.to_record()
     assert D(late["rated_amount"]) == D("0.006")  # the closed hour's allowance is not granted again
 
 
@@ -161,7 +161,7 @@ def test_one_hour_bills_the_total_above_10_gb_whatever_the_split(gbs):
                 hours="1",
                 t=f"2026-05-01T10:{10 + i:02d}:00+08:00",
             )
-        ).deduction
+        ).deduction.to_record()
         total += D(d["rated_amount"])
     assert total == max(0, sum(gbs) - 10) * D("1.5") / 1000
 
@@ -195,13 +195,13 @@ def test_fine_tuned_call_is_priced_from_its_row_and_paid_by_neither_free_points_
             input_tokens=1000,
             output_tokens=1000,
         )
-    ).deduction
+    ).deduction.to_record()
     assert D(d["rated_amount"]) == D("0.0056")  # 1.6 + 4 points
     assert splits(d) == [("cash", "cash", D("0.0056"))]
     assert "fine_tuned" in d["flags"]
     base = a.send(
         usage("c", "tokens", model="Doubao-pro-32k", input_tokens=1000, output_tokens=1000)
-    ).deduction
+    ).deduction.to_record()
     assert D(base["rated_amount"]) == D("0.0028") and splits(base)[0][0] == "free"
 
 
@@ -278,7 +278,9 @@ def test_fixed_credit_rows_refuse_other_credits_and_currency_rows_refuse_credits
 def test_3d_credits_still_settle_daily():
     a = Account()
     a.send(account("t", "account_opened", profile="tokenhub", amount="100", post_paid=True))
-    d = a.send(usage("t", "3d", model="HY-3D-3.0", quantity="1", credits="30")).deduction
+    d = a.send(
+        usage("t", "3d", model="HY-3D-3.0", quantity="1", credits="30")
+    ).deduction.to_record()
     assert d["settlement_period"] == "day"
 
 

@@ -130,7 +130,7 @@ def test_lines_add_up_to_the_deductions_on_a_mixed_stream():
         settled[s["main_account_id"]] += Decimal(s["gross_amount"])
     for key, state in r.states.items():
         for acc in state.periods.values():
-            open_amount[key] += Decimal(acc["gross"])
+            open_amount[key] += acc.gross
     for key, total in by_account.items():
         assert settled[key] + open_amount[key] == total, key
     ids = [s["settlement_id"] for s in r.settlements]

@@ -8,6 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 
 from streams.engine import BillingEngine
@@ -35,6 +36,9 @@ def mutable_ids(obj: Any, seen: set[int] | None = None) -> set[int]:
     elif isinstance(obj, (list, set)):
         for v in obj:
             mutable_ids(v, seen)
+    elif isinstance(obj, msgspec.Struct):
+        for name in obj.__struct_fields__:
+            mutable_ids(getattr(obj, name), seen)
     else:
         for v in vars(obj).values():
             mutable_ids(v, seen)
@@ -67,9 +71,9 @@ def test_changing_a_clone_leaves_the_original_alone():
         for bucket in (*copy.vouchers, *copy.packs):
             bucket.remaining += 1
         for acc in copy.periods.values():
-            acc["event_count"] += 1
-            acc["quantities"]["x"] = "1"
-            acc["price_versions"].append("v-x")
+            acc.event_count += 1
+            acc.quantities["x"] = Decimal(1)
+            acc.price_versions.append("v-x")
         for acc in copy.minutes.values():
             acc["requests"] += 1
         copy.free_used["2099-01-01"] = Decimal(1)

@@ -191,7 +191,7 @@ def test_outcomes_are_encoded_in_order_and_arrears_alerts_go_to_both_alert_topic
     assert names.count("t.account-balances") == 1  # the top-up moved the cash
     assert {k for _t, k, _v in outs.records} == {b"z"}
     by_topic = {t: reg.decode(v)[1] for t, _k, v in outs.records}
-    assert by_topic["t.deductions"]["deduction_id"] == charged.deduction["deduction_id"]
+    assert by_topic["t.deductions"]["deduction_id"] == charged.deduction.to_record()["deduction_id"]
     assert by_topic["t.alerts"]["kind"] == by_topic["t.alerts.arrears"]["kind"]
 
 
