@@ -12,13 +12,12 @@ its line (``settlement_id``), and the line's events are found by joining on it.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
-
-import msgspec
 
 from streams.deduction.record import Deduction, money
 from streams.ids import derived_id
@@ -49,9 +48,32 @@ def _key(granularity: str, start: int, d: Deduction) -> str:
     return f"{granularity}|{start}|{d.item}|{d.model or ''}|{d.variant or ''}"
 
 
-class OpenPeriod(msgspec.Struct, kw_only=True):
+_STORED_KEYS = (
+    "granularity",
+    "period_start",
+    "period_end",
+    "item",
+    "model",
+    "variant",
+    "profile",
+    "currency",
+    "quantities",
+    "gross",
+    "unbilled",
+    *BUCKETS,
+    "event_count",
+    "price_versions",
+)
+
+
+@dataclass(slots=True, kw_only=True)
+class OpenPeriod:
     """A settlement period's running sums in the account state: exact Decimals in memory, money
-    strings in the stored JSON (``to_dict``; the keys and format every earlier version wrote)."""
+    strings in the stored JSON (``to_dict``; the keys and format every earlier version wrote).
+
+    Changed only through ``add``, which drops the stored form kept since the last ``to_dict`` or
+    ``from_dict``: an account's state is written after every round that touched it, and most of
+    its open periods did not change in that round, so they are not formatted again."""
 
     granularity: str
     period_start: int
@@ -61,7 +83,7 @@ class OpenPeriod(msgspec.Struct, kw_only=True):
     variant: str | None
     profile: str
     currency: str
-    quantities: dict[str, Decimal] = msgspec.field(default_factory=dict)
+    quantities: dict[str, Decimal] = field(default_factory=dict)
     gross: Decimal = ZERO
     unbilled: Decimal = ZERO
     free: Decimal = ZERO
@@ -70,11 +92,13 @@ class OpenPeriod(msgspec.Struct, kw_only=True):
     voucher: Decimal = ZERO
     cash: Decimal = ZERO
     event_count: int = 0
-    price_versions: list[str] = msgspec.field(default_factory=list)
+    price_versions: list[str] = field(default_factory=list)
     settlement_id: str | None = None  # computed once, with the first deduction
+    stored: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def add(self, d: Deduction) -> None:
         """Accumulate one deduction."""
+        self.stored = None
         q = self.quantities
         for comp, value in d.quantities.items():
             q[comp] = q.get(comp, ZERO) + Decimal(value)
@@ -87,12 +111,24 @@ class OpenPeriod(msgspec.Struct, kw_only=True):
         if d.price_version not in self.price_versions:
             self.price_versions.append(d.price_version)
 
+    def name(self, settlement_id: str) -> None:
+        self.stored = None
+        self.settlement_id = settlement_id
+
     def copy(self) -> OpenPeriod:
-        return msgspec.structs.replace(
-            self, quantities=dict(self.quantities), price_versions=list(self.price_versions)
-        )
+        """An independent copy (the stored form is not shared: it is a mutable dict)."""
+        c = object.__new__(OpenPeriod)
+        for name in _FIELDS:
+            setattr(c, name, getattr(self, name))
+        c.quantities = dict(self.quantities)
+        c.price_versions = list(self.price_versions)
+        c.stored = None
+        return c
 
     def to_dict(self) -> dict[str, Any]:
+        """The stored form; the caller must not change it (it is kept until the next ``add``)."""
+        if self.stored is not None:
+            return self.stored
         d: dict[str, Any] = {
             "granularity": self.granularity,
             "period_start": self.period_start,
@@ -111,12 +147,14 @@ class OpenPeriod(msgspec.Struct, kw_only=True):
         }
         if self.settlement_id is not None:
             d["settlement_id"] = self.settlement_id
+        self.stored = d
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OpenPeriod:
-        """Reads every version's record (version 1 also listed ``event_ids``: dropped)."""
-        return cls(
+        """Reads every version's record (version 1 also listed ``event_ids``: dropped). A record
+        in today's form is kept as the stored form: writing the state back reuses it."""
+        period = cls(
             granularity=d["granularity"],
             period_start=d["period_start"],
             period_end=d["period_end"],
@@ -128,11 +166,22 @@ class OpenPeriod(msgspec.Struct, kw_only=True):
             quantities={k: Decimal(v) for k, v in d["quantities"].items()},
             gross=Decimal(d["gross"]),
             unbilled=Decimal(d["unbilled"]),
-            **{b: Decimal(d[b]) for b in BUCKETS},
+            free=Decimal(d["free"]),
+            trial=Decimal(d["trial"]),
+            pack=Decimal(d["pack"]),
+            voucher=Decimal(d["voucher"]),
+            cash=Decimal(d["cash"]),
             event_count=d["event_count"],
             price_versions=list(d["price_versions"]),
             settlement_id=d.get("settlement_id"),
         )
+        keys = tuple(d)
+        if keys == _STORED_KEYS or keys == (*_STORED_KEYS, "settlement_id"):
+            period.stored = d
+        return period
+
+
+_FIELDS = tuple(f.name for f in fields(OpenPeriod))
 
 
 def _new_period(granularity: str, start: int, end: int, d: Deduction) -> OpenPeriod:
@@ -218,7 +267,8 @@ def settle(
     acc.add(d)
     sid = acc.settlement_id
     if sid is None:  # computed once per period (states of version 1 lack it)
-        sid = acc.settlement_id = line_id(main, acc, "regular")
+        sid = line_id(main, acc, "regular")
+        acc.name(sid)
     return sid, []
 
 

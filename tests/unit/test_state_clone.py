@@ -4,6 +4,7 @@ failing event leaves behind."""
 
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,9 @@ def mutable_ids(obj: Any, seen: set[int] | None = None) -> set[int]:
     elif isinstance(obj, msgspec.Struct):
         for name in obj.__struct_fields__:
             mutable_ids(getattr(obj, name), seen)
+    elif dataclasses.is_dataclass(obj):
+        for f in dataclasses.fields(obj):
+            mutable_ids(getattr(obj, f.name), seen)
     else:
         for v in vars(obj).values():
             mutable_ids(v, seen)

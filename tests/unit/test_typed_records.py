@@ -106,10 +106,17 @@ def test_an_open_period_sums_exactly_and_stores_as_money_strings():
     stored = period.to_dict()
     assert (stored["gross"], stored["cash"], stored["free"]) == ("0.018", "0.018", "0")
     assert OpenPeriod.from_dict(stored) == period
+    assert OpenPeriod.from_dict(stored).to_dict() == stored
+    assert period.to_dict() is stored  # kept until the next add
+    period.add(d)
+    assert period.to_dict()["gross"] == "0.024" and stored["gross"] == "0.018"
+    period.name("line-1")
+    assert period.to_dict()["settlement_id"] == "line-1"
     copy = period.copy()
+    assert copy.stored is None and copy == period
     copy.add(d)
     copy.price_versions.append("v-x")
-    assert period.event_count == 3 and "v-x" not in period.price_versions
+    assert period.event_count == 4 and "v-x" not in period.price_versions
 
 
 def test_a_state_written_before_typed_periods_reads_and_writes_back_byte_for_byte():
