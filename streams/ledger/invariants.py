@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from streams.deduction.record import Deduction
+from streams.deduction.record import Deduction, money
 from streams.ledger.state import ZERO, AccountState
 
 
@@ -27,7 +27,8 @@ def check_charge(state: AccountState, deduction: Deduction, cash_before: Decimal
     if rated < 0 or unbilled < 0 or any(p < 0 for p in paid):
         _fail(state, f"negative amount in deduction {deduction.deduction_id}")
     if sum(paid, ZERO) + unbilled != rated:
-        _fail(state, f"splits {sum(paid, ZERO)} + unbilled {unbilled} != rated {rated}")
+        total = money(sum(paid, ZERO))
+        _fail(state, f"splits {total} + unbilled {money(unbilled)} != rated {money(rated)}")
     check_buckets(state)
     # post-paid here: the account's setting, or a model activated on a token-post-paid platform
     # (Ark)

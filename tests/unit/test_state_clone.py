@@ -67,9 +67,16 @@ def test_a_clone_equals_its_original_and_shares_no_mutable_object():
         assert not (mutable_ids(copy) & mutable_ids(state)), state.main_account_id
 
 
+def fresh_dumps(state: AccountState) -> bytes:
+    """The state's JSON from its fields, not from the stored form its periods keep."""
+    for acc in state.periods.values():
+        acc.stored = None
+    return state.dumps()
+
+
 def test_changing_a_clone_leaves_the_original_alone():
     for state in busy_states():
-        before = state.dumps()
+        before = fresh_dumps(state)
         copy = state.clone()
         copy.cash += 1
         for bucket in (*copy.vouchers, *copy.packs):
@@ -82,7 +89,7 @@ def test_changing_a_clone_leaves_the_original_alone():
             acc["requests"] += 1
         copy.free_used["2099-01-01"] = Decimal(1)
         copy.sub_accounts.add("someone")
-        assert state.dumps() == before
+        assert fresh_dumps(state) == before
 
 
 def test_a_bug_half_way_through_an_event_rolls_the_account_back(monkeypatch):
