@@ -33,10 +33,11 @@ def main(rows: int = 100_000) -> tuple[float, float]:
         ch = connect(Settings(chdb_path=run_dir / "chdb"))
         migrate(ch)
         b = Bench(run_dir, console, rows, 200)
-        sink_rate, direct_rate = measure_sink(b, broker, ch, sim.deductions, rows)
+        sink_rate, direct_rate, alone_rate = measure_sink(b, broker, ch, sim.deductions, rows)
     console.print(
         f"sink {sink_rate:,.0f} rows/s, direct row insert {direct_rate:,.0f} rows/s = "
-        f"{sink_rate / direct_rate:.2f}x"
+        f"{sink_rate / direct_rate:.2f}x; ClickHouse alone {alone_rate:,.0f} rows/s = "
+        f"{sink_rate / alone_rate:.2f}x"
     )
     return sink_rate, direct_rate
 

@@ -32,7 +32,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.config import Settings
-from streams.ingest.codec import SCHEMAS_DIR, DecodeError, registry
+from streams.ingest.codec import SCHEMAS_DIR, DecodeError, Registry, registry
 from streams.kafka_client import client_kwargs
 from streams.observability.metrics import PipelineMetrics, serve
 from streams.sink.cluster import SCHEMA_MIGRATIONS, cluster_statements
@@ -502,6 +502,15 @@ def _zigzag(n: int) -> bytes:
     return bytes(out)
 
 
+def avro_schema_json(reg: Registry, name: str) -> bytes:
+    """The newest version of schema ``name`` as compact JSON, for an Avro container's header."""
+    sv = reg.latest[name]
+    filename = orjson.loads((SCHEMAS_DIR / "registry.json").read_bytes())["schemas"][
+        str(sv.schema_id)
+    ]
+    return orjson.dumps(orjson.loads((SCHEMAS_DIR / filename).read_bytes()))
+
+
 def avro_container(schema_json: bytes, bodies: list[bytes]) -> bytes:
     """An Avro object container file of one block: the header names the writer schema, the block is
     the record bodies concatenated (no per-record framing in Avro), then the sync marker."""
@@ -632,11 +641,7 @@ class ClickHouseSink:
         }
 
     def _schema_json(self, name: str) -> bytes:
-        sv = self.registry.latest[name]
-        filename = orjson.loads((SCHEMAS_DIR / "registry.json").read_bytes())["schemas"][
-            str(sv.schema_id)
-        ]
-        return orjson.dumps(orjson.loads((SCHEMAS_DIR / filename).read_bytes()))
+        return avro_schema_json(self.registry, name)
 
     async def start(self) -> None:
         if self.settings.sink_apply_migrations:
