@@ -74,9 +74,12 @@ def number_records(
     Deductions and balance records share it, so an account's latest ``balance_after`` or
     ``cash_balance`` is the one with the highest sequence (finance's arrears)."""
     if deduction is not None:
-        state.record_sequence = max(state.record_sequence, state.applied_events) + 1
-        deduction.sequence = state.record_sequence
+        deduction.sequence = _next_sequence(state)
     first = [balance] if balance is not None else []
     for record in [*first, *alerts, *([status] if status is not None else [])]:
-        state.record_sequence = max(state.record_sequence, state.applied_events) + 1
-        record["sequence"] = state.record_sequence
+        record["sequence"] = _next_sequence(state)
+
+
+def _next_sequence(state: Any) -> int:
+    state.record_sequence = max(state.record_sequence, state.applied_events) + 1
+    return state.record_sequence
